@@ -1,0 +1,82 @@
+"""shoal's exceptions, one small tree.
+
+    ShoalError
+    ├── SpecError                 a spec document is malformed (file, line, field path)
+    ├── NotFoundError             the named object does not exist
+    ├── ConflictError             an optimistic-concurrency compare failed (lost the race)
+    ├── StoreError
+    │   ├── StoreUnavailableError the store cannot be reached or refused the operation
+    │   └── CompactedError        a watch asked for a revision that was compacted away
+    ├── RuntimeBackendError       a runtime plugin failed to do what was asked
+    │   ├── RuntimeUnavailableError   the runtime cannot work on this node
+    │   └── TaskRejectedError     the task can never start here (bad executable, workdir, ...)
+    ├── AuthError                 a join token or credential was refused
+    └── ApiError                  a remote call failed; carries the mapped code
+
+Backend errors (sqlite3, gRPC, OS errors from runtimes) are mapped to the most
+specific class here at the boundary, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base class of every error shoal raises on purpose."""
+
+
+class SpecError(ShoalError):
+    """One or more problems in spec documents; each problem is ``FILE:LINE: field: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class NotFoundError(ShoalError):
+    """The named object does not exist."""
+
+
+class ConflictError(ShoalError):
+    """A compare-on-revision failed: somebody else changed the object first."""
+
+
+class StoreError(ShoalError):
+    """The store failed."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached, is closed, or is locked by another manager."""
+
+
+class CompactedError(StoreError):
+    """The requested revision is older than the oldest revision the store keeps."""
+
+    def __init__(self, requested: int, compacted: int) -> None:
+        self.requested = requested
+        self.compacted = compacted
+        super().__init__(f"revision {requested} was compacted (oldest kept is {compacted + 1})")
+
+
+class RuntimeBackendError(ShoalError):
+    """A runtime plugin failed."""
+
+
+class RuntimeUnavailableError(RuntimeBackendError):
+    """The runtime cannot work on this node."""
+
+
+class TaskRejectedError(RuntimeBackendError):
+    """The task can never start on this node as specified."""
+
+
+class AuthError(ShoalError):
+    """A join token or credential was refused."""
+
+
+class ApiError(ShoalError):
+    """A remote call failed. ``code`` is a gRPC status code name, e.g. ``NOT_FOUND``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)

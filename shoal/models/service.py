@@ -1,0 +1,198 @@
+"""The Service document: ``apiVersion: shoal/v1``, ``kind: Service``.
+
+This is what users write in YAML and what the store keeps under
+``/services/<name>``. ``status`` is written by the manager only.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from shoal.models.base import Model
+from shoal.models.units import Duration, Size
+
+API_VERSION = "shoal/v1"
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CONSTRAINT = re.compile(
+    r"^\s*(node\.labels\.(?P<label>[A-Za-z0-9._/-]+)|node\.hostname|node\.role|node\.id)"
+    r"\s*(?P<op>==|!=)\s*(?P<value>\S.*?)\s*$"
+)
+SIGNALS = {
+    "SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGTERM", "SIGSTOP",
+    "SIGCONT", "SIGWINCH",
+}
+# The runtimes a spec may name. Plugins add to this set when they are registered
+# (shoal.runtimes.registry); validation consults it at apply time.
+KNOWN_RUNTIMES: set[str] = {"process"}
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:
+        if not LABEL_KEY.match(key):
+            raise ValueError(f"invalid label key {key!r}")
+    return labels
+
+
+class Metadata(Model):
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    # Set by the manager; whatever a user writes here is replaced on apply.
+    generation: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_dns_label(cls, value: str) -> str:
+        if not DNS_LABEL.match(value):
+            raise ValueError(
+                f"invalid name {value!r}: use lower-case letters, digits and '-', "
+                "starting and ending with a letter or digit, at most 63 characters"
+            )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+
+class Reservations(Model):
+    cpus: float = Field(default=0.0, ge=0)
+    memory: Size = 0
+
+
+class Resources(Model):
+    reservations: Reservations = Field(default_factory=Reservations)
+
+
+class TaskTemplate(Model):
+    runtime: str = "process"
+    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: str | None = None
+    stop_signal: str = "SIGTERM"
+    stop_grace_period: Duration = 10.0
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return shlex.split(value)
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value not in KNOWN_RUNTIMES:
+            known = ", ".join(sorted(KNOWN_RUNTIMES))
+            raise ValueError(f"unknown runtime {value!r} (known: {known})")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME.match(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+            if name.startswith("SHOAL_"):
+                raise ValueError(f"{name!r}: names starting with SHOAL_ are reserved")
+        return value
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal(cls, value: str) -> str:
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        if name not in SIGNALS:
+            raise ValueError(f"unknown signal {value!r} (use e.g. SIGTERM, SIGINT, SIGQUIT)")
+        return name
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute_workdir(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"workdir must be an absolute path, got {value!r}")
+        return value
+
+
+class RestartPolicy(Model):
+    condition: Literal["any", "on-failure", "none"] = "any"
+    delay: Duration = 1.0
+    max_attempts: int = Field(default=0, ge=0)
+    window: Duration = 0.0
+
+
+class Placement(Model):
+    constraints: list[str] = Field(default_factory=list)
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        for expr in value:
+            if not CONSTRAINT.match(expr):
+                raise ValueError(
+                    f"invalid constraint {expr!r}: use 'node.labels.KEY == VALUE', "
+                    "'node.hostname != NAME', 'node.role == worker' (operators == and !=)"
+                )
+        return value
+
+
+class ServiceSpec(Model):
+    mode: Literal["replicated", "global"] = "replicated"
+    replicas: int | None = Field(default=None, ge=0, le=100_000)
+    template: TaskTemplate
+    restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
+    placement: Placement = Field(default_factory=Placement)
+
+    @model_validator(mode="after")
+    def _replicas_for_mode(self) -> ServiceSpec:
+        if self.mode == "global" and self.replicas is not None:
+            raise ValueError("replicas: a global service runs one task per node; remove replicas")
+        return self
+
+    @property
+    def replica_count(self) -> int:
+        return 1 if self.replicas is None else self.replicas
+
+
+class ServiceStatus(Model):
+    """Written by the manager: what the orchestrator last saw and did."""
+
+    desired_tasks: int = 0
+    running_tasks: int = 0
+    last_reconcile: datetime | None = None
+    last_outcome: str | None = None
+    message: str | None = None
+
+
+class Service(Model):
+    api_version: Literal["shoal/v1"] = API_VERSION
+    kind: Literal["Service"] = "Service"
+    metadata: Metadata
+    spec: ServiceSpec
+    status: ServiceStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+def parse_constraint(expr: str) -> tuple[str, str, str]:
+    """``"node.labels.zone == a"`` → ``("labels.zone", "==", "a")``."""
+    match = CONSTRAINT.match(expr)
+    if not match:
+        raise ValueError(f"invalid constraint {expr!r}")
+    label = match.group("label")
+    field = f"labels.{label}" if label else expr.split("==")[0].split("!=")[0].strip()[5:]
+    return field, match.group("op"), match.group("value")

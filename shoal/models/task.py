@@ -1,0 +1,90 @@
+"""Tasks: one attempt at running one slot of a service (swarmkit's model).
+
+A task's observed ``status.state`` only moves forward through ``TaskState``;
+the manager owns ``desired_state`` and the agent owns ``status``. Restarting a
+slot means a new task in the same slot; old tasks stay as bounded history.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from shoal.models.base import Model
+from shoal.models.service import TaskTemplate
+
+
+class TaskState(StrEnum):
+    NEW = "new"
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    ACCEPTED = "accepted"
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    SHUTDOWN = "shutdown"
+    REJECTED = "rejected"
+    ORPHANED = "orphaned"
+
+    @property
+    def order(self) -> int:
+        return _ORDER[self]
+
+    @property
+    def terminal(self) -> bool:
+        return self.order >= _ORDER[TaskState.COMPLETE]
+
+    def can_move_to(self, other: TaskState) -> bool:
+        """States only move forward; terminal states never change."""
+        return not self.terminal and other.order > self.order
+
+
+_ORDER = {state: index for index, state in enumerate(TaskState)}
+# Terminal states share one rank: once terminal, a task never changes state again.
+for _state in (TaskState.FAILED, TaskState.SHUTDOWN, TaskState.REJECTED, TaskState.ORPHANED):
+    _ORDER[_state] = _ORDER[TaskState.COMPLETE]
+
+
+class DesiredState(StrEnum):
+    RUNNING = "running"
+    SHUTDOWN = "shutdown"
+
+
+class TaskStatus(Model):
+    state: TaskState = TaskState.NEW
+    timestamp: datetime | None = None
+    message: str = ""
+    error: str | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    started_at: datetime | None = None
+
+
+class Task(Model):
+    id: str
+    service: str
+    # Replicated services number their slots 1..N; global services use slot 0
+    # and are keyed by node.
+    slot: int
+    node_id: str | None = None
+    desired_state: DesiredState = DesiredState.RUNNING
+    status: TaskStatus = Field(default_factory=TaskStatus)
+    template: TaskTemplate
+    service_generation: int = 0
+    # How many tasks ran in this slot before this one, and how many of the
+    # most recent ones failed in a row (drives restart back-off).
+    attempt: int = 0
+    failure_streak: int = 0
+    created_at: datetime
+
+    @property
+    def slot_key(self) -> str:
+        return f"node:{self.node_id}" if self.slot == 0 else str(self.slot)
+
+    @property
+    def name(self) -> str:
+        suffix = self.node_id if self.slot == 0 else str(self.slot)
+        return f"{self.service}.{suffix}.{self.id[:8]}"

@@ -1,0 +1,154 @@
+"""The runtime interface: how an agent runs a task (close to Nomad's task driver).
+
+Built-in runtimes live beside this module; third-party ones register a
+``Runtime`` subclass under the ``shoal.runtimes`` entry-point group (see
+``shoal.runtimes.registry``). ``tests/runtimes/test_conformance.py`` runs one
+suite against every runtime.
+
+Lifecycle
+---------
+The agent constructs a runtime once with ``RuntimeSettings`` and calls:
+
+``describe()``
+    Whether the runtime works on this node right now (``RuntimeInfo``). Cheap;
+    called at start and periodically. Must not raise.
+``start(launch)``
+    Start the task and return a ``TaskHandle`` as soon as it was launched (not
+    when it is healthy). The handle is JSON-able and the runtime must be able to
+    find the task again from it after the agent restarts. Raises
+    ``TaskRejectedError`` when the task can never start here as specified (for
+    example the executable does not exist) and ``RuntimeBackendError`` for
+    anything that may work on a retry.
+``inspect(handle)``
+    The current ``Observation``: running, or exited with an ``ExitStatus``.
+``wait(handle)``
+    Return the ``ExitStatus`` once the task has exited.
+``stop(handle, signal, grace)``
+    Send ``signal`` to everything the task runs, wait up to ``grace`` seconds,
+    then kill it. Returns once nothing of the task runs. Stopping an exited
+    task is a no-op.
+``remove(handle)``
+    Release what the task left behind (records, log files). Only after ``stop``.
+``logs(handle, follow=..., tail=...)``
+    Async iterator of output lines (stdout and stderr); with ``follow`` it keeps
+    yielding until the task exits and its output is drained.
+``recover()``
+    After an agent restart: the handles of every task this runtime started on
+    this node and has not removed, running or exited, so the agent can adopt
+    the ones still assigned and clean up the rest. Never returns tasks started
+    by somebody else.
+``aclose()``
+    Release the runtime's own resources; running tasks keep running.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from shoal.models import RuntimeInfo, TaskTemplate
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """What every runtime gets from the agent."""
+
+    # A directory the runtime owns on this node: records, logs.
+    state_dir: Path
+    node_name: str
+    # Runtime-specific options (``--runtime-opt`` style); unknown keys are ignored.
+    options: dict[str, str] = field(default_factory=dict)
+    # Rotate a task's log once it exceeds this many bytes, keeping ``log_files`` old ones.
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_files: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TaskLaunch:
+    """Everything needed to start one task."""
+
+    task_id: str
+    service: str
+    slot: int
+    template: TaskTemplate
+    # The complete environment to add, SHOAL_* variables included.
+    env: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandle:
+    """How a runtime finds a task again. ``data`` is runtime-specific and JSON-able."""
+
+    task_id: str
+    runtime: str
+    data: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"taskId": self.task_id, "runtime": self.runtime, "data": self.data}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TaskHandle:
+        return cls(task_id=raw["taskId"], runtime=raw["runtime"], data=dict(raw["data"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    # None when the exit code could not be known (for example the task exited
+    # while the agent was restarting and nothing recorded it).
+    exit_code: int | None
+    signal: int | None = None
+    message: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    running: bool
+    pid: int | None = None
+    started_at: datetime | None = None
+    exit: ExitStatus | None = None
+
+
+class Runtime(abc.ABC):
+    """One way of running tasks. See the module docstring for the contract."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    async def describe(self) -> RuntimeInfo: ...
+
+    @abc.abstractmethod
+    async def start(self, launch: TaskLaunch) -> TaskHandle: ...
+
+    @abc.abstractmethod
+    async def inspect(self, handle: TaskHandle) -> Observation: ...
+
+    @abc.abstractmethod
+    async def wait(self, handle: TaskHandle) -> ExitStatus: ...
+
+    @abc.abstractmethod
+    async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None: ...
+
+    @abc.abstractmethod
+    async def remove(self, handle: TaskHandle) -> None: ...
+
+    @abc.abstractmethod
+    def logs(
+        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[str]: ...
+
+    @abc.abstractmethod
+    async def recover(self) -> list[TaskHandle]: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        return None

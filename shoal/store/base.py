@@ -1,0 +1,201 @@
+"""The store contract: a small, etcd-shaped key-value interface.
+
+Every backend (``sqlite``, ``memory``; ``etcd`` later) implements exactly this,
+and ``tests/store/test_conformance.py`` runs the same suite against each one.
+
+Model
+-----
+Keys are ``str`` paths (``/services/web``), values are ``bytes``. The store has a
+single, strictly increasing 64-bit **revision**; every successful write
+(a put, a delete that removed something, or a transaction with at least one
+effective operation) increments it by exactly one, and every key touched in that
+write gets ``mod_revision`` equal to the new revision. A key's
+``create_revision`` is the revision that created it (reset if it is deleted and
+created again); ``version`` counts puts since creation (1 after the first put).
+The first write to an empty store yields revision 1; an empty store is at 0.
+
+Methods
+-------
+``get(key)``
+    The ``KeyValue`` or ``None``. A read: never changes the revision.
+``range(prefix)``
+    ``(kvs sorted by key, revision)``: all keys starting with ``prefix`` as one
+    consistent snapshot, and the store revision that snapshot reflects. Use that
+    revision to start a ``watch`` without missing or repeating anything.
+``txn(compares, success, failure)``
+    Atomic compare-and-set. If every ``Compare`` holds, the ``success``
+    operations run, otherwise the ``failure`` ones; all in one revision.
+    ``TxnResult.succeeded`` tells which. **Lost race = ``succeeded is False``**,
+    never an exception. A compare on a missing key sees ``mod_revision == 0``,
+    ``create_revision == 0`` and ``version == 0``, so "create if absent" is
+    ``Compare(key, "version", "==", 0)``.
+``put(key, value, lease=0)`` / ``delete(key)`` / ``delete_prefix(prefix)``
+    Unconditional writes; return the new revision (``delete*`` return the
+    revision and how many keys went; deleting nothing does not bump the
+    revision). Prefer ``txn`` with a compare for anything read-modify-write.
+``watch(prefix, start_revision)``
+    An async iterator of ``list[Event]`` batches: every change to a key under
+    ``prefix`` with ``mod_revision >= start_revision``, in revision order, one
+    batch per revision (a transaction's events arrive together). Raises
+    ``CompactedError`` if ``start_revision`` is older than the store keeps
+    history; the caller then relists with ``range`` and watches from the
+    revision it returned + 1. The iterator ends when the store closes.
+``grant_lease(ttl)`` / ``keepalive(lease)`` / ``revoke(lease)``
+    Leases: a key put with ``lease=id`` is deleted (with a DELETE event) when
+    the lease expires or is revoked. ``keepalive`` renews for another ``ttl``
+    seconds and raises ``NotFoundError`` if the lease already expired.
+``compact(revision)``
+    Drop history before ``revision``; later watches from older revisions raise
+    ``CompactedError``.
+``aclose()``
+    Release everything; pending watches end. Idempotent.
+
+Errors
+------
+``StoreUnavailableError``: the store cannot be reached, is closed, or (sqlite)
+is locked by another manager. The outcome of a write that raised it is unknown;
+callers must not retry a non-idempotent transaction blindly.
+``CompactedError``: see ``watch``. ``ValueError``: a malformed compare.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+CompareTarget = Literal["mod_revision", "create_revision", "version", "value"]
+CompareOp = Literal["==", "!=", "<", ">"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+class EventType(StrEnum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: EventType
+    # For DELETE, ``kv.value`` is empty and ``kv.mod_revision`` is the deleting revision.
+    kv: KeyValue
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    key: str
+    target: CompareTarget
+    op: CompareOp
+    value: int | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+
+Op = Put | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # Number of keys each Delete op removed, in op order (0 for Puts).
+    deleted: list[int] = field(default_factory=list)
+
+
+def compare_holds(compare: Compare, kv: KeyValue | None) -> bool:
+    """Evaluate one ``Compare`` against the current ``kv`` (``None`` if missing)."""
+    actual: int | bytes
+    if compare.target == "value":
+        actual = kv.value if kv else b""
+        if not isinstance(compare.value, bytes):
+            raise ValueError("a value compare needs bytes")
+    else:
+        actual = getattr(kv, compare.target) if kv else 0
+        if not isinstance(compare.value, int):
+            raise ValueError(f"a {compare.target} compare needs an int")
+    expected = compare.value
+    if compare.op == "==":
+        return actual == expected
+    if compare.op == "!=":
+        return actual != expected
+    if compare.op == "<":
+        return actual < expected  # type: ignore[operator]
+    if compare.op == ">":
+        return actual > expected  # type: ignore[operator]
+    raise ValueError(f"unknown compare operator {compare.op!r}")
+
+
+class Store(abc.ABC):
+    """The contract above. Subclasses implement every abstract method."""
+
+    url: str
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> KeyValue | None: ...
+
+    @abc.abstractmethod
+    async def range(self, prefix: str) -> tuple[list[KeyValue], int]: ...
+
+    @abc.abstractmethod
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+    ) -> TxnResult: ...
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        result = await self.txn([], [Put(key, value, lease)])
+        return result.revision
+
+    async def delete(self, key: str) -> tuple[int, int]:
+        result = await self.txn([], [Delete(key)])
+        return result.revision, result.deleted[0]
+
+    async def delete_prefix(self, prefix: str) -> tuple[int, int]:
+        result = await self.txn([], [Delete(prefix, prefix=True)])
+        return result.revision, result.deleted[0]
+
+    @abc.abstractmethod
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[Event]]: ...
+
+    @abc.abstractmethod
+    async def revision(self) -> int:
+        """The current store revision."""
+
+    @abc.abstractmethod
+    async def grant_lease(self, ttl: float) -> int: ...
+
+    @abc.abstractmethod
+    async def keepalive(self, lease: int) -> None: ...
+
+    @abc.abstractmethod
+    async def revoke(self, lease: int) -> None: ...
+
+    @abc.abstractmethod
+    async def compact(self, revision: int) -> None: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
