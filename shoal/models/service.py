@@ -9,14 +9,14 @@ from __future__ import annotations
 import re
 import shlex
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from shoal.models.base import Model
 from shoal.models.units import Duration, Size
 
-API_VERSION = "shoal/v1"
+API_VERSION: Final = "shoal/v1"
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -25,24 +25,56 @@ CONSTRAINT = re.compile(
     r"\s*(?P<op>==|!=)\s*(?P<value>\S.*?)\s*$"
 )
 SIGNALS = {
-    "SIGHUP", "SIGINT", "SIGQUIT", "SIGKILL", "SIGUSR1", "SIGUSR2", "SIGTERM", "SIGSTOP",
-    "SIGCONT", "SIGWINCH",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGUSR2",
+    "SIGTERM",
+    "SIGSTOP",
+    "SIGCONT",
+    "SIGWINCH",
 }
 # The runtimes a spec may name. Plugins add to this set when they are registered
 # (shoal.runtimes.registry); validation consults it at apply time.
 KNOWN_RUNTIMES: set[str] = {"process"}
 
 
-def _check_labels(labels: dict[str, str]) -> dict[str, str]:
-    for key in labels:
-        if not LABEL_KEY.match(key):
-            raise ValueError(f"invalid label key {key!r}")
-    return labels
+def _check_label_key(key: str) -> str:
+    if not LABEL_KEY.match(key):
+        raise ValueError(f"invalid label key {key!r}")
+    return key
+
+
+def _check_env_name(name: str) -> str:
+    if not ENV_NAME.match(name):
+        raise ValueError(f"invalid environment variable name {name!r}")
+    if name.startswith("SHOAL_"):
+        raise ValueError(f"{name!r}: names starting with SHOAL_ are reserved")
+    return name
+
+
+def _check_constraint(expr: str) -> str:
+    if not CONSTRAINT.match(expr):
+        raise ValueError(
+            f"invalid constraint {expr!r}: use 'node.labels.KEY == VALUE', "
+            "'node.hostname != NAME', 'node.role == worker' (operators == and !=)"
+        )
+    return expr
+
+
+# Checked per key / per item (not per whole dict or list) so that a validation
+# error's location names the offending entry, which lets the manifest loader
+# point at its line.
+LabelKey = Annotated[str, AfterValidator(_check_label_key)]
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+Constraint = Annotated[str, AfterValidator(_check_constraint)]
 
 
 class Metadata(Model):
     name: str
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[LabelKey, str] = Field(default_factory=dict)
     # Set by the manager; whatever a user writes here is replaced on apply.
     generation: int | None = None
     created_at: datetime | None = None
@@ -58,11 +90,6 @@ class Metadata(Model):
             )
         return value
 
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_labels(value)
-
 
 class Reservations(Model):
     cpus: float = Field(default=0.0, ge=0)
@@ -77,7 +104,7 @@ class TaskTemplate(Model):
     runtime: str = "process"
     command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict)
     workdir: str | None = None
     stop_signal: str = "SIGTERM"
     stop_grace_period: Duration = 10.0
@@ -96,16 +123,6 @@ class TaskTemplate(Model):
         if value not in KNOWN_RUNTIMES:
             known = ", ".join(sorted(KNOWN_RUNTIMES))
             raise ValueError(f"unknown runtime {value!r} (known: {known})")
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not ENV_NAME.match(name):
-                raise ValueError(f"invalid environment variable name {name!r}")
-            if name.startswith("SHOAL_"):
-                raise ValueError(f"{name!r}: names starting with SHOAL_ are reserved")
         return value
 
     @field_validator("stop_signal")
@@ -134,18 +151,7 @@ class RestartPolicy(Model):
 
 
 class Placement(Model):
-    constraints: list[str] = Field(default_factory=list)
-
-    @field_validator("constraints")
-    @classmethod
-    def _constraints(cls, value: list[str]) -> list[str]:
-        for expr in value:
-            if not CONSTRAINT.match(expr):
-                raise ValueError(
-                    f"invalid constraint {expr!r}: use 'node.labels.KEY == VALUE', "
-                    "'node.hostname != NAME', 'node.role == worker' (operators == and !=)"
-                )
-        return value
+    constraints: list[Constraint] = Field(default_factory=list)
 
 
 class ServiceSpec(Model):
@@ -155,11 +161,14 @@ class ServiceSpec(Model):
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     placement: Placement = Field(default_factory=Placement)
 
-    @model_validator(mode="after")
-    def _replicas_for_mode(self) -> ServiceSpec:
-        if self.mode == "global" and self.replicas is not None:
-            raise ValueError("replicas: a global service runs one task per node; remove replicas")
-        return self
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_for_mode(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # A field validator (mode is declared first, so it is in info.data) rather
+        # than a model validator: the error is then located at spec.replicas.
+        if value is not None and info.data.get("mode") == "global":
+            raise ValueError("a global service runs one task per node; remove replicas")
+        return value
 
     @property
     def replica_count(self) -> int:
