@@ -95,9 +95,7 @@ class TypedStore:
                 ops.append(Put(change.key, change.obj.to_json_bytes()))
         result = await self.store.txn(compares, ops)
         if not result.succeeded:
-            raise ConflictError(
-                f"{len(changes)} change(s) lost a race with another writer; retrying from fresh state"
-            )
+            raise ConflictError(f"{len(changes)} change(s) lost a race with another writer")
         return result.revision
 
     async def get_config(self) -> ClusterConfig | None:

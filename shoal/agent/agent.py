@@ -1,0 +1,372 @@
+"""The agent: one node's session with the managers and the tasks it runs.
+
+``open_agent(settings)`` starts the runtimes, recovers what they still run from
+an earlier life of this agent, and keeps one session with a manager (trying
+each address in turn, backing off between attempts). Per session it
+heartbeats, applies assignments to ``TaskRunner``s, flushes status reports and
+answers log requests. Losing the manager never stops running tasks; a new
+session simply receives the full assignment set again.
+
+Handles recovered at start are only removed once the first full assignment
+set proves the manager no longer wants them, so a restart adopts instead of
+restarting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+import shoal
+from shoal.agent.reporter import StatusReporter
+from shoal.agent.taskrunner import TaskRunner
+from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channel
+from shoal.errors import ApiError, AuthError
+from shoal.manager.server import split_host_port
+from shoal.models import NodeDescription, RuntimeInfo, Task, TaskState, TaskStatus
+from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle
+from shoal.runtimes.registry import available_runtime_classes
+
+log = structlog.get_logger(__name__)
+
+PROBE_PERIOD = 30.0
+LOG_BATCH = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    managers: list[str]
+    token: str
+    state_dir: Path
+    name: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+    metrics_listen: str | None = None
+    runtime_options: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def _memory_bytes() -> int:
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class AgentMetrics:
+    """Task starts and exits per runtime."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.starts = Counter(
+            "shoal_agent_task_starts_total",
+            "Tasks started, by runtime.",
+            ["runtime"],
+            registry=registry,
+        )
+        self.exits = Counter(
+            "shoal_agent_task_exits_total",
+            "Tasks that ended, by runtime and outcome (complete, failed, shutdown).",
+            ["runtime", "outcome"],
+            registry=registry,
+        )
+        self.running = Gauge(
+            "shoal_agent_tasks", "Tasks this agent is looking after.", registry=registry
+        )
+
+
+class Agent:
+    """A running agent; see ``open_agent``."""
+
+    def __init__(self, settings: AgentSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry)
+        self.runtimes: dict[str, Runtime] = {}
+        self.runtime_info: list[RuntimeInfo] = []
+        self.runners: dict[str, TaskRunner] = {}
+        self.recovered: dict[str, tuple[Runtime, TaskHandle]] = {}
+        self.reporter = StatusReporter(settings.name)
+        self.connected = asyncio.Event()
+        self.fatal: BaseException | None = None
+        self._log_jobs: dict[str, asyncio.Task[Payload]] = {}
+        self._removals: set[asyncio.Task[None]] = set()
+        self._main: asyncio.Task[None] | None = None
+        self._reconnect = asyncio.Event()
+        self.metrics.running.set_function(lambda: len(self.runners))
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        for name, cls in available_runtime_classes().items():
+            runtime_settings = RuntimeSettings(
+                state_dir=settings.state_dir / "runtimes" / name,
+                node_name=settings.name,
+                options=settings.runtime_options.get(name, {}),
+            )
+            runtime = cls(runtime_settings)
+            self.runtimes[name] = runtime
+            for handle in await runtime.recover():
+                self.recovered[handle.task_id] = (runtime, handle)
+        self.runtime_info = [await r.describe() for r in self.runtimes.values()]
+        if settings.metrics_listen:
+            host, port = split_host_port(settings.metrics_listen)
+            start_http_server(port, host, self.registry)
+        log.info(
+            "agent.started",
+            node=settings.name,
+            recovered=len(self.recovered),
+            runtimes=[r.name for r in self.runtime_info if r.available],
+        )
+        self._main = asyncio.create_task(self._sessions(), name="agent-sessions")
+
+    async def wait(self) -> None:
+        """Return when the agent stops for good (e.g. its join token was refused)."""
+        assert self._main is not None
+        await self._main
+
+    async def aclose(self) -> None:
+        if self._main:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+        for job in self._log_jobs.values():
+            job.cancel()
+        for runner in self.runners.values():
+            await runner.aclose()
+        for runtime in self.runtimes.values():
+            await runtime.aclose()
+
+    def description(self) -> NodeDescription:
+        return NodeDescription(
+            hostname=socket.gethostname(),
+            labels=self.settings.labels,
+            runtimes=self.runtime_info,
+            cpus=float(os.cpu_count() or 1),
+            memory=_memory_bytes(),
+            agent_version=shoal.__version__,
+        )
+
+    # -------------------------------------------------------------- sessions
+
+    async def _sessions(self) -> None:
+        managers = list(self.settings.managers)
+        delay = 0.2
+        attempt = 0
+        while True:
+            address = managers[attempt % len(managers)]
+            attempt += 1
+            try:
+                await self._session(address)
+                delay = 0.2
+            except AuthError as exc:
+                self.fatal = exc
+                log.error("agent.refused", manager=address, error=str(exc))
+                return
+            except ApiError as exc:
+                if exc.code == "PERMISSION_DENIED":
+                    self.fatal = AuthError(exc.message)
+                    log.error("agent.refused", manager=address, error=exc.message)
+                    return
+                log.warning("agent.session_lost", manager=address, error=exc.message)
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _session(self, address: str) -> None:
+        channel = open_channel(address)
+        client = Client(channel, DISPATCHER_SERVICE)
+        helpers: list[asyncio.Task[Any]] = []
+        self._reconnect.clear()
+        try:
+            request = {
+                "token": self.settings.token,
+                "nodeId": self.settings.name,
+                "description": self.description().to_wire(),
+            }
+            stream = client.stream("Session", request)
+            reconnect = asyncio.create_task(self._reconnect.wait())
+            helpers.append(reconnect)
+            async for message in _until(stream, reconnect):
+                kind = message.get("type")
+                if kind == "session":
+                    session_id = str(message["sessionId"])
+                    period = float(message["heartbeatPeriod"])
+                    for helper_job in (
+                        self._heartbeat(client, session_id, period),
+                        self.reporter.run(client, session_id),
+                        self._probe(),
+                    ):
+                        helper = asyncio.create_task(helper_job)
+                        # Any helper ending (a failed call, changed runtimes) ends the session.
+                        helper.add_done_callback(lambda _: self._reconnect.set())
+                        helpers.append(helper)
+                    log.info("agent.connected", manager=address, session=session_id)
+                elif kind == "assignments":
+                    await self._assign(message)
+                    self.connected.set()
+                elif kind == "logs":
+                    self._start_logs(client, message)
+                elif kind == "logs-cancel":
+                    job = self._log_jobs.pop(str(message["subscriptionId"]), None)
+                    if job:
+                        job.cancel()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await channel.close()
+
+    async def _heartbeat(self, client: Client, session_id: str, period: float) -> None:
+        request = {"nodeId": self.settings.name, "sessionId": session_id}
+        while True:
+            await asyncio.sleep(period)
+            try:
+                reply = await client.call("Heartbeat", request, timeout=max(period, 2.0))
+            except ApiError as exc:
+                log.warning("agent.heartbeat_failed", error=exc.message)
+                return
+            period = float(reply.get("heartbeatPeriod", period))
+
+    async def _probe(self) -> None:
+        """Re-check the runtimes; re-register when what works here changed."""
+        while True:
+            await asyncio.sleep(PROBE_PERIOD)
+            info = [await r.describe() for r in self.runtimes.values()]
+            if info != self.runtime_info:
+                log.info("agent.runtimes_changed", runtimes=[r.to_wire() for r in info])
+                self.runtime_info = info
+                return
+
+    # ------------------------------------------------------------ assignments
+
+    async def _assign(self, message: Payload) -> None:
+        tasks = [Task.model_validate(raw) for raw in message.get("tasks", [])]
+        if message.get("full"):
+            wanted = {t.id for t in tasks}
+            for task_id in [t for t in self.runners if t not in wanted]:
+                await self._remove(task_id)
+            for task_id in [t for t in self.recovered if t not in wanted]:
+                runtime, handle = self.recovered.pop(task_id)
+                log.info("agent.cleanup_unassigned", task=task_id)
+                await runtime.stop(handle, "SIGTERM", 10.0)
+                await runtime.remove(handle)
+        for task in tasks:
+            runner = self.runners.get(task.id)
+            if runner:
+                runner.update(task)
+                continue
+            runtime_for_task = self.runtimes.get(task.template.runtime)
+            recovered = self.recovered.pop(task.id, None)
+            if runtime_for_task is None:
+                if not task.status.state.terminal:
+                    self.reporter.report(
+                        task.id,
+                        TaskStatus(
+                            state=TaskState.REJECTED,
+                            message=f"runtime {task.template.runtime!r} is not available here",
+                        ),
+                    )
+                continue
+            self.runners[task.id] = TaskRunner(
+                task,
+                runtime_for_task,
+                self.reporter.report,
+                self.settings.name,
+                recovered[1] if recovered else None,
+                on_start=lambda rt: self.metrics.starts.labels(rt).inc(),
+                on_exit=lambda rt, outcome: self.metrics.exits.labels(rt, outcome).inc(),
+            )
+        for task_id in message.get("removed", []):
+            await self._remove(str(task_id))
+
+    async def _remove(self, task_id: str) -> None:
+        runner = self.runners.pop(task_id, None)
+        if runner:
+            job = asyncio.create_task(runner.remove(), name=f"remove-{task_id[:8]}")
+            self._removals.add(job)
+            job.add_done_callback(self._removals.discard)
+
+    # ------------------------------------------------------------------- logs
+
+    def _start_logs(self, client: Client, message: Payload) -> None:
+        subscription = str(message["subscriptionId"])
+        runners = [self.runners[t] for t in message.get("taskIds", []) if t in self.runners]
+        follow = bool(message.get("follow"))
+        tail = message.get("tail")
+        job = asyncio.create_task(
+            client.client_stream("PublishLogs", _log_batches(subscription, runners, follow, tail)),
+            name=f"logs-{subscription}",
+        )
+        self._log_jobs[subscription] = job
+        job.add_done_callback(lambda _: self._log_jobs.pop(subscription, None))
+
+
+async def _log_batches(
+    subscription: str, runners: list[TaskRunner], follow: bool, tail: int | None
+) -> AsyncIterator[Payload]:
+    """Merge the logs of several tasks into batched PublishLogs messages."""
+    queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue()
+
+    async def pump(runner: TaskRunner) -> None:
+        try:
+            if runner.handle is not None:
+                async for line in runner.runtime.logs(runner.handle, follow=follow, tail=tail):
+                    queue.put_nowait({"taskId": runner.task.id, "line": line})
+        finally:
+            queue.put_nowait(None)
+
+    pumps = [asyncio.create_task(pump(r)) for r in runners]
+    remaining = len(pumps)
+    try:
+        yield {"subscriptionId": subscription, "lines": []}
+        while remaining:
+            batch: list[dict[str, str]] = []
+            item = await queue.get()
+            while True:
+                if item is None:
+                    remaining -= 1
+                else:
+                    batch.append(item)
+                if queue.empty() or len(batch) >= 500:
+                    break
+                item = queue.get_nowait()
+            if batch:
+                yield {"subscriptionId": subscription, "lines": batch}
+    finally:
+        for task in pumps:
+            task.cancel()
+
+
+async def _until(stream: AsyncIterator[Payload], stop: asyncio.Task[Any]) -> AsyncIterator[Payload]:
+    """Items of ``stream`` until ``stop`` finishes."""
+    iterator = stream.__aiter__()
+    while True:
+        item = asyncio.ensure_future(iterator.__anext__())
+        done, _ = await asyncio.wait({item, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if item not in done:
+            item.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await item
+            return
+        try:
+            yield item.result()
+        except StopAsyncIteration:
+            return
+
+
+@contextlib.asynccontextmanager
+async def open_agent(settings: AgentSettings) -> AsyncIterator[Agent]:
+    agent = Agent(settings)
+    try:
+        await agent.start()
+        yield agent
+    finally:
+        await agent.aclose()

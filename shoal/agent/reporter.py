@@ -1,0 +1,58 @@
+"""Batched task status reports from the agent to the manager.
+
+Runners call ``report`` as often as they like; only the newest status per task
+is kept, and a flusher sends everything pending in one ``UpdateTaskStatus``
+call every ``BATCH_WINDOW`` seconds. A batch that fails stays pending and goes
+out again on the next session, so a manager failover loses no report (the
+manager ignores reports that do not move a task forward, so resending is
+harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from shoal.api.transport import Client
+from shoal.errors import ApiError
+from shoal.models import TaskStatus
+
+log = structlog.get_logger(__name__)
+
+BATCH_WINDOW = 0.1
+
+
+class StatusReporter:
+    """Collects the newest status per task and sends them in batches."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self._pending: dict[str, TaskStatus] = {}
+        self._wake = asyncio.Event()
+
+    def report(self, task_id: str, status: TaskStatus) -> None:
+        self._pending[task_id] = status
+        self._wake.set()
+
+    async def run(self, client: Client, session_id: str) -> None:
+        """Flush until cancelled or the session fails (then raises ``ApiError``)."""
+        self._wake.set()  # resend whatever a previous session left pending
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(BATCH_WINDOW)
+            if not self._pending:
+                continue
+            batch, self._pending = self._pending, {}
+            updates = [{"taskId": k, "status": v.to_wire()} for k, v in batch.items()]
+            try:
+                await client.call(
+                    "UpdateTaskStatus",
+                    {"nodeId": self.node_id, "sessionId": session_id, "updates": updates},
+                    timeout=10.0,
+                )
+            except ApiError:
+                for task_id, status in batch.items():
+                    self._pending.setdefault(task_id, status)
+                raise

@@ -1,0 +1,200 @@
+"""One task on this node, from assignment to its end, driven by its runtime.
+
+A ``TaskRunner`` owns one task's local life: start it (or adopt it after an
+agent restart), report its observed state as it moves forward, wait for it to
+exit, stop it when the manager wants it shut down, and finally remove it.
+The manager's copy of the task says what is wanted (``desired_state``) and what
+was last observed (``status.state``); the runner reconciles the two with what
+the runtime actually has:
+
+================================  ===================================================
+store says                        the runner
+================================  ===================================================
+assigned, desired running         starts it: accepted → starting → running
+accepted or later, not ended,     adopts the runtime's handle and reports running
+handle recovered                  (or the exit that happened while the agent was away)
+accepted or later, no handle      reports failed: the task is lost on this node
+desired shutdown                  stops it (stopSignal, grace, kill) → shutdown
+ended (any terminal state)        makes sure nothing of it runs; reports nothing
+================================  ===================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from shoal.errors import RuntimeBackendError, TaskRejectedError
+from shoal.models import DesiredState, Task, TaskState, TaskStatus
+from shoal.runtimes.base import ExitStatus, Runtime, TaskHandle, TaskLaunch
+
+log = structlog.get_logger(__name__)
+
+Report = Callable[[str, TaskStatus], None]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def launch_for(task: Task, node_name: str) -> TaskLaunch:
+    slot = task.node_id or node_name if task.slot == 0 else str(task.slot)
+    return TaskLaunch(
+        task_id=task.id,
+        service=task.service,
+        slot=task.slot,
+        template=task.template,
+        env={
+            "SHOAL_SERVICE": task.service,
+            "SHOAL_TASK_ID": task.id,
+            "SHOAL_TASK_SLOT": slot,
+            "SHOAL_NODE": node_name,
+        },
+    )
+
+
+def exit_status_message(exit: ExitStatus) -> str:
+    return exit.message or (
+        f"exited with code {exit.exit_code}" if exit.exit_code is not None else "exited"
+    )
+
+
+class TaskRunner:
+    """Runs one task; see the module docstring."""
+
+    def __init__(
+        self,
+        task: Task,
+        runtime: Runtime,
+        report: Report,
+        node_name: str,
+        handle: TaskHandle | None,
+        on_start: Callable[[str], None] | None = None,
+        on_exit: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.task = task
+        self.runtime = runtime
+        self.handle = handle
+        self._report = report
+        self._node_name = node_name
+        self._stop = asyncio.Event()
+        self._state = task.status.state
+        self._on_start = on_start or (lambda runtime: None)
+        self._on_exit = on_exit or (lambda runtime, outcome: None)
+        self._job: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"task-{task.id[:8]}")
+        if task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal:
+            self._stop.set()
+
+    def update(self, task: Task) -> None:
+        self.task = task
+        if task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal:
+            self._stop.set()
+
+    def report(self, state: TaskState, message: str, **fields: object) -> None:
+        if not self._state.can_move_to(state):
+            return
+        self._state = state
+        self._report(
+            self.task.id,
+            TaskStatus(state=state, timestamp=_now(), message=message, **fields),
+        )
+
+    async def _run(self) -> None:
+        try:
+            await self._lifecycle()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a runtime misbehaved: report it, never crash the agent
+            log.exception("task.runner_failed", task=self.task.id)
+            self.report(TaskState.FAILED, f"agent error: {exc}", error=str(exc))
+
+    async def _lifecycle(self) -> None:
+        task = self.task
+        if self.handle is None:
+            if task.status.state.terminal:
+                return
+            if self._stop.is_set():
+                self.report(TaskState.SHUTDOWN, "shut down before it started")
+                return
+            if task.status.state != TaskState.ASSIGNED:
+                self.report(
+                    TaskState.FAILED,
+                    "task lost: it is not running on this node (agent state was lost)",
+                    error="lost",
+                )
+                return
+            if not await self._start():
+                return
+        else:
+            observed = await self.runtime.inspect(self.handle)
+            if observed.running and not task.status.state.terminal and not self._stop.is_set():
+                self.report(
+                    TaskState.RUNNING,
+                    "adopted after agent restart",
+                    pid=observed.pid,
+                    started_at=observed.started_at,
+                )
+        assert self.handle is not None
+        waiter = asyncio.create_task(self.runtime.wait(self.handle))
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if waiter.done():
+            exit = waiter.result()
+            message = exit_status_message(exit)
+            if self._stop.is_set():
+                self.report(TaskState.SHUTDOWN, message, exit_code=exit.exit_code)
+            elif exit.succeeded:
+                self.report(TaskState.COMPLETE, message, exit_code=0)
+            else:
+                self.report(TaskState.FAILED, message, exit_code=exit.exit_code, error=message)
+            self._on_exit(self.runtime.name, "complete" if exit.succeeded else "failed")
+            return
+        template = self.task.template
+        await self.runtime.stop(self.handle, template.stop_signal, template.stop_grace_period)
+        exit = await waiter
+        self.report(
+            TaskState.SHUTDOWN, f"stopped ({exit_status_message(exit)})", exit_code=exit.exit_code
+        )
+        self._on_exit(self.runtime.name, "shutdown")
+
+    async def _start(self) -> bool:
+        self.report(TaskState.ACCEPTED, "accepted by the agent")
+        self.report(TaskState.STARTING, f"starting with runtime {self.runtime.name}")
+        try:
+            self.handle = await self.runtime.start(launch_for(self.task, self._node_name))
+        except TaskRejectedError as exc:
+            self.report(TaskState.REJECTED, str(exc), error=str(exc))
+            return False
+        except RuntimeBackendError as exc:
+            self.report(TaskState.FAILED, f"start failed: {exc}", error=str(exc))
+            return False
+        self._on_start(self.runtime.name)
+        observed = await self.runtime.inspect(self.handle)
+        if observed.running and not self._stop.is_set():
+            self.report(
+                TaskState.RUNNING, "running", pid=observed.pid, started_at=observed.started_at
+            )
+        return True
+
+    async def remove(self) -> None:
+        """Stop whatever still runs and release the task's resources."""
+        self._stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._job
+        if self.handle is not None:
+            template = self.task.template
+            await self.runtime.stop(self.handle, template.stop_signal, template.stop_grace_period)
+            await self.runtime.remove(self.handle)
+
+    async def aclose(self) -> None:
+        """Stop watching the task (agent shutdown); the task itself keeps running."""
+        self._job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._job

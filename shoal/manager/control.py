@@ -1,0 +1,366 @@
+"""The Control service: what the CLI talks to.
+
+Every method takes and returns JSON objects (see ``shoal.api.transport``).
+Reads are served from the informer; writes go to the store in one transaction
+per call, so an ``apply`` of several services is all or nothing.
+Objects go out as ``{metadata, spec, status}`` (tasks and nodes keep their own
+shape with ``status``), lists as ``{"items": [...]}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc.aio
+
+import shoal
+from shoal.api.transport import Method, Payload, ServerStream, Unary
+from shoal.errors import ConflictError, NotFoundError, SpecError
+from shoal.manager.dispatcher import Dispatcher
+from shoal.models import (
+    Availability,
+    DesiredState,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+)
+from shoal.reconciler.events import EventRecorder
+from shoal.reconciler.informer import Informer
+from shoal.reconciler.loop import ControllerRunner, Failed
+from shoal.reconciler.orchestrator import Orchestrator
+from shoal.store.typed import SERVICES, Change
+
+KINDS = {
+    "service": "services",
+    "services": "services",
+    "svc": "services",
+    "task": "tasks",
+    "tasks": "tasks",
+    "node": "nodes",
+    "nodes": "nodes",
+}
+
+
+def _kind(name: str) -> str:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown resource type {name!r} (use services, tasks or nodes)") from None
+
+
+class Control:
+    """Handlers of the Control service."""
+
+    def __init__(
+        self,
+        informer: Informer,
+        dispatcher: Dispatcher,
+        events: EventRecorder,
+        orchestrator: Orchestrator,
+        orchestrator_runner: ControllerRunner,
+        worker_token: str,
+    ) -> None:
+        self.informer = informer
+        self.dispatcher = dispatcher
+        self.events = events
+        self.orchestrator = orchestrator
+        self.orchestrator_runner = orchestrator_runner
+        self.worker_token = worker_token
+
+    def methods(self) -> dict[str, Method]:
+        return {
+            "Apply": Unary(self.apply),
+            "Get": Unary(self.get),
+            "Describe": Unary(self.describe),
+            "Delete": Unary(self.delete),
+            "Scale": Unary(self.scale),
+            "UpdateNode": Unary(self.update_node),
+            "Logs": ServerStream(self.logs),
+            "Token": Unary(self.token),
+            "Version": Unary(self.version),
+        }
+
+    # ----------------------------------------------------------------- writes
+
+    async def apply(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        services = self._parse_services(request.get("services", []))
+        dry_run = bool(request.get("dryRun"))
+        now = datetime.now(UTC)
+        changes: list[Change] = []
+        results: list[dict[str, str]] = []
+        for service in services:
+            entry = self.informer.service(service.name)
+            if entry is None:
+                stored = service.model_copy(
+                    update={
+                        "metadata": service.metadata.model_copy(
+                            update={"generation": 1, "created_at": now, "updated_at": now}
+                        ),
+                        "status": None,
+                    }
+                )
+                changes.append(Change.put(stored, 0))
+                results.append({"name": service.name, "action": "created"})
+                continue
+            current = entry.obj
+            if current.spec == service.spec and current.metadata.labels == service.metadata.labels:
+                results.append({"name": service.name, "action": "unchanged"})
+                continue
+            stored = current.model_copy(
+                update={
+                    "spec": service.spec,
+                    "metadata": current.metadata.model_copy(
+                        update={
+                            "labels": service.metadata.labels,
+                            "generation": (current.metadata.generation or 0) + 1,
+                            "updated_at": now,
+                        }
+                    ),
+                }
+            )
+            changes.append(Change.put(stored, entry.revision))
+            results.append({"name": service.name, "action": "configured"})
+        revision = self.informer.revision
+        if changes and not dry_run:
+            revision = await self.informer.commit(changes)
+            for result in results:
+                if result["action"] != "unchanged":
+                    self.events.record(f"service/{result['name']}", "Applied", result["action"])
+        return {"results": results, "dryRun": dry_run, "revision": revision}
+
+    def _parse_services(self, raw: list[dict[str, Any]]) -> list[Service]:
+        problems: list[str] = []
+        services: list[Service] = []
+        seen: set[str] = set()
+        for index, doc in enumerate(raw):
+            try:
+                service = Service.model_validate(doc)
+            except ValueError as exc:
+                problems.append(f"document {index + 1}: {exc}")
+                continue
+            if service.name in seen:
+                problems.append(
+                    f"document {index + 1}: metadata.name: duplicate name {service.name!r}"
+                )
+            seen.add(service.name)
+            services.append(service)
+        if problems:
+            raise SpecError(problems)
+        return services
+
+    async def delete(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        if _kind(str(request.get("kind", "services"))) != "services":
+            raise ValueError("only services can be deleted")
+        names = [str(n) for n in request.get("names", [])]
+        missing = [n for n in names if self.informer.service(n) is None]
+        if missing and not request.get("ignoreNotFound"):
+            raise NotFoundError(f"service(s) not found: {', '.join(missing)}")
+        changes = []
+        for name in names:
+            entry = self.informer.service(name)
+            if entry is not None:
+                changes.append(Change.delete(SERVICES + name, entry.revision))
+        await self.informer.commit(changes)
+        for change in changes:
+            self.events.record(change.key.replace("/services/", "service/"), "Deleted", "deleted")
+        return {"deleted": [c.key[len(SERVICES) :] for c in changes], "missing": missing}
+
+    async def scale(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        targets = {str(k): int(v) for k, v in dict(request.get("replicas", {})).items()}
+        changes = []
+        now = datetime.now(UTC)
+        for name, replicas in targets.items():
+            entry = self.informer.service(name)
+            if entry is None:
+                raise NotFoundError(f"service {name!r} not found")
+            service = entry.obj
+            if service.spec.mode == "global":
+                raise ValueError(f"service {name!r} is global: it runs one task per node")
+            if replicas < 0:
+                raise ValueError(f"replicas for {name!r} cannot be negative")
+            spec = ServiceSpec.model_validate({**service.spec.model_dump(), "replicas": replicas})
+            meta = service.metadata.model_copy(
+                update={"generation": (service.metadata.generation or 0) + 1, "updated_at": now}
+            )
+            changes.append(
+                Change.put(
+                    service.model_copy(update={"spec": spec, "metadata": meta}), entry.revision
+                )
+            )
+        await self.informer.commit(changes)
+        for name, replicas in targets.items():
+            self.events.record(f"service/{name}", "Scaled", f"replicas set to {replicas}")
+        return {"scaled": targets}
+
+    async def update_node(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        node_id = str(request["name"])
+        for _ in range(5):
+            entry = self.informer.nodes.get(node_id)
+            if entry is None:
+                raise NotFoundError(f"node {node_id!r} not found")
+            spec = entry.obj.spec
+            update: dict[str, Any] = {}
+            if request.get("availability"):
+                update["availability"] = Availability(str(request["availability"]))
+            labels = {
+                **spec.labels,
+                **{str(k): str(v) for k, v in request.get("labelAdd", {}).items()},
+            }
+            for key in request.get("labelRemove", []):
+                labels.pop(str(key), None)
+            update["labels"] = labels
+            node = entry.obj.model_copy(update={"spec": spec.model_copy(update=update)})
+            try:
+                await self.informer.commit([Change.put(node, entry.revision)])
+            except ConflictError:
+                continue
+            self.events.record(
+                f"node/{node_id}", "NodeUpdated", f"spec is now {node.spec.to_wire()}"
+            )
+            return {"node": node.to_wire()}
+        raise ConflictError(f"node {node_id!r} kept changing; try again")
+
+    # ------------------------------------------------------------------ reads
+
+    def _service_view(self, service: Service) -> dict[str, Any]:
+        tasks = [e.obj for e in self.informer.tasks_of_service(service.name)]
+        live = [t for t in tasks if t.desired_state == DesiredState.RUNNING]
+        running = sum(1 for t in live if t.status.state == TaskState.RUNNING)
+        desired = len(live) if service.spec.mode == "global" else service.spec.replica_count
+        view = service.to_wire()
+        outcome = self.orchestrator_runner.last_outcome.get(service.name)
+        status: dict[str, Any] = {
+            "desiredTasks": desired,
+            "runningTasks": running,
+            "observedGeneration": service.metadata.generation,
+        }
+        if isinstance(outcome, Failed):
+            status["error"] = outcome.message
+        elif isinstance(outcome, Exception):
+            status["error"] = f"{type(outcome).__name__}: {outcome}"
+        view["status"] = status
+        return view
+
+    def _task_view(self, task: Task) -> dict[str, Any]:
+        view = task.to_wire()
+        view["name"] = task.name
+        return view
+
+    async def get(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        kind = _kind(str(request.get("kind", "")))
+        name = request.get("name")
+        if kind == "services":
+            entries = sorted(self.informer.services.items())
+            items = [self._service_view(e.obj) for n, e in entries if name in (None, n)]
+            if name and not items:
+                raise NotFoundError(f"service {name!r} not found")
+        elif kind == "tasks":
+            service = request.get("service")
+            if (
+                service
+                and self.informer.service(str(service)) is None
+                and not self.informer.tasks_by_service.get(str(service))
+            ):
+                raise NotFoundError(f"service {service!r} not found")
+            tasks = [
+                e.obj
+                for e in self.informer.all_tasks()
+                if (service in (None, e.obj.service)) and (name in (None, e.obj.id, e.obj.name))
+            ]
+            if not request.get("all"):
+                tasks = [
+                    t
+                    for t in tasks
+                    if t.desired_state == DesiredState.RUNNING or not t.status.state.terminal
+                ]
+            tasks.sort(key=lambda t: (t.service, t.slot, t.node_id or "", t.created_at))
+            items = [self._task_view(t) for t in tasks]
+        else:
+            items = [
+                e.obj.to_wire() for n, e in sorted(self.informer.nodes.items()) if name in (None, n)
+            ]
+            if name and not items:
+                raise NotFoundError(f"node {name!r} not found")
+        return {"items": items, "revision": self.informer.revision}
+
+    async def describe(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        kind = _kind(str(request.get("kind", "services")))
+        name = str(request["name"])
+        if kind == "nodes":
+            node_entry = self.informer.nodes.get(name)
+            if node_entry is None:
+                raise NotFoundError(f"node {name!r} not found")
+            tasks = sorted(
+                (e.obj for e in self.informer.tasks_on_node(name)), key=lambda t: t.created_at
+            )
+            return {
+                "node": node_entry.obj.to_wire(),
+                "tasks": [self._task_view(t) for t in tasks],
+                "events": [e.to_wire() for e in self.events.for_object(f"node/{name}")],
+            }
+        entry = self.informer.service(name)
+        if entry is None:
+            raise NotFoundError(f"service {name!r} not found")
+        tasks = sorted(
+            (e.obj for e in self.informer.tasks_of_service(name)),
+            key=lambda t: (t.slot, t.node_id or "", t.created_at),
+        )
+        return {
+            "service": self._service_view(entry.obj),
+            "tasks": [self._task_view(t) for t in tasks],
+            "notes": self.orchestrator.slot_notes.get(name, {}),
+            "events": [e.to_wire() for e in self.events.for_object(f"service/{name}")],
+        }
+
+    async def logs(
+        self, request: Payload, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Payload]:
+        name = str(request["service"])
+        if self.informer.service(name) is None and not self.informer.tasks_by_service.get(name):
+            raise NotFoundError(f"service {name!r} not found")
+        follow = bool(request.get("follow"))
+        tail = request.get("tail")
+        by_node: dict[str, list[str]] = defaultdict(list)
+        names: dict[str, str] = {}
+        for entry in self.informer.tasks_of_service(name):
+            task = entry.obj
+            if task.node_id and task.status.state not in (TaskState.PENDING, TaskState.ASSIGNED):
+                by_node[task.node_id].append(task.id)
+                names[task.id] = task.name
+        subscription, missing = self.dispatcher.request_logs(by_node, follow, tail)
+        try:
+            for node_id in missing:
+                yield {
+                    "taskId": "",
+                    "task": "",
+                    "line": f"(node {node_id} is not connected; its logs are unavailable)",
+                }
+            remaining = len(by_node) - len(missing)
+            while remaining > 0:
+                item = await subscription.queue.get()
+                if item is None:
+                    remaining -= 1
+                    continue
+                task_id = str(item.get("taskId", ""))
+                yield {
+                    "taskId": task_id,
+                    "task": names.get(task_id, task_id),
+                    "line": item.get("line", ""),
+                }
+        finally:
+            self.dispatcher.end_logs(subscription, list(by_node))
+
+    async def token(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        role = str(request.get("role", "worker"))
+        if role != "worker":
+            raise ValueError(f"unknown token role {role!r} (only 'worker' exists)")
+        return {"role": role, "token": self.worker_token}
+
+    async def version(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        await asyncio.sleep(0)
+        return {"version": shoal.__version__}

@@ -1,0 +1,288 @@
+"""The Dispatcher service: the manager's side of every agent session.
+
+An agent opens one ``Session`` stream. Its first request registers the node
+(join token checked, node description written, node ``ready``); the stream
+then carries, in order:
+
+1. ``{"type": "session", "sessionId", "heartbeatPeriod"}``;
+2. ``{"type": "assignments", "full": true, "tasks": [...]}``: every task the
+   store places on this node, history included (the agent stops and removes
+   what it runs but is not in this set);
+3. incremental ``{"type": "assignments", "full": false, "tasks", "removed"}``
+   messages, batched for ``BATCH_WINDOW`` seconds, sent when a task appears,
+   disappears, or changes in a way the agent acts on (desired state, ended);
+4. ``{"type": "logs", ...}`` requests when somebody runs ``shoal logs``.
+
+Heartbeats (``Heartbeat``) only touch memory. Status comes back in batches
+through ``UpdateTaskStatus``; a report is applied only if it moves the task's
+state forward, so late or repeated reports are harmless. Log lines come back
+through ``PublishLogs`` and are routed to the waiting ``shoal logs`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc.aio
+import structlog
+
+from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary
+from shoal.errors import AuthError, ConflictError, ShoalError
+from shoal.models import Node, NodeDescription, NodeState, NodeStatus, Task, TaskStatus
+from shoal.reconciler.events import EventRecorder
+from shoal.reconciler.informer import Informer
+from shoal.reconciler.nodemonitor import HeartbeatTracker
+from shoal.store.typed import Change, Object
+
+log = structlog.get_logger(__name__)
+
+BATCH_WINDOW = 0.05
+
+
+class SessionError(ShoalError):
+    """The agent's session is unknown or expired; it must register again."""
+
+
+@dataclass
+class AgentSession:
+    """One connected agent."""
+
+    id: str
+    node_id: str
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dirty: set[str] = field(default_factory=set)
+    outbox: list[Payload] = field(default_factory=list)
+    sent: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    closed: bool = False
+
+    def notify(self) -> None:
+        self.wake.set()
+
+
+@dataclass
+class LogSubscription:
+    id: str
+    queue: asyncio.Queue[Payload | None] = field(default_factory=asyncio.Queue)
+
+
+def _fingerprint(task: Task) -> tuple[str, bool]:
+    """What the agent acts on; other changes (its own status reports) are not echoed."""
+    return (task.desired_state.value, task.status.state.terminal)
+
+
+class Dispatcher:
+    """Agent sessions, heartbeats, assignments, status and log routing."""
+
+    def __init__(
+        self,
+        informer: Informer,
+        heartbeats: HeartbeatTracker,
+        events: EventRecorder,
+        worker_token: str,
+        heartbeat_period: float,
+    ) -> None:
+        self.informer = informer
+        self.heartbeats = heartbeats
+        self.events = events
+        self.worker_token = worker_token
+        self.heartbeat_period = heartbeat_period
+        self.sessions: dict[str, AgentSession] = {}  # by node id
+        self.subscriptions: dict[str, LogSubscription] = {}
+        informer.subscribe(self._on_change)
+
+    def methods(self) -> dict[str, Method]:
+        return {
+            "Session": ServerStream(self.session),
+            "Heartbeat": Unary(self.heartbeat),
+            "UpdateTaskStatus": Unary(self.update_task_status),
+            "PublishLogs": ClientStream(self.publish_logs),
+        }
+
+    def _on_change(self, old: Object | None, new: Object | None) -> None:
+        task = new if isinstance(new, Task) else old if isinstance(old, Task) else None
+        if task is None:
+            return
+        for node_id in {getattr(old, "node_id", None), getattr(new, "node_id", None)}:
+            session = self.sessions.get(node_id) if node_id else None
+            if session:
+                session.dirty.add(task.id)
+                session.notify()
+
+    # ----------------------------------------------------------------- RPCs
+
+    async def session(
+        self, request: Payload, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Payload]:
+        if not secrets.compare_digest(str(request.get("token", "")), self.worker_token):
+            raise AuthError("join token refused: run 'shoal token worker' on the manager")
+        node_id = str(request["nodeId"])
+        description = NodeDescription.model_validate(request["description"])
+        await self._register(node_id, description, str(context.peer()))
+        session = AgentSession(id=secrets.token_hex(8), node_id=node_id)
+        previous = self.sessions.get(node_id)
+        if previous:
+            previous.closed = True
+            previous.notify()
+        self.sessions[node_id] = session
+        self.heartbeats.beat(node_id)
+        log.info("agent.session", node=node_id, session=session.id, peer=context.peer())
+        try:
+            yield {
+                "type": "session",
+                "sessionId": session.id,
+                "heartbeatPeriod": self.heartbeat_period,
+            }
+            tasks = [e.obj for e in self.informer.tasks_on_node(node_id)]
+            session.sent = {t.id: _fingerprint(t) for t in tasks}
+            yield {"type": "assignments", "full": True, "tasks": [t.to_wire() for t in tasks]}
+            while not session.closed:
+                await session.wake.wait()
+                session.wake.clear()
+                await asyncio.sleep(BATCH_WINDOW)
+                for message in session.outbox:
+                    yield message
+                session.outbox.clear()
+                update = self._incremental(session)
+                if update:
+                    yield update
+        finally:
+            session.closed = True
+            if self.sessions.get(node_id) is session:
+                del self.sessions[node_id]
+            log.info("agent.session_ended", node=node_id, session=session.id)
+
+    def _incremental(self, session: AgentSession) -> Payload | None:
+        changed: list[dict[str, Any]] = []
+        removed: list[str] = []
+        dirty, session.dirty = session.dirty, set()
+        for task_id in dirty:
+            entry = self.informer.tasks.get(task_id)
+            if entry is None or entry.obj.node_id != session.node_id:
+                if session.sent.pop(task_id, None) is not None:
+                    removed.append(task_id)
+                continue
+            fingerprint = _fingerprint(entry.obj)
+            if session.sent.get(task_id) != fingerprint:
+                session.sent[task_id] = fingerprint
+                changed.append(entry.obj.to_wire())
+        if not changed and not removed:
+            return None
+        return {"type": "assignments", "full": False, "tasks": changed, "removed": removed}
+
+    async def _register(self, node_id: str, description: NodeDescription, peer: str) -> None:
+        now = datetime.now(UTC)
+        for _ in range(5):
+            entry = self.informer.nodes.get(node_id)
+            status = NodeStatus(state=NodeState.READY, address=peer, updated_at=now)
+            if entry is None:
+                node = Node(id=node_id, description=description, status=status)
+                expect = 0
+            else:
+                node = entry.obj.model_copy(update={"description": description, "status": status})
+                expect = entry.revision
+            try:
+                await self.informer.commit([Change.put(node, expect)])
+            except ConflictError:
+                continue
+            self.events.record(f"node/{node_id}", "NodeReady", f"agent registered from {peer}")
+            return
+        raise ConflictError(f"could not register node {node_id}: too much contention")
+
+    def _session_for(self, request: Payload) -> AgentSession:
+        node_id = str(request.get("nodeId", ""))
+        session = self.sessions.get(node_id)
+        if session is None or session.id != request.get("sessionId") or session.closed:
+            raise SessionError(f"no session {request.get('sessionId')} for node {node_id}")
+        return session
+
+    async def heartbeat(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        session = self._session_for(request)
+        entry = self.informer.nodes.get(session.node_id)
+        if entry is None or entry.obj.status.state != NodeState.READY:
+            session.closed = True
+            session.notify()
+            raise SessionError(f"node {session.node_id} was marked down; register again")
+        self.heartbeats.beat(session.node_id)
+        return {"heartbeatPeriod": self.heartbeat_period}
+
+    async def update_task_status(
+        self, request: Payload, context: grpc.aio.ServicerContext
+    ) -> Payload:
+        session = self._session_for(request)
+        reports = {
+            str(u["taskId"]): TaskStatus.model_validate(u["status"]) for u in request["updates"]
+        }
+        applied = 0
+        for _ in range(5):
+            changes: list[Change] = []
+            for task_id, status in reports.items():
+                entry = self.informer.tasks.get(task_id)
+                if entry is None or entry.obj.node_id != session.node_id:
+                    continue
+                if not entry.obj.status.state.can_move_to(status.state):
+                    continue
+                changes.append(
+                    Change.put(entry.obj.model_copy(update={"status": status}), entry.revision)
+                )
+            try:
+                await self.informer.commit(changes)
+            except ConflictError:
+                continue
+            applied = len(changes)
+            break
+        else:
+            raise ConflictError("task status update kept losing races; the agent will resend")
+        return {"applied": applied}
+
+    async def publish_logs(
+        self, requests: AsyncIterator[Payload], context: grpc.aio.ServicerContext
+    ) -> Payload:
+        subscription: LogSubscription | None = None
+        async for message in requests:
+            subscription = self.subscriptions.get(str(message.get("subscriptionId")))
+            if subscription is None:
+                break  # the reader went away
+            for line in message.get("lines", ()):
+                subscription.queue.put_nowait(line)
+        if subscription is not None:
+            subscription.queue.put_nowait(None)  # this node is finished
+        return {}
+
+    # ------------------------------------------------------------ log routing
+
+    def request_logs(
+        self, task_ids_by_node: dict[str, list[str]], follow: bool, tail: int | None
+    ) -> tuple[LogSubscription, list[str]]:
+        """Ask each node's agent for logs; returns the subscription and unreachable nodes."""
+        subscription = LogSubscription(id=secrets.token_hex(8))
+        self.subscriptions[subscription.id] = subscription
+        missing: list[str] = []
+        for node_id, task_ids in task_ids_by_node.items():
+            session = self.sessions.get(node_id)
+            if session is None:
+                missing.append(node_id)
+                continue
+            session.outbox.append(
+                {
+                    "type": "logs",
+                    "subscriptionId": subscription.id,
+                    "taskIds": task_ids,
+                    "follow": follow,
+                    "tail": tail,
+                }
+            )
+            session.notify()
+        return subscription, missing
+
+    def end_logs(self, subscription: LogSubscription, node_ids: list[str]) -> None:
+        self.subscriptions.pop(subscription.id, None)
+        for node_id in node_ids:
+            session = self.sessions.get(node_id)
+            if session:
+                session.outbox.append({"type": "logs-cancel", "subscriptionId": subscription.id})
+                session.notify()

@@ -1,0 +1,196 @@
+"""The informer: an in-memory, always-current copy of every service, task and node.
+
+Reconcilers read only from here, never from the store, so a reconcile costs no
+I/O until it writes. The cache is fed two ways:
+
+* a store watch from the revision of the initial list, so changes made by
+  anybody reach it (and a compacted revision triggers a relist);
+* write-through: ``commit`` applies a successful transaction to the cache at
+  once, so a controller sees its own writes before the watch echoes them.
+
+Each key remembers the revision it was last applied at (deleted keys too, as
+tombstones), so the late echo of an older revision is ignored rather than
+undoing a newer write. Listeners are called synchronously with ``(old, new)``
+for every change; they only enqueue keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import structlog
+
+from shoal.errors import CompactedError, StoreError
+from shoal.models import Node, Service, Task
+from shoal.store.base import EventType, Store
+from shoal.store.typed import NODES, SERVICES, TASKS, Change, Object, TypedStore, decode
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T", Service, Task, Node)
+Listener = Callable[[Object | None, Object | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(Generic[T]):
+    obj: T
+    revision: int
+
+
+class Informer:
+    """The cache described above."""
+
+    def __init__(self, store: Store, typed: TypedStore) -> None:
+        self.store = store
+        self.typed = typed
+        self.services: dict[str, Entry[Service]] = {}
+        self.tasks: dict[str, Entry[Task]] = {}
+        self.nodes: dict[str, Entry[Node]] = {}
+        self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
+        self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
+        self._applied: dict[str, int] = {}
+        self._listeners: list[Listener] = []
+        self._watch_task: asyncio.Task[None] | None = None
+        self.revision = 0
+        self.synced = asyncio.Event()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """List everything, then keep following the store in the background."""
+        start = await self._relist()
+        self._watch_task = asyncio.create_task(self._follow(start + 1), name="informer-watch")
+        self.synced.set()
+
+    async def aclose(self) -> None:
+        if self._watch_task:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+
+    async def commit(self, changes: Sequence[Change]) -> int:
+        """Commit through the typed store and apply the result here at once."""
+        if not changes:
+            return self.revision
+        revision = await self.typed.commit(changes)
+        for change in changes:
+            self._apply(change.key, change.obj, revision)
+        return revision
+
+    # ----------------------------------------------------------------- queries
+
+    def service(self, name: str) -> Entry[Service] | None:
+        return self.services.get(name)
+
+    def tasks_of_service(self, name: str) -> list[Entry[Task]]:
+        return [self.tasks[i] for i in self.tasks_by_service.get(name, ())]
+
+    def tasks_on_node(self, node_id: str) -> list[Entry[Task]]:
+        return [self.tasks[i] for i in self.tasks_by_node.get(node_id, ())]
+
+    def all_tasks(self) -> Iterable[Entry[Task]]:
+        return self.tasks.values()
+
+    # -------------------------------------------------------------- internals
+
+    async def _relist(self) -> int:
+        kvs, revision = await self.store.range("/")
+        seen: set[str] = set()
+        for kv in kvs:
+            obj = decode(kv)
+            if obj is None:
+                continue
+            seen.add(kv.key)
+            self._apply(kv.key, obj, kv.mod_revision, force=True)
+        for key in [k for k in self._known_keys() if k not in seen]:
+            self._apply(key, None, revision, force=True)
+        self.revision = max(self.revision, revision)
+        return revision
+
+    def _known_keys(self) -> list[str]:
+        return (
+            [SERVICES + k for k in self.services]
+            + [TASKS + k for k in self.tasks]
+            + [NODES + k for k in self.nodes]
+        )
+
+    async def _follow(self, start: int) -> None:
+        while True:
+            try:
+                async for batch in self.store.watch("/", start):
+                    for event in batch:
+                        if event.type == EventType.DELETE:
+                            self._apply(event.kv.key, None, event.kv.mod_revision)
+                        else:
+                            obj = decode(event.kv)
+                            if obj is not None:
+                                self._apply(event.kv.key, obj, event.kv.mod_revision)
+                        start = event.kv.mod_revision + 1
+                    self._prune_tombstones(start - 1)
+                return
+            except CompactedError:
+                log.warning("informer.relist", reason="watch revision compacted")
+                start = await self._relist() + 1
+            except StoreError as exc:
+                log.warning("informer.watch_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+
+    def _prune_tombstones(self, watched: int) -> None:
+        """Forget deleted keys whose revision the watch has passed: no echo can follow."""
+        live = len(self.services) + len(self.tasks) + len(self.nodes)
+        if len(self._applied) < live + 1024:
+            return
+        for key, revision in list(self._applied.items()):
+            if revision <= watched and not self._holds(key):
+                del self._applied[key]
+
+    def _holds(self, key: str) -> bool:
+        if key.startswith(TASKS):
+            return key[len(TASKS) :] in self.tasks
+        if key.startswith(SERVICES):
+            return key[len(SERVICES) :] in self.services
+        return key[len(NODES) :] in self.nodes
+
+    def _apply(self, key: str, obj: Object | None, revision: int, force: bool = False) -> None:
+        if not force and self._applied.get(key, 0) >= revision:
+            return
+        self._applied[key] = revision
+        self.revision = max(self.revision, revision)
+        old: Object | None
+        if key.startswith(TASKS):
+            old = self._apply_task(key[len(TASKS) :], obj, revision)
+        elif key.startswith(SERVICES):
+            name = key[len(SERVICES) :]
+            prev = self.services.pop(name, None)
+            old = prev.obj if prev else None
+            if isinstance(obj, Service):
+                self.services[name] = Entry(obj, revision)
+        elif key.startswith(NODES):
+            node_id = key[len(NODES) :]
+            prev_node = self.nodes.pop(node_id, None)
+            old = prev_node.obj if prev_node else None
+            if isinstance(obj, Node):
+                self.nodes[node_id] = Entry(obj, revision)
+        else:
+            return
+        for listener in self._listeners:
+            listener(old, obj)
+
+    def _apply_task(self, task_id: str, obj: Object | None, revision: int) -> Task | None:
+        prev = self.tasks.pop(task_id, None)
+        if prev:
+            self.tasks_by_service[prev.obj.service].discard(task_id)
+            if prev.obj.node_id:
+                self.tasks_by_node[prev.obj.node_id].discard(task_id)
+        if isinstance(obj, Task):
+            self.tasks[task_id] = Entry(obj, revision)
+            self.tasks_by_service[obj.service].add(task_id)
+            if obj.node_id:
+                self.tasks_by_node[obj.node_id].add(task_id)
+        return prev.obj if prev else None

@@ -1,0 +1,337 @@
+"""The orchestrator: turns each service into the right set of tasks, one slot at a time.
+
+A replicated service has slots ``1..replicas``; a global service has one slot
+per eligible node. Each slot has at most one *current* task (desired state
+``running``); earlier tasks stay as bounded history. For every slot the
+reconcile decides one of:
+
+* no current task → create one (``pending``, for the scheduler);
+* the current task is live but wrong (template changed, node drained, node no
+  longer matches the constraints) → shut it down and create its replacement;
+* the current task ended → apply the restart policy: restart after the delay
+  (doubling for each failure in a row, up to ``MAX_RESTART_DELAY``), or leave
+  the slot finished (``condition``/``maxAttempts`` said no);
+
+and slots that no longer exist (scale down, deleted service, node gone for a
+global service) are shut down, then deleted once their tasks are terminal.
+All changes for one service go to the store in one transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from shoal.models import (
+    Availability,
+    DesiredState,
+    Node,
+    NodeState,
+    Service,
+    Task,
+    TaskState,
+    TaskStatus,
+)
+from shoal.models.service import RestartPolicy
+from shoal.reconciler.events import EventRecorder
+from shoal.reconciler.informer import Entry, Informer
+from shoal.reconciler.loop import Controller, Done, Outcome, Requeue
+from shoal.reconciler.placement import node_matches
+from shoal.store.typed import TASKS, Change, Object
+
+# Terminal tasks kept per slot besides the current one.
+HISTORY_PER_SLOT = 4
+# Restart back-off never waits longer than this.
+MAX_RESTART_DELAY = 300.0
+# A task that ran at least this long before failing resets the failure streak.
+HEALTHY_RUN = 30.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_task_id() -> str:
+    return secrets.token_hex(12)
+
+
+@dataclass
+class Plan:
+    """The changes one reconcile wants, and when it wants to look again."""
+
+    changes: list[Change] = field(default_factory=list)
+    wake_after: float | None = None
+
+    def wake(self, after: float) -> None:
+        self.wake_after = after if self.wake_after is None else min(self.wake_after, after)
+
+
+@dataclass(frozen=True, slots=True)
+class RestartDecision:
+    restart: bool
+    delay: float = 0.0
+    failure_streak: int = 0
+    reason: str = ""
+
+
+def restart_decision(
+    policy: RestartPolicy, task: Task, history: list[Task], now: datetime
+) -> RestartDecision:
+    """Whether (and when) the slot of ``task``, which ended, gets a new task."""
+    state = task.status.state
+    if state in (TaskState.ORPHANED, TaskState.SHUTDOWN):
+        # The node went away or the task was stopped under us: not the task's fault.
+        return RestartDecision(True, 0.0, task.failure_streak, f"task {state.value}")
+    failed = state in (TaskState.FAILED, TaskState.REJECTED)
+    if state == TaskState.COMPLETE and policy.condition != "any":
+        return RestartDecision(False, reason=f"completed; restart condition is {policy.condition}")
+    if failed and policy.condition == "none":
+        return RestartDecision(False, reason="failed; restart condition is none")
+    if policy.max_attempts > 0:
+        if policy.window > 0:
+            since = now.timestamp() - policy.window
+            restarts = sum(
+                1 for t in history if t.attempt > 0 and t.created_at.timestamp() >= since
+            )
+        else:
+            restarts = task.attempt
+        if restarts >= policy.max_attempts:
+            return RestartDecision(False, reason=f"gave up after maxAttempts={policy.max_attempts}")
+    streak = 0
+    if failed:
+        ran = 0.0
+        if task.status.started_at and task.status.timestamp:
+            ran = (task.status.timestamp - task.status.started_at).total_seconds()
+        streak = 1 if ran >= HEALTHY_RUN else task.failure_streak + 1
+    delay = policy.delay * (2 ** (streak - 1) if streak > 1 else 1)
+    return RestartDecision(
+        True, min(delay, max(MAX_RESTART_DELAY, policy.delay)), streak, "restart"
+    )
+
+
+class Orchestrator(Controller):
+    """Keeps every service's slots filled with the right tasks."""
+
+    name = "orchestrator"
+
+    def __init__(self, informer: Informer, events: EventRecorder) -> None:
+        self.informer = informer
+        self.events = events
+        # Why each finished slot is not restarted, for ``shoal describe``.
+        self.slot_notes: dict[str, dict[str, str]] = {}
+
+    def all_keys(self) -> Iterable[str]:
+        return set(self.informer.services) | {
+            s for s, ids in self.informer.tasks_by_service.items() if ids
+        }
+
+    def keys_for(self, old: Object | None, new: Object | None) -> Iterable[str]:
+        obj = new or old
+        if isinstance(obj, Service):
+            return (obj.metadata.name,)
+        if isinstance(obj, Task):
+            if isinstance(old, Task) and isinstance(new, Task) and not _matters(old, new):
+                return ()
+            return (obj.service,)
+        if isinstance(obj, Node):
+            if isinstance(old, Node) and isinstance(new, Node) and not _node_matters(old, new):
+                return ()
+            affected = {e.obj.service for e in self.informer.tasks_on_node(obj.id)}
+            affected |= {
+                name for name, e in self.informer.services.items() if e.obj.spec.mode == "global"
+            }
+            return affected
+        return ()
+
+    async def reconcile(self, key: str) -> Outcome:
+        entry = self.informer.service(key)
+        tasks = self.informer.tasks_of_service(key)
+        plan = Plan()
+        now = utcnow()
+        if entry is None:
+            self.slot_notes.pop(key, None)
+            self._retire(tasks, plan, now, "service deleted")
+        elif entry.obj.spec.mode == "global":
+            self._global(entry.obj, tasks, plan, now)
+        else:
+            self._replicated(entry.obj, tasks, plan, now)
+        if plan.changes:
+            await self.informer.commit(plan.changes)
+        if plan.wake_after is not None:
+            return Requeue(plan.wake_after)
+        return Done()
+
+    # ------------------------------------------------------------- services
+
+    def _replicated(
+        self, service: Service, tasks: list[Entry[Task]], plan: Plan, now: datetime
+    ) -> None:
+        by_slot: dict[int, list[Entry[Task]]] = defaultdict(list)
+        for entry in tasks:
+            by_slot[entry.obj.slot].append(entry)
+        notes: dict[str, str] = {}
+        for slot in range(1, service.spec.replica_count + 1):
+            self._slot(service, slot, None, by_slot.pop(slot, []), plan, now, notes)
+        for slot, entries in by_slot.items():
+            self._retire(entries, plan, now, f"scaled down (slot {slot})")
+        self.slot_notes[service.name] = notes
+
+    def _global(
+        self, service: Service, tasks: list[Entry[Task]], plan: Plan, now: datetime
+    ) -> None:
+        by_node: dict[str, list[Entry[Task]]] = defaultdict(list)
+        for entry in tasks:
+            by_node[entry.obj.node_id or ""].append(entry)
+        notes: dict[str, str] = {}
+        for node_id, node_entry in self.informer.nodes.items():
+            node = node_entry.obj
+            entries = by_node.pop(node_id, [])
+            if node.schedulable and node_matches(
+                node, service.spec.template, service.spec.placement
+            ):
+                self._slot(service, 0, node_id, entries, plan, now, notes)
+            elif (
+                node.spec.availability == Availability.PAUSE
+                and node.status.state == NodeState.READY
+                and node_matches(node, service.spec.template, service.spec.placement)
+            ):
+                continue  # paused: keep what runs, place nothing new
+            else:
+                self._retire(entries, plan, now, f"node {node_id} is not eligible")
+        for node_id, entries in by_node.items():
+            self._retire(entries, plan, now, f"node {node_id} is gone")
+        self.slot_notes[service.name] = notes
+
+    # ---------------------------------------------------------------- slots
+
+    def _slot(
+        self,
+        service: Service,
+        slot: int,
+        node_id: str | None,
+        entries: list[Entry[Task]],
+        plan: Plan,
+        now: datetime,
+        notes: dict[str, str],
+    ) -> None:
+        entries.sort(key=lambda e: (e.obj.attempt, e.obj.created_at))
+        current = [e for e in entries if e.obj.desired_state == DesiredState.RUNNING]
+        for extra in current[:-1]:  # never more than one current task per slot
+            self._shutdown(extra, plan, now, "superseded")
+        history = [e.obj for e in entries]
+        if not current:
+            previous = entries[-1].obj if entries else None
+            self._create(service, slot, node_id, previous, 0, plan, now)
+        else:
+            cur = current[-1]
+            task = cur.obj
+            if not task.status.state.terminal:
+                reason = self._replace_reason(service, task)
+                if reason:
+                    self._shutdown(cur, plan, now, reason)
+                    self._create(service, slot, node_id, task, 0, plan, now, restart=False)
+            else:
+                decision = restart_decision(service.spec.restart_policy, task, history, now)
+                if not decision.restart:
+                    notes[task.slot_key] = decision.reason
+                else:
+                    ended = task.status.timestamp or task.created_at
+                    wait = decision.delay - (now - ended).total_seconds()
+                    if wait > 0:
+                        plan.wake(wait)
+                        notes[task.slot_key] = f"restarting in {wait:.1f}s"
+                    else:
+                        self._shutdown(cur, plan, now, decision.reason)
+                        self._create(
+                            service, slot, node_id, task, decision.failure_streak, plan, now
+                        )
+        self._trim_history(entries, plan)
+
+    def _replace_reason(self, service: Service, task: Task) -> str | None:
+        if task.template != service.spec.template:
+            return "service template changed"
+        if task.node_id is None:
+            return None
+        node_entry = self.informer.nodes.get(task.node_id)
+        if node_entry is None:
+            return f"node {task.node_id} was removed"
+        node = node_entry.obj
+        if node.spec.availability == Availability.DRAIN:
+            return f"node {node.id} is draining"
+        if not node_matches(node, service.spec.template, service.spec.placement):
+            return f"node {node.id} no longer matches the placement"
+        return None
+
+    def _create(
+        self,
+        service: Service,
+        slot: int,
+        node_id: str | None,
+        previous: Task | None,
+        failure_streak: int,
+        plan: Plan,
+        now: datetime,
+        restart: bool = True,
+    ) -> None:
+        task = Task(
+            id=new_task_id(),
+            service=service.name,
+            slot=slot,
+            node_id=node_id,
+            template=service.spec.template,
+            service_generation=service.metadata.generation or 0,
+            attempt=(previous.attempt + 1) if previous and restart else 0,
+            failure_streak=failure_streak,
+            created_at=now,
+            status=TaskStatus(state=TaskState.PENDING, timestamp=now, message="waiting for a node"),
+        )
+        plan.changes.append(Change.put(task, 0))
+
+    def _shutdown(self, entry: Entry[Task], plan: Plan, now: datetime, reason: str) -> None:
+        task = entry.obj
+        update: dict[str, object] = {"desired_state": DesiredState.SHUTDOWN}
+        if task.status.state in (TaskState.NEW, TaskState.PENDING):
+            # Never reached a node: nobody else will report it stopped.
+            update["status"] = TaskStatus(state=TaskState.SHUTDOWN, timestamp=now, message=reason)
+        plan.changes.append(Change.put(task.model_copy(update=update), entry.revision))
+        if task.desired_state == DesiredState.RUNNING:
+            self.events.record(f"service/{task.service}", "TaskShutdown", f"{task.name}: {reason}")
+
+    def _retire(self, entries: list[Entry[Task]], plan: Plan, now: datetime, reason: str) -> None:
+        """Shut a slot's tasks down; delete them once all are terminal."""
+        if all(e.obj.status.state.terminal for e in entries):
+            for entry in entries:
+                plan.changes.append(Change.delete(TASKS + entry.obj.id, entry.revision))
+            return
+        for entry in entries:
+            if entry.obj.desired_state == DesiredState.RUNNING:
+                self._shutdown(entry, plan, now, reason)
+
+    def _trim_history(self, entries: list[Entry[Task]], plan: Plan) -> None:
+        old = [
+            e
+            for e in entries
+            if e.obj.desired_state == DesiredState.SHUTDOWN and e.obj.status.state.terminal
+        ]
+        for entry in old[:-HISTORY_PER_SLOT] if len(old) > HISTORY_PER_SLOT else []:
+            plan.changes.append(Change.delete(TASKS + entry.obj.id, entry.revision))
+
+
+def _matters(old: Task, new: Task) -> bool:
+    """Whether a task change can change what the orchestrator decides."""
+    return (
+        old.desired_state != new.desired_state
+        or old.status.state.terminal != new.status.state.terminal
+        or old.node_id != new.node_id
+    )
+
+
+def _node_matters(old: Node, new: Node) -> bool:
+    return (
+        old.spec != new.spec
+        or old.status.state != new.status.state
+        or old.description != new.description
+    )
