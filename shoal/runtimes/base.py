@@ -150,5 +150,5 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def recover(self) -> list[TaskHandle]: ...
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook, default does nothing
+    async def aclose(self) -> None:  # optional hook, default does nothing
         return None

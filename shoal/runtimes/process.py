@@ -1,0 +1,622 @@
+"""The ``process`` runtime: tasks are plain subprocesses of the node.
+
+Tasks must outlive the agent. Each one runs in its own session and process
+group (``start_new_session``), writes stdout and stderr straight into its own
+log file (opened ``O_APPEND`` and handed to the child, no pipe through the
+agent), and is described by a record file, so a restarted agent finds it again
+from ``<state_dir>/tasks/<task_id>/record.json`` alone.
+
+Exit codes after a restart
+    Only a parent can collect a child's exit status, and after a restart the
+    agent is no longer the parent. So every task runs under a tiny ``/bin/sh``
+    wrapper (a few hundred KiB, against ~10 MiB for a Python supervisor)::
+
+        trap : HUP INT QUIT TERM USR1 USR2
+        f=$1; shift; "$@"; code=$?; printf '%s\\n' "$code" > "$f"; exit "$code"
+
+    A signal with a handler is reset to its default in the exec'd child, so the
+    task sees signals exactly as if it ran alone, while the wrapper survives the
+    same group-wide signal and writes the child's status (``128+N`` for a death
+    by signal N) into ``exit`` beside the record. The path comes in as ``$1``
+    rather than an environment variable so the task's environment is exactly
+    what the spec asked for. The executable is resolved here and passed as an
+    absolute path so the shell never runs one of its builtins instead (``echo``,
+    ``test``, ...); ``argv[0]`` is therefore the resolved path.
+
+    Alternatives considered: ``PR_SET_CHILD_SUBREAPER`` and pidfds only help
+    while this agent process lives; ptrace is intrusive. The shell's ``$?``
+    cannot tell ``exit 137`` from a death by SIGKILL, so codes ``128+N`` are
+    reported as signal N, the same convention as Docker and shells. When the
+    wrapper itself is killed (SIGKILL to the group) nothing is written: for our
+    own children the status comes from ``waitpid``, after a ``stop`` that sent
+    SIGKILL we write 137 ourselves, otherwise the code is unknown.
+
+Finding the task again
+    The record holds the group leader's pid (the wrapper; pgid == pid) and its
+    start time in clock ticks since boot (field 22 of ``/proc/<pid>/stat``). A
+    pid whose start time differs was reused by an unrelated process: the task
+    has exited, and its group is never signalled. Our own children are checked
+    with ``waitid(WNOWAIT)`` so the leader stays a zombie, which pins the pgid,
+    until the rest of its group has been SIGKILLed; only then is it reaped. No
+    thread per child: ``wait()`` polls.
+
+Logs
+    Rotation is copytruncate, because the child holds the file open: when
+    ``output.log`` exceeds ``log_max_bytes`` it is copied to ``output.log.1``
+    (older copies shifted up to ``log_files``) and truncated; the child's
+    ``O_APPEND`` writes continue at the new end. Lines written between the copy
+    and the truncate are lost, the usual price of copytruncate. The check rides
+    on ``inspect``/``wait``/``logs`` polling (one ``stat``), not on a timer.
+
+Limits: a task that calls ``setsid`` itself leaves its group and is not
+stopped with it (that needs cgroups); ``/proc`` is required.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from shoal.errors import RuntimeBackendError, TaskRejectedError
+from shoal.models import RuntimeInfo
+from shoal.runtimes.base import (
+    ExitStatus,
+    Observation,
+    Runtime,
+    RuntimeSettings,
+    TaskHandle,
+    TaskLaunch,
+)
+
+log = structlog.get_logger(__name__)
+
+SHELL = "/bin/sh"
+WRAPPER = (
+    "trap : HUP INT QUIT TERM USR1 USR2\n"
+    "f=$1; shift\n"
+    '"$@"\n'
+    "code=$?\n"
+    'printf \'%s\\n\' "$code" > "$f"\n'
+    'exit "$code"\n'
+)
+# The only variables taken from the agent's own environment.
+BASE_ENV = ("PATH", "HOME", "LANG")
+UNKNOWN_EXIT = "exited while the agent was away; exit status unknown"
+# ``stop`` has a parameter named ``signal``; keep the one constant it needs here.
+_SIGKILL = signal.SIGKILL
+
+_WAIT_POLL = 0.15
+_STOP_POLL = 0.05
+_LOG_POLL = 0.2
+_KILL_TIMEOUT = 5.0
+_READ_CHUNK = 64 * 1024
+
+
+class _Leader(enum.Enum):
+    """What became of a task's group leader."""
+
+    RUNNING = "running"
+    ZOMBIE = "zombie"  # exited, not reaped: the pgid is still ours
+    GONE = "gone"  # exited and reaped
+    REUSED = "reused"  # the pid now belongs to another process
+
+
+@dataclass(frozen=True, slots=True)
+class _ProcStat:
+    """The few fields of ``/proc/<pid>/stat`` this runtime needs."""
+
+    state: str
+    pgrp: int
+    start_ticks: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """What ``record.json`` and the handle's ``data`` hold."""
+
+    task_id: str
+    pid: int
+    start_ticks: int
+    started_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "taskId": self.task_id,
+            "pid": self.pid,
+            "startTicks": self.start_ticks,
+            "startedAt": self.started_at.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> _Record:
+        return cls(
+            task_id=str(raw["taskId"]),
+            pid=int(raw["pid"]),
+            start_ticks=int(raw["startTicks"]),
+            started_at=datetime.fromisoformat(str(raw["startedAt"])),
+        )
+
+
+def _proc_stat(pid: int) -> _ProcStat | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # Field 2 (comm) may hold spaces and parentheses: the rest starts after the last ')'.
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state), fields[2] field 5 (pgrp), fields[19] field 22 (starttime).
+    return _ProcStat(fields[0].decode(), int(fields[2]), int(fields[19]))
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _proc_stat(int(name))
+            if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
+                members.append(int(name))
+    return members
+
+
+def _host_problem() -> str | None:
+    if not os.access(SHELL, os.X_OK):
+        return f"{SHELL} is missing or not executable"
+    if not os.path.exists("/proc/self/stat"):
+        return "/proc is not mounted"
+    return None
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        log.warning("not allowed to signal process group", pgid=pgid, signal=sig)
+
+
+def parse_signal(name: str) -> signal.Signals:
+    """``"SIGTERM"``, ``"term"`` or ``"15"`` → ``signal.SIGTERM``."""
+    if name.isdigit():
+        return signal.Signals(int(name))
+    upper = name.upper()
+    try:
+        return signal.Signals[upper if upper.startswith("SIG") else "SIG" + upper]
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}") from None
+
+
+def exit_status(code: int) -> ExitStatus:
+    """The status for a shell-style exit code; ``128+N`` means killed by signal N."""
+    if 128 < code < 128 + signal.NSIG:
+        number = code - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return ExitStatus(exit_code=code, signal=number, message=f"killed by {name}")
+    return ExitStatus(exit_code=code, message=f"exited with code {code}")
+
+
+def _tail_offset(f: IO[bytes], lines: int) -> int:
+    """Offset where the last ``lines`` lines of ``f`` start (a final partial line counts)."""
+    end = f.seek(0, os.SEEK_END)
+    if lines <= 0:
+        return end
+    found = 0
+    pos = end
+    while pos > 0:
+        start = max(0, pos - 8192)
+        f.seek(start)
+        block = f.read(pos - start)
+        index = len(block)
+        while (index := block.rfind(b"\n", 0, index)) != -1:
+            if start + index != end - 1:  # the newline ending the last line opens nothing
+                found += 1
+                if found == lines:
+                    return start + index + 1
+        pos = start
+    return 0
+
+
+class ProcessRuntime(Runtime):
+    """Runs tasks as plain subprocesses in their own process groups."""
+
+    name = "process"
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        super().__init__(settings)
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._exits: dict[str, ExitStatus] = {}
+        self._killed: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._rotations: dict[str, int] = {}
+
+    # -- paths and records -------------------------------------------------
+
+    def _task_dir(self, task_id: str) -> Path:
+        if not task_id or task_id in (".", "..") or "/" in task_id or "\0" in task_id:
+            raise TaskRejectedError(f"invalid task id {task_id!r}")
+        return self.settings.state_dir / "tasks" / task_id
+
+    def _log_path(self, task_id: str) -> Path:
+        return self._task_dir(task_id) / "output.log"
+
+    def _exit_path(self, task_id: str) -> Path:
+        return self._task_dir(task_id) / "exit"
+
+    def _record(self, handle: TaskHandle) -> _Record:
+        try:
+            return _Record.from_json(handle.data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RuntimeBackendError(
+                f"malformed process handle for task {handle.task_id}"
+            ) from exc
+
+    def _handle(self, record: _Record) -> TaskHandle:
+        return TaskHandle(task_id=record.task_id, runtime=self.name, data=record.to_json())
+
+    def _lock(self, task_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(task_id, asyncio.Lock())
+
+    @staticmethod
+    def _write_atomically(path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _read_exit_file(self, task_id: str) -> int | None:
+        try:
+            return int(self._exit_path(task_id).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _write_exit_file(self, task_id: str, code: int) -> None:
+        """Record ``code`` unless the wrapper already did; later restarts read it."""
+        try:
+            fd = os.open(self._exit_path(task_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except (FileExistsError, FileNotFoundError):
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{code}\n")
+
+    # -- the runtime interface ---------------------------------------------
+
+    async def describe(self) -> RuntimeInfo:
+        problem = _host_problem()
+        if problem is not None:
+            return RuntimeInfo(name=self.name, available=False, message=problem)
+        return RuntimeInfo(name=self.name, available=True, message=f"plain processes under {SHELL}")
+
+    async def start(self, launch: TaskLaunch) -> TaskHandle:
+        # fork/exec, mkdir and fsync block: run them off the event loop.
+        popen, record = await asyncio.to_thread(self._spawn, launch)
+        self._children[launch.task_id] = popen
+        return self._handle(record)
+
+    def _spawn(self, launch: TaskLaunch) -> tuple[subprocess.Popen[bytes], _Record]:
+        template = launch.template
+        task_dir = self._task_dir(launch.task_id)
+        if (task_dir / "record.json").exists():
+            raise RuntimeBackendError(f"task {launch.task_id} already exists; remove it first")
+
+        env = {key: os.environ[key] for key in BASE_ENV if key in os.environ}
+        env.setdefault("PATH", os.defpath)
+        env.update(template.env)
+        env.update(launch.env)
+
+        if template.workdir is not None:
+            workdir = Path(template.workdir)
+            if not workdir.is_dir():
+                raise TaskRejectedError(f"workdir {template.workdir} does not exist on this node")
+        else:
+            workdir = task_dir / "work"
+        executable = self._resolve(template.command[0], workdir, env["PATH"])
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        exit_path = self._exit_path(launch.task_id)
+        exit_path.unlink(missing_ok=True)
+        argv = [SHELL, "-c", WRAPPER, "shoal-task", str(exit_path), executable]
+        argv += template.command[1:] + template.args
+        fd = os.open(self._log_path(launch.task_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            shutil.rmtree(task_dir, ignore_errors=True)
+            raise RuntimeBackendError(f"cannot start task {launch.task_id}: {exc}") from exc
+        finally:
+            os.close(fd)
+
+        # Our unreaped child: /proc/<pid>/stat exists even if it already exited.
+        stat = _proc_stat(popen.pid)
+        if stat is None:
+            popen.kill()
+            popen.wait()
+            shutil.rmtree(task_dir, ignore_errors=True)
+            raise RuntimeBackendError(f"cannot read /proc/{popen.pid}/stat of the new task")
+        record = _Record(launch.task_id, popen.pid, stat.start_ticks, datetime.now(UTC))
+        self._write_atomically(task_dir / "record.json", json.dumps(record.to_json()))
+        log.info("task started", task_id=launch.task_id, pid=popen.pid, executable=executable)
+        return popen, record
+
+    @staticmethod
+    def _resolve(command: str, workdir: Path, path: str) -> str:
+        if "/" in command:
+            candidate = str(workdir / command)  # an absolute command replaces workdir
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+            raise TaskRejectedError(f"executable {command!r} does not exist or is not executable")
+        found = shutil.which(command, path=path)
+        if found is None:
+            raise TaskRejectedError(f"executable {command!r} not found on PATH ({path})")
+        return os.path.abspath(found)
+
+    async def inspect(self, handle: TaskHandle) -> Observation:
+        record = self._record(handle)
+        status = self._exits.get(record.task_id)
+        if status is None:
+            leader = self._leader(record)
+            if leader is _Leader.RUNNING:
+                await self._maybe_rotate(record.task_id)
+                return Observation(running=True, pid=record.pid, started_at=record.started_at)
+            status = self._finish(record, leader)
+        return Observation(running=False, pid=record.pid, started_at=record.started_at, exit=status)
+
+    async def wait(self, handle: TaskHandle) -> ExitStatus:
+        while True:
+            observation = await self.inspect(handle)
+            if observation.exit is not None:
+                return observation.exit
+            await asyncio.sleep(_WAIT_POLL)
+
+    async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None:
+        sig = parse_signal(signal)
+        record = self._record(handle)
+        if not (await self.inspect(handle)).running:
+            return
+        if sig == _SIGKILL:
+            self._killed.add(record.task_id)
+        _kill_group(record.pid, sig)
+        if await self._wait_group_gone(record, max(grace, 0.0)):
+            if self._leader(record) is _Leader.RUNNING:
+                self._killed.add(record.task_id)
+            _kill_group(record.pid, _SIGKILL)
+            if await self._wait_group_gone(record, _KILL_TIMEOUT):
+                survivors = _group_members(record.pid)
+                raise RuntimeBackendError(
+                    f"task {record.task_id}: processes {survivors} survived SIGKILL"
+                )
+        if record.task_id not in self._exits:
+            self._finish(record, self._leader(record))
+
+    async def remove(self, handle: TaskHandle) -> None:
+        task_id = handle.task_id
+        if (await self.inspect(handle)).running:
+            log.warning("removing a running task: killing it first", task_id=task_id)
+            await self.stop(handle, "SIGKILL", 0.0)
+        task_dir = self._task_dir(task_id)
+        try:
+            await asyncio.to_thread(shutil.rmtree, task_dir)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise RuntimeBackendError(f"cannot remove {task_dir}: {exc}") from exc
+        for table in (self._children, self._exits, self._locks, self._rotations):
+            table.pop(task_id, None)
+        self._killed.discard(task_id)
+
+    async def recover(self) -> list[TaskHandle]:
+        handles = []
+        for path in sorted((self.settings.state_dir / "tasks").glob("*/record.json")):
+            try:
+                record = _Record.from_json(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, KeyError, TypeError, ValueError) as exc:
+                log.error("unreadable task record; skipping it", path=str(path), error=str(exc))
+                continue
+            if record.task_id != path.parent.name:
+                log.error("task record names another task; skipping it", path=str(path))
+                continue
+            handles.append(self._handle(record))
+        return handles
+
+    async def logs(
+        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[str]:
+        task_id = handle.task_id
+        path = self._log_path(task_id)
+        reader = _LogReader(path, tail)
+        try:
+            # Open before the first inspect, which may rotate: the reader then finds the
+            # start of the output in the rotated copy.
+            async with self._lock(task_id):
+                reader.open(self._rotations.get(task_id, 0))
+            while True:
+                done = not follow or not (await self.inspect(handle)).running
+                async with self._lock(task_id):
+                    lines = reader.read(self._rotations.get(task_id, 0))
+                for line in lines:
+                    yield line
+                if done:
+                    break
+                await asyncio.sleep(_LOG_POLL)
+            if reader.partial:
+                yield reader.partial.decode(errors="replace")
+        finally:
+            reader.close()
+
+    # -- internals ---------------------------------------------------------
+
+    def _leader(self, record: _Record) -> _Leader:
+        popen = self._children.get(record.task_id)
+        if popen is not None:
+            if popen.returncode is not None:
+                return _Leader.GONE
+            try:
+                result = os.waitid(os.P_PID, record.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # somebody else reaped it
+                return _Leader.GONE
+            return _Leader.RUNNING if result is None else _Leader.ZOMBIE
+        stat = _proc_stat(record.pid)
+        if stat is None:
+            return _Leader.GONE
+        if stat.start_ticks != record.start_ticks:
+            return _Leader.REUSED
+        if stat.state in ("Z", "X"):
+            return _Leader.ZOMBIE
+        return _Leader.RUNNING
+
+    def _group_alive(self, record: _Record) -> bool:
+        leader = self._leader(record)
+        if leader is _Leader.RUNNING:
+            return True
+        if leader is _Leader.REUSED:  # a pgid is never reused while its group has members
+            return False
+        try:
+            os.killpg(record.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        # Only zombies left (our own unreaped leader, orphans not yet reaped) counts as gone.
+        return bool(_group_members(record.pid))
+
+    async def _wait_group_gone(self, record: _Record, within: float) -> bool:
+        """Poll until nothing of the task's group runs; True if something still runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            alive = self._group_alive(record)
+            if not alive or loop.time() >= deadline:
+                return alive
+            await asyncio.sleep(_STOP_POLL)
+
+    def _finish(self, record: _Record, leader: _Leader) -> ExitStatus:
+        """The leader has exited: kill what is left of its group, reap it, settle the status."""
+        task_id = record.task_id
+        if leader is _Leader.REUSED:
+            log.info("task pid was reused; not signalling its group", task_id=task_id)
+        else:
+            _kill_group(record.pid, _SIGKILL)
+        popen = self._children.pop(task_id, None)
+        if popen is not None:
+            returncode = popen.wait()
+            code = returncode if returncode >= 0 else 128 - returncode
+            self._write_exit_file(task_id, code)
+            status = exit_status(code)
+        else:
+            recorded = self._read_exit_file(task_id)
+            if recorded is None and task_id in self._killed:
+                recorded = 128 + _SIGKILL
+                self._write_exit_file(task_id, recorded)
+            if recorded is None:
+                status = ExitStatus(exit_code=None, message=UNKNOWN_EXIT)
+            else:
+                status = exit_status(recorded)
+        self._exits[task_id] = status
+        log.info("task exited", task_id=task_id, exit_code=status.exit_code, why=status.message)
+        return status
+
+    async def _maybe_rotate(self, task_id: str) -> None:
+        path = self._log_path(task_id)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= self.settings.log_max_bytes:
+            return
+        async with self._lock(task_id):
+            await asyncio.to_thread(self._rotate, path)
+            self._rotations[task_id] = self._rotations.get(task_id, 0) + 1
+
+    def _rotate(self, path: Path) -> None:
+        keep = self.settings.log_files
+        if keep > 0:
+            for index in range(keep - 1, 0, -1):
+                older = path.with_name(f"{path.name}.{index}")
+                if older.exists():
+                    os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
+            shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+        os.truncate(path, 0)
+
+
+class _LogReader:
+    """Reads complete lines from a log that may be copytruncated under it."""
+
+    def __init__(self, path: Path, tail: int | None) -> None:
+        self.path = path
+        self.tail = tail
+        self.file: IO[bytes] | None = None
+        self.pos = 0
+        self.partial = b""
+        self.rotations: int | None = None
+
+    def open(self, rotations: int) -> None:
+        try:
+            self.file = open(self.path, "rb")  # noqa: SIM115 - kept open across reads
+        except FileNotFoundError:
+            return
+        self.pos = _tail_offset(self.file, self.tail) if self.tail is not None else 0
+        self.rotations = rotations
+
+    def read(self, rotations: int) -> list[str]:
+        data = b""
+        if self.file is None:
+            self.open(rotations)
+            if self.file is None:
+                return []
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            size = 0
+        if rotations != self.rotations or size < self.pos:
+            # Copytruncated since the last read: the unread rest is in the newest copy.
+            if rotations - (self.rotations or 0) <= 1:
+                data += self._rest_of(self.path.with_name(self.path.name + ".1"))
+            self.rotations = rotations
+            self.pos = 0
+        self.file.seek(self.pos)
+        while chunk := self.file.read(_READ_CHUNK):
+            data += chunk
+        self.pos = self.file.tell()
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [line.decode(errors="replace") for line in lines]
+
+    def _rest_of(self, rotated: Path) -> bytes:
+        try:
+            with open(rotated, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.pos:
+                    return b""
+                f.seek(self.pos)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

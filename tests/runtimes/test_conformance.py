@@ -1,0 +1,524 @@
+"""The runtime contract (``shoal/runtimes/base.py``), run against every runtime.
+
+Real processes throughout; sleeps and grace periods are short so the file runs
+in seconds. The last sections hold what only the ``process`` runtime promises
+(pid records, the exit file, process groups) and entry-point discovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from shoal.errors import TaskRejectedError
+from shoal.models import TaskTemplate
+from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle, TaskLaunch
+from shoal.runtimes.process import UNKNOWN_EXIT, ProcessRuntime
+from shoal.runtimes.registry import available_runtime_classes, register_known_runtimes
+
+PROCESS_ONLY = pytest.mark.parametrize("runtime_name", [pytest.param("process", id="process")])
+LIMIT = 10.0  # no single await in this file should take longer
+
+
+def make_launch(
+    task_id: str,
+    command: list[str],
+    *,
+    args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    workdir: Path | None = None,
+    launch_env: dict[str, str] | None = None,
+) -> TaskLaunch:
+    template = TaskTemplate(
+        command=command,
+        args=args or [],
+        env=env or {},
+        workdir=None if workdir is None else str(workdir),
+    )
+    return TaskLaunch(
+        task_id=task_id,
+        service="svc",
+        slot=1,
+        template=template,
+        env={"SHOAL_TASK_ID": task_id, **(launch_env or {})},
+    )
+
+
+def sh(script: str, task_id: str = "t1", **kwargs: Any) -> TaskLaunch:
+    return make_launch(task_id, ["sh", "-c", script], **kwargs)
+
+
+async def collect(runtime: Runtime, handle: TaskHandle, **kwargs: Any) -> list[str]:
+    async with asyncio.timeout(LIMIT):
+        return [line async for line in runtime.logs(handle, **kwargs)]
+
+
+async def wait_for_line(runtime: Runtime, handle: TaskHandle, prefix: str) -> str:
+    async with asyncio.timeout(LIMIT):
+        while True:
+            for line in await collect(runtime, handle):
+                if line.startswith(prefix):
+                    return line
+            await asyncio.sleep(0.05)
+
+
+async def finished(runtime: Runtime, handle: TaskHandle) -> Any:
+    async with asyncio.timeout(LIMIT):
+        return await runtime.wait(handle)
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(name))
+    return members
+
+
+async def eventually_dead(pid: int) -> bool:
+    for _ in range(50):
+        if not alive(pid):
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+# -- describe, start, inspect ----------------------------------------------
+
+
+async def test_describe_reports_available(runtime: Runtime) -> None:
+    info = await runtime.describe()
+    assert info.available
+    assert info.name == runtime.name
+
+
+async def test_started_task_is_running_with_a_pid(runtime: Runtime) -> None:
+    handle = await runtime.start(make_launch("t1", ["sleep", "30"]))
+    assert handle.task_id == "t1"
+    assert handle.runtime == runtime.name
+    assert TaskHandle.from_json(json.loads(json.dumps(handle.to_json()))) == handle
+
+    observation = await runtime.inspect(handle)
+    assert observation.running
+    assert observation.pid is not None and observation.pid > 0
+    assert observation.started_at is not None
+    assert observation.exit is None
+    await runtime.stop(handle, "SIGKILL", 0.0)
+
+
+async def test_environment_is_template_env_plus_launch_env(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_ONLY_SECRET", "must-not-leak")
+    launch = make_launch(
+        "t1",
+        ["env"],
+        env={"FROM_TEMPLATE": "t", "BOTH": "template"},
+        launch_env={"BOTH": "launch", "SHOAL_SERVICE": "svc"},
+    )
+    handle = await runtime.start(launch)
+    await finished(runtime, handle)
+    lines = await collect(runtime, handle)
+    assert "FROM_TEMPLATE=t" in lines
+    assert "BOTH=launch" in lines
+    assert "SHOAL_TASK_ID=t1" in lines
+    assert "SHOAL_SERVICE=svc" in lines
+    assert not [line for line in lines if line.startswith("AGENT_ONLY_SECRET=")]
+
+
+async def test_args_and_workdir_are_honoured(runtime: Runtime, tmp_path: Path) -> None:
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    script = 'pwd; for a in "$@"; do echo "[$a]"; done'
+    handle = await runtime.start(
+        sh(script, args=["task0", "a b", "c"], workdir=workdir)  # task0 becomes $0
+    )
+    await finished(runtime, handle)
+    assert await collect(runtime, handle) == [str(workdir), "[a b]", "[c]"]
+
+
+async def test_stdout_and_stderr_both_reach_the_log(runtime: Runtime) -> None:
+    handle = await runtime.start(sh("echo out; echo err >&2"))
+    await finished(runtime, handle)
+    assert await collect(runtime, handle) == ["out", "err"]
+
+
+# -- exit status -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [0, 3])
+async def test_exit_code_is_recorded(runtime: Runtime, code: int) -> None:
+    handle = await runtime.start(sh(f"exit {code}"))
+    status = await finished(runtime, handle)
+    assert status.exit_code == code
+    assert status.signal is None
+    assert status.succeeded is (code == 0)
+    assert status.message == f"exited with code {code}"
+
+    observation = await runtime.inspect(handle)
+    assert not observation.running
+    assert observation.exit == status
+
+
+async def test_death_by_sigkill_is_137(runtime: Runtime) -> None:
+    handle = await runtime.start(sh("kill -KILL $$"))
+    status = await finished(runtime, handle)
+    assert (status.exit_code, status.signal) == (137, 9)
+    assert status.message == "killed by SIGKILL"
+
+
+async def test_missing_executable_is_rejected(runtime: Runtime) -> None:
+    with pytest.raises(TaskRejectedError, match="no-such-program-here"):
+        await runtime.start(make_launch("t1", ["no-such-program-here", "x"]))
+    assert await runtime.recover() == []
+
+
+async def test_missing_workdir_is_rejected(runtime: Runtime, tmp_path: Path) -> None:
+    with pytest.raises(TaskRejectedError, match="workdir"):
+        await runtime.start(sh("true", workdir=tmp_path / "nowhere"))
+    assert await runtime.recover() == []
+
+
+# -- stop --------------------------------------------------------------------
+
+
+async def test_stop_with_signal_the_task_handles(runtime: Runtime) -> None:
+    script = 'trap "echo got TERM; exit 0" TERM; echo ready; while :; do sleep 0.05; done'
+    handle = await runtime.start(sh(script))
+    await wait_for_line(runtime, handle, "ready")
+
+    began = time.monotonic()
+    await runtime.stop(handle, "SIGTERM", 5.0)
+    assert time.monotonic() - began < 2.0
+    observation = await runtime.inspect(handle)
+    assert not observation.running
+    assert observation.exit is not None and observation.exit.exit_code == 0
+    assert "got TERM" in await collect(runtime, handle)
+
+
+async def test_stop_kills_a_task_ignoring_the_signal_after_grace(runtime: Runtime) -> None:
+    handle = await runtime.start(sh('trap "" TERM; echo ready; while :; do sleep 0.05; done'))
+    await wait_for_line(runtime, handle, "ready")
+
+    grace = 0.5
+    began = time.monotonic()
+    await runtime.stop(handle, "SIGTERM", grace)
+    elapsed = time.monotonic() - began
+    assert grace <= elapsed < grace + 2.0
+    status = await finished(runtime, handle)
+    assert (status.exit_code, status.signal) == (137, 9)
+
+
+async def test_stop_kills_what_the_task_forked(runtime: Runtime) -> None:
+    # The child ignores SIGTERM and outlives the task's main process.
+    script = 'sh -c \'trap "" TERM; echo "child $$"; exec sleep 60\' & sleep 60'
+    handle = await runtime.start(sh(script))
+    child = int((await wait_for_line(runtime, handle, "child ")).split()[1])
+    pid = (await runtime.inspect(handle)).pid
+    assert pid is not None and alive(child)
+
+    await runtime.stop(handle, "SIGTERM", 0.3)
+    assert not alive(child)
+    assert group_members(pid) == []
+    assert not (await runtime.inspect(handle)).running
+
+
+async def test_stop_of_an_exited_task_is_a_noop(runtime: Runtime) -> None:
+    handle = await runtime.start(sh("exit 4"))
+    status = await finished(runtime, handle)
+    began = time.monotonic()
+    await runtime.stop(handle, "SIGTERM", 5.0)
+    assert time.monotonic() - began < 1.0
+    assert (await runtime.inspect(handle)).exit == status
+
+
+async def test_leftovers_of_a_finished_task_are_killed(runtime: Runtime) -> None:
+    handle = await runtime.start(sh('sleep 60 & echo "child $!"; exit 3'))
+    status = await finished(runtime, handle)
+    assert status.exit_code == 3
+    child = int((await wait_for_line(runtime, handle, "child ")).split()[1])
+    assert await eventually_dead(child)
+
+
+# -- logs --------------------------------------------------------------------
+
+
+async def test_logs_tail(runtime: Runtime) -> None:
+    handle = await runtime.start(sh("for i in 1 2 3 4 5 6 7 8 9 10; do echo line$i; done"))
+    await finished(runtime, handle)
+    assert len(await collect(runtime, handle)) == 10
+    assert await collect(runtime, handle, tail=3) == ["line8", "line9", "line10"]
+    assert await collect(runtime, handle, tail=50) == [f"line{i}" for i in range(1, 11)]
+    assert await collect(runtime, handle, tail=0) == []
+
+
+async def test_logs_keep_a_final_line_without_newline(runtime: Runtime) -> None:
+    handle = await runtime.start(sh("printf 'a\\nb'"))
+    await finished(runtime, handle)
+    assert await collect(runtime, handle) == ["a", "b"]
+    assert await collect(runtime, handle, tail=1) == ["b"]
+
+
+async def test_logs_follow_until_the_task_exits(runtime: Runtime) -> None:
+    handle = await runtime.start(sh("for i in 1 2 3 4 5; do echo $i; sleep 0.1; done"))
+    assert await collect(runtime, handle, follow=True) == ["1", "2", "3", "4", "5"]
+    assert not (await runtime.inspect(handle)).running
+
+
+async def test_logs_follow_with_tail_starts_near_the_end(runtime: Runtime, tmp_path: Path) -> None:
+    script = "echo old1; echo old2; echo ready; while [ ! -e go ]; do sleep 0.05; done; echo new"
+    handle = await runtime.start(sh(script, workdir=tmp_path))
+    await wait_for_line(runtime, handle, "ready")
+    follower = asyncio.create_task(collect(runtime, handle, follow=True, tail=1))
+    await asyncio.sleep(0.3)
+    (tmp_path / "go").touch()
+    assert await follower == ["ready", "new"]
+
+
+async def test_log_rotation_and_follow_across_it(new_runtime: Callable[..., Runtime]) -> None:
+    runtime = new_runtime(log_max_bytes=2000, log_files=2)
+    # Six bursts of 100 numbered lines (~3 KB each), each well over the limit.
+    script = (
+        "b=1; while [ $b -le 6 ]; do i=0; while [ $i -lt 100 ]; do "
+        'echo "$b $i ........................"; i=$((i+1)); done; b=$((b+1)); sleep 0.3; done'
+    )
+    handle = await runtime.start(sh(script))
+    lines = await collect(runtime, handle, follow=True)
+
+    log = runtime.settings.state_dir / "tasks" / "t1" / "output.log"
+    assert log.with_name("output.log.1").stat().st_size > 2000
+    assert log.with_name("output.log.2").exists()
+    assert not log.with_name("output.log.3").exists()
+    assert log.stat().st_size <= 4000
+
+    # Following across copytruncate never goes back or repeats a line.
+    seen = [tuple(int(n) for n in line.split()[:2]) for line in lines]
+    assert seen == sorted(set(seen))
+    assert seen[0] == (1, 0)
+    assert seen[-1] == (6, 99)
+
+
+# -- restart, recover, remove -----------------------------------------------
+
+
+async def test_recover_after_restart_adopts_the_running_task(
+    new_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    first = new_runtime()
+    script = "echo ready; while [ ! -e go ]; do sleep 0.05; done; exit 7"
+    started = await first.start(sh(script, workdir=workdir))
+    await wait_for_line(first, started, "ready")
+    pid = (await first.inspect(started)).pid
+
+    second = new_runtime()  # the agent restarted
+    handles = await second.recover()
+    assert [h.task_id for h in handles] == ["t1"]
+    (adopted,) = handles
+    observation = await second.inspect(adopted)
+    assert observation.running
+    assert observation.pid == pid
+
+    (workdir / "go").touch()
+    status = await finished(second, adopted)
+    assert status.exit_code == 7
+    assert status.message == "exited with code 7"
+
+
+async def test_recover_knows_the_exit_code_of_a_task_that_exited_while_away(
+    new_runtime: Callable[..., Runtime],
+) -> None:
+    first = new_runtime()
+    started = await first.start(sh("exit 5"))
+    await asyncio.sleep(0.3)  # exits while nobody looks
+
+    second = new_runtime()
+    (adopted,) = await second.recover()
+    assert adopted.task_id == started.task_id
+    status = await finished(second, adopted)
+    assert status.exit_code == 5
+
+
+async def test_remove_deletes_the_task(runtime: Runtime) -> None:
+    handle = await runtime.start(sh("echo hello"))
+    await finished(runtime, handle)
+    await runtime.stop(handle, "SIGTERM", 1.0)
+    await runtime.remove(handle)
+    assert await runtime.recover() == []
+    assert await collect(runtime, handle) == []
+
+
+async def test_recover_returns_only_unremoved_tasks(runtime: Runtime) -> None:
+    a = await runtime.start(sh("exit 0", task_id="a"))
+    b = await runtime.start(sh("sleep 30", task_id="b"))
+    await finished(runtime, a)
+    assert sorted(h.task_id for h in await runtime.recover()) == ["a", "b"]
+    await runtime.remove(a)
+    assert [h.task_id for h in await runtime.recover()] == ["b"]
+    await runtime.stop(b, "SIGKILL", 0.0)
+
+
+# -- process runtime only ----------------------------------------------------
+
+
+@PROCESS_ONLY
+async def test_default_workdir_is_private_to_the_task(runtime: Runtime) -> None:
+    handle = await runtime.start(make_launch("t1", ["pwd"]))
+    await finished(runtime, handle)
+    (line,) = await collect(runtime, handle)
+    assert Path(line).is_relative_to(runtime.settings.state_dir / "tasks" / "t1")
+
+
+@PROCESS_ONLY
+async def test_records_and_logs_live_in_the_task_dir(runtime: Runtime) -> None:
+    handle = await runtime.start(sh("echo hi; exit 2"))
+    await finished(runtime, handle)
+    task_dir = runtime.settings.state_dir / "tasks" / "t1"
+    record = json.loads((task_dir / "record.json").read_text())
+    assert record["pid"] == handle.data["pid"]
+    assert (task_dir / "output.log").read_text() == "hi\n"
+    assert (task_dir / "exit").read_text().strip() == "2"
+
+    await runtime.remove(handle)
+    assert not task_dir.exists()
+
+
+@PROCESS_ONLY
+async def test_task_killed_with_its_wrapper_while_away_has_unknown_exit(
+    new_runtime: Callable[..., Runtime],
+) -> None:
+    first = new_runtime()
+    started = await first.start(make_launch("t1", ["sleep", "30"]))
+    pid = started.data["pid"]
+    os.killpg(pid, signal.SIGKILL)  # nothing can record this death
+    assert await eventually_dead(pid)
+
+    second = new_runtime()
+    (adopted,) = await second.recover()
+    observation = await second.inspect(adopted)
+    assert not observation.running
+    assert observation.exit is not None
+    assert observation.exit.exit_code is None
+    assert observation.exit.message == UNKNOWN_EXIT
+
+
+@PROCESS_ONLY
+async def test_stop_after_restart_records_the_kill(new_runtime: Callable[..., Runtime]) -> None:
+    first = new_runtime()
+    started = await first.start(sh('trap "" TERM; echo ready; while :; do sleep 0.05; done'))
+    await wait_for_line(first, started, "ready")
+    second = new_runtime()
+    (adopted,) = await second.recover()
+    await second.stop(adopted, "SIGTERM", 0.2)
+    status = await finished(second, adopted)
+    assert (status.exit_code, status.signal) == (137, 9)
+
+    third = new_runtime()  # and the next restart still knows
+    assert (await finished(third, adopted)).exit_code == 137
+
+
+@pytest.fixture
+def stranger() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that is not a task: what a reused pid points at."""
+    process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    yield process
+    process.kill()
+    process.wait()
+
+
+def start_ticks(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def write_record(settings: RuntimeSettings, task_id: str, pid: int, ticks: int) -> None:
+    task_dir = settings.state_dir / "tasks" / task_id
+    task_dir.mkdir(parents=True)
+    record = {
+        "taskId": task_id,
+        "pid": pid,
+        "startTicks": ticks,
+        "startedAt": "2024-01-01T00:00:00+00:00",
+    }
+    (task_dir / "record.json").write_text(json.dumps(record))
+
+
+@PROCESS_ONLY
+async def test_reused_pid_is_not_mistaken_for_the_task(
+    runtime: Runtime, settings: RuntimeSettings, stranger: subprocess.Popen[bytes]
+) -> None:
+    write_record(settings, "ghost", stranger.pid, start_ticks(stranger.pid) - 1)
+    (handle,) = await runtime.recover()
+    observation = await runtime.inspect(handle)
+    assert not observation.running
+    assert observation.exit is not None and observation.exit.exit_code is None
+
+    await runtime.stop(handle, "SIGKILL", 0.0)
+    await runtime.remove(handle)
+    assert stranger.poll() is None  # never signalled
+
+
+@PROCESS_ONLY
+async def test_unreadable_record_is_skipped(runtime: Runtime, settings: RuntimeSettings) -> None:
+    broken = settings.state_dir / "tasks" / "broken"
+    broken.mkdir(parents=True)
+    (broken / "record.json").write_text("{not json")
+    with structlog.testing.capture_logs() as logs:
+        assert await runtime.recover() == []
+    assert any(entry["event"].startswith("unreadable task record") for entry in logs)
+
+
+# -- discovery ---------------------------------------------------------------
+
+
+def test_process_runtime_is_discovered() -> None:
+    assert available_runtime_classes()["process"] is ProcessRuntime
+    assert "process" in register_known_runtimes()
+
+
+def test_broken_plugin_is_logged_and_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist = tmp_path / "shoal_broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: shoal-broken-plugin\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[shoal.runtimes]\nbroken = shoal_broken_plugin_module:BrokenRuntime\n"
+    )
+    (tmp_path / "shoal_broken_plugin_module.py").write_text("raise RuntimeError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    with structlog.testing.capture_logs() as logs:
+        classes = available_runtime_classes()
+    assert "process" in classes
+    assert "broken" not in classes
+    (entry,) = [e for e in logs if e.get("plugin") == "broken"]
+    assert entry["log_level"] == "error"
+    assert "boom" in entry["error"]
