@@ -1,0 +1,220 @@
+"""``shoal up``, ``shoal manager`` and ``shoal agent``: the long-running commands.
+
+``up`` is a manager plus one local agent in one process, still speaking gRPC
+to each other, with the embedded SQLite store in ``--state-dir``. ``manager``
+and ``agent`` run apart, so several agents (distinct ``--name``s) can join one
+manager, on one machine or many. Each runs until SIGINT or SIGTERM; stopping
+an agent or manager never stops the tasks it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Coroutine, Iterable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
+
+from shoal.agent.agent import AgentSettings, open_agent
+from shoal.cli.paths import default_state_dir
+from shoal.errors import AuthError, ShoalError
+from shoal.logging import configure_logging
+from shoal.manager.server import ManagerSettings, open_manager
+from shoal.models.units import parse_duration
+
+
+def _label(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected K=V, got {value!r}")
+    return key, val
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _common(parser: argparse.ArgumentParser, listen: bool = True) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where state lives (default: $SHOAL_STATE_DIR, else ~/.local/state/shoal)",
+    )
+    if listen:
+        parser.add_argument(
+            "--listen",
+            default="127.0.0.1:7420",
+            help="gRPC address HOST:PORT (default %(default)s)",
+        )
+    parser.add_argument(
+        "--metrics-listen", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics here"
+    )
+
+
+def add_daemon_commands(subparsers: Any) -> None:
+    up = subparsers.add_parser(
+        "up",
+        help="run a single-node cluster (manager + local agent, SQLite store)",
+        description="Run a manager and one local agent in one process, with the embedded "
+        "SQLite store in --state-dir. Client commands find it without --server.",
+    )
+    _common(up)
+    up.add_argument("--name", default=None, help="node name of the local agent (default: hostname)")
+    up.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="node label (repeatable)",
+    )
+    up.add_argument("--heartbeat-period", type=_duration, default=2.0, help=argparse.SUPPRESS)
+    up.set_defaults(func=lambda args: _run(_up(args)))
+
+    manager = subparsers.add_parser(
+        "manager",
+        help="run a manager on a store",
+        description="Run a manager. Agents join it with the worker token (shoal token worker).",
+    )
+    manager.add_argument(
+        "--store",
+        required=True,
+        metavar="URL",
+        help="sqlite:///path/state.db (durable) or memory://",
+    )
+    _common(manager)
+    manager.add_argument(
+        "--heartbeat-period",
+        type=_duration,
+        default=2.0,
+        metavar="DURATION",
+        help="how often agents heartbeat (default 2s); a node is down after three missed periods",
+    )
+    manager.set_defaults(func=lambda args: _run(_manager(args)))
+
+    agent = subparsers.add_parser(
+        "agent",
+        help="run an agent that joins a manager",
+        description="Run an agent: join a manager and run the tasks it assigns to this node.",
+    )
+    agent.add_argument("--manager", required=True, metavar="HOST:PORT[,HOST:PORT...]")
+    agent.add_argument("--token", required=True, help="worker join token (shoal token worker)")
+    agent.add_argument("--name", default=None, help="node name (default: hostname)")
+    agent.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="node label (repeatable)",
+    )
+    _common(agent, listen=False)
+    agent.set_defaults(func=lambda args: _run(_agent(args)))
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    configure_logging()
+    try:
+        return asyncio.run(_until_signal(main))
+    except (ShoalError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _until_signal(main: Coroutine[Any, Any, int]) -> int:
+    loop = asyncio.get_running_loop()
+    job = asyncio.ensure_future(main)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, job.cancel)
+    try:
+        return await job
+    except asyncio.CancelledError:
+        return 0
+
+
+async def _up(args: argparse.Namespace) -> int:
+    state_dir = (args.state_dir or default_state_dir()).resolve()
+    settings = ManagerSettings(
+        store_url=f"sqlite:///{state_dir / 'state.db'}",
+        state_dir=state_dir,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        heartbeat_period=args.heartbeat_period,
+    )
+    async with open_manager(settings) as manager:
+        agent_settings = AgentSettings(
+            managers=[manager.address],
+            token=manager.worker_token,
+            state_dir=state_dir / "agent",
+            name=args.name or socket.gethostname(),
+            labels=dict(args.label),
+        )
+        async with open_agent(agent_settings) as agent:
+            # One process, one /metrics: the agent's metrics join the manager's.
+            manager.registry.register(_RegistryBridge(agent.registry))
+            print(
+                f"shoal is up: manager on {manager.address}, node {agent_settings.name}, "
+                f"state in {state_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+            await agent.wait()
+            return _agent_exit(agent.fatal)
+
+
+async def _manager(args: argparse.Namespace) -> int:
+    settings = ManagerSettings(
+        store_url=args.store,
+        state_dir=(args.state_dir or default_state_dir()).resolve(),
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        heartbeat_period=args.heartbeat_period,
+    )
+    async with open_manager(settings) as manager:
+        print(f"shoal manager listening on {manager.address}", file=sys.stderr, flush=True)
+        await asyncio.Event().wait()
+    return 0
+
+
+async def _agent(args: argparse.Namespace) -> int:
+    name = args.name or socket.gethostname()
+    managers = [m.strip() for m in args.manager.split(",") if m.strip()]
+    state_dir = (args.state_dir or default_state_dir() / "agents" / name).resolve()
+    settings = AgentSettings(
+        managers=managers,
+        token=args.token,
+        state_dir=state_dir,
+        name=name,
+        labels=dict(args.label),
+        metrics_listen=args.metrics_listen,
+    )
+    async with open_agent(settings) as agent:
+        await agent.wait()
+        return _agent_exit(agent.fatal)
+
+
+def _agent_exit(fatal: BaseException | None) -> int:
+    if isinstance(fatal, AuthError):
+        print(f"error: {fatal}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _RegistryBridge(Collector):
+    """Expose another registry's metrics through this one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Any]:
+        return self._registry.collect()
