@@ -261,12 +261,6 @@ class Control:
                 raise NotFoundError(f"service {name!r} not found")
         elif kind == "tasks":
             service = request.get("service")
-            if (
-                service
-                and self.informer.service(str(service)) is None
-                and not self.informer.tasks_by_service.get(str(service))
-            ):
-                raise NotFoundError(f"service {service!r} not found")
             tasks = [
                 e.obj
                 for e in self.informer.all_tasks()

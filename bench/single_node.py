@@ -1,0 +1,119 @@
+"""Single-node benchmark: a 200-replica ``sleep`` service, and apply → first task running.
+
+Starts a real ``shoal up`` (manager + agent, SQLite store, process runtime) in a
+temporary state directory and measures, through the Control API:
+
+1. seconds from the Apply call until all N replicas report ``running``
+   (and the process table holds N task processes);
+2. for 50 separate one-replica services, the latency from the Apply call until
+   the first task reports ``running``: p50 and p99.
+
+    .venv/bin/python bench/single_node.py [--replicas 200] [--applies 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+
+
+def service(name: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "shoal/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "template": {"command": ["sleep", "3600"]}},
+    }
+
+
+async def running(client: Client, name: str) -> int:
+    reply = await client.call("Get", {"kind": "services", "name": name})
+    return int(reply["items"][0]["status"]["runningTasks"])
+
+
+async def wait_gone(client: Client, names: list[str]) -> None:
+    await client.call("Delete", {"names": names, "ignoreNotFound": True})
+    while True:
+        reply = await client.call("Get", {"kind": "tasks", "all": True})
+        if not any(t["service"] in names for t in reply["items"]):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def bench(address: str, replicas: int, applies: int) -> dict[str, float]:
+    channel = open_channel(address)
+    client = Client(channel, CONTROL_SERVICE)
+    results: dict[str, float] = {}
+
+    started = time.perf_counter()
+    await client.call("Apply", {"services": [service("bench-many", replicas)]})
+    while await running(client, "bench-many") < replicas:
+        await asyncio.sleep(0.01)
+    results["all_running_s"] = time.perf_counter() - started
+    await wait_gone(client, ["bench-many"])
+
+    latencies: list[float] = []
+    for index in range(applies):
+        name = f"bench-one-{index}"
+        started = time.perf_counter()
+        await client.call("Apply", {"services": [service(name, 1)]})
+        while await running(client, name) < 1:
+            await asyncio.sleep(0.002)
+        latencies.append(time.perf_counter() - started)
+    await wait_gone(client, [f"bench-one-{i}" for i in range(applies)])
+    await channel.close()
+
+    latencies.sort()
+    results["first_running_p50_ms"] = statistics.median(latencies) * 1000
+    results["first_running_p99_ms"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=200)
+    parser.add_argument("--applies", type=int, default=50)
+    parser.add_argument("--port", type=int, default=7495)
+    args = parser.parse_args()
+    address = f"127.0.0.1:{args.port}"
+    with tempfile.TemporaryDirectory() as state:
+        log = (Path(state) / "shoal.log").open("w")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "up", "--state-dir", state, "--listen", address],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while subprocess.run(
+                [sys.executable, "-m", "shoal", "get", "nodes", "--server", address],
+                capture_output=True,
+            ).returncode != 0 or b"ready" not in subprocess.run(
+                [sys.executable, "-m", "shoal", "get", "nodes", "--server", address],
+                capture_output=True,
+            ).stdout:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    print((Path(state) / "shoal.log").read_text(), file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+            results = asyncio.run(bench(address, args.replicas, args.applies))
+        finally:
+            server.terminate()
+            server.wait(30)
+    print(f"{'measure':<44} {'value':>10}")
+    print(f"{f'{args.replicas} replicas: apply → all running (s)':<44} {results['all_running_s']:>10.2f}")
+    print(f"{'apply → first task running, p50 (ms)':<44} {results['first_running_p50_ms']:>10.1f}")
+    print(f"{'apply → first task running, p99 (ms)':<44} {results['first_running_p99_ms']:>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""A real shoal cluster for end-to-end tests: manager and agents as subprocesses.
+
+Everything here is the product as users run it: ``python -m shoal manager``,
+``python -m shoal agent`` and ``python -m shoal <verb>`` processes talking gRPC
+on loopback, real task processes found in ``/proc``. Only the polling uses the
+Python client directly, so waiting costs milliseconds instead of a CLI start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+
+HEARTBEAT = 0.5  # seconds; a node is down after 3 missed heartbeats
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def shoal_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shoal", *args]
+
+
+def processes_with_env(key: str, value: str) -> dict[int, dict[str, str]]:
+    """Live processes whose environment has ``key=value``: pid → environment."""
+    found: dict[int, dict[str, str]] = {}
+    needle = f"{key}={value}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "environ").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if needle not in raw.split(b"\0"):
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            continue  # a zombie is not running
+        env = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+        found[int(entry.name)] = env
+    return found
+
+
+def task_processes(service: str) -> dict[int, dict[str, str]]:
+    return processes_with_env("SHOAL_SERVICE", service)
+
+
+def tasks_in_process_table(service: str) -> set[str]:
+    """Ids of the tasks of ``service`` that have at least one live process."""
+    return {env["SHOAL_TASK_ID"] for env in task_processes(service).values()}
+
+
+@dataclass
+class Daemon:
+    name: str
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        env = {**os.environ, "SHOAL_LOG_FORMAT": "json"}
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Cluster:
+    """One manager on SQLite and any number of agents, each a real process."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    manager: Daemon | None = None
+    agents: dict[str, Daemon] = field(default_factory=dict)
+    token: str = ""
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_manager(self) -> None:
+        self.manager = Daemon(
+            "manager",
+            shoal_cmd(
+                "manager", "--store", f"sqlite:///{self.root / 'manager' / 'state.db'}",
+                "--state-dir", str(self.root / "manager"), "--listen", self.address,
+                "--heartbeat-period", f"{int(HEARTBEAT * 1000)}ms",
+            ),
+            self.root / "manager.log",
+        )
+        self.manager.start()
+        wait_for(lambda: self.try_call("Version", {}) is not None, 20, "manager to listen")
+        if not self.token:
+            self.token = self.cli("token", "worker").stdout.strip()
+
+    def start_agent(self, name: str, *labels: str) -> Daemon:
+        args = shoal_cmd(
+            "agent", "--manager", self.address, "--token", self.token, "--name", name,
+            "--state-dir", str(self.root / "agents" / name),
+        )
+        for label in labels:
+            args += ["--label", label]
+        agent = self.agents.get(name) or Daemon(name, args, self.root / f"agent-{name}.log")
+        agent.args = args
+        self.agents[name] = agent
+        agent.start()
+        wait_for(lambda: self.node_state(name) == "ready", 20, f"node {name} ready")
+        return agent
+
+    def stop_all(self) -> None:
+        for service in [s["metadata"]["name"] for s in (self.try_call("Get", {"kind": "services"}) or {}).get("items", [])]:
+            self.cli("delete", "service", service, "--no-wait", check=False)
+        for agent in self.agents.values():
+            agent.stop()
+        if self.manager:
+            self.manager.stop()
+
+    # ------------------------------------------------------------- clients
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            shoal_cmd(*args, "--server", self.address) if args[0] not in ("version",) else shoal_cmd(*args),
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"shoal {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def call(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
+            channel = open_channel(self.address)
+            try:
+                return await Client(channel, CONTROL_SERVICE).call(method, request, timeout=10)
+            finally:
+                await channel.close()
+
+        return asyncio.run(go())
+
+    def try_call(self, method: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return self.call(method, request)
+        except Exception:
+            return None
+
+    def tasks(self, service: str | None = None, all: bool = False) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {"kind": "tasks", "all": all}
+        if service:
+            request["service"] = service
+        return list(self.call("Get", request)["items"])
+
+    def running(self, service: str) -> list[dict[str, Any]]:
+        return [
+            t for t in self.tasks(service)
+            if t["status"]["state"] == "running" and t["desiredState"] == "running"
+        ]
+
+    def node_state(self, name: str) -> str | None:
+        reply = self.try_call("Get", {"kind": "nodes"})
+        for node in (reply or {}).get("items", []):
+            if node["id"] == name:
+                return str(node["status"]["state"])
+        return None
+
+    def wait_running(self, service: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        wait_for(
+            lambda: len(self.running(service)) == count
+            and len(self.tasks(service)) == count,
+            timeout, f"{count} running tasks of {service}",
+        )
+        return self.running(service)
+
+    def service(self, name: str, command: list[str], replicas: int | None = 1, **spec: Any) -> str:
+        return service_yaml(name, command, replicas, run=str(self.root), **spec)
+
+    def apply(self, text: str, name: str = "spec.yaml") -> subprocess.CompletedProcess[str]:
+        path = self.root / name
+        path.write_text(text)
+        return self.cli("apply", "-f", str(path))
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Poll until ``condition()`` is truthy; return the seconds it took."""
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def service_yaml(
+    name: str, command: list[str], replicas: int | None = 1, run: str = "", **spec: Any
+) -> str:
+    """A Service document; ``run`` marks its processes for clean-up after the test."""
+    doc: dict[str, Any] = {
+        "apiVersion": "shoal/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"template": {"command": command, "env": {"E2E_RUN": run}}},
+    }
+    if replicas is not None:
+        doc["spec"]["replicas"] = replicas
+    for key, value in spec.items():
+        if key == "template":
+            doc["spec"]["template"].update(value)
+        else:
+            doc["spec"][key] = value
+    return json.dumps(doc)
+
+
+@contextlib.contextmanager
+def cluster_at(root: Path) -> Iterator[Cluster]:
+    cluster = Cluster(root)
+    try:
+        cluster.start_manager()
+        yield cluster
+    finally:
+        cluster.stop_all()
+        # Tasks outlive agents by design; a test must not leak them to the next one.
+        for pid in processes_with_env("E2E_RUN", str(root)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
