@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+from shoal.errors import ApiError
 
 
 def service(name: str, replicas: int) -> dict[str, Any]:
@@ -74,8 +75,28 @@ async def bench(address: str, replicas: int, applies: int) -> dict[str, float]:
 
     latencies.sort()
     results["first_running_p50_ms"] = statistics.median(latencies) * 1000
-    results["first_running_p99_ms"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    results["first_running_p99_ms"] = (
+        latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    )
     return results
+
+
+async def wait_ready(address: str, server: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    channel = open_channel(address)
+    client = Client(channel, CONTROL_SERVICE)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                nodes = (await client.call("Get", {"kind": "nodes"}, timeout=2))["items"]
+                if any(n["status"]["state"] == "ready" for n in nodes):
+                    return True
+            except ApiError:
+                pass
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await channel.close()
 
 
 def main() -> int:
@@ -86,32 +107,29 @@ def main() -> int:
     args = parser.parse_args()
     address = f"127.0.0.1:{args.port}"
     with tempfile.TemporaryDirectory() as state:
-        log = (Path(state) / "shoal.log").open("w")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "up", "--state-dir", state, "--listen", address],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+        log_path = Path(state) / "shoal.log"
+        with log_path.open("w") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "shoal", "up", "--state-dir", state, "--listen", address],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            deadline = time.monotonic() + 30
-            while subprocess.run(
-                [sys.executable, "-m", "shoal", "get", "nodes", "--server", address],
-                capture_output=True,
-            ).returncode != 0 or b"ready" not in subprocess.run(
-                [sys.executable, "-m", "shoal", "get", "nodes", "--server", address],
-                capture_output=True,
-            ).stdout:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    print((Path(state) / "shoal.log").read_text(), file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
+            if not asyncio.run(wait_ready(address, server)):
+                print(log_path.read_text(), file=sys.stderr)
+                return 1
             results = asyncio.run(bench(address, args.replicas, args.applies))
         finally:
             server.terminate()
             server.wait(30)
+    rows = [
+        (f"{args.replicas} replicas: apply → all running (s)", f"{results['all_running_s']:.2f}"),
+        ("apply → first task running, p50 (ms)", f"{results['first_running_p50_ms']:.1f}"),
+        ("apply → first task running, p99 (ms)", f"{results['first_running_p99_ms']:.1f}"),
+    ]
     print(f"{'measure':<44} {'value':>10}")
-    print(f"{f'{args.replicas} replicas: apply → all running (s)':<44} {results['all_running_s']:>10.2f}")
-    print(f"{'apply → first task running, p50 (ms)':<44} {results['first_running_p50_ms']:>10.1f}")
-    print(f"{'apply → first task running, p99 (ms)':<44} {results['first_running_p99_ms']:>10.1f}")
+    for label, value in rows:
+        print(f"{label:<44} {value:>10}")
     return 0
 
 

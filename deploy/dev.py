@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The README's two commands, from a fresh clone with only Python 3.11+.
 
-    python3 deploy/dev.py up      set up .venv, start a single-node cluster, run examples/hello.yaml
-    python3 deploy/dev.py test    set up .venv with the dev tools, run ruff, mypy and the whole test suite
+    python3 deploy/dev.py up      set up .venv, start a one-node cluster running examples/hello.yaml
+    python3 deploy/dev.py test    set up .venv with dev tools; run ruff, mypy and every test
 
 Both create ``.venv`` in the repository (once) and install shoal into it in
 editable mode, so the ``shoal`` command is ``.venv/bin/shoal``.
@@ -34,16 +34,25 @@ def setup(extras: str = "") -> None:
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     target = f".{extras}" if extras else "."
-    run(BIN / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "-e", target)
+    run(
+        BIN / "python",
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-e",
+        target,
+    )
 
 
 def up() -> int:
     setup()
     state = ROOT / ".shoal"
     env = {**os.environ, "SHOAL_STATE_DIR": str(state)}
-    server = subprocess.Popen([BIN / "shoal", "up", "--state-dir", state,
-                               "--metrics-listen", "127.0.0.1:7421"], env=env)
+    server = subprocess.Popen(
+        [BIN / "shoal", "up", "--state-dir", state, "--metrics-listen", "127.0.0.1:7421"], env=env
+    )
     shoal = [str(BIN / "shoal")]
     try:
         deadline = time.monotonic() + 30
@@ -52,12 +61,19 @@ def up() -> int:
                 print("shoal up did not start; see the messages above", file=sys.stderr)
                 return 1
             time.sleep(0.3)
-        for args in (["apply", "-f", "examples/hello.yaml"], ["rollout", "status", "hello"],
-                     ["get", "services"], ["get", "tasks"]):
+        for args in (
+            ["apply", "-f", "examples/hello.yaml"],
+            ["rollout", "status", "hello"],
+            ["get", "services"],
+            ["get", "tasks"],
+        ):
             subprocess.run([*shoal, *args], cwd=ROOT, env=env, check=True)
-        print("\nshoal is running 'hello' (3 processes); metrics on http://127.0.0.1:7421/metrics."
-              "\nIn another terminal: export SHOAL_STATE_DIR=.shoal; .venv/bin/shoal get tasks"
-              "\nFollowing its logs; press Ctrl-C to delete the service and stop.\n", flush=True)
+        print(
+            "\nshoal is running 'hello' (3 processes); metrics on http://127.0.0.1:7421/metrics."
+            "\nIn another terminal: export SHOAL_STATE_DIR=.shoal; .venv/bin/shoal get tasks"
+            "\nFollowing its logs; press Ctrl-C to delete the service and stop.\n",
+            flush=True,
+        )
         subprocess.run([*shoal, "logs", "hello", "-f", "--tail", "5"], env=env)
     except KeyboardInterrupt:
         pass

@@ -2,7 +2,10 @@
 
 Runners call ``report`` as often as they like; only the newest status per task
 is kept, and a flusher sends everything pending in one ``UpdateTaskStatus``
-call every ``BATCH_WINDOW`` seconds. A batch that fails stays pending and goes
+call: ``COALESCE`` seconds after the first report of a burst (so reports made
+in the same moment travel together), and then at most once per
+``BATCH_WINDOW`` while reports keep coming. A lone report is therefore sent
+within milliseconds, and a burst of hundreds costs a few calls. A batch that fails stays pending and goes
 out again on the next session, so a manager failover loses no report (the
 manager ignores reports that do not move a task forward, so resending is
 harmless).
@@ -20,7 +23,8 @@ from shoal.models import TaskStatus
 
 log = structlog.get_logger(__name__)
 
-BATCH_WINDOW = 0.1
+COALESCE = 0.005
+BATCH_WINDOW = 0.025
 
 
 class StatusReporter:
@@ -40,8 +44,8 @@ class StatusReporter:
         self._wake.set()  # resend whatever a previous session left pending
         while True:
             await self._wake.wait()
+            await asyncio.sleep(COALESCE)
             self._wake.clear()
-            await asyncio.sleep(BATCH_WINDOW)
             if not self._pending:
                 continue
             batch, self._pending = self._pending, {}
@@ -56,3 +60,4 @@ class StatusReporter:
                 for task_id, status in batch.items():
                     self._pending.setdefault(task_id, status)
                 raise
+            await asyncio.sleep(BATCH_WINDOW)

@@ -162,9 +162,7 @@ def service_handler(service: str, methods: Mapping[str, Method]) -> grpc.Generic
 def map_rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
     code = exc.code()
     details = exc.details() or code.name
-    if code == grpc.StatusCode.UNAVAILABLE:
-        details = f"cannot reach the shoal manager: {details}"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         details = f"the shoal manager did not answer in time: {details}"
     return ApiError(code.name, details)
 

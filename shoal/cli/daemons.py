@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from shoal.agent.agent import AgentSettings, open_agent
-from shoal.cli.paths import default_state_dir
 from shoal.errors import AuthError, ShoalError
 from shoal.logging import configure_logging
 from shoal.manager.server import ManagerSettings, open_manager
 from shoal.models.units import parse_duration
+from shoal.paths import default_state_dir
 
 
 def _label(value: str) -> tuple[str, str]:

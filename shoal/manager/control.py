@@ -26,6 +26,7 @@ from shoal.models import (
     DesiredState,
     Service,
     ServiceSpec,
+    ServiceStatus,
     Task,
     TaskState,
 )
@@ -232,19 +233,19 @@ class Control:
         live = [t for t in tasks if t.desired_state == DesiredState.RUNNING]
         running = sum(1 for t in live if t.status.state == TaskState.RUNNING)
         desired = len(live) if service.spec.mode == "global" else service.spec.replica_count
-        view = service.to_wire()
         outcome = self.orchestrator_runner.last_outcome.get(service.name)
-        status: dict[str, Any] = {
-            "desiredTasks": desired,
-            "runningTasks": running,
-            "observedGeneration": service.metadata.generation,
-        }
+        error = None
         if isinstance(outcome, Failed):
-            status["error"] = outcome.message
+            error = outcome.message
         elif isinstance(outcome, Exception):
-            status["error"] = f"{type(outcome).__name__}: {outcome}"
-        view["status"] = status
-        return view
+            error = f"{type(outcome).__name__}: {outcome}"
+        status = ServiceStatus(
+            desired_tasks=desired,
+            running_tasks=running,
+            observed_generation=service.metadata.generation,
+            error=error,
+        )
+        return service.model_copy(update={"status": status}).to_wire()
 
     def _task_view(self, task: Task) -> dict[str, Any]:
         view = task.to_wire()

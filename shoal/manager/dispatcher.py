@@ -9,7 +9,8 @@ then carries, in order:
    store places on this node, history included (the agent stops and removes
    what it runs but is not in this set);
 3. incremental ``{"type": "assignments", "full": false, "tasks", "removed"}``
-   messages, batched for ``BATCH_WINDOW`` seconds, sent when a task appears,
+   messages (a burst is coalesced for ``COALESCE`` seconds, then at most one
+   message per ``BATCH_WINDOW`` while changes keep coming), sent when a task appears,
    disappears, or changes in a way the agent acts on (desired state, ended);
 4. ``{"type": "logs", ...}`` requests when somebody runs ``shoal logs``.
 
@@ -41,7 +42,8 @@ from shoal.store.typed import Change, Object
 
 log = structlog.get_logger(__name__)
 
-BATCH_WINDOW = 0.05
+COALESCE = 0.005
+BATCH_WINDOW = 0.025
 
 
 class SessionError(ShoalError):
@@ -142,14 +144,15 @@ class Dispatcher:
             yield {"type": "assignments", "full": True, "tasks": [t.to_wire() for t in tasks]}
             while not session.closed:
                 await session.wake.wait()
+                await asyncio.sleep(COALESCE)
                 session.wake.clear()
-                await asyncio.sleep(BATCH_WINDOW)
                 for message in session.outbox:
                     yield message
                 session.outbox.clear()
                 update = self._incremental(session)
                 if update:
                     yield update
+                    await asyncio.sleep(BATCH_WINDOW)
         finally:
             session.closed = True
             if self.sessions.get(node_id) is session:

@@ -31,6 +31,7 @@ from shoal.api.transport import (
 from shoal.manager.control import Control
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.metrics import ClusterCollector
+from shoal.paths import ENDPOINT_FILE
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.loop import ControllerRunner, LoopMetrics
@@ -42,8 +43,6 @@ from shoal.store import open_store
 from shoal.store.typed import ClusterConfig, Object, TypedStore
 
 log = structlog.get_logger(__name__)
-
-ENDPOINT_FILE = "manager.json"
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,4 +70,6 @@ class Node(Model):
 
     @property
     def schedulable(self) -> bool:
-        return self.status.state == NodeState.READY and self.spec.availability == Availability.ACTIVE
+        return (
+            self.status.state == NodeState.READY and self.spec.availability == Availability.ACTIVE
+        )

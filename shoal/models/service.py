@@ -176,13 +176,12 @@ class ServiceSpec(Model):
 
 
 class ServiceStatus(Model):
-    """Written by the manager: what the orchestrator last saw and did."""
+    """Computed by the manager when a service is read; ignored when applied."""
 
     desired_tasks: int = 0
     running_tasks: int = 0
-    last_reconcile: datetime | None = None
-    last_outcome: str | None = None
-    message: str | None = None
+    observed_generation: int | None = None
+    error: str | None = None
 
 
 class Service(Model):

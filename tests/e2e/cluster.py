@@ -53,7 +53,9 @@ def processes_with_env(key: str, value: str) -> dict[int, dict[str, str]]:
             continue
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             continue  # a zombie is not running
-        env = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+        env = dict(
+            item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
+        )
         found[int(entry.name)] = env
     return found
 
@@ -120,9 +122,15 @@ class Cluster:
         self.manager = Daemon(
             "manager",
             shoal_cmd(
-                "manager", "--store", f"sqlite:///{self.root / 'manager' / 'state.db'}",
-                "--state-dir", str(self.root / "manager"), "--listen", self.address,
-                "--heartbeat-period", f"{int(HEARTBEAT * 1000)}ms",
+                "manager",
+                "--store",
+                f"sqlite:///{self.root / 'manager' / 'state.db'}",
+                "--state-dir",
+                str(self.root / "manager"),
+                "--listen",
+                self.address,
+                "--heartbeat-period",
+                f"{int(HEARTBEAT * 1000)}ms",
             ),
             self.root / "manager.log",
         )
@@ -133,8 +141,15 @@ class Cluster:
 
     def start_agent(self, name: str, *labels: str) -> Daemon:
         args = shoal_cmd(
-            "agent", "--manager", self.address, "--token", self.token, "--name", name,
-            "--state-dir", str(self.root / "agents" / name),
+            "agent",
+            "--manager",
+            self.address,
+            "--token",
+            self.token,
+            "--name",
+            name,
+            "--state-dir",
+            str(self.root / "agents" / name),
         )
         for label in labels:
             args += ["--label", label]
@@ -146,7 +161,10 @@ class Cluster:
         return agent
 
     def stop_all(self) -> None:
-        for service in [s["metadata"]["name"] for s in (self.try_call("Get", {"kind": "services"}) or {}).get("items", [])]:
+        for service in [
+            s["metadata"]["name"]
+            for s in (self.try_call("Get", {"kind": "services"}) or {}).get("items", [])
+        ]:
             self.cli("delete", "service", service, "--no-wait", check=False)
         for agent in self.agents.values():
             agent.stop()
@@ -155,13 +173,21 @@ class Cluster:
 
     # ------------------------------------------------------------- clients
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            shoal_cmd(*args, "--server", self.address) if args[0] not in ("version",) else shoal_cmd(*args),
-            capture_output=True, text=True, timeout=timeout,
+            shoal_cmd(*args, "--server", self.address)
+            if args[0] not in ("version",)
+            else shoal_cmd(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"shoal {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+            raise AssertionError(
+                f"shoal {' '.join(args)} failed ({result.returncode}): {result.stderr}"
+            )
         return result
 
     def call(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +214,8 @@ class Cluster:
 
     def running(self, service: str) -> list[dict[str, Any]]:
         return [
-            t for t in self.tasks(service)
+            t
+            for t in self.tasks(service)
             if t["status"]["state"] == "running" and t["desiredState"] == "running"
         ]
 
@@ -201,9 +228,9 @@ class Cluster:
 
     def wait_running(self, service: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
         wait_for(
-            lambda: len(self.running(service)) == count
-            and len(self.tasks(service)) == count,
-            timeout, f"{count} running tasks of {service}",
+            lambda: len(self.running(service)) == count and len(self.tasks(service)) == count,
+            timeout,
+            f"{count} running tasks of {service}",
         )
         return self.running(service)
 
@@ -216,7 +243,9 @@ class Cluster:
         return self.cli("apply", "-f", str(path))
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> float:
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> float:
     """Poll until ``condition()`` is truthy; return the seconds it took."""
     started = time.monotonic()
     deadline = started + timeout

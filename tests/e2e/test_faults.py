@@ -38,14 +38,18 @@ def test_global_service_runs_one_task_per_agent(cluster: Cluster) -> None:
     tasks = cluster.wait_running("ft-global", 3)
 
     assert nodes_of(tasks) == ["n1", "n2", "n3"]
-    node_of_task = {env["SHOAL_TASK_ID"]: env["SHOAL_NODE"] for env in task_processes("ft-global").values()}
+    node_of_task = {
+        env["SHOAL_TASK_ID"]: env["SHOAL_NODE"] for env in task_processes("ft-global").values()
+    }
     assert sorted(node_of_task.values()) == ["n1", "n2", "n3"]
 
 
 def test_constraints_place_only_on_matching_nodes(cluster: Cluster) -> None:
     cluster.apply(
         cluster.service(
-            "ft-zone", ["sleep", "300"], replicas=4,
+            "ft-zone",
+            ["sleep", "300"],
+            replicas=4,
             placement={"constraints": ["node.labels.zone == a"]},
         )
     )
@@ -62,11 +66,13 @@ def test_drained_node_is_emptied_and_its_tasks_move(cluster: Cluster) -> None:
 
     wait_for(
         lambda: nodes_of(cluster.running("ft-drain")) == ["n1", "n1", "n1", "n3", "n3", "n3"],
-        15, "tasks to leave n2",
+        15,
+        "tasks to leave n2",
     )
     wait_for(
         lambda: all(env["SHOAL_NODE"] != "n2" for env in task_processes("ft-drain").values()),
-        15, "n2's processes to stop",
+        15,
+        "n2's processes to stop",
     )
 
 
@@ -79,15 +85,19 @@ def test_stopped_agent_tasks_run_elsewhere_after_heartbeat_grace(cluster: Cluste
     stopped = time.monotonic()
 
     wait_for(lambda: cluster.node_state("n3") == "down", 10, "n3 to be down")
-    wait_for(lambda: nodes_of(cluster.running("ft-lost")) in (["n1", "n1", "n2"], ["n1", "n2", "n2"]),
-             10, "n3's task to run elsewhere")
+    wait_for(
+        lambda: nodes_of(cluster.running("ft-lost")) in (["n1", "n1", "n2"], ["n1", "n2", "n2"]),
+        10,
+        "n3's task to run elsewhere",
+    )
     assert time.monotonic() - stopped < 3 * HEARTBEAT + 5
 
     # The agent comes back: the orphaned process it left running is stopped.
     cluster.start_agent("n3", "zone=b")
     wait_for(
         lambda: all(env["SHOAL_NODE"] != "n3" for env in task_processes("ft-lost").values()),
-        15, "the orphaned process on n3 to stop",
+        15,
+        "the orphaned process on n3 to stop",
     )
     assert len(cluster.running("ft-lost")) == 3
 
@@ -110,12 +120,17 @@ def test_agent_sigkill_and_restart_adopts_running_tasks(cluster: Cluster) -> Non
     restarted = [line for line in agent.log().splitlines() if "agent.started" in line][-1]
     assert f'"recovered": {on_n1}' in restarted
     # And the adopted tasks are still supervised: a killed one is replaced.
-    victim_id, victim_pid = next((t["id"], t["status"]["pid"]) for t in running if t["nodeId"] == "n1")
+    victim_id, victim_pid = next(
+        (t["id"], t["status"]["pid"]) for t in running if t["nodeId"] == "n1"
+    )
     os.kill(victim_pid, signal.SIGKILL)
     wait_for(
-        lambda: victim_id not in {t["id"] for t in cluster.running("ft-adopt")}
-        and len(cluster.running("ft-adopt")) == 3,
-        10, "the adopted task's replacement",
+        lambda: (
+            victim_id not in {t["id"] for t in cluster.running("ft-adopt")}
+            and len(cluster.running("ft-adopt")) == 3
+        ),
+        10,
+        "the adopted task's replacement",
     )
     failed = next(t for t in cluster.tasks("ft-adopt", all=True) if t["id"] == victim_id)
     assert failed["status"]["state"] == "failed"

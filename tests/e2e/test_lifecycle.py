@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -49,9 +50,7 @@ def test_apply_runs_replicas_as_real_processes_with_task_environment(cluster: Cl
 
 def test_killed_task_is_replaced_within_restart_delay(cluster: Cluster) -> None:
     cluster.apply(
-        cluster.service(
-            "lc-kill", ["sleep", "300"], replicas=2, restartPolicy={"delay": "500ms"}
-        )
+        cluster.service("lc-kill", ["sleep", "300"], replicas=2, restartPolicy={"delay": "500ms"})
     )
     before = cluster.wait_running("lc-kill", 2)
     victim = before[0]
@@ -60,9 +59,12 @@ def test_killed_task_is_replaced_within_restart_delay(cluster: Cluster) -> None:
     killed_at = time.monotonic()
 
     wait_for(
-        lambda: victim["id"] not in {t["id"] for t in cluster.running("lc-kill")}
-        and len(cluster.running("lc-kill")) == 2,
-        1.5, "a replacement within the restart delay plus one second",
+        lambda: (
+            victim["id"] not in {t["id"] for t in cluster.running("lc-kill")}
+            and len(cluster.running("lc-kill")) == 2
+        ),
+        1.5,
+        "a replacement within the restart delay plus one second",
     )
     assert time.monotonic() - killed_at <= 1.5
     history = {t["id"]: t for t in cluster.tasks("lc-kill", all=True)}
@@ -110,11 +112,15 @@ def test_delete_leaves_no_task_process_behind(cluster: Cluster) -> None:
         pytest.param("any", 0, True, id="any-complete"),
     ],
 )
-def test_restart_condition(cluster: Cluster, condition: str, exit_code: int, restarts: bool) -> None:
+def test_restart_condition(
+    cluster: Cluster, condition: str, exit_code: int, restarts: bool
+) -> None:
     name = f"lc-cond-{condition}-{exit_code}"
     cluster.apply(
         cluster.service(
-            name, ["sh", "-c", f"sleep 0.3; exit {exit_code}"], replicas=1,
+            name,
+            ["sh", "-c", f"sleep 0.3; exit {exit_code}"],
+            replicas=1,
             restartPolicy={"condition": condition, "delay": "100ms"},
         )
     )
@@ -125,7 +131,8 @@ def test_restart_condition(cluster: Cluster, condition: str, exit_code: int, res
             t["id"] == first["id"] and t["status"]["state"] in ("complete", "failed")
             for t in cluster.tasks(name, all=True)
         ),
-        10, "the first task to end",
+        10,
+        "the first task to end",
     )
     ended = next(t for t in cluster.tasks(name, all=True) if t["id"] == first["id"])
     assert ended["status"]["exitCode"] == exit_code
@@ -141,14 +148,21 @@ def test_restart_condition(cluster: Cluster, condition: str, exit_code: int, res
 def test_max_attempts_stops_restarting(cluster: Cluster) -> None:
     cluster.apply(
         cluster.service(
-            "lc-attempts", ["sh", "-c", "exit 2"], replicas=1,
+            "lc-attempts",
+            ["sh", "-c", "exit 2"],
+            replicas=1,
             restartPolicy={"condition": "on-failure", "delay": "50ms", "maxAttempts": 2},
         )
     )
     wait_for(
-        lambda: len(cluster.tasks("lc-attempts", all=True)) == 3
-        and all(t["status"]["state"] == "failed" for t in cluster.tasks("lc-attempts", all=True)),
-        15, "three failed attempts",
+        lambda: (
+            len(cluster.tasks("lc-attempts", all=True)) == 3
+            and all(
+                t["status"]["state"] == "failed" for t in cluster.tasks("lc-attempts", all=True)
+            )
+        ),
+        15,
+        "three failed attempts",
     )
     time.sleep(1.5)
     tasks = cluster.tasks("lc-attempts", all=True)
@@ -159,7 +173,9 @@ def test_max_attempts_stops_restarting(cluster: Cluster) -> None:
 def test_repeated_failures_back_off(cluster: Cluster) -> None:
     cluster.apply(
         cluster.service(
-            "lc-backoff", ["sh", "-c", "exit 1"], replicas=1,
+            "lc-backoff",
+            ["sh", "-c", "exit 1"],
+            replicas=1,
             restartPolicy={"condition": "any", "delay": "200ms"},
         )
     )
@@ -169,7 +185,7 @@ def test_repeated_failures_back_off(cluster: Cluster) -> None:
     from datetime import datetime
 
     times = [datetime.fromisoformat(c) for c in created]
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     # 200ms, then 400ms, then 800ms after each failure (plus the time to fail).
     assert gaps[1] >= 0.4 and gaps[2] >= 0.8, gaps
     assert gaps[2] > gaps[0], gaps

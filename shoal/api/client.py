@@ -1,0 +1,204 @@
+"""The client side of the Control service, used by the CLI and by tests.
+
+Each method wraps one Control RPC and returns the payload in its wire shape
+(camelCase dicts, as ``shoal.manager.control`` documents them): the CLI prints
+those dicts as they are for ``-o json|yaml``, and reading them keeps a newer
+client usable against an older manager (an unknown field is not an error here).
+
+Finding the manager is the CLI's most common failure, so it is resolved in one
+place with a fixed order: an explicit address (``--server``), then
+``$SHOAL_SERVER``, then the endpoint file of a local ``shoal up`` in the default
+state directory, then ``DEFAULT_ADDRESS``. A manager that cannot be reached is
+reported as ``ApiError("UNAVAILABLE", ...)`` naming the address and how to
+change it, as opposed to a store outage on a reachable manager, which also
+arrives as UNAVAILABLE but from the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from shoal.api.transport import CONTROL_SERVICE, DEFAULT_ADDRESS, Client, Payload, open_channel
+from shoal.errors import ApiError
+from shoal.models import Service
+from shoal.paths import default_state_dir, endpoint_candidates
+
+UNAVAILABLE = "UNAVAILABLE"
+
+
+def resolve_server(
+    explicit: str | None,
+    env: Mapping[str, str] | None = None,
+    state_dir: Path | None = None,
+) -> str:
+    """The manager address to use; see the module docstring for the order."""
+    env = os.environ if env is None else env
+    if explicit:
+        return explicit
+    from_env = env.get("SHOAL_SERVER")
+    if from_env:
+        return from_env
+    for path in endpoint_candidates(state_dir or default_state_dir(env)):
+        address = _read_endpoint(path)
+        if address:
+            return address
+    return DEFAULT_ADDRESS
+
+
+def _read_endpoint(path: Path) -> str | None:
+    """The address in a manager's endpoint file, unless the file is stale or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("address"), str):
+        return None
+    pid = data.get("pid")
+    if isinstance(pid, int) and not _alive(pid):
+        return None  # left behind by a manager that was killed
+    return str(data["address"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def unreachable_message(address: str) -> str:
+    return (
+        f"cannot reach the shoal manager at {address}: is `shoal up` running? "
+        "(use --server or SHOAL_SERVER)"
+    )
+
+
+class ControlClient:
+    """Typed calls to the Control service of one manager."""
+
+    def __init__(self, channel: grpc.aio.Channel, address: str) -> None:
+        self.address = address
+        self._channel = channel
+        self._client = Client(channel, CONTROL_SERVICE)
+
+    def _remap(self, exc: ApiError) -> ApiError:
+        """Tell "no manager there" apart from an UNAVAILABLE the manager itself sent."""
+        if exc.code != UNAVAILABLE:
+            return exc
+        state = self._channel.get_state(try_to_connect=False)
+        if state == grpc.ChannelConnectivity.READY:
+            return exc
+        return ApiError(UNAVAILABLE, unreachable_message(self.address))
+
+    async def _call(self, method: str, request: Payload, timeout: float | None = 30.0) -> Payload:
+        try:
+            return await self._client.call(method, request, timeout=timeout)
+        except ApiError as exc:
+            raise self._remap(exc) from exc
+
+    async def apply(self, services: Sequence[Service], dry_run: bool = False) -> Payload:
+        """``{"results": [{"name", "action"}], "dryRun", "revision"}``; action is
+        ``created``, ``configured`` or ``unchanged``."""
+        request = {"services": [s.to_wire() for s in services], "dryRun": dry_run}
+        return await self._call("Apply", request)
+
+    async def get(
+        self,
+        kind: str,
+        name: str | None = None,
+        service: str | None = None,
+        all_tasks: bool = False,
+    ) -> list[Payload]:
+        """The items of ``kind`` (services, tasks, nodes); ``service`` and
+        ``all_tasks`` filter tasks (``all_tasks`` includes finished history)."""
+        request: Payload = {"kind": kind}
+        if name is not None:
+            request["name"] = name
+        if service is not None:
+            request["service"] = service
+        if all_tasks:
+            request["all"] = True
+        response = await self._call("Get", request)
+        items: list[Payload] = response.get("items", [])
+        return items
+
+    async def describe(self, kind: str, name: str) -> Payload:
+        """Services: ``{service, tasks, notes, events}``; nodes: ``{node, tasks, events}``."""
+        return await self._call("Describe", {"kind": kind, "name": name})
+
+    async def delete(self, names: Sequence[str], ignore_not_found: bool = False) -> Payload:
+        """``{"deleted": [...], "missing": [...]}``; missing names are an error
+        (NOT_FOUND, nothing deleted) unless ``ignore_not_found``."""
+        request = {"kind": "services", "names": list(names), "ignoreNotFound": ignore_not_found}
+        return await self._call("Delete", request)
+
+    async def scale(self, replicas: Mapping[str, int]) -> dict[str, int]:
+        response = await self._call("Scale", {"replicas": dict(replicas)})
+        scaled: dict[str, int] = response.get("scaled", {})
+        return scaled
+
+    async def update_node(
+        self,
+        name: str,
+        availability: str | None = None,
+        label_add: Mapping[str, str] | None = None,
+        label_remove: Sequence[str] = (),
+    ) -> Payload:
+        """The node as it is after the update."""
+        request: Payload = {
+            "name": name,
+            "labelAdd": dict(label_add or {}),
+            "labelRemove": list(label_remove),
+        }
+        if availability:
+            request["availability"] = availability
+        response = await self._call("UpdateNode", request)
+        node: Payload = response["node"]
+        return node
+
+    async def logs(
+        self, service: str, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[Payload]:
+        """``{"taskId", "task", "line"}`` items; ends when every task's log has
+        been sent, or never with ``follow`` (cancel to stop)."""
+        request: Payload = {"service": service, "follow": follow}
+        if tail is not None:
+            request["tail"] = tail
+        try:
+            async for item in self._client.stream("Logs", request):
+                yield item
+        except ApiError as exc:
+            raise self._remap(exc) from exc
+
+    async def token(self, role: str = "worker") -> str:
+        response = await self._call("Token", {"role": role})
+        return str(response["token"])
+
+    async def version(self) -> str:
+        response = await self._call("Version", {}, timeout=10.0)
+        return str(response.get("version", "unknown"))
+
+
+@contextlib.asynccontextmanager
+async def open_control(server: str | None = None) -> AsyncIterator[ControlClient]:
+    """A ``ControlClient`` on a channel of its own, closed on exit.
+
+    Opening does not connect: the first call does, and fails fast with an
+    ``ApiError`` when nothing listens at the address.
+    """
+    address = resolve_server(server)
+    channel = open_channel(address)
+    try:
+        yield ControlClient(channel, address)
+    finally:
+        await channel.close()

@@ -1,0 +1,255 @@
+"""The client commands: each talks to the Control service of one manager.
+
+Every command is a ``func(args) -> int`` set on its subparser (the convention
+the daemon commands in ``shoal.cli.daemons`` share), running its own event loop
+with ``asyncio.run``. Commands raise ``ShoalError`` (or ``UsageError``) for
+expected failures and let ``shoal.cli.main`` turn them into one ``error:`` line
+and an exit code, so no command prints its own error format.
+
+Anything that can be checked locally is checked before a connection is
+opened: a spec with problems is never sent, and a malformed argument is a usage
+error (exit 2) whether or not a manager is reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import shoal
+from shoal.api.client import ControlClient, open_control
+from shoal.cli import output
+from shoal.cli.describe import describe_node, describe_service
+from shoal.cli.waiting import is_terminal, wait_rollout, wait_tasks_gone
+from shoal.errors import NotFoundError, ShoalError
+from shoal.manifest import load_paths, load_text
+from shoal.models import Service
+
+T = TypeVar("T")
+Command = Callable[[argparse.Namespace], int]
+
+# What users may type for each kind, mapped to the Control service's kind.
+KINDS = {
+    "services": "services",
+    "service": "services",
+    "svc": "services",
+    "tasks": "tasks",
+    "task": "tasks",
+    "nodes": "nodes",
+    "node": "nodes",
+}
+SERVICE_KINDS = ("service", "services", "svc")
+
+
+class UsageError(ShoalError):
+    """The command line is wrong in a way argparse cannot see; exit code 2."""
+
+
+def _run(args: argparse.Namespace, work: Callable[[ControlClient], Awaitable[T]]) -> T:
+    async def session() -> T:
+        async with open_control(args.server) as control:
+            return await work(control)
+
+    return asyncio.run(session())
+
+
+def _out(text: str) -> None:
+    if text:
+        print(text, flush=True)
+
+
+# --------------------------------------------------------------------- apply
+
+
+def _load(filenames: list[str]) -> list[Service]:
+    if "-" in filenames:
+        if len(filenames) > 1:
+            raise UsageError("-f - (standard input) cannot be combined with other files")
+        return load_text(sys.stdin.read(), "<stdin>")
+    return load_paths([Path(name) for name in filenames])
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    services = _load(args.filename)  # every local problem is raised before connecting
+    if not services:
+        raise ShoalError(f"nothing to apply: no documents in {', '.join(args.filename)}")
+    response = _run(args, lambda control: control.apply(services, dry_run=args.dry_run))
+    suffix = " (dry run)" if response.get("dryRun") else ""
+    for result in response.get("results", []):
+        _out(f"service/{result['name']} {result['action']}{suffix}")
+    return 0
+
+
+# ----------------------------------------------------------------------- get
+
+
+async def _node_task_counts(control: ControlClient) -> dict[str, int]:
+    tasks = await control.get("tasks")
+    return dict(Counter(t["nodeId"] for t in tasks if t.get("nodeId") and not is_terminal(t)))
+
+
+def _print_items(
+    kind: str,
+    name: str | None,
+    items: list[dict[str, Any]],
+    fmt: str,
+    counts: dict[str, int] | None = None,
+) -> None:
+    if fmt in ("json", "yaml"):
+        _out(output.dump(items[0] if name else {"items": items}, fmt))
+        return
+    if not items:
+        print(f"No {kind} found.", file=sys.stderr)
+        return
+    wide = fmt == "wide"
+    if kind == "services":
+        _out(output.services_table(items, wide))
+    elif kind == "tasks":
+        _out(output.tasks_table(items, wide))
+    else:
+        _out(output.nodes_table(items, counts, wide))
+
+
+def show(args: argparse.Namespace, kind: str) -> int:
+    name: str | None = getattr(args, "name", None)
+    service: str | None = getattr(args, "service", None)
+    all_tasks: bool = getattr(args, "all", False)
+    if kind != "tasks" and (service or all_tasks):
+        raise UsageError("--service and --all only apply to tasks")
+
+    async def fetch(control: ControlClient) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
+        items = await control.get(
+            kind, name=name, service=service, all_tasks=all_tasks or bool(name)
+        )
+        counts = None
+        if kind == "nodes" and args.output in ("table", "wide"):
+            counts = await _node_task_counts(control)
+        return items, counts
+
+    items, counts = _run(args, fetch)
+    if name and not items:
+        raise NotFoundError(f"{kind[:-1]} {name!r} not found")
+    _print_items(kind, name, items, args.output, counts)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    return show(args, KINDS[args.resource])
+
+
+# ------------------------------------------------------------------ describe
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    kind = KINDS[args.resource]
+    payload = _run(args, lambda control: control.describe(kind, args.name))
+    _out(describe_node(payload) if kind == "nodes" else describe_service(payload))
+    return 0
+
+
+# -------------------------------------------------------------------- delete
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    if args.filename:
+        if args.targets:
+            raise UsageError("give either -f PATH or service NAME..., not both")
+        names = [service.name for service in _load(args.filename)]
+    else:
+        if not args.targets or args.targets[0] not in SERVICE_KINDS:
+            raise UsageError("expected `delete service NAME [NAME...]` or `delete -f PATH`")
+        names = args.targets[1:]
+        if not names:
+            raise UsageError("name at least one service to delete")
+
+    async def delete(control: ControlClient) -> None:
+        response = await control.delete(names, ignore_not_found=args.ignore_not_found)
+        deleted: list[str] = response.get("deleted", [])
+        for name in deleted:
+            _out(f"service/{name} deleted")
+        if args.wait and deleted:
+            await wait_tasks_gone(control, deleted, args.timeout, output.Progress())
+
+    _run(args, delete)
+    return 0
+
+
+# --------------------------------------------------------------------- scale
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    targets: dict[str, int] = dict(args.targets)
+    scaled = _run(args, lambda control: control.scale(targets))
+    for name, replicas in scaled.items():
+        _out(f"service/{name} scaled to {replicas}")
+    return 0
+
+
+# ---------------------------------------------------------------------- logs
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    async def stream(control: ControlClient) -> None:
+        async for item in control.logs(args.service, follow=args.follow, tail=args.tail):
+            line = str(item.get("line", ""))
+            task = item.get("task")
+            print(f"{task} | {line}" if task and args.prefix else line, flush=True)
+
+    try:
+        _run(args, stream)
+    except KeyboardInterrupt:
+        return 0  # the way to stop `logs -f`
+    return 0
+
+
+# ---------------------------------------------------------------------- node
+
+
+def cmd_node_ls(args: argparse.Namespace) -> int:
+    return show(args, "nodes")
+
+
+def cmd_node_update(args: argparse.Namespace) -> int:
+    if not (args.availability or args.label_add or args.label_rm):
+        raise UsageError("nothing to update: give --availability, --label-add or --label-rm")
+    node = _run(
+        args,
+        lambda control: control.update_node(
+            args.name, args.availability, dict(args.label_add), args.label_rm
+        ),
+    )
+    _out(f"node/{node.get('id', args.name)} updated")
+    return 0
+
+
+# ------------------------------------------------------------ token, version
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    _out(_run(args, lambda control: control.token(args.role)))
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    _out(f"Client Version: {shoal.__version__}")
+    if args.client:
+        return 0
+    _out(f"Server Version: {_run(args, lambda control: control.version())}")
+    return 0
+
+
+# ------------------------------------------------------------------- rollout
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    async def wait(control: ControlClient) -> str:
+        state = await wait_rollout(control, args.name, args.timeout, output.Progress())
+        return f"service/{args.name} rolled out: {state.updated_running}/{state.desired} running"
+
+    _out(_run(args, wait))
+    return 0

@@ -1,0 +1,182 @@
+"""``shoal describe``: one object, its tasks, and why it is in the state it is in.
+
+``get`` answers "what is there"; ``describe`` answers "why": the notes the
+orchestrator left for slots it is not restarting (restart policy exhausted,
+back-off pending), the orchestrator's last error, every task with its exit
+code and message, and the recent events. The layout is kubectl's: ``Key:
+value`` lines, then indented sections, so it reads well in a terminal and is
+easy to grep. The input is the wire payload of the Describe RPC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from shoal.cli.output import (
+    age_since,
+    command_line,
+    format_bytes,
+    node_labels,
+    parse_time,
+    render_table,
+    slot_label,
+    task_message,
+    task_slot,
+)
+
+INDENT = "  "
+
+
+def _fields(pairs: list[tuple[str, str]]) -> list[str]:
+    width = max(len(key) for key, _ in pairs) + 2
+    return [f"{(key + ':').ljust(width)}{value}" for key, value in pairs]
+
+
+def _mapping(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items())) or "<none>"
+
+
+def _when(value: Any) -> str:
+    when = parse_time(value)
+    if when is None:
+        return "-"
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC ({age_since(value)} ago)"
+
+
+def _section(title: str, body: list[str], empty: str = "<none>") -> list[str]:
+    lines = ["", f"{title}:"]
+    lines += [INDENT + line for line in body] if body else [INDENT + empty]
+    return lines
+
+
+def _tasks(tasks: list[dict[str, Any]], by_node: bool) -> list[str]:
+    if not tasks:
+        return []
+    headers = ["NAME", "SLOT", "NODE", "DESIRED", "STATE", "AGE", "EXIT", "MESSAGE"]
+    if by_node:
+        headers[1] = "SERVICE"
+    rows = []
+    for task in tasks:
+        status = task.get("status", {})
+        exit_code = status.get("exitCode")
+        rows.append(
+            [
+                task.get("name") or task.get("id", "-"),
+                task.get("service", "-") if by_node else task_slot(task),
+                task.get("nodeId") or "-",
+                task.get("desiredState", "-"),
+                str(status.get("state", "-")).lower(),
+                age_since(status.get("timestamp") or task.get("createdAt")),
+                "-" if exit_code is None else str(exit_code),
+                task_message(task) or "-",
+            ]
+        )
+    return render_table(headers, rows).splitlines()
+
+
+def _events(events: list[dict[str, Any]]) -> list[str]:
+    if not events:
+        return []
+    rows = [
+        [
+            age_since(e.get("time")),
+            str(e.get("type", "Normal")),
+            str(e.get("reason", "")),
+            str(e.get("message", "")),
+        ]
+        for e in events
+    ]
+    return render_table(["AGE", "TYPE", "REASON", "MESSAGE"], rows).splitlines()
+
+
+def _notes(notes: dict[str, str]) -> list[str]:
+    return [f"{slot_label(key)}: {reason}" for key, reason in sorted(notes.items())]
+
+
+def describe_service(payload: dict[str, Any]) -> str:
+    view = payload.get("service", {})
+    metadata = view.get("metadata", {})
+    spec = view.get("spec", {})
+    template = spec.get("template", {})
+    status = view.get("status") or {}
+    restart = spec.get("restartPolicy", {})
+    reservations = template.get("resources", {}).get("reservations", {})
+
+    pairs = [
+        ("Name", metadata.get("name", "-")),
+        ("Labels", _mapping(metadata.get("labels", {}))),
+        ("Generation", str(metadata.get("generation", "-"))),
+        ("Created", _when(metadata.get("createdAt"))),
+        ("Updated", _when(metadata.get("updatedAt"))),
+        ("Mode", spec.get("mode", "replicated")),
+        (
+            "Replicas",
+            f"{status.get('desiredTasks', 0)} desired, {status.get('runningTasks', 0)} running",
+        ),
+    ]
+    if status.get("error"):
+        pairs.append(("Error", str(status["error"])))
+    lines = _fields(pairs)
+
+    template_pairs = [
+        ("Runtime", template.get("runtime", "process")),
+        ("Command", command_line(template)),
+        ("Workdir", template.get("workdir") or "<default>"),
+        ("Env", _mapping(template.get("env", {}))),
+        (
+            "Stop",
+            f"{template.get('stopSignal', 'SIGTERM')}, "
+            f"then SIGKILL after {template.get('stopGracePeriod', '10s')}",
+        ),
+        (
+            "Reservations",
+            f"cpus {reservations.get('cpus', 0)}, memory {reservations.get('memory', 0)}",
+        ),
+    ]
+    lines += _section("Template", _fields(template_pairs))
+    max_attempts = restart.get("maxAttempts", 0)
+    policy_pairs = [
+        ("Restart", restart.get("condition", "any")),
+        ("Delay", str(restart.get("delay", "1s"))),
+        ("Max attempts", str(max_attempts) if max_attempts else "unlimited"),
+        ("Window", str(restart.get("window", "0s"))),
+        ("Constraints", ", ".join(spec.get("placement", {}).get("constraints", [])) or "<none>"),
+    ]
+    lines += _section("Policy", _fields(policy_pairs))
+    lines += _section("Tasks", _tasks(payload.get("tasks", []), by_node=False))
+    lines += _section("Notes", _notes(payload.get("notes", {})))
+    lines += _section("Events", _events(payload.get("events", [])))
+    return "\n".join(lines)
+
+
+def describe_node(payload: dict[str, Any]) -> str:
+    node = payload.get("node", {})
+    description = node.get("description", {})
+    status = node.get("status", {})
+    pairs = [
+        ("Name", node.get("id", "-")),
+        ("Hostname", description.get("hostname", "-")),
+        ("Role", description.get("role", "worker")),
+        ("State", status.get("state", "unknown")),
+        ("Since", _when(status.get("updatedAt"))),
+        ("Availability", node.get("spec", {}).get("availability", "active")),
+        ("Address", status.get("address") or "-"),
+        ("Labels", _mapping(node_labels(node))),
+        ("CPUs", f"{description.get('cpus', 0):g}"),
+        ("Memory", format_bytes(int(description.get("memory", 0)))),
+        ("Agent version", description.get("agentVersion") or "-"),
+    ]
+    if status.get("message"):
+        pairs.append(("Message", str(status["message"])))
+    lines = _fields(pairs)
+    runtimes = [
+        f"{r.get('name', '?')}: "
+        + ("available" if r.get("available") else "unavailable")
+        + (f" ({r['message']})" if r.get("message") else "")
+        for r in description.get("runtimes", [])
+    ]
+    lines += _section("Runtimes", runtimes)
+    lines += _section("Tasks", _tasks(payload.get("tasks", []), by_node=True))
+    lines += _section("Events", _events(payload.get("events", [])))
+    return "\n".join(lines)

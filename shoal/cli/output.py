@@ -1,0 +1,269 @@
+"""Rendering objects for people and for scripts: tables, ages, YAML and JSON.
+
+Everything here works on wire-form dicts (camelCase, as the Control service
+sends them) rather than on the models, so ``-o json`` and the tables show the
+same data, and a field a newer manager adds does not break an older client.
+Missing fields render as ``-`` instead of raising.
+
+Tables follow kubectl: upper-case headers, left-aligned columns two spaces
+apart, ages as one unit (``5s``, ``3m``, ``2h``, ``4d``). ``wide`` adds columns,
+it never changes the ones ``table`` shows, so scripts that cut columns keep
+working with either.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import yaml
+
+Row = Sequence[str]
+FORMATS = ("table", "wide", "yaml", "json")
+COMMAND_WIDTH = 40
+MESSAGE_WIDTH = 60
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def format_age(seconds: float | None) -> str:
+    """One unit, rounded down: ``59s``, ``3m``, ``23h``, ``4d``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    whole = max(0, int(seconds))  # clocks of two machines may disagree a little
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+def age_since(value: Any, now: datetime | None = None) -> str:
+    when = parse_time(value)
+    if when is None:
+        return "-"
+    return format_age(((now or datetime.now(UTC)) - when).total_seconds())
+
+
+def truncate(text: str, width: int) -> str:
+    text = " ".join(text.split())  # a table cell is one line
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render_table(headers: Row, rows: Iterable[Row]) -> str:
+    """Columns padded to their widest cell; the last column is not padded."""
+    all_rows = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(row[i]) for row in all_rows) for i in range(len(headers))]
+    lines = []
+    for row in all_rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def dump(data: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return text.rstrip("\n")
+
+
+def command_line(template: dict[str, Any]) -> str:
+    return shlex.join([*template.get("command", []), *template.get("args", [])])
+
+
+# ------------------------------------------------------------------ services
+
+
+def service_replicas(view: dict[str, Any]) -> str:
+    status = view.get("status") or {}
+    return f"{status.get('runningTasks', 0)}/{status.get('desiredTasks', 0)}"
+
+
+def services_table(items: list[dict[str, Any]], wide: bool = False) -> str:
+    headers = ["NAME", "MODE", "REPLICAS", "RUNTIME", "COMMAND", "AGE"]
+    if wide:
+        headers += ["GENERATION", "CONSTRAINTS", "ERROR"]
+    rows = []
+    for view in items:
+        spec = view.get("spec", {})
+        template = spec.get("template", {})
+        command = command_line(template)
+        row = [
+            view.get("metadata", {}).get("name", "-"),
+            spec.get("mode", "replicated"),
+            service_replicas(view),
+            template.get("runtime", "process"),
+            command if wide else truncate(command, COMMAND_WIDTH),
+            age_since(view.get("metadata", {}).get("createdAt")),
+        ]
+        if wide:
+            row += [
+                str(view.get("metadata", {}).get("generation", "-")),
+                ", ".join(spec.get("placement", {}).get("constraints", [])) or "-",
+                (view.get("status") or {}).get("error", "") or "-",
+            ]
+        rows.append(row)
+    return render_table(headers, rows)
+
+
+# --------------------------------------------------------------------- tasks
+
+
+def task_message(task: dict[str, Any]) -> str:
+    status = task.get("status", {})
+    return str(status.get("error") or status.get("message") or "")
+
+
+def task_slot(task: dict[str, Any]) -> str:
+    slot = task.get("slot", 0)
+    return "-" if slot == 0 else str(slot)  # global services have no slot numbers
+
+
+def slot_label(key: str) -> str:
+    """A slot key of the orchestrator (``"2"`` or ``"node:n1"``) as people say it."""
+    return f"node {key[5:]}" if key.startswith("node:") else f"slot {key}"
+
+
+def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
+    headers = ["NAME", "SERVICE", "SLOT", "NODE", "DESIRED", "STATE", "AGE", "MESSAGE"]
+    if wide:
+        headers = [
+            "NAME",
+            "ID",
+            "SERVICE",
+            "SLOT",
+            "NODE",
+            "DESIRED",
+            "STATE",
+            "AGE",
+            "EXIT",
+            "PID",
+            "MESSAGE",
+        ]
+    rows = []
+    for task in items:
+        status = task.get("status", {})
+        message = task_message(task)
+        exit_code = status.get("exitCode")
+        pid = status.get("pid")
+        row = [
+            task.get("name") or task.get("id", "-"),
+            task.get("service", "-"),
+            task_slot(task),
+            task.get("nodeId") or "-",
+            task.get("desiredState", "-"),
+            str(status.get("state", "-")).lower(),
+            age_since(status.get("timestamp") or task.get("createdAt")),
+            message if wide else truncate(message, MESSAGE_WIDTH),
+        ]
+        if wide:
+            row[1:1] = [task.get("id", "-")]
+            row[8:8] = [
+                "-" if exit_code is None else str(exit_code),
+                "-" if pid is None else str(pid),
+            ]
+        rows.append(row)
+    return render_table(headers, rows)
+
+
+# --------------------------------------------------------------------- nodes
+
+
+def node_runtimes(node: dict[str, Any], with_unavailable: bool = False) -> str:
+    runtimes = node.get("description", {}).get("runtimes", [])
+    names = [
+        r.get("name", "?") if r.get("available") else f"{r.get('name', '?')}(unavailable)"
+        for r in runtimes
+        if r.get("available") or with_unavailable
+    ]
+    return ",".join(names) or "-"
+
+
+def node_labels(node: dict[str, Any]) -> dict[str, str]:
+    """Labels the agent announced, overridden by labels an operator set."""
+    return {
+        **node.get("description", {}).get("labels", {}),
+        **node.get("spec", {}).get("labels", {}),
+    }
+
+
+def nodes_table(
+    items: list[dict[str, Any]], task_counts: dict[str, int] | None = None, wide: bool = False
+) -> str:
+    headers = ["NAME", "STATE", "AVAILABILITY", "RUNTIMES", "TASKS", "AGE"]
+    if wide:
+        headers += ["HOSTNAME", "ADDRESS", "CPUS", "MEMORY", "VERSION", "LABELS", "MESSAGE"]
+    rows = []
+    for node in items:
+        description = node.get("description", {})
+        status = node.get("status", {})
+        name = node.get("id", "-")
+        row = [
+            name,
+            status.get("state", "-"),
+            node.get("spec", {}).get("availability", "active"),
+            node_runtimes(node, with_unavailable=wide),
+            "-" if task_counts is None else str(task_counts.get(name, 0)),
+            age_since(status.get("updatedAt")),
+        ]
+        if wide:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(node_labels(node).items()))
+            row += [
+                description.get("hostname", "-"),
+                status.get("address") or "-",
+                f"{description.get('cpus', 0):g}",
+                format_bytes(int(description.get("memory", 0))),
+                description.get("agentVersion") or "-",
+                labels or "-",
+                status.get("message") or "-",
+            ]
+        rows.append(row)
+    return render_table(headers, rows)
+
+
+def format_bytes(size: int) -> str:
+    """Binary units with one decimal, for people (``15.6Gi``); ``-`` for zero."""
+    if size <= 0:
+        return "-"
+    value = float(size)
+    for unit in ("", "Ki", "Mi", "Gi"):
+        if value < 1024:
+            return f"{value:.1f}{unit}" if unit else f"{int(value)}"
+        value /= 1024
+    return f"{value:.1f}Ti"
+
+
+# ------------------------------------------------------------------ progress
+
+
+class Progress:
+    """One status line on stderr, rewritten in place; silent when stderr is not a terminal."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self._shown = False
+
+    def update(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K" + text)
+            self.stream.flush()
+            self._shown = True
+
+    def clear(self) -> None:
+        if self.enabled and self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._shown = False

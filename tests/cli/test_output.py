@@ -1,0 +1,156 @@
+"""Formatting and resolution helpers of the CLI, tested in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shoal.api.client import resolve_server
+from shoal.api.transport import DEFAULT_ADDRESS
+from shoal.cli.output import (
+    dump,
+    format_age,
+    render_table,
+    services_table,
+    tasks_table,
+    truncate,
+)
+from shoal.cli.waiting import rollout_state
+from shoal.paths import default_state_dir
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        pytest.param(None, "-", id="unknown"),
+        pytest.param(-3.0, "0s", id="clock-skew"),
+        pytest.param(0.4, "0s", id="zero"),
+        pytest.param(59.9, "59s", id="seconds"),
+        pytest.param(60, "1m", id="minute"),
+        pytest.param(3599, "59m", id="minutes"),
+        pytest.param(2 * 3600 + 59 * 60, "2h", id="hours"),
+        pytest.param(4 * 86400 + 3600, "4d", id="days"),
+    ],
+)
+def test_format_age(seconds: float | None, shown: str) -> None:
+    assert format_age(seconds) == shown
+
+
+def test_render_table_aligns_columns() -> None:
+    text = render_table(["NAME", "STATE"], [["web.1", "running"], ["a", "failed"]])
+    assert text.splitlines() == [
+        "NAME   STATE",
+        "web.1  running",
+        "a      failed",
+    ]
+
+
+def test_truncate_keeps_one_line() -> None:
+    assert truncate("a\nb", 10) == "a b"
+    assert truncate("x" * 50, 10) == "xxxxxxx..."
+
+
+def _iso(ago: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=ago)).isoformat().replace("+00:00", "Z")
+
+
+def _task(slot: int, state: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"abcdef{slot}0000",
+        "name": f"web.{slot}.abcdef{slot}0",
+        "service": "web",
+        "slot": slot,
+        "nodeId": "n1",
+        "desiredState": "running",
+        "status": {"state": state, "timestamp": _iso(150), **extra},
+        "template": {"command": ["/bin/true"]},
+    }
+
+
+def test_tasks_table() -> None:
+    rows = tasks_table([_task(1, "running", pid=42), _task(0, "failed", exitCode=3)]).splitlines()
+    assert rows[0].split() == [
+        "NAME",
+        "SERVICE",
+        "SLOT",
+        "NODE",
+        "DESIRED",
+        "STATE",
+        "AGE",
+        "MESSAGE",
+    ]
+    assert rows[1].split() == ["web.1.abcdef10", "web", "1", "n1", "running", "running", "2m"]
+    assert rows[2].split()[2] == "-"  # a global service's task has no slot number
+    wide = tasks_table([_task(1, "failed", exitCode=3, error="exited with code 3")], wide=True)
+    assert wide.splitlines()[1].split()[8:] == ["3", "-", "exited", "with", "code", "3"]
+
+
+def test_services_table() -> None:
+    view = {
+        "metadata": {"name": "web", "createdAt": _iso(3 * 3600)},
+        "spec": {
+            "mode": "replicated",
+            "template": {"runtime": "process", "command": ["/bin/echo"], "args": ["a b"]},
+        },
+        "status": {"desiredTasks": 3, "runningTasks": 2},
+    }
+    row = services_table([view]).splitlines()[1]
+    assert row.split() == ["web", "replicated", "2/3", "process", "/bin/echo", "'a", "b'", "3h"]
+
+
+def test_dump_round_trips() -> None:
+    data = {"items": [{"b": 1, "a": [1, 2]}]}
+    assert json.loads(dump(data, "json")) == data
+    assert yaml.safe_load(dump(data, "yaml")) == data
+    assert dump(data, "yaml").index("b:") < dump(data, "yaml").index("a:")  # order kept
+
+
+def test_rollout_state() -> None:
+    template = {"command": ["/bin/true"]}
+    view = {"spec": {"template": template}, "status": {"desiredTasks": 2}}
+    old = {**_task(2, "running"), "template": {"command": ["/bin/false"]}}
+    waiting = rollout_state({"service": view, "tasks": [_task(1, "running"), old]})
+    assert not waiting.done
+    assert waiting.summary() == "1/2 updated task(s) running, 1 old task(s) still running"
+    done = rollout_state(
+        {"service": view, "tasks": [_task(1, "running"), _task(2, "running"), _task(2, "failed")]}
+    )
+    assert done.done
+    notes = rollout_state({"service": view, "tasks": [], "notes": {"1": "gave up"}})
+    assert "slot 1: gave up" in notes.summary()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({"SHOAL_STATE_DIR": "/s", "XDG_STATE_HOME": "/x"}, Path("/s"), id="explicit"),
+        pytest.param({"XDG_STATE_HOME": "/x"}, Path("/x/shoal"), id="xdg"),
+        pytest.param({"XDG_STATE_HOME": "rel"}, Path.home() / ".local/state/shoal", id="xdg-rel"),
+        pytest.param({}, Path.home() / ".local/state/shoal", id="home"),
+    ],
+)
+def test_default_state_dir(env: dict[str, str], expected: Path) -> None:
+    assert default_state_dir(env) == expected
+
+
+def test_resolve_server_order(tmp_path: Path) -> None:
+    env = {"SHOAL_SERVER": "env:1"}
+    assert resolve_server("flag:1", env, tmp_path) == "flag:1"
+    assert resolve_server(None, env, tmp_path) == "env:1"
+    assert resolve_server(None, {}, tmp_path) == DEFAULT_ADDRESS
+    (tmp_path / "manager.json").write_text(json.dumps({"address": "up:1", "pid": os.getpid()}))
+    assert resolve_server(None, {}, tmp_path) == "up:1"
+
+
+def test_resolve_server_skips_stale_endpoint(tmp_path: Path) -> None:
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    (tmp_path / "manager.json").write_text(json.dumps({"address": "up:1", "pid": dead}))
+    assert resolve_server(None, {}, tmp_path) == DEFAULT_ADDRESS
+    (tmp_path / "manager.json").write_text("{not json")
+    assert resolve_server(None, {}, tmp_path) == DEFAULT_ADDRESS
