@@ -516,7 +516,7 @@ def test_dump_then_load_round_trips() -> None:
             "metadata": services[0].metadata.model_copy(
                 update={"generation": 3, "created_at": now, "updated_at": now}
             ),
-            "status": ServiceStatus(desired_tasks=2, running_tasks=1, last_reconcile=now),
+            "status": ServiceStatus(desired_tasks=2, running_tasks=1, observed_generation=3),
         }
     )
     services[0] = shown
