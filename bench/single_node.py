@@ -4,7 +4,7 @@ Starts a real ``shoal up`` (manager + agent, SQLite store, process runtime) in a
 temporary state directory and measures, through the Control API:
 
 1. seconds from the Apply call until all N replicas report ``running``
-   (and the process table holds N task processes);
+   (then, untimed, it checks that the process table holds N tasks' processes);
 2. for 50 separate one-replica services, the latency from the Apply call until
    the first task reports ``running``: p50 and p99.
 
@@ -25,6 +25,20 @@ from typing import Any
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from shoal.errors import ApiError
+
+
+def tasks_in_process_table(service: str) -> int:
+    """How many distinct tasks of ``service`` have a live process (from /proc)."""
+    needle = f"SHOAL_SERVICE={service}".encode()
+    tasks: set[bytes] = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if needle in env:
+            tasks.update(item for item in env if item.startswith(b"SHOAL_TASK_ID="))
+    return len(tasks)
 
 
 def service(name: str, replicas: int) -> dict[str, Any]:
@@ -60,6 +74,9 @@ async def bench(address: str, replicas: int, applies: int) -> dict[str, float]:
     while await running(client, "bench-many") < replicas:
         await asyncio.sleep(0.01)
     results["all_running_s"] = time.perf_counter() - started
+    in_table = tasks_in_process_table("bench-many")
+    if in_table != replicas:
+        raise SystemExit(f"{replicas} tasks report running but {in_table} have processes")
     await wait_gone(client, ["bench-many"])
 
     latencies: list[float] = []

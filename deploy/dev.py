@@ -49,16 +49,25 @@ def setup(extras: str = "") -> None:
 def up() -> int:
     setup()
     state = ROOT / ".shoal"
+    state.mkdir(exist_ok=True)
     env = {**os.environ, "SHOAL_STATE_DIR": str(state)}
-    server = subprocess.Popen(
-        [BIN / "shoal", "up", "--state-dir", state, "--metrics-listen", "127.0.0.1:7421"], env=env
-    )
     shoal = [str(BIN / "shoal")]
+    log_path = state / "shoal.log"
+    with log_path.open("ab") as log:
+        # Its own session: Ctrl-C here must not stop the cluster before the clean-up below.
+        server = subprocess.Popen(
+            [*shoal, "up", "--state-dir", state, "--metrics-listen", "127.0.0.1:7421"],
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run([*shoal, "version"], env=env, capture_output=True).returncode != 0:
+        while subprocess.run([*shoal, "get", "nodes"], env=env, capture_output=True).returncode:
             if server.poll() is not None or time.monotonic() > deadline:
-                print("shoal up did not start; see the messages above", file=sys.stderr)
+                print(log_path.read_text()[-3000:], file=sys.stderr)
+                print(f"shoal up did not start; its log is {log_path}", file=sys.stderr)
                 return 1
             time.sleep(0.3)
         for args in (
@@ -69,9 +78,14 @@ def up() -> int:
         ):
             subprocess.run([*shoal, *args], cwd=ROOT, env=env, check=True)
         print(
-            "\nshoal is running 'hello' (3 processes); metrics on http://127.0.0.1:7421/metrics."
-            "\nIn another terminal: export SHOAL_STATE_DIR=.shoal; .venv/bin/shoal get tasks"
-            "\nFollowing its logs; press Ctrl-C to delete the service and stop.\n",
+            f"""
+shoal is running the service 'hello' (3 processes) on a one-node cluster.
+  manager log:  {log_path}
+  metrics:      http://127.0.0.1:7421/metrics
+  try, in another terminal:  export SHOAL_STATE_DIR={state}
+                             .venv/bin/shoal get tasks; .venv/bin/shoal scale hello=5
+Following the service's logs; press Ctrl-C to delete it and stop the cluster.
+""",
             flush=True,
         )
         subprocess.run([*shoal, "logs", "hello", "-f", "--tail", "5"], env=env)

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,7 @@ class Cluster:
         if not self.token:
             self.token = self.cli("token", "worker").stdout.strip()
 
-    def start_agent(self, name: str, *labels: str) -> Daemon:
+    def start_agent(self, name: str, *labels: str, extra_args: Sequence[str] = ()) -> Daemon:
         args = shoal_cmd(
             "agent",
             "--manager",
@@ -153,6 +153,7 @@ class Cluster:
         )
         for label in labels:
             args += ["--label", label]
+        args += extra_args
         agent = self.agents.get(name) or Daemon(name, args, self.root / f"agent-{name}.log")
         agent.args = args
         self.agents[name] = agent
