@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,8 +256,7 @@ class Agent:
             for task_id in [t for t in self.recovered if t not in wanted]:
                 runtime, handle = self.recovered.pop(task_id)
                 log.info("agent.cleanup_unassigned", task=task_id)
-                await runtime.stop(handle, "SIGTERM", 10.0)
-                await runtime.remove(handle)
+                self._background(_discard(runtime, handle), f"discard-{task_id[:8]}")
         for task in tasks:
             runner = self.runners.get(task.id)
             if runner:
@@ -290,9 +289,13 @@ class Agent:
     async def _remove(self, task_id: str) -> None:
         runner = self.runners.pop(task_id, None)
         if runner:
-            job = asyncio.create_task(runner.remove(), name=f"remove-{task_id[:8]}")
-            self._removals.add(job)
-            job.add_done_callback(self._removals.discard)
+            self._background(runner.remove(), f"remove-{task_id[:8]}")
+
+    def _background(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        """Run clean-up without holding up the session; keep a reference until done."""
+        task = asyncio.create_task(job, name=name)
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     # ------------------------------------------------------------------- logs
 
@@ -307,6 +310,12 @@ class Agent:
         )
         self._log_jobs[subscription] = job
         job.add_done_callback(lambda _: self._log_jobs.pop(subscription, None))
+
+
+async def _discard(runtime: Runtime, handle: TaskHandle) -> None:
+    """Stop and remove a recovered task the manager no longer assigns here."""
+    await runtime.stop(handle, "SIGTERM", 10.0)
+    await runtime.remove(handle)
 
 
 async def _log_batches(

@@ -5,10 +5,11 @@ is kept, and a flusher sends everything pending in one ``UpdateTaskStatus``
 call: ``COALESCE`` seconds after the first report of a burst (so reports made
 in the same moment travel together), and then at most once per
 ``BATCH_WINDOW`` while reports keep coming. A lone report is therefore sent
-within milliseconds, and a burst of hundreds costs a few calls. A batch that fails stays pending and goes
-out again on the next session, so a manager failover loses no report (the
-manager ignores reports that do not move a task forward, so resending is
-harmless).
+within milliseconds, and a burst of hundreds costs a few calls.
+
+A batch that fails stays pending and goes out again on the next session, so
+a manager failover loses no report (the manager ignores reports that do not
+move a task forward, so resending is harmless).
 """
 
 from __future__ import annotations

@@ -147,6 +147,23 @@ def compare_holds(compare: Compare, kv: KeyValue | None) -> bool:
     raise ValueError(f"unknown compare operator {compare.op!r}")
 
 
+def validate_ops(ops: Sequence[Op]) -> None:
+    """Reject malformed operations before anything is applied; every backend calls this."""
+    for op in ops:
+        if isinstance(op, Put):
+            if not op.key:
+                raise ValueError("a put needs a non-empty key")
+            if not isinstance(op.value, bytes):
+                raise ValueError(f"the value for {op.key!r} must be bytes")
+            if op.lease < 0:
+                raise ValueError(f"lease id {op.lease} is negative")
+        elif isinstance(op, Delete):
+            if not op.key and not op.prefix:
+                raise ValueError("a delete needs a non-empty key")
+        else:
+            raise ValueError(f"unknown operation {op!r}")
+
+
 class Store(abc.ABC):
     """The contract above. Subclasses implement every abstract method."""
 

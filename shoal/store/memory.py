@@ -37,6 +37,7 @@ from shoal.store.base import (
     Store,
     TxnResult,
     compare_holds,
+    validate_ops,
 )
 
 DEFAULT_HISTORY = 10_000
@@ -48,23 +49,6 @@ class _Lease:
     ttl: float
     deadline: float
     keys: set[str] = field(default_factory=set)
-
-
-def validate_ops(ops: Sequence[Op]) -> None:
-    """Reject malformed operations before anything is applied (shared with sqlite)."""
-    for op in ops:
-        if isinstance(op, Put):
-            if not op.key:
-                raise ValueError("a put needs a non-empty key")
-            if not isinstance(op.value, bytes):
-                raise ValueError(f"the value for {op.key!r} must be bytes")
-            if op.lease < 0:
-                raise ValueError(f"lease id {op.lease} is negative")
-        elif isinstance(op, Delete):
-            if not op.key and not op.prefix:
-                raise ValueError("a delete needs a non-empty key")
-        else:
-            raise ValueError(f"unknown operation {op!r}")
 
 
 class MemoryStore(Store):

@@ -53,8 +53,9 @@ from shoal.store.base import (
     Store,
     TxnResult,
     compare_holds,
+    validate_ops,
 )
-from shoal.store.memory import DEFAULT_HISTORY, validate_ops
+from shoal.store.memory import DEFAULT_HISTORY
 
 log = structlog.get_logger(__name__)
 
