@@ -78,7 +78,9 @@ class AgentMetrics:
             registry=registry,
         )
         self.running = Gauge(
-            "shoal_agent_tasks", "Tasks this agent is looking after.", registry=registry
+            "shoal_agent_tasks",
+            "Tasks assigned to this agent, running or kept as history.",
+            registry=registry,
         )
 
 

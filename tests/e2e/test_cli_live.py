@@ -1,0 +1,371 @@
+"""The client commands against a live cluster, checked for what a user sees.
+
+One manager and one agent serve the whole module (starting them is most of a
+test's cost); every test uses its own service names (``cl-...``) and puts the
+node back the way it found it.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.cluster import (
+    Cluster,
+    cluster_at,
+    service_yaml,
+    shoal_cmd,
+    task_processes,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with cluster_at(tmp_path_factory.mktemp("cli-live")) as running:
+        running.start_agent("n1")
+        yield running
+
+
+def stored_services(cluster: Cluster) -> list[dict[str, Any]]:
+    """``get services -o json`` without the status, which is computed, not stored."""
+    items = json.loads(cluster.cli("get", "services", "-o", "json").stdout)["items"]
+    return [{k: v for k, v in item.items() if k != "status"} for item in items]
+
+
+def apply_stdin(cluster: Cluster, text: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        shoal_cmd("apply", "-f", "-", "--server", cluster.address),
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+# ----------------------------------------------------------------- get -o
+
+
+def test_get_json_and_yaml_shapes_and_yaml_applies_back_unchanged(cluster: Cluster) -> None:
+    cluster.apply(cluster.service("cl-json", ["sleep", "300"], replicas=2))
+    cluster.wait_running("cl-json", 2)
+
+    listed = json.loads(cluster.cli("get", "services", "-o", "json").stdout)
+    assert set(listed) == {"items"}
+    (view,) = [s for s in listed["items"] if s["metadata"]["name"] == "cl-json"]
+    assert set(view) >= {"metadata", "spec", "status"}
+    assert view["spec"]["replicas"] == 2
+    assert view["status"]["desiredTasks"] == 2
+    assert view["status"]["runningTasks"] == 2
+
+    one = json.loads(cluster.cli("get", "services", "cl-json", "-o", "json").stdout)
+    assert one["metadata"]["name"] == "cl-json"
+    assert one["spec"] == view["spec"]
+
+    tasks = json.loads(cluster.cli("get", "tasks", "--service", "cl-json", "-o", "json").stdout)
+    assert [t["status"]["state"] for t in tasks["items"]] == ["running", "running"]
+
+    exported = cluster.cli("get", "svc", "cl-json", "-o", "yaml").stdout
+    assert yaml.safe_load(exported)["metadata"]["name"] == "cl-json"
+    again = apply_stdin(cluster, exported)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "service/cl-json unchanged"
+
+
+# -------------------------------------------------------------- apply checks
+
+
+def test_apply_dry_run_changes_nothing(cluster: Cluster) -> None:
+    before = stored_services(cluster)
+    spec = cluster.root / "cl-dry.yaml"
+    spec.write_text(cluster.service("cl-dry", ["sleep", "300"], replicas=1))
+
+    result = cluster.cli("apply", "-f", str(spec), "--dry-run")
+
+    assert result.stdout.strip() == "service/cl-dry created (dry run)"
+    assert stored_services(cluster) == before
+    missing = cluster.cli("get", "services", "cl-dry", check=False)
+    assert missing.returncode == 1
+    assert cluster.tasks("cl-dry", all=True) == []
+
+
+def test_apply_directory_with_one_bad_file_sends_nothing(cluster: Cluster) -> None:
+    specs = cluster.root / "cl-specs"
+    specs.mkdir()
+    (specs / "good.yaml").write_text(
+        yaml.safe_dump(json.loads(cluster.service("cl-good", ["sleep", "300"])), sort_keys=False)
+    )
+    bad = specs / "bad.yaml"
+    bad.write_text(
+        "apiVersion: shoal/v1\n"
+        "kind: Service\n"
+        "metadata:\n"
+        "  name: cl-bad\n"
+        "spec:\n"
+        "  template:\n"
+        "    command: [sleep, '300']\n"
+        "    stopGracePeriod: 5x\n"
+    )
+    before = stored_services(cluster)
+
+    result = cluster.cli("apply", "-f", str(specs), check=False)
+
+    assert result.returncode == 1
+    assert f"{bad}:8: spec.template.stopGracePeriod" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert stored_services(cluster) == before
+    assert cluster.cli("get", "services", "cl-good", check=False).returncode == 1
+
+
+# ------------------------------------------------------------------ describe
+
+
+def test_describe_shows_tasks_events_and_why_a_slot_is_not_restarted(cluster: Cluster) -> None:
+    cluster.apply(
+        cluster.service(
+            "cl-desc",
+            ["sh", "-c", "exit 4"],
+            replicas=1,
+            restartPolicy={"condition": "none", "delay": "100ms"},
+        )
+    )
+    wait_for(
+        lambda: [t["status"]["state"] for t in cluster.tasks("cl-desc", all=True)] == ["failed"],
+        10,
+        "cl-desc's task to fail",
+    )
+    (task,) = cluster.tasks("cl-desc", all=True)
+
+    described = cluster.cli("describe", "service", "cl-desc").stdout
+
+    tasks_section = described.split("\nTasks:\n")[1].split("\nNotes:\n")[0]
+    assert task["name"] in tasks_section
+    row = next(line for line in tasks_section.splitlines() if task["name"] in line)
+    assert "failed" in row.split() and "4" in row.split()
+    notes = described.split("\nNotes:\n")[1].split("\nEvents:\n")[0]
+    assert "slot 1: failed; restart condition is none" in notes
+    events = described.split("\nEvents:\n")[1]
+    assert re.search(r"Normal\s+Applied\s+created", events), events
+
+
+# ---------------------------------------------------------------------- logs
+
+
+def test_logs_tail_prints_last_lines_of_each_task_with_its_name(cluster: Cluster) -> None:
+    cluster.apply(
+        cluster.service(
+            "cl-logs",
+            [
+                "sh",
+                "-c",
+                'for i in 1 2 3 4 5; do echo "line $i of $SHOAL_TASK_SLOT"; done; sleep 300',
+            ],
+            replicas=2,
+        )
+    )
+    names = {t["slot"]: t["name"] for t in cluster.wait_running("cl-logs", 2)}
+
+    def tail() -> list[str] | None:
+        lines = cluster.cli("logs", "cl-logs", "--tail", "2").stdout.splitlines()
+        return lines if len(lines) == 4 else None
+
+    wait_for(tail, 10, "two lines from each task")
+    lines = tail()
+    assert lines is not None
+    expected = {f"{names[slot]} | line {i} of {slot}" for slot in (1, 2) for i in (4, 5)}
+    assert set(lines) == expected
+
+
+def test_logs_follow_streams_new_lines(cluster: Cluster) -> None:
+    cluster.apply(
+        cluster.service(
+            "cl-follow",
+            ["sh", "-c", 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.2; done'],
+            replicas=1,
+        )
+    )
+    (task,) = cluster.wait_running("cl-follow", 1)
+    follower = subprocess.Popen(
+        shoal_cmd("logs", "cl-follow", "-f", "--tail", "1", "--server", cluster.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert follower.stdout is not None
+    stdout = follower.stdout
+
+    def read() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        ticks: list[int] = []
+        deadline = time.monotonic() + 10
+        while len(ticks) < 4 and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            prefix, _, text = line.rstrip("\n").partition(" | ")
+            assert prefix == task["name"]
+            ticks.append(int(text.removeprefix("tick ")))
+        # The first is the tail; the rest were printed after `logs -f` started.
+        assert len(ticks) == 4, ticks
+        assert ticks == sorted(ticks) and len(set(ticks)) == 4
+        assert follower.poll() is None
+    finally:
+        follower.send_signal(signal.SIGINT)
+        code = follower.wait(10)
+    assert code == 0
+    assert follower.stderr is not None
+    assert "Traceback" not in follower.stderr.read()
+
+
+# ---------------------------------------------------------------------- node
+
+
+def test_node_label_decides_placement(cluster: Cluster) -> None:
+    result = cluster.cli("node", "update", "n1", "--label-add", "zone=x")
+    assert "node/n1 updated" in result.stdout
+    try:
+        cluster.apply(
+            cluster.service(
+                "cl-zone-x",
+                ["sleep", "300"],
+                placement={"constraints": ["node.labels.zone == x"]},
+            )
+        )
+        cluster.apply(
+            cluster.service(
+                "cl-zone-y",
+                ["sleep", "300"],
+                placement={"constraints": ["node.labels.zone == y"]},
+            ),
+            name="zone-y.yaml",
+        )
+        (placed,) = cluster.wait_running("cl-zone-x", 1)
+        assert placed["nodeId"] == "n1"
+        wait_for(
+            lambda: "no suitable node" in str(cluster.tasks("cl-zone-y")[0]["status"]),
+            10,
+            "cl-zone-y to be refused a node",
+        )
+        (waiting,) = cluster.tasks("cl-zone-y")
+        assert waiting["status"]["state"] == "pending" and not waiting.get("nodeId")
+    finally:
+        cluster.cli("delete", "service", "cl-zone-x", "cl-zone-y", "--ignore-not-found")
+        cluster.cli("node", "update", "n1", "--label-rm", "zone")
+
+
+def test_paused_node_keeps_its_tasks_and_takes_no_new_ones(cluster: Cluster) -> None:
+    cluster.apply(cluster.service("cl-pause", ["sleep", "300"], replicas=1))
+    (first,) = cluster.wait_running("cl-pause", 1)
+    cluster.cli("node", "update", "n1", "--availability", "pause")
+    try:
+        cluster.cli("scale", "cl-pause=2")
+
+        def pending_row() -> str | None:
+            table = cluster.cli("get", "tasks", "--service", "cl-pause").stdout
+            return next((row for row in table.splitlines() if " pending " in row), None)
+
+        wait_for(
+            lambda: "no suitable node" in (pending_row() or ""),
+            10,
+            "the new task to wait for a node",
+        )
+        time.sleep(0.5)
+        assert [t["id"] for t in cluster.running("cl-pause")] == [first["id"]]
+        assert first["status"]["pid"] in task_processes("cl-pause")
+    finally:
+        cluster.cli("node", "update", "n1", "--availability", "active")
+    running = cluster.wait_running("cl-pause", 2, timeout=10)
+    assert first["id"] in {t["id"] for t in running}
+
+
+def test_agent_with_wrong_token_exits_1_and_never_joins(cluster: Cluster) -> None:
+    result = subprocess.run(
+        shoal_cmd(
+            "agent",
+            "--manager",
+            cluster.address,
+            "--token",
+            "SHOAL-1-not-the-token",
+            "--name",
+            "cl-intruder",
+            "--state-dir",
+            str(cluster.root / "agents" / "cl-intruder"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+    assert result.returncode == 1
+    assert "error: join token refused" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert cluster.node_state("cl-intruder") is None
+    assert cluster.cli("get", "nodes", "cl-intruder", check=False).returncode == 1
+
+
+# -------------------------------------------------------------------- delete
+
+
+def test_delete_file_removes_its_services_and_waits_for_their_processes(
+    cluster: Cluster,
+) -> None:
+    spec = cluster.root / "cl-pair.yaml"
+    spec.write_text(
+        "---\n".join(
+            yaml.safe_dump(json.loads(service_yaml(name, ["sleep", "300"], 2, str(cluster.root))))
+            for name in ("cl-del-a", "cl-del-b")
+        )
+    )
+    cluster.cli("apply", "-f", str(spec))
+    cluster.wait_running("cl-del-a", 2)
+    cluster.wait_running("cl-del-b", 2)
+    cluster.apply(cluster.service("cl-del-keep", ["sleep", "300"]), name="keep.yaml")
+    cluster.wait_running("cl-del-keep", 1)
+
+    result = cluster.cli("delete", "-f", str(spec))
+
+    assert result.stdout.splitlines() == ["service/cl-del-a deleted", "service/cl-del-b deleted"]
+    assert not task_processes("cl-del-a") and not task_processes("cl-del-b")
+    names = {s["metadata"]["name"] for s in stored_services(cluster)}
+    assert "cl-del-keep" in names and not names & {"cl-del-a", "cl-del-b"}
+    assert len(cluster.running("cl-del-keep")) == 1
+
+
+# ------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("scale", "cl-nope=3"), id="scale"),
+        pytest.param(("get", "services", "cl-nope"), id="get-service"),
+        pytest.param(("describe", "service", "cl-nope"), id="describe"),
+        pytest.param(("delete", "service", "cl-nope"), id="delete"),
+    ],
+)
+def test_unknown_service_is_exit_1_not_found(cluster: Cluster, args: tuple[str, ...]) -> None:
+    result = cluster.cli(*args, check=False)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
