@@ -11,6 +11,7 @@ from __future__ import annotations
 from shoal.store.base import (
     Compare,
     Delete,
+    EndpointHealth,
     Event,
     EventType,
     KeyValue,
@@ -24,6 +25,7 @@ from shoal.store.sqlite import SqliteStore
 __all__ = [
     "Compare",
     "Delete",
+    "EndpointHealth",
     "Event",
     "EventType",
     "KeyValue",
@@ -35,7 +37,10 @@ __all__ = [
     "open_store",
 ]
 
-_ACCEPTED = "sqlite:///abs/path/state.db, sqlite://relative/path.db or memory://"
+_ACCEPTED = (
+    "sqlite:///abs/path/state.db, sqlite://relative/path.db, memory:// "
+    "or etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
+)
 
 
 async def open_store(url: str) -> Store:
@@ -45,4 +50,8 @@ async def open_store(url: str) -> Store:
         return MemoryStore(url=url)
     if sep and scheme == "sqlite" and rest:
         return await SqliteStore.open(rest)
+    if sep and scheme == "etcd" and rest:
+        from shoal.store.etcd import EtcdStore  # grpc stubs load only when etcd is used
+
+        return await EtcdStore.open(url)
     raise ValueError(f"unsupported store URL {url!r}; use {_ACCEPTED}")

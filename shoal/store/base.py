@@ -1,18 +1,25 @@
 """The store contract: a small, etcd-shaped key-value interface.
 
-Every backend (``sqlite``, ``memory``; ``etcd`` later) implements exactly this,
-and ``tests/store/test_conformance.py`` runs the same suite against each one.
+Every backend (``sqlite``, ``memory``, ``etcd``) implements exactly this, and
+``tests/store/test_conformance.py`` runs the same suite against each one (etcd
+as a real 3-member cluster).
 
 Model
 -----
 Keys are ``str`` paths (``/services/web``), values are ``bytes``. The store has a
-single, strictly increasing 64-bit **revision**; every successful write
-(a put, a delete that removed something, or a transaction with at least one
-effective operation) increments it by exactly one, and every key touched in that
-write gets ``mod_revision`` equal to the new revision. A key's
-``create_revision`` is the revision that created it (reset if it is deleted and
-created again); ``version`` counts puts since creation (1 after the first put).
-The first write to an empty store yields revision 1; an empty store is at 0.
+single, strictly increasing 64-bit **revision**. Every successful write (a put,
+a delete that removed something, or a transaction with at least one effective
+operation) creates exactly one new revision, greater than every revision before
+it, and every key touched in that write gets ``mod_revision`` equal to it.
+A write that changes nothing creates no revision. Revisions need not be
+consecutive: on etcd the revision is the cluster's, so writes by other clients
+and under other prefixes advance it too, and an empty store may already be past
+0. (The embedded backends do count 1, 2, 3, ... from 0.) Compare revisions,
+never count them.
+
+A key's ``create_revision`` is the revision that created it (reset if it is
+deleted and created again); ``version`` counts puts since creation (1 after the
+first put).
 
 Methods
 -------
@@ -28,7 +35,8 @@ Methods
     ``TxnResult.succeeded`` tells which. **Lost race = ``succeeded is False``**,
     never an exception. A compare on a missing key sees ``mod_revision == 0``,
     ``create_revision == 0`` and ``version == 0``, so "create if absent" is
-    ``Compare(key, "version", "==", 0)``.
+    ``Compare(key, "version", "==", 0)``; a ``value`` compare on a missing key
+    never holds, whatever its operator (etcd's rule).
 ``put(key, value, lease=0)`` / ``delete(key)`` / ``delete_prefix(prefix)``
     Unconditional writes; return the new revision (``delete*`` return the
     revision and how many keys went; deleting nothing does not bump the
@@ -39,22 +47,35 @@ Methods
     batch per revision (a transaction's events arrive together). Raises
     ``CompactedError`` if ``start_revision`` is older than the store keeps
     history; the caller then relists with ``range`` and watches from the
-    revision it returned + 1. The iterator ends when the store closes.
+    revision it returned + 1. How much history is kept is the backend's
+    (memory and sqlite: the last ``history`` revisions; etcd: until its
+    compaction). The iterator ends when the store closes; a backend that loses
+    its connection resumes from the last revision it delivered by itself.
 ``grant_lease(ttl)`` / ``keepalive(lease)`` / ``revoke(lease)``
-    Leases: a key put with ``lease=id`` is deleted (with a DELETE event) when
-    the lease expires or is revoked. ``keepalive`` renews for another ``ttl``
-    seconds and raises ``NotFoundError`` if the lease already expired.
+    Leases: a key put with ``lease=id`` is deleted (with a DELETE event, all
+    its keys in one revision) when the lease expires or is revoked. A lease
+    lasts at least ``ttl`` seconds from its grant or last ``keepalive``; a
+    backend may round ``ttl`` up (etcd: whole seconds, at least its minimum
+    TTL) and expires it shortly after the deadline (memory and sqlite within
+    0.1 s, etcd within about 0.5 s). ``keepalive`` renews for another ``ttl``
+    and raises ``NotFoundError`` if the lease already expired.
 ``compact(revision)``
     Drop history before ``revision``; later watches from older revisions raise
-    ``CompactedError``.
+    ``CompactedError``. (On etcd this compacts the whole etcd keyspace.)
+``health()``
+    Each endpoint of the store with whether it works: one line for the
+    embedded stores, one per member for etcd.
 ``aclose()``
     Release everything; pending watches end. Idempotent.
 
 Errors
 ------
-``StoreUnavailableError``: the store cannot be reached, is closed, or (sqlite)
-is locked by another manager. The outcome of a write that raised it is unknown;
-callers must not retry a non-idempotent transaction blindly.
+``StoreUnavailableError``: the store cannot be reached, is closed, has lost
+its quorum (etcd), or (sqlite) is locked by another manager; the message names
+the cause. The outcome of a write that raised it is unknown; backends never
+retry a write themselves and callers must not retry a non-idempotent
+transaction blindly. ``NotFoundError``: a put names a lease that does not exist
+(nothing is written).
 ``CompactedError``: see ``watch``. ``ValueError``: a malformed compare.
 """
 
@@ -128,9 +149,13 @@ def compare_holds(compare: Compare, kv: KeyValue | None) -> bool:
     """Evaluate one ``Compare`` against the current ``kv`` (``None`` if missing)."""
     actual: int | bytes
     if compare.target == "value":
-        actual = kv.value if kv else b""
         if not isinstance(compare.value, bytes):
             raise ValueError("a value compare needs bytes")
+        if kv is None:
+            if compare.op not in ("==", "!=", "<", ">"):
+                raise ValueError(f"unknown compare operator {compare.op!r}")
+            return False  # etcd's rule: a value compare on a missing key never holds
+        actual = kv.value
     else:
         actual = getattr(kv, compare.target) if kv else 0
         if not isinstance(compare.value, int):
@@ -145,6 +170,14 @@ def compare_holds(compare: Compare, kv: KeyValue | None) -> bool:
     if compare.op == ">":
         return actual > expected  # type: ignore[operator]
     raise ValueError(f"unknown compare operator {compare.op!r}")
+
+
+def validate_compares(compares: Sequence[Compare]) -> None:
+    """Reject malformed compares (wrong value type, unknown target or operator)."""
+    for compare in compares:
+        if compare.target not in ("mod_revision", "create_revision", "version", "value"):
+            raise ValueError(f"unknown compare target {compare.target!r}")
+        compare_holds(compare, None)
 
 
 def validate_ops(ops: Sequence[Op]) -> None:
@@ -162,6 +195,17 @@ def validate_ops(ops: Sequence[Op]) -> None:
                 raise ValueError("a delete needs a non-empty key")
         else:
             raise ValueError(f"unknown operation {op!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    """One endpoint of a store (an etcd member, a database file) and whether it works."""
+
+    endpoint: str
+    healthy: bool
+    detail: str
+    leader: bool = False
+    revision: int = 0
 
 
 class Store(abc.ABC):
@@ -213,6 +257,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def compact(self, revision: int) -> None: ...
+
+    async def health(self) -> list[EndpointHealth]:
+        """The store's endpoints; embedded stores have one, healthy while they answer."""
+        try:
+            revision = await self.revision()
+        except Exception as exc:
+            return [EndpointHealth(self.url, False, str(exc))]
+        return [EndpointHealth(self.url, True, "embedded", leader=True, revision=revision)]
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...

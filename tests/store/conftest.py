@@ -1,30 +1,80 @@
-"""One fixture, every backend: each test here runs against memory and sqlite."""
+"""One fixture, every backend: each test here runs against memory, sqlite and etcd.
+
+etcd is a real 3-member cluster on loopback ports, started once per test
+session; each store gets a key prefix of its own in it. Without the ``etcd``
+binary the etcd cases skip, or fail under ``SHOAL_REQUIRE_ENGINES=1``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from shoal.store import MemoryStore, SqliteStore, Store
+from shoal.store.etcd import EtcdStore
 from shoal.store.memory import DEFAULT_HISTORY
+from tests.etcdcluster import EtcdCluster, etcd_cluster
 
 StoreFactory = Callable[..., Awaitable[Store]]
+_prefixes = itertools.count()
 
 
-@pytest.fixture(params=[pytest.param("memory", id="memory"), pytest.param("sqlite", id="sqlite")])
-async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+@dataclass(frozen=True)
+class LeaseTiming:
+    """A lease ttl the backend honours exactly, and how late expiry may come."""
+
+    ttl: float
+    slack: float
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with etcd_cluster(tmp_path_factory.mktemp("etcd")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("etcd", id="etcd"),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def lease_timing(backend: str) -> LeaseTiming:
+    # etcd grants whole seconds and checks expiry every 500 ms.
+    return LeaseTiming(1.0, 1.0) if backend == "etcd" else LeaseTiming(0.3, 0.5)
+
+
+@pytest.fixture
+async def make_store(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StoreFactory]:
     """Open stores of the parametrized backend (``history=`` passes through); closes them."""
     opened: list[Store] = []
+    cluster: EtcdCluster | None = None
+    if backend == "etcd":
+        cluster = request.getfixturevalue("etcd")
 
     async def make(history: int = DEFAULT_HISTORY) -> Store:
         store: Store
-        if request.param == "memory":
+        if backend == "memory":
             store = MemoryStore(history=history)
-        else:
+        elif backend == "sqlite":
             path = tmp_path / f"db{len(opened)}" / "state.db"
             store = await SqliteStore.open(path, history=history)
+        else:
+            assert cluster is not None
+            store = await EtcdStore.open(cluster.url(f"conformance/{next(_prefixes)}"))
         opened.append(store)
         return store
 
