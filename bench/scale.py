@@ -1,0 +1,369 @@
+"""Control-plane scale: 1,000 simulated nodes, 10 services x 1,000 replicas.
+
+    .venv/bin/python bench/scale.py [--nodes 1000] [--services 10] [--replicas 1000]
+
+Starts a real manager (SQLite store) and two ``shoal agent --sim-nodes``
+processes (900 + 100 simulated nodes by default: every node is a full agent
+with its own session, heartbeats and assignments; only its tasks are
+simulated), then, through the Control API:
+
+1. applies the services in one apply and measures seconds until every task is
+   observed ``running`` (tasks/s);
+2. SIGKILLs the 100-node process and measures seconds until the tasks of those
+   nodes run elsewhere (to compare with the heartbeat grace + 5 s);
+3. scales every service to 0 and measures seconds until no task is left.
+
+It reports the manager's peak RSS and CPU seconds, reconcile latency p50/p99
+(from the manager's own histogram), prints a table, and plots running tasks
+over time to ``bench/out/scale.png`` (with matplotlib, from the ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+from shoal.errors import ApiError
+
+OUT = Path(__file__).resolve().parent / "out"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HEARTBEAT = 2.0
+
+
+@dataclass
+class Timeline:
+    started: float = field(default_factory=time.monotonic)
+    points: list[tuple[float, int, str]] = field(default_factory=list)
+
+    def add(self, running: int, phase: str) -> None:
+        self.points.append((time.monotonic() - self.started, running, phase))
+
+
+def manager_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds, peak RSS bytes) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    peak = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) * 1024
+    return cpu, peak
+
+
+def service(name: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "shoal/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "template": {"runtime": "sim", "command": ["sim"]},
+            "restartPolicy": {"delay": "0s"},
+        },
+    }
+
+
+async def running_tasks(client: Client) -> int:
+    """Running tasks over every service (cheap: the service summaries only)."""
+    reply = await client.call("Get", {"kind": "services"}, timeout=30)
+    return sum(int(s["status"]["runningTasks"]) for s in reply["items"])
+
+
+async def task_count(client: Client) -> int:
+    """Every task the store holds, history included (expensive: polled slowly)."""
+    reply = await client.call("Get", {"kind": "tasks", "all": True}, timeout=60)
+    return len(reply["items"])
+
+
+async def ready_nodes(client: Client) -> int:
+    nodes = (await client.call("Get", {"kind": "nodes"}, timeout=30))["items"]
+    return sum(1 for n in nodes if n["status"]["state"] == "ready")
+
+
+async def wait_until(
+    client: Client, timeline: Timeline, phase: str, done: Any, timeout: float = 600
+) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        running = await running_tasks(client)
+        timeline.add(running, phase)
+        if done(running):
+            return time.monotonic() - started
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{phase}: not done after {timeout}s")
+
+
+def reconcile_quantiles(metrics_url: str) -> dict[str, tuple[float, float]]:
+    """p50 and p99 per controller from the reconcile duration histogram."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "shoal_reconcile_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                controller = sample.labels["controller"]
+                buckets.setdefault(controller, []).append(
+                    (float(sample.labels["le"]), sample.value)
+                )
+    result = {}
+    for controller, points in buckets.items():
+        points.sort()
+        total = points[-1][1]
+        if total == 0:
+            continue
+
+        def quantile(
+            q: float, points: list[tuple[float, float]] = points, total: float = total
+        ) -> float:
+            target = q * total
+            previous_le, previous_count = 0.0, 0.0
+            for le, count in points:
+                if count >= target:
+                    if le == float("inf"):
+                        return previous_le
+                    span = count - previous_count
+                    fraction = (target - previous_count) / span if span else 1.0
+                    return previous_le + (le - previous_le) * fraction
+                previous_le, previous_count = le, count
+            return previous_le
+
+        result[controller] = (quantile(0.5), quantile(0.99))
+    return result
+
+
+async def scenario(
+    args: argparse.Namespace, address: str, manager_pid: int, small_fleet: subprocess.Popen[bytes]
+) -> dict[str, Any]:
+    channel = open_channel(address)
+    client = Client(channel, CONTROL_SERVICE)
+    timeline = Timeline()
+    total = args.services * args.replicas
+    results: dict[str, Any] = {}
+
+    cpu_before, _ = manager_usage(manager_pid)
+    services = [service(f"scale-{i}", args.replicas) for i in range(args.services)]
+    apply_started = time.monotonic()
+    await client.call("Apply", {"services": services}, timeout=120)
+    timeline.add(0, "apply")
+    await wait_until(client, timeline, "apply", lambda r: r == total)
+    seconds = time.monotonic() - apply_started
+    cpu_after, _ = manager_usage(manager_pid)
+    results["apply_s"] = seconds
+    results["tasks_per_s"] = total / seconds
+    results["apply_cpu_s"] = cpu_after - cpu_before
+
+    small_fleet.send_signal(signal.SIGKILL)
+    small_fleet.wait()
+    killed = time.monotonic()
+
+    await wait_until(client, timeline, "dead nodes", lambda r: r < total, timeout=60)
+    await wait_until(client, timeline, "dead nodes", lambda r: r == total)
+    results["failover_s"] = time.monotonic() - killed
+
+    scale_started = time.monotonic()
+    await client.call(
+        "Scale", {"replicas": {f"scale-{i}": 0 for i in range(args.services)}}, timeout=120
+    )
+    await wait_until(client, timeline, "scale to 0", lambda r: r == 0)
+    results["scale_down_s"] = time.monotonic() - scale_started
+    while await task_count(client):
+        await asyncio.sleep(0.5)
+    results["scale_down_gone_s"] = time.monotonic() - scale_started
+    await channel.close()
+    results["timeline"] = timeline
+    return results
+
+
+def plot(timeline: Timeline, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = [p[0] for p in timeline.points]
+    ys = [p[1] for p in timeline.points]
+    ax.plot(xs, ys, linewidth=1.5)
+    for phase in ("dead nodes", "scale to 0"):
+        first = next((p[0] for p in timeline.points if p[2] == phase), None)
+        if first is not None:
+            ax.axvline(first, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(first, max(ys) * 0.5, f" {phase}", color="grey", fontsize=8)
+    ax.set_xlabel("seconds since apply")
+    ax.set_ylabel("running tasks")
+    ax.set_title("shoal: 1,000 simulated nodes, 10 x 1,000 replicas")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+async def wait_for_nodes(address: str, count: int, timeout: float = 300) -> float:
+    channel = open_channel(address)
+    client = Client(channel, CONTROL_SERVICE)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout:
+            try:
+                if await ready_nodes(client) >= count:
+                    return time.monotonic() - started
+            except ApiError:
+                pass
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"{count} nodes not ready after {timeout}s")
+    finally:
+        await channel.close()
+
+
+async def get_token(address: str) -> str:
+    channel = open_channel(address)
+    try:
+        for _ in range(100):
+            try:
+                reply = await Client(channel, CONTROL_SERVICE).call("Token", {"role": "worker"})
+                return str(reply["token"])
+            except ApiError:
+                await asyncio.sleep(0.2)
+        raise TimeoutError("manager did not answer")
+    finally:
+        await channel.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--killed-nodes", type=int, default=100)
+    parser.add_argument("--services", type=int, default=10)
+    parser.add_argument("--replicas", type=int, default=1000)
+    parser.add_argument("--port", type=int, default=7496)
+    parser.add_argument("--metrics-port", type=int, default=7497)
+    args = parser.parse_args()
+    address = f"127.0.0.1:{args.port}"
+    metrics_url = f"http://127.0.0.1:{args.metrics_port}/metrics"
+    shoal = [sys.executable, "-m", "shoal"]
+    env = {**os.environ, "SHOAL_LOG_LEVEL": "warning"}
+    with tempfile.TemporaryDirectory() as state:
+        root = Path(state)
+        procs: list[subprocess.Popen[bytes]] = []
+        log = (root / "bench.log").open("wb")
+        try:
+            manager = subprocess.Popen(
+                [
+                    *shoal,
+                    "manager",
+                    "--store",
+                    f"sqlite:///{root / 'state.db'}",
+                    "--state-dir",
+                    str(root),
+                    "--listen",
+                    address,
+                    "--metrics-listen",
+                    f"127.0.0.1:{args.metrics_port}",
+                    "--heartbeat-period",
+                    f"{HEARTBEAT}s",
+                ],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+            procs.append(manager)
+            token = asyncio.run(get_token(address))
+            fleets = []
+            for name, count in (
+                ("big", args.nodes - args.killed_nodes),
+                ("small", args.killed_nodes),
+            ):
+                fleet = subprocess.Popen(
+                    [
+                        *shoal,
+                        "agent",
+                        "--manager",
+                        address,
+                        "--token",
+                        token,
+                        "--name",
+                        name,
+                        "--state-dir",
+                        str(root / name),
+                        "--sim-nodes",
+                        str(count),
+                    ],
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                )
+                procs.append(fleet)
+                fleets.append(fleet)
+            join_s = asyncio.run(wait_for_nodes(address, args.nodes))
+            results = asyncio.run(scenario(args, address, manager.pid, fleets[1]))
+            cpu_total, peak_rss = manager_usage(manager.pid)
+            quantiles = reconcile_quantiles(metrics_url)
+        except BaseException:
+            log.flush()
+            lines = (root / "bench.log").read_text(errors="replace").splitlines()
+            print("\n".join(lines[-40:]), file=sys.stderr)
+            raise
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            log.close()
+    total = args.services * args.replicas
+    grace = 3 * HEARTBEAT
+    rows = [
+        (f"{args.nodes} simulated nodes joined (s)", f"{join_s:.1f}", ""),
+        (
+            f"apply {args.services} x {args.replicas} → all running (s)",
+            f"{results['apply_s']:.2f}",
+            "",
+        ),
+        ("tasks/s, apply → running", f"{results['tasks_per_s']:.0f}", "goal ≥ 2000"),
+        ("manager CPU during that (s)", f"{results['apply_cpu_s']:.1f}", ""),
+        (
+            f"{args.killed_nodes} nodes SIGKILLed → their tasks running elsewhere (s)",
+            f"{results['failover_s']:.1f}",
+            f"goal ≤ {grace + 5:.0f} (grace {grace:.0f} + 5)",
+        ),
+        (f"scale {total} → 0: none running (s)", f"{results['scale_down_s']:.2f}", ""),
+        (f"scale {total} → 0: every task deleted (s)", f"{results['scale_down_gone_s']:.1f}", ""),
+        ("manager peak RSS (MB)", f"{peak_rss / 1e6:.0f}", "goal ≤ 300"),
+        ("manager CPU, whole run (s)", f"{cpu_total:.1f}", ""),
+    ]
+    for controller, (p50, p99) in sorted(quantiles.items()):
+        rows.append(
+            (f"reconcile {controller} p50 / p99 (ms)", f"{p50 * 1000:.1f} / {p99 * 1000:.1f}", "")
+        )
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'value':>14}  note")
+    for label, value, note in rows:
+        print(f"{label:<{width}}  {value:>14}  {note}")
+    if plot(results["timeline"], OUT / "scale.png"):
+        print(f"plot: {OUT / 'scale.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The ``sim`` runtime: tasks that pretend to run, for scale tests and demos.
+
+A sim task does no work; its whole life is a function of when it started and
+its ``template.sim`` behaviour (start delay, run forever or exit with a code
+after a while, refuse to start). That makes it cheap enough to host thousands
+of tasks on many simulated nodes in one process (``shoal agent --sim-nodes``),
+while the manager cannot tell them from real ones: they go through the same
+sessions, assignments, status reports and restarts.
+
+It still keeps the runtime contract, adoption included: starts, stops and
+removals are appended to a small journal in the runtime's state directory, so
+a restarted agent recovers its sim tasks (a task that "ran out" while the
+agent was away is reported with its exit code, as the process runtime does).
+A stop is obeyed at once: the exit code is 128 + the signal's number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shoal.errors import NotFoundError, TaskRejectedError
+from shoal.models import RuntimeInfo
+from shoal.models.service import SimBehaviour
+from shoal.runtimes.base import (
+    ExitStatus,
+    Observation,
+    Runtime,
+    RuntimeSettings,
+    TaskHandle,
+    TaskLaunch,
+)
+
+JOURNAL = "journal.jsonl"
+
+
+@dataclass
+class _SimTask:
+    task_id: str
+    started: float  # wall-clock seconds
+    behaviour: SimBehaviour
+    stopped: float | None = None
+    stop_code: int | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def exit_at(self) -> float | None:
+        if self.stopped is not None:
+            return self.stopped
+        if self.behaviour.run_for is None:
+            return None
+        return self.started + self.behaviour.run_for
+
+    def exit(self, now: float) -> ExitStatus | None:
+        if self.stopped is not None and self.stop_code is not None:
+            signum = self.stop_code - 128
+            return ExitStatus(self.stop_code, signum, f"killed by {signal.Signals(signum).name}")
+        at = self.exit_at()
+        if at is None or now < at:
+            return None
+        code = self.behaviour.exit_code
+        return ExitStatus(code, None, f"exited with code {code}")
+
+
+class SimRuntime(Runtime):
+    """Simulated tasks; see the module docstring."""
+
+    name = "sim"
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        super().__init__(settings)
+        self._tasks: dict[str, _SimTask] = {}
+        self._journal = settings.state_dir / JOURNAL
+
+    async def describe(self) -> RuntimeInfo:
+        return RuntimeInfo(name=self.name, available=True, message="simulated tasks")
+
+    async def start(self, launch: TaskLaunch) -> TaskHandle:
+        behaviour = launch.template.sim or SimBehaviour()
+        if behaviour.reject:
+            raise TaskRejectedError(f"sim task {launch.task_id} was told to refuse to start")
+        if behaviour.start_delay:
+            await asyncio.sleep(behaviour.start_delay)
+        task = _SimTask(launch.task_id, time.time(), behaviour)
+        self._tasks[task.task_id] = task
+        self._append(
+            {
+                "op": "start",
+                "id": task.task_id,
+                "started": task.started,
+                "sim": behaviour.model_dump(mode="json"),
+            }
+        )
+        return self._handle(task.task_id)
+
+    def _handle(self, task_id: str) -> TaskHandle:
+        return TaskHandle(task_id=task_id, runtime=self.name, data={})
+
+    def _task(self, handle: TaskHandle) -> _SimTask:
+        try:
+            return self._tasks[handle.task_id]
+        except KeyError:
+            raise NotFoundError(f"sim task {handle.task_id} is unknown here") from None
+
+    async def inspect(self, handle: TaskHandle) -> Observation:
+        task = self._task(handle)
+        exit = task.exit(time.time())
+        started = datetime.fromtimestamp(task.started, UTC)
+        return Observation(running=exit is None, pid=None, started_at=started, exit=exit)
+
+    async def wait(self, handle: TaskHandle) -> ExitStatus:
+        task = self._task(handle)
+        while True:
+            now = time.time()
+            exit = task.exit(now)
+            if exit is not None:
+                return exit
+            at = task.exit_at()
+            task.changed.clear()
+            try:
+                timeout = None if at is None else max(0.0, at - now)
+                await asyncio.wait_for(task.changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None:
+        task = self._task(handle)
+        if task.exit(time.time()) is not None:
+            return
+        signum = _signal_number(signal)
+        task.stopped = time.time()
+        task.stop_code = 128 + signum
+        task.changed.set()
+        self._append({"op": "stop", "id": task.task_id, "at": task.stopped, "code": task.stop_code})
+
+    async def remove(self, handle: TaskHandle) -> None:
+        if self._tasks.pop(handle.task_id, None) is not None:
+            self._append({"op": "remove", "id": handle.task_id})
+
+    async def logs(
+        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[str]:
+        task = self._tasks.get(handle.task_id)
+        if task is None:
+            return
+        lines = [f"sim task {task.task_id} started"]
+        exit = task.exit(time.time())
+        if exit is None and follow:
+            exit = await self.wait(handle)
+        if exit is not None:
+            lines.append(f"sim task {task.task_id} {exit.message}")
+        for line in lines[-tail:] if tail is not None else lines:
+            if tail == 0:
+                break
+            yield line
+
+    async def recover(self) -> list[TaskHandle]:
+        self._tasks = {}
+        try:
+            text = self._journal.read_text()
+        except FileNotFoundError:
+            return []
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash mid-append
+            op, task_id = entry.get("op"), entry.get("id")
+            if op == "start":
+                behaviour = SimBehaviour.model_validate(entry["sim"])
+                self._tasks[task_id] = _SimTask(task_id, float(entry["started"]), behaviour)
+            elif op == "stop" and task_id in self._tasks:
+                self._tasks[task_id].stopped = float(entry["at"])
+                self._tasks[task_id].stop_code = int(entry["code"])
+            elif op == "remove":
+                self._tasks.pop(task_id, None)
+        self._rewrite()
+        return [self._handle(task_id) for task_id in self._tasks]
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        self._journal.parent.mkdir(parents=True, exist_ok=True)
+        with self._journal.open("a") as journal:
+            journal.write(json.dumps(entry) + "\n")
+
+    def _rewrite(self) -> None:
+        """Compact the journal to the tasks that still exist."""
+        tmp = self._journal.with_suffix(".tmp")
+        with tmp.open("w") as journal:
+            for task in self._tasks.values():
+                journal.write(
+                    json.dumps(
+                        {
+                            "op": "start",
+                            "id": task.task_id,
+                            "started": task.started,
+                            "sim": task.behaviour.model_dump(mode="json"),
+                        }
+                    )
+                    + "\n"
+                )
+                if task.stopped is not None:
+                    journal.write(
+                        json.dumps(
+                            {
+                                "op": "stop",
+                                "id": task.task_id,
+                                "at": task.stopped,
+                                "code": task.stop_code,
+                            }
+                        )
+                        + "\n"
+                    )
+        tmp.replace(self._journal)
+
+
+def _signal_number(name: str) -> int:
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}") from None
