@@ -6,6 +6,7 @@
     ├── ConflictError             an optimistic-concurrency compare failed (lost the race)
     ├── StoreError
     │   ├── StoreUnavailableError the store cannot be reached or refused the operation
+    │   │   └── NotLeaderError    this manager does not (or no longer) hold the leadership
     │   └── CompactedError        a watch asked for a revision that was compacted away
     ├── RuntimeBackendError       a runtime plugin failed to do what was asked
     │   ├── RuntimeUnavailableError   the runtime cannot work on this node
@@ -46,6 +47,10 @@ class StoreError(ShoalError):
 
 class StoreUnavailableError(StoreError):
     """The store cannot be reached, is closed, or is locked by another manager."""
+
+
+class NotLeaderError(StoreUnavailableError):
+    """This manager is not the leader (or was deposed): its writes are refused."""
 
 
 class CompactedError(StoreError):

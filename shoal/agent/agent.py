@@ -1,8 +1,9 @@
 """The agent: one node's session with the managers and the tasks it runs.
 
 ``open_agent(settings)`` starts the runtimes, recovers what they still run from
-an earlier life of this agent, and keeps one session with a manager (trying
-each address in turn, backing off between attempts). Per session it
+an earlier life of this agent, and keeps one session with the leading manager
+(trying each address in turn, backing off between attempts; a follower
+redirects to the leader, and every session brings the current manager list). Per session it
 heartbeats, applies assignments to ``TaskRunner``s, flushes status reports and
 answers log requests. Losing the manager never stops running tasks; a new
 session simply receives the full assignment set again.
@@ -102,6 +103,9 @@ class Agent:
         self._removals: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
         self._reconnect = asyncio.Event()
+        # Manager addresses to try, learned in sessions; a redirect to the leader goes first.
+        self.managers = list(settings.managers)
+        self.redirect: str | None = None
         self.metrics.running.set_function(lambda: len(self.runners))
 
     async def start(self) -> None:
@@ -159,12 +163,14 @@ class Agent:
     # -------------------------------------------------------------- sessions
 
     async def _sessions(self) -> None:
-        managers = list(self.settings.managers)
         delay = 0.2
         attempt = 0
         while True:
-            address = managers[attempt % len(managers)]
-            attempt += 1
+            # A follower's redirect names the leader: go there next.
+            address, self.redirect = self.redirect, None
+            if address is None:
+                address = self.managers[attempt % len(self.managers)]
+                attempt += 1
             try:
                 await self._session(address)
                 delay = 0.2
@@ -179,8 +185,9 @@ class Agent:
                     return
                 log.warning("agent.session_lost", manager=address, error=exc.message)
             self.connected.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            if self.redirect is None:  # a redirect to the leader is followed at once
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _session(self, address: str) -> None:
         channel = open_channel(address)
@@ -198,7 +205,15 @@ class Agent:
             helpers.append(reconnect)
             async for message in _until(stream, reconnect):
                 kind = message.get("type")
+                if kind == "redirect":
+                    self._learn(message.get("managers", []))
+                    self.redirect = message.get("leader")
+                    log.info("agent.redirected", manager=address, leader=self.redirect)
+                    if self.redirect is None:  # an election is on: wait a moment
+                        await asyncio.sleep(0.5)
+                    return
                 if kind == "session":
+                    self._learn(message.get("managers", []))
                     session_id = str(message["sessionId"])
                     period = float(message["heartbeatPeriod"])
                     for helper_job in (
@@ -225,6 +240,12 @@ class Agent:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await channel.close()
+
+    def _learn(self, managers: list[str]) -> None:
+        """The managers a manager told us about first, then the ones we were given."""
+        if managers:
+            known = [*managers, *self.settings.managers]
+            self.managers = list(dict.fromkeys(str(m) for m in known))
 
     async def _heartbeat(self, client: Client, session_id: str, period: float) -> None:
         request = {"nodeId": self.settings.name, "sessionId": session_id}

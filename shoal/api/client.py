@@ -184,6 +184,11 @@ class ControlClient:
         response = await self._call("Token", {"role": role})
         return str(response["token"])
 
+    async def cluster_status(self) -> Payload:
+        """``{managers: [{id, address, leader, self, startedAt}], leader, answeredBy,
+        electionError, store: {url, endpoints: [{endpoint, healthy, detail, ...}]}}``."""
+        return await self._call("ClusterStatus", {}, timeout=15.0)
+
     async def version(self) -> str:
         response = await self._call("Version", {}, timeout=10.0)
         return str(response.get("version", "unknown"))

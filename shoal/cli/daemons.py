@@ -90,7 +90,8 @@ def add_daemon_commands(subparsers: Any) -> None:
         "--store",
         required=True,
         metavar="URL",
-        help="sqlite:///path/state.db (durable) or memory://",
+        help="sqlite:///path/state.db (durable, one manager), "
+        "etcd://HOST:PORT[,HOST:PORT...]/PREFIX (several managers) or memory://",
     )
     _common(manager)
     manager.add_argument(
@@ -99,6 +100,19 @@ def add_daemon_commands(subparsers: Any) -> None:
         default=2.0,
         metavar="DURATION",
         help="how often agents heartbeat (default 2s); a node is down after three missed periods",
+    )
+    manager.add_argument(
+        "--lease-ttl",
+        type=_duration,
+        default=5.0,
+        metavar="DURATION",
+        help="etcd: the leader's lease (default 5s); a dead leader is replaced within about this",
+    )
+    manager.add_argument(
+        "--advertise",
+        default=None,
+        metavar="HOST:PORT",
+        help="the address agents and other managers reach this manager at (default: --listen)",
     )
     manager.set_defaults(func=lambda args: _run(_manager(args)))
 
@@ -179,6 +193,8 @@ async def _manager(args: argparse.Namespace) -> int:
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         heartbeat_period=args.heartbeat_period,
+        lease_ttl=args.lease_ttl,
+        advertise=args.advertise,
     )
     async with open_manager(settings) as manager:
         print(f"shoal manager listening on {manager.address}", file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 import shoal
 from shoal.cli import commands
+from shoal.cli.cluster import add_cluster_commands
 from shoal.cli.commands import KINDS, SERVICE_KINDS, UsageError
 from shoal.cli.daemons import add_daemon_commands
 from shoal.cli.output import FORMATS
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to stderr and the exit code is 1. --client never contacts the manager.",
     ).add_argument("--client", action="store_true", help="only the client version")
 
+    add_cluster_commands(sub, server)
     add_daemon_commands(sub)
     return parser
 

@@ -97,6 +97,12 @@ class Dispatcher:
         self.subscriptions: dict[str, LogSubscription] = {}
         informer.subscribe(self._on_change)
 
+    def close_sessions(self) -> None:
+        """End every agent session (this manager stopped leading); agents reconnect."""
+        for session in list(self.sessions.values()):
+            session.closed = True
+            session.notify()
+
     def methods(self) -> dict[str, Method]:
         return {
             "Session": ServerStream(self.session),

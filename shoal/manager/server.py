@@ -1,10 +1,15 @@
 """The manager process: store, informer, reconcilers, and the gRPC services.
 
 ``open_manager(settings)`` is an async context manager that owns all of it:
-on entry the store is open, the informer synced, the controllers running and
-the gRPC server listening (``manager.address`` is the bound address, useful
-with port 0); on exit everything is released in reverse order. Running tasks
+on entry the store is open, the informer synced, the gRPC server listening
+(``manager.address`` is the bound address, useful with port 0) and the manager
+campaigning; on exit everything is released in reverse order. Running tasks
 on agents are unaffected by a manager stopping.
+
+The controllers run only while this manager leads (``shoal.manager.election``):
+on an embedded store that is at once and for good; on etcd from the moment it
+wins until it loses its lease, with every write fenced on its term. Followers
+answer reads and forward the rest (``shoal.manager.routing``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import grpc.aio
 import structlog
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from shoal.api.transport import (
     CONTROL_SERVICE,
@@ -30,7 +35,9 @@ from shoal.api.transport import (
 )
 from shoal.manager.control import Control
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.election import Election, LeaseElection, SoleElection, manager_info
 from shoal.manager.metrics import ClusterCollector
+from shoal.manager.routing import Router
 from shoal.paths import ENDPOINT_FILE
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
@@ -55,10 +62,23 @@ class ManagerSettings:
     # A node silent for this long is down; default three heartbeat periods.
     node_grace: float | None = None
     resync_period: float = 30.0
+    # etcd only: the leader's lease; a dead leader is replaced within about this long.
+    lease_ttl: float = 5.0
+    # After a leader change, nodes get this long to find the new leader before
+    # being declared down; default grace + 2 lease ttls + 5 s.
+    failover_grace: float | None = None
+    # The address other managers and agents reach this one at (default: the bound one).
+    advertise: str | None = None
 
     @property
     def grace(self) -> float:
         return self.node_grace if self.node_grace is not None else 3 * self.heartbeat_period
+
+    @property
+    def failover(self) -> float:
+        if self.failover_grace is not None:
+            return self.failover_grace
+        return self.grace + 2 * self.lease_ttl + 5.0
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -87,7 +107,15 @@ class Manager:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         store = await open_store(settings.store_url)
         self._stack.push_async_callback(store.aclose)
-        typed = TypedStore(store)
+        self.store = store
+        # Several managers need etcd; on an embedded store its own lock makes this one sole.
+        self.election: Election
+        if store.url.startswith("etcd://"):
+            self.election = LeaseElection(store, manager_info(""), settings.lease_ttl)
+            typed = TypedStore(store, fence=self.election)
+        else:
+            self.election = SoleElection(manager_info(""))
+            typed = TypedStore(store)
         config = await typed.get_config() or await typed.create_config(
             ClusterConfig(
                 worker_token=f"SHOAL-1-{secrets.token_urlsafe(24)}",
@@ -99,22 +127,21 @@ class Manager:
         await self.informer.start()
         self._stack.push_async_callback(self.informer.aclose)
 
-        metrics = LoopMetrics(self.registry)
+        self._loop_metrics = LoopMetrics(self.registry)
         self.orchestrator = Orchestrator(self.informer, self.events)
         scheduler = Scheduler(self.informer, self.events)
         monitor = NodeMonitor(self.informer, self.events, self.heartbeats, settings.grace)
-        controllers = (self.orchestrator, scheduler, monitor)
-        self.runners = [ControllerRunner(c, metrics, settings.resync_period) for c in controllers]
+        self.controllers = (self.orchestrator, scheduler, monitor)
+        # Runners run only while this manager leads (see _elected / _deposed).
+        self.runners = []
 
         def route(old: Object | None, new: Object | None) -> None:
-            for controller, runner in zip(controllers, self.runners, strict=True):
-                for key in controller.keys_for(old, new):
+            for runner in self.runners:
+                for key in runner.controller.keys_for(old, new):
                     runner.enqueue(key)
 
         self.informer.subscribe(route)
-        for runner in self.runners:
-            runner.start()
-            self._stack.push_async_callback(runner.aclose)
+        self._stack.push_async_callback(self._stop_runners)
 
         self.dispatcher = Dispatcher(
             self.informer,
@@ -123,19 +150,21 @@ class Manager:
             self.worker_token,
             settings.heartbeat_period,
         )
-        control = Control(
+        self.control = Control(
             self.informer,
             self.dispatcher,
             self.events,
             self.orchestrator,
-            self.runners[0],
+            self._new_runners()[0],  # replaced by the running one in each term
             self.worker_token,
         )
+        router = Router(self.election, store)
+        self._stack.push_async_callback(router.aclose)
         server = grpc.aio.server(options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers(
             (
-                service_handler(CONTROL_SERVICE, control.methods()),
-                service_handler(DISPATCHER_SERVICE, self.dispatcher.methods()),
+                service_handler(CONTROL_SERVICE, router.control(self.control.methods())),
+                service_handler(DISPATCHER_SERVICE, router.dispatcher(self.dispatcher.methods())),
             )
         )
         host, _ = split_host_port(settings.listen)
@@ -145,6 +174,16 @@ class Manager:
         await server.start()
         self._stack.push_async_callback(server.stop, 1.0)
         self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        self.election.me = self.election.me.model_copy(
+            update={"address": settings.advertise or self.address}
+        )
+        await self.election.start(self._elected, self._deposed)
+        self._stack.push_async_callback(self.election.aclose)
+        Gauge(
+            "shoal_manager_leader",
+            "1 while this manager leads the cluster, else 0.",
+            registry=self.registry,
+        ).set_function(lambda: float(self.election.is_leader))
 
         self.registry.register(ClusterCollector(self.informer))
         if settings.metrics_listen:
@@ -166,6 +205,36 @@ class Manager:
             nodes=len(self.informer.nodes),
             services=len(self.informer.services),
         )
+
+    def _new_runners(self) -> list[ControllerRunner]:
+        period = self.settings.resync_period
+        return [ControllerRunner(c, self._loop_metrics, period) for c in self.controllers]
+
+    async def _elected(self) -> None:
+        """This manager leads: catch the cache up, then run the controllers."""
+        if isinstance(self.election, SoleElection):
+            self.heartbeats.restart()
+        else:
+            # Every write of an earlier term is below our term's revision: see it first.
+            await self.informer.catch_up()
+            # Agents were with the old leader; give them time to find this one.
+            self.heartbeats.restart(self.settings.failover - self.settings.grace)
+        self.runners = self._new_runners()
+        self.control.orchestrator_runner = self.runners[0]
+        for runner in self.runners:
+            runner.start()
+        log.info("manager.leading", address=self.address, store=self.settings.store_url)
+
+    async def _deposed(self) -> None:
+        """Lost the lead: stop the controllers and agent sessions at once."""
+        self.dispatcher.close_sessions()
+        await self._stop_runners()
+        log.warning("manager.following", address=self.address)
+
+    async def _stop_runners(self) -> None:
+        runners, self.runners = self.runners, []
+        for runner in runners:
+            await runner.aclose()
 
     async def aclose(self) -> None:
         await self._stack.aclose()

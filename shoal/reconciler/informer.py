@@ -68,6 +68,14 @@ class Informer:
         self._watch_task = asyncio.create_task(self._follow(start + 1), name="informer-watch")
         self.synced.set()
 
+    async def catch_up(self) -> int:
+        """Relist now: afterwards the cache reflects at least the store's current revision.
+
+        A new leader calls this before its reconcilers start, so they never act
+        on a view older than the writes of the previous leader's term.
+        """
+        return await self._relist()
+
     async def aclose(self) -> None:
         if self._watch_task:
             self._watch_task.cancel()

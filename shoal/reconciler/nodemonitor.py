@@ -8,7 +8,8 @@ replacements elsewhere. When the agent comes back it registers again, the node
 turns ``ready``, and the agent stops whatever orphaned tasks it still runs.
 
 After a manager starts, every node gets a fresh ``grace`` (nobody could have
-heartbeated to a manager that was not running).
+heartbeated to a manager that was not running); after a leader change, a
+longer one, so agents have time to find the new leader.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class HeartbeatTracker:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self._seen: dict[str, float] = {}
+
+    def restart(self, extra: float = 0.0) -> None:
+        """A new leadership term: forget who was heard when; every node gets ``extra`` more."""
+        self.started = time.monotonic() + extra
+        self._seen.clear()
 
     def beat(self, node_id: str) -> None:
         self._seen[node_id] = time.monotonic()

@@ -248,7 +248,7 @@ class EtcdStore(Store):
             )
         if "no leader" in details or "leader changed" in details:
             return StoreUnavailableError(
-                f"{where} has no leader, so it cannot {what}: a quorum of its members is "
+                f"{where} has no leader, so it cannot serve {what}: a quorum of its members is "
                 f"unreachable ({details}){unknown}"
             )
         if "request timed out" in details:
@@ -431,7 +431,8 @@ class EtcdStore(Store):
             except grpc.aio.AioRpcError as exc:
                 if self._closed:
                     return
-                log.warning(
+                # Once per outage at warning level; the retries after it at debug.
+                (log.warning if delay == 0.05 else log.debug)(
                     "etcd.watch_interrupted",
                     resume_from=cursor,
                     error=str(self._error(exc, "a watch", write=False)),

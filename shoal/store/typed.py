@@ -11,15 +11,19 @@ Writes are batches of ``Change``s committed in one transaction. Each change
 carries the ``mod_revision`` it was computed from (optimistic concurrency):
 ``expect=0`` means "must not exist yet", ``None`` means "whatever is there".
 If any compare fails nothing is written and ``ConflictError`` is raised.
-A ``fence`` hook adds compares to every transaction, which is where a leader's
-"I still hold the lease" check goes once several managers exist.
+A ``Fence`` adds compares to every transaction: a leader's "my term is still
+current" check (``shoal.manager.election``). When a fenced transaction fails,
+the fence is asked whether it still holds, so a deposed leader gets
+``NotLeaderError`` instead of a ``ConflictError`` it would retry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import structlog
 
 from shoal.errors import ConflictError
 from shoal.models import Node, Service, Task
@@ -31,7 +35,19 @@ TASKS = "/tasks/"
 NODES = "/nodes/"
 CLUSTER_CONFIG = "/cluster/config"
 
+log = structlog.get_logger(__name__)
+
 Object = Service | Task | Node
+
+
+class Fence(Protocol):
+    def compares(self) -> list[Compare]:
+        """Compares for the next write; raise (``NotLeaderError``) to refuse writing at all."""
+        ...
+
+    async def check(self) -> None:
+        """After a fenced write failed: raise if the fence itself no longer holds."""
+        ...
 
 
 class ClusterConfig(Model):
@@ -78,13 +94,14 @@ class Change:
 class TypedStore:
     """Commits batches of object changes atomically, with compares and a fence."""
 
-    def __init__(self, store: Store, fence: Callable[[], list[Compare]] | None = None) -> None:
+    def __init__(self, store: Store, fence: Fence | None = None) -> None:
         self.store = store
-        self._fence = fence or (lambda: [])
+        self.fence = fence
 
     async def commit(self, changes: Sequence[Change]) -> int:
         """Write every change in one transaction; return the new revision."""
-        compares = list(self._fence())
+        fence = self.fence.compares() if self.fence is not None else []
+        compares = list(fence)
         ops: list[Put | Delete] = []
         for change in changes:
             if change.expect is not None:
@@ -95,7 +112,11 @@ class TypedStore:
                 ops.append(Put(change.key, change.obj.to_json_bytes()))
         result = await self.store.txn(compares, ops)
         if not result.succeeded:
+            if fence and self.fence is not None:
+                await self.fence.check()
             raise ConflictError(f"{len(changes)} change(s) lost a race with another writer")
+        if fence:
+            log.debug("store.fenced_write", revision=result.revision, term=fence[0].value)
         return result.revision
 
     async def get_config(self) -> ClusterConfig | None:

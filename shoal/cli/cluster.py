@@ -1,0 +1,85 @@
+"""``shoal cluster status``: the managers, which one leads, and the store's health.
+
+Any manager answers (a follower as well as the leader), from its own view of
+the store: the live managers are the ones announced under a lease, the leader
+is whoever holds the leader key, and every store endpoint (each etcd member,
+or the one database file) is asked directly. Exit code 0 when there is a
+leader and every endpoint is healthy, 1 otherwise, so scripts can wait on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from shoal.api.client import open_control
+from shoal.cli.output import FORMATS, age_since, dump, render_table
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    async def ask() -> dict[str, Any]:
+        async with open_control(args.server) as control:
+            return await control.cluster_status()
+
+    status = asyncio.run(ask())
+    if args.output in ("json", "yaml"):
+        print(dump(status, args.output))
+    else:
+        print(render_status(status))
+    endpoints = status.get("store", {}).get("endpoints", [])
+    healthy = status.get("leader") and all(e.get("healthy") for e in endpoints)
+    return 0 if healthy else 1
+
+
+def render_status(status: dict[str, Any]) -> str:
+    managers = status.get("managers", [])
+    rows = [
+        [
+            str(m.get("id", "-")),
+            str(m.get("address", "-")),
+            "leader" if m.get("leader") else "follower",
+            age_since(m.get("startedAt")),
+            "*" if m.get("self") else "",
+        ]
+        for m in managers
+    ]
+    lines = [render_table(["MANAGER", "ADDRESS", "ROLE", "AGE", "ANSWERED"], rows)]
+    if not status.get("leader"):
+        problem = status.get("electionError") or "an election is in progress"
+        lines.append(f"no leader: {problem}")
+    store = status.get("store", {})
+    lines += ["", f"store: {store.get('url', '-')}"]
+    endpoints = [
+        [
+            str(e.get("endpoint", "-")),
+            "healthy" if e.get("healthy") else "UNHEALTHY",
+            str(e.get("revision") or "-"),
+            str(e.get("detail", "")),
+        ]
+        for e in store.get("endpoints", [])
+    ]
+    lines.append(render_table(["ENDPOINT", "HEALTH", "REVISION", "DETAIL"], endpoints))
+    return "\n".join(lines)
+
+
+def add_cluster_commands(sub: Any, server: argparse.ArgumentParser) -> None:
+    cluster = sub.add_parser(
+        "cluster",
+        help="the managers and the store",
+        description="the managers and the store",
+    )
+    cluster.set_defaults(command_parser=cluster)
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND")
+    status = cluster_sub.add_parser(
+        "status",
+        parents=[server],
+        help="managers, which one leads, store endpoints and their health",
+        description="Managers, which one leads, store endpoints and their health. Exit code 0\n"
+        "when a leader exists and every store endpoint is healthy, else 1.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.set_defaults(func=cmd_cluster_status, command_parser=status)
+    status.add_argument(
+        "-o", "--output", choices=FORMATS, default="table", help="table (default), yaml or json"
+    )
