@@ -165,7 +165,7 @@ MALFORMED = [
         id="empty-command-word",
     ),
     pytest.param(
-        {"a.yaml": GOOD + "    runtime: docker\n"},
+        {"a.yaml": GOOD + "    runtime: dockerd\n"},
         "a.yaml",
         9,
         "spec.template.runtime",

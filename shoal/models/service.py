@@ -12,8 +12,20 @@ from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic.alias_generators import to_camel
 
 from shoal.models.base import Model
+from shoal.models.container import (
+    CONTAINER_FIELDS,
+    CONTAINER_RUNTIMES,
+    Device,
+    HealthCheck,
+    Limits,
+    Mount,
+    PortMapping,
+    check_capability,
+    check_sysctl,
+)
 from shoal.models.units import Duration, Size
 
 API_VERSION: Final = "shoal/v1"
@@ -98,17 +110,78 @@ class Reservations(Model):
 
 class Resources(Model):
     reservations: Reservations = Field(default_factory=Reservations)
+    # Enforced by the engine; container runtimes only.
+    limits: Limits | None = None
 
 
 class TaskTemplate(Model):
     runtime: str = "process"
-    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    # Container runtimes: command is the entrypoint and args the cmd; both
+    # default to the image's. Other runtimes need a command.
+    command: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     args: list[str] = Field(default_factory=list)
     env: dict[EnvName, str] = Field(default_factory=dict)
     workdir: str | None = None
     stop_signal: str = "SIGTERM"
     stop_grace_period: Duration = 10.0
     resources: Resources = Field(default_factory=Resources)
+    healthcheck: HealthCheck | None = None
+    # Container runtimes only (shoal.models.container.CONTAINER_FIELDS).
+    image: str | None = None
+    image_pull_policy: Literal["ifNotPresent", "never", "always"] | None = None
+    user: str | None = None
+    labels: dict[LabelKey, str] = Field(default_factory=dict)
+    ports: list[PortMapping] = Field(default_factory=list)
+    mounts: list[Mount] = Field(default_factory=list)
+    cap_add: list[Annotated[str, AfterValidator(check_capability)]] = Field(default_factory=list)
+    cap_drop: list[Annotated[str, AfterValidator(check_capability)]] = Field(default_factory=list)
+    sysctls: dict[Annotated[str, AfterValidator(check_sysctl)], str] = Field(default_factory=dict)
+    privileged: bool = False
+    devices: list[Device] = Field(default_factory=list)
+    init: bool = False
+
+    @property
+    def is_container(self) -> bool:
+        return self.runtime in CONTAINER_RUNTIMES
+
+    @field_validator(*CONTAINER_FIELDS)
+    @classmethod
+    def _container_only(cls, value: Any, info: ValidationInfo) -> Any:
+        runtime = info.data.get("runtime")
+        if value and runtime is not None and runtime not in CONTAINER_RUNTIMES:
+            name = to_camel(info.field_name or "")
+            raise ValueError(
+                f"{name!r} only applies to container runtimes "
+                f"({', '.join(sorted(CONTAINER_RUNTIMES))}), not runtime {runtime!r}"
+            )
+        if info.field_name == "image" and not value and runtime in CONTAINER_RUNTIMES:
+            raise ValueError(f"runtime {runtime!r} needs an image")
+        if info.field_name == "ports":
+            seen: set[tuple[int, str]] = set()
+            for port in value:
+                if (port.published, port.protocol) in seen:
+                    raise ValueError(f"host port {port.published}/{port.protocol} published twice")
+                seen.add((port.published, port.protocol))
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_needed(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        runtime = info.data.get("runtime")
+        if not value and runtime is not None and runtime not in CONTAINER_RUNTIMES:
+            raise ValueError(f"runtime {runtime!r} needs a command (a list of at least 1 item)")
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _limits_for_containers(cls, value: Resources, info: ValidationInfo) -> Resources:
+        runtime = info.data.get("runtime")
+        if value.limits is not None and runtime is not None and runtime not in CONTAINER_RUNTIMES:
+            raise ValueError(
+                "'resources.limits' is enforced by container engines only, "
+                f"not by runtime {runtime!r} (use reservations for placement)"
+            )
+        return value
 
     @field_validator("command", mode="before")
     @classmethod

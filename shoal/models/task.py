@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field
 
@@ -61,6 +62,8 @@ class TaskStatus(Model):
     exit_code: int | None = None
     pid: int | None = None
     started_at: datetime | None = None
+    # Only for tasks with a healthcheck: starting until a probe passes, then healthy.
+    health: Literal["starting", "healthy", "unhealthy"] | None = None
 
 
 class Task(Model):

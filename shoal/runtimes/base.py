@@ -39,11 +39,28 @@ The agent constructs a runtime once with ``RuntimeSettings`` and calls:
     by somebody else.
 ``aclose()``
     Release the runtime's own resources; running tasks keep running.
+
+Health probes (optional hooks with defaults that suit host processes)
+``exec(handle, command, timeout)``
+    Run ``command`` beside the task and return its ``ExecResult``; raise
+    ``TimeoutError`` after ``timeout`` seconds. Default: a process on the node.
+    Container runtimes run it inside the container.
+``probe_host(handle)``
+    The address an ``http`` or ``tcp`` probe connects to. Default ``127.0.0.1``;
+    container runtimes answer the container's address.
+
+Which template fields a runtime accepts is decided at apply time by the models
+(``shoal.models.container``): container-only fields are refused for other
+runtimes, so a runtime never receives a field it cannot honour.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,6 +119,8 @@ class ExitStatus:
     exit_code: int | None
     signal: int | None = None
     message: str = ""
+    # The kernel's OOM killer ended it (container runtimes with a memory limit).
+    oom_killed: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -114,6 +133,12 @@ class Observation:
     pid: int | None = None
     started_at: datetime | None = None
     exit: ExitStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    exit_code: int
+    output: str
 
 
 class Runtime(abc.ABC):
@@ -152,3 +177,26 @@ class Runtime(abc.ABC):
 
     async def aclose(self) -> None:  # optional hook, default does nothing
         return None
+
+    async def exec(self, handle: TaskHandle, command: list[str], timeout: float) -> ExecResult:
+        """Run ``command`` on the node (health probes); see the module docstring."""
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                output, _ = await process.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise
+        return ExecResult(process.returncode or 0, output.decode(errors="replace"))
+
+    async def probe_host(self, handle: TaskHandle) -> str:
+        """Where ``http`` and ``tcp`` probes connect; see the module docstring."""
+        return "127.0.0.1"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,15 @@ import pytest
 
 from shoal.errors import ShoalError
 from shoal.runtimes.base import Runtime, RuntimeSettings
-from shoal.runtimes.registry import available_runtime_classes
+from shoal.runtimes.registry import available_runtime_classes, register_known_runtimes
+from tests.engines import ENGINES, ensure_test_image, missing, remove_node_containers
+
+register_known_runtimes()
 
 RUNTIMES = [
     pytest.param("process", id="process"),
+    pytest.param("docker", id="docker"),
+    pytest.param("podman", id="podman"),
 ]
 
 
@@ -32,8 +38,14 @@ def runtime_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> RuntimeSettings:
-    return RuntimeSettings(state_dir=tmp_path / "state", node_name="node-1")
+def settings(tmp_path: Path, runtime_name: str) -> Iterator[RuntimeSettings]:
+    # A node name of its own per test: container runtimes find their tasks by it.
+    node = f"node-{secrets.token_hex(4)}"
+    if runtime_name in ENGINES:
+        ensure_test_image(runtime_name)
+    yield RuntimeSettings(state_dir=tmp_path / "state", node_name=node)
+    if runtime_name in ENGINES:
+        remove_node_containers(runtime_name, node)
 
 
 @pytest.fixture
@@ -64,6 +76,8 @@ async def new_runtime(
 async def runtime(new_runtime: Callable[..., Runtime]) -> Runtime:
     built = new_runtime()
     info = await built.describe()
+    if not info.available and info.name in ENGINES:
+        missing(info.name, info.message)
     if not info.available:
         pytest.skip(f"runtime {info.name} is not available here: {info.message}")
     return built

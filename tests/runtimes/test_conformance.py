@@ -25,9 +25,22 @@ from shoal.models import TaskTemplate
 from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle, TaskLaunch
 from shoal.runtimes.process import UNKNOWN_EXIT, ProcessRuntime
 from shoal.runtimes.registry import available_runtime_classes, register_known_runtimes
+from tests.engines import template_extras
 
 PROCESS_ONLY = pytest.mark.parametrize("runtime_name", [pytest.param("process", id="process")])
 LIMIT = 10.0  # no single await in this file should take longer
+# What the runtime under test needs in every template (container runtimes: the
+# test image and the test's tmp dir mounted at the same path); set per test.
+EXTRAS: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _template_extras(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    name = request.getfixturevalue("runtime_name") if "runtime_name" in request.fixturenames else ""
+    EXTRAS.clear()
+    EXTRAS.update(template_extras(name, tmp_path))
+    yield
+    EXTRAS.clear()
 
 
 def make_launch(
@@ -39,11 +52,14 @@ def make_launch(
     workdir: Path | None = None,
     launch_env: dict[str, str] | None = None,
 ) -> TaskLaunch:
-    template = TaskTemplate(
-        command=command,
-        args=args or [],
-        env=env or {},
-        workdir=None if workdir is None else str(workdir),
+    template = TaskTemplate.model_validate(
+        {
+            "command": command,
+            "args": args or [],
+            "env": env or {},
+            "workdir": None if workdir is None else str(workdir),
+            **EXTRAS,
+        }
     )
     return TaskLaunch(
         task_id=task_id,
@@ -185,6 +201,7 @@ async def test_exit_code_is_recorded(runtime: Runtime, code: int) -> None:
     assert observation.exit == status
 
 
+@PROCESS_ONLY  # in a container the shell is pid 1, which cannot SIGKILL itself
 async def test_death_by_sigkill_is_137(runtime: Runtime) -> None:
     handle = await runtime.start(sh("kill -KILL $$"))
     status = await finished(runtime, handle)
@@ -198,6 +215,14 @@ async def test_missing_executable_is_rejected(runtime: Runtime) -> None:
     assert await runtime.recover() == []
 
 
+async def test_death_of_the_command_by_a_signal_is_128_plus_n(runtime: Runtime) -> None:
+    handle = await runtime.start(sh('sh -c "kill -KILL \\$\\$"; exit $?'))
+    status = await finished(runtime, handle)
+    assert (status.exit_code, status.signal) == (137, 9)
+    assert status.message == "killed by SIGKILL"
+
+
+@PROCESS_ONLY  # container engines create a missing workdir inside the container
 async def test_missing_workdir_is_rejected(runtime: Runtime, tmp_path: Path) -> None:
     with pytest.raises(TaskRejectedError, match="workdir"):
         await runtime.start(sh("true", workdir=tmp_path / "nowhere"))
@@ -234,6 +259,7 @@ async def test_stop_kills_a_task_ignoring_the_signal_after_grace(runtime: Runtim
     assert (status.exit_code, status.signal) == (137, 9)
 
 
+@PROCESS_ONLY  # host pids; a container's pid namespace dies with it
 async def test_stop_kills_what_the_task_forked(runtime: Runtime) -> None:
     # The child ignores SIGTERM and outlives the task's main process.
     script = 'sh -c \'trap "" TERM; echo "child $$"; exec sleep 60\' & sleep 60'
@@ -257,6 +283,7 @@ async def test_stop_of_an_exited_task_is_a_noop(runtime: Runtime) -> None:
     assert (await runtime.inspect(handle)).exit == status
 
 
+@PROCESS_ONLY  # host pids; a container's pid namespace dies with it
 async def test_leftovers_of_a_finished_task_are_killed(runtime: Runtime) -> None:
     handle = await runtime.start(sh('sleep 60 & echo "child $!"; exit 3'))
     status = await finished(runtime, handle)
@@ -300,6 +327,7 @@ async def test_logs_follow_with_tail_starts_near_the_end(runtime: Runtime, tmp_p
     assert await follower == ["ready", "new"]
 
 
+@PROCESS_ONLY  # the log files' layout is the process runtime's
 async def test_log_rotation_and_follow_across_it(new_runtime: Callable[..., Runtime]) -> None:
     runtime = new_runtime(log_max_bytes=2000, log_files=2)
     # Six bursts of 100 numbered lines (~3 KB each), each well over the limit.

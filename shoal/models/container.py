@@ -1,0 +1,197 @@
+"""Template fields that only container runtimes understand, and the health check.
+
+``TaskTemplate`` (``shoal.models.service``) holds these. Container-only fields
+are refused at apply time for any other runtime, naming the field: a process
+cannot publish a port or mount a volume, and silently ignoring what a spec asks
+for is worse than refusing it. ``healthcheck`` applies to every runtime; the
+agent runs the probes (``shoal.agent.health``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from shoal.models.base import Model
+from shoal.models.units import Duration, Size
+
+# Runtimes that run containers from images. Static on purpose: the CLI checks
+# specs without importing runtime plugins (and their engine SDKs).
+CONTAINER_RUNTIMES: frozenset[str] = frozenset({"docker", "podman"})
+# The template fields (snake_case) only container runtimes accept.
+CONTAINER_FIELDS: tuple[str, ...] = (
+    "image",
+    "image_pull_policy",
+    "user",
+    "labels",
+    "ports",
+    "mounts",
+    "cap_add",
+    "cap_drop",
+    "sysctls",
+    "privileged",
+    "devices",
+    "init",
+)
+CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]+$")
+SYSCTL = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_\-/]+)+$")
+PERMISSIONS = re.compile(r"^[rwm]{1,3}$")
+
+
+class PortMapping(Model):
+    """Host-mode publishing: ``published`` on the node forwards to ``target`` in the container."""
+
+    published: int = Field(ge=1, le=65535)
+    target: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class Mount(Model):
+    """``bind`` (a host path), ``volume`` (a named engine volume) or ``tmpfs`` (memory)."""
+
+    type: Literal["bind", "volume", "tmpfs"]
+    source: str | None = None
+    target: str
+    read_only: bool = False
+    # tmpfs only: its size limit.
+    size: Size | None = None
+
+    @field_validator("target")
+    @classmethod
+    def _absolute_target(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"target must be an absolute path, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _source_for_type(self) -> Mount:
+        if self.type == "bind" and not (self.source and self.source.startswith("/")):
+            raise ValueError("a bind mount needs source: an absolute path on the node")
+        if self.type == "volume" and not self.source:
+            raise ValueError("a volume mount needs source: the volume's name")
+        if self.type == "tmpfs" and self.source:
+            raise ValueError("a tmpfs mount has no source")
+        if self.size is not None and self.type != "tmpfs":
+            raise ValueError("size only applies to tmpfs mounts")
+        return self
+
+
+class Device(Model):
+    """A host device made available in the container; ``"/dev/x[:/dev/y[:rwm]]"`` also works."""
+
+    host: str
+    container: str | None = None
+    permissions: str = "rwm"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = value.split(":")
+            if len(parts) > 3:
+                raise ValueError(f"invalid device {value!r}: use HOST[:CONTAINER[:PERMISSIONS]]")
+            raw: dict[str, str] = {"host": parts[0]}
+            if len(parts) > 1:
+                raw["container"] = parts[1]
+            if len(parts) > 2:
+                raw["permissions"] = parts[2]
+            return raw
+        return value
+
+    @model_validator(mode="after")
+    def _paths(self) -> Device:
+        for path in (self.host, self.container):
+            if path is not None and not path.startswith("/"):
+                raise ValueError(f"device paths must be absolute, got {path!r}")
+        if not PERMISSIONS.match(self.permissions):
+            raise ValueError(f"device permissions are letters of 'rwm', got {self.permissions!r}")
+        return self
+
+    def as_string(self) -> str:
+        return f"{self.host}:{self.container or self.host}:{self.permissions}"
+
+
+class Limits(Model):
+    """Hard limits the engine enforces (container runtimes only)."""
+
+    cpus: float | None = Field(default=None, gt=0)
+    memory: Size | None = None
+
+
+class HttpProbe(Model):
+    port: int = Field(ge=1, le=65535)
+    path: str = "/"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"path must start with '/', got {value!r}")
+        return value
+
+
+class TcpProbe(Model):
+    port: int = Field(ge=1, le=65535)
+
+
+class HealthCheck(Model):
+    """Exactly one probe, run every ``interval`` by the agent.
+
+    The task counts as running once a probe succeeds. After ``startPeriod``,
+    ``retries`` failures in a row make it unhealthy: it is stopped and failed,
+    and the restart policy applies.
+    """
+
+    exec: list[str] | None = None
+    http: HttpProbe | None = None
+    tcp: TcpProbe | None = None
+    interval: Duration = 10.0
+    timeout: Duration = 5.0
+    retries: int = Field(default=3, ge=1)
+    start_period: Duration = 0.0
+
+    @field_validator("exec", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("exec")
+    @classmethod
+    def _not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("exec needs a command")
+        return value
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0s")
+        return value
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> HealthCheck:
+        count = sum(p is not None for p in (self.exec, self.http, self.tcp))
+        if count != 1:
+            raise ValueError("a healthcheck has exactly one of exec, http, tcp")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "exec" if self.exec else "http" if self.http else "tcp"
+
+
+def check_capability(value: str) -> str:
+    name = value.upper()
+    if not CAPABILITY.match(name):
+        raise ValueError(f"invalid capability {value!r} (e.g. NET_ADMIN, SYS_TIME, ALL)")
+    return name.removeprefix("CAP_")
+
+
+def check_sysctl(key: str) -> str:
+    if not SYSCTL.match(key):
+        raise ValueError(f"invalid sysctl name {key!r} (e.g. net.core.somaxconn)")
+    return key

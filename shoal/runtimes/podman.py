@@ -1,0 +1,302 @@
+"""The ``podman`` runtime: containers through the Podman API socket (podman SDK 5.x).
+
+Everything but the API calls lives in ``shoal.runtimes.containers``. The SDK's
+``containers.create`` drops or refuses several fields shoal supports (CPU
+limits, tmpfs, device mappings), so containers are created from a libpod
+``SpecGenerator`` document built here and posted through the SDK's API client;
+the other calls use the libpod endpoints the same way.
+
+Options (``--runtime-opt podman.KEY=VALUE``): ``socket`` (default
+``$CONTAINER_HOST``, else ``unix:///run/podman/podman.sock``; start the service
+with ``podman system service --time=0 unix:///run/podman/podman.sock``),
+``threads`` (pool size, 16).
+
+Podman 4.3 mangles partial lines when it tails a log itself, so a plain
+``logs(tail=N)`` reads the whole log and cuts it here; ``follow`` with ``tail``
+still leaves the tail to Podman.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal as signals
+from collections.abc import Iterator
+from typing import Any
+
+import podman
+import podman.api
+import podman.errors
+import requests.exceptions
+
+from shoal.errors import RuntimeBackendError, RuntimeUnavailableError, TaskRejectedError
+from shoal.runtimes.base import ExecResult
+from shoal.runtimes.containers import (
+    ContainerConfig,
+    ContainerRuntime,
+    ContainerState,
+    Engine,
+    start_rejection,
+    state_from_attrs,
+)
+
+DEFAULT_SOCKET = "unix:///run/podman/podman.sock"
+
+
+def _explain(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    cause = str(exc.args[0]) if exc.args else ""
+    if explanation and cause and cause not in explanation:
+        return f"{explanation}: {cause}"
+    return str(explanation or cause or exc).strip()
+
+
+def _status(exc: BaseException) -> int | None:
+    code = getattr(exc, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+@contextlib.contextmanager
+def _mapped(engine: PodmanEngine, what: str) -> Iterator[None]:
+    """Podman SDK and connection errors → shoal's errors."""
+    try:
+        yield
+    except requests.exceptions.ConnectionError as exc:
+        raise RuntimeUnavailableError(f"cannot reach {engine.description}: {exc}") from exc
+    except podman.errors.APIError as exc:
+        raise RuntimeBackendError(f"{what}: {_explain(exc)}") from exc
+    except (podman.errors.PodmanError, requests.exceptions.RequestException) as exc:
+        raise RuntimeBackendError(f"{what}: {exc}") from exc
+
+
+class PodmanEngine(Engine):
+    def __init__(self, socket: str, pool_size: int) -> None:
+        self.description = f"the Podman API at {socket}"
+        self.client = podman.PodmanClient(base_url=socket, max_pool_size=pool_size, timeout=60)
+        self.api = self.client.api
+
+    def ping(self) -> str:
+        with _mapped(self, "podman version"):
+            response = self.api.get("/version")
+            response.raise_for_status()
+            return str(response.json().get("Version", "?"))
+
+    def image_present(self, image: str) -> bool:
+        with _mapped(self, f"inspect image {image}"):
+            response = self.api.get(f"/images/{image}/exists")
+            if response.status_code == 404:
+                return False
+            response.raise_for_status()
+            return True
+
+    def pull(self, image: str) -> None:
+        try:
+            with _mapped(self, f"pull {image}"):
+                response = self.api.post(
+                    "/images/pull", params={"reference": image, "quiet": "true"}, stream=False
+                )
+                response.raise_for_status()
+                errors = [
+                    json.loads(line).get("error")
+                    for line in response.text.splitlines()
+                    if line.strip().startswith("{")
+                ]
+                problems = [e for e in errors if e]
+                if problems:
+                    raise RuntimeBackendError(f"pull {image}: {problems[-1]}")
+        except RuntimeUnavailableError:
+            raise
+        except RuntimeBackendError as exc:
+            raise TaskRejectedError(
+                f"image {image!r} is not present on this node and cannot be pulled: {exc}"
+            ) from exc
+
+    def create(self, config: ContainerConfig) -> str:
+        spec = _spec_generator(config)
+        try:
+            with _mapped(self, f"create container {config.name}"):
+                response = self.api.post(
+                    "/containers/create",
+                    data=json.dumps(spec),
+                    headers={"content-type": "application/json"},
+                )
+                response.raise_for_status()
+        except RuntimeBackendError as exc:
+            status = _status(exc.__cause__) if exc.__cause__ else None
+            if status in (400, 404) or (status == 500 and start_rejection(str(exc))):
+                raise TaskRejectedError(str(exc)) from exc.__cause__
+            raise
+        return str(response.json()["Id"])
+
+    def start(self, container_id: str) -> None:
+        try:
+            with _mapped(self, "start container"):
+                self.api.post(f"/containers/{container_id}/start").raise_for_status()
+        except RuntimeUnavailableError:
+            raise
+        except RuntimeBackendError as exc:
+            if start_rejection(str(exc)):
+                raise TaskRejectedError(str(exc)) from exc.__cause__
+            raise
+
+    def inspect(self, container_id: str) -> ContainerState | None:
+        with _mapped(self, f"inspect container {container_id[:12]}"):
+            response = self.api.get(f"/containers/{container_id}/json")
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            return state_from_attrs(response.json())
+
+    def kill(self, container_id: str, signal: str) -> None:
+        with _mapped(self, f"signal container {container_id[:12]}"):
+            response = self.api.post(f"/containers/{container_id}/kill", params={"signal": signal})
+            if response.status_code in (404, 409):  # gone, or not running
+                return
+            response.raise_for_status()
+
+    def remove(self, container_id: str) -> None:
+        with _mapped(self, f"remove container {container_id[:12]}"):
+            response = self.api.delete(
+                f"/containers/{container_id}", params={"force": "true", "v": "true"}
+            )
+            if response.status_code == 404:
+                return
+            response.raise_for_status()
+
+    def list_ids(self, labels: dict[str, str]) -> list[str]:
+        filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+        with _mapped(self, "list containers"):
+            response = self.api.get("/containers/json", params={"all": "true", "filters": filters})
+            response.raise_for_status()
+            return [str(c["Id"]) for c in response.json() or []]
+
+    def logs(self, container_id: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+        if tail is not None and not follow:
+            # Podman 4.3 joins partial lines when it tails (``printf 'a\\nb'`` tails as
+            # "ab"): take everything and cut here.
+            output = b"".join(self.logs(container_id, False, None))
+            lines = output.splitlines(keepends=True)
+            yield b"".join(lines[len(lines) - tail :] if tail > 0 else [])
+            return
+        params: dict[str, Any] = {"stdout": "true", "stderr": "true", "follow": str(follow).lower()}
+        if tail is not None:
+            params["tail"] = max(tail, 0)
+        with _mapped(self, f"logs of container {container_id[:12]}"):
+            response = self.api.get(
+                f"/containers/{container_id}/logs", params=params, stream=follow
+            )
+            if response.status_code == 404:
+                return
+            response.raise_for_status()
+            frames = podman.api.stream_frames(response) if follow else podman.api.frames(response)
+            for frame in frames:
+                yield frame if isinstance(frame, bytes) else b"".join(frame)
+
+    def exec(self, container_id: str, command: list[str]) -> ExecResult:
+        with _mapped(self, f"exec in container {container_id[:12]}"):
+            container = self.client.containers.get(container_id)
+            code, output = container.exec_run(command, stdout=True, stderr=True)
+        text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+        return ExecResult(int(code) if code is not None else -1, text)
+
+    def events(self, labels: dict[str, str]) -> Iterator[str]:
+        filters = json.dumps(
+            {"type": ["container"], "label": [f"{k}={v}" for k, v in labels.items()]}
+        )
+        with _mapped(self, "follow events"):
+            response = self.api.get(
+                "/events", params={"stream": "true", "filters": filters}, stream=True
+            )
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                event = json.loads(line)
+                container_id = (event.get("Actor") or {}).get("ID") or event.get("ID")
+                if container_id:
+                    yield str(container_id)
+
+    def close(self) -> None:
+        self.client.close()  # type: ignore[no-untyped-call]
+
+
+def _spec_generator(config: ContainerConfig) -> dict[str, Any]:
+    """The libpod ``SpecGenerator`` for ``config``."""
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    for mount in config.mounts:
+        if mount.type == "bind":
+            options = ["rbind", "ro" if mount.read_only else "rw"]
+            mounts.append(
+                {
+                    "type": "bind",
+                    "source": mount.source,
+                    "destination": mount.target,
+                    "options": options,
+                }
+            )
+        elif mount.type == "tmpfs":
+            options = [f"size={mount.size}"] if mount.size else []
+            mounts.append(
+                {
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "destination": mount.target,
+                    "options": options,
+                }
+            )
+        else:
+            volumes.append(
+                {
+                    "Name": mount.source,
+                    "Dest": mount.target,
+                    "Options": ["ro"] if mount.read_only else [],
+                }
+            )
+    limits: dict[str, Any] = {}
+    if config.nano_cpus:
+        limits["cpu"] = {"quota": config.nano_cpus // 10_000, "period": 100_000}
+    if config.memory:
+        limits["memory"] = {"limit": config.memory, "swap": config.memory}
+    spec: dict[str, Any] = {
+        "name": config.name,
+        "image": config.image,
+        "entrypoint": config.entrypoint,
+        "command": config.cmd,
+        "env": config.env,
+        "work_dir": config.workdir,
+        "user": config.user,
+        "labels": config.labels,
+        "portmappings": [
+            {"container_port": p.target, "host_port": p.published, "protocol": p.protocol}
+            for p in config.ports
+        ],
+        "mounts": mounts,
+        "volumes": volumes,
+        "resource_limits": limits or None,
+        "cap_add": config.cap_add,
+        "cap_drop": config.cap_drop,
+        "sysctl": config.sysctls,
+        "privileged": config.privileged,
+        "devices": [{"path": d.as_string()} for d in config.devices],
+        "init": config.init,
+        "stop_signal": int(signals.Signals[config.stop_signal]),
+        "log_configuration": {"driver": "k8s-file", "size": config.log_max_bytes},
+    }
+    return {key: value for key, value in spec.items() if value is not None}
+
+
+class PodmanRuntime(ContainerRuntime):
+    """Runs tasks as containers through the Podman API."""
+
+    name = "podman"
+    engine_name = "Podman"
+
+    def make_engine(self, threads: int) -> Engine:
+        socket = (
+            self.settings.options.get("socket")
+            or os.environ.get("CONTAINER_HOST")
+            or DEFAULT_SOCKET
+        )
+        return PodmanEngine(socket, threads)
