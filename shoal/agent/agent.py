@@ -31,7 +31,7 @@ import shoal
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.taskrunner import TaskRunner
 from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channel
-from shoal.errors import ApiError, AuthError
+from shoal.errors import ApiError, AuthError, RuntimeBackendError
 from shoal.manager.server import split_host_port
 from shoal.models import NodeDescription, RuntimeInfo, Task, TaskState, TaskStatus
 from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle
@@ -39,7 +39,8 @@ from shoal.runtimes.registry import available_runtime_classes
 
 log = structlog.get_logger(__name__)
 
-PROBE_PERIOD = 30.0
+# How often the agent re-checks its runtimes (engines may come and go).
+PROBE_PERIOD = 5.0
 LOG_BATCH = 0.1
 
 
@@ -52,6 +53,7 @@ class AgentSettings:
     labels: dict[str, str] = field(default_factory=dict)
     metrics_listen: str | None = None
     runtime_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    probe_period: float = PROBE_PERIOD
 
 
 def _memory_bytes() -> int:
@@ -119,7 +121,12 @@ class Agent:
             )
             runtime = cls(runtime_settings)
             self.runtimes[name] = runtime
-            for handle in await runtime.recover():
+            try:
+                handles = await runtime.recover()
+            except RuntimeBackendError as exc:  # e.g. its engine is down: adopt nothing
+                log.warning("agent.recover_failed", runtime=name, error=str(exc))
+                handles = []
+            for handle in handles:
                 self.recovered[handle.task_id] = (runtime, handle)
         self.runtime_info = [await r.describe() for r in self.runtimes.values()]
         if settings.metrics_listen:
@@ -261,8 +268,9 @@ class Agent:
     async def _probe(self) -> None:
         """Re-check the runtimes; re-register when what works here changed."""
         while True:
-            await asyncio.sleep(PROBE_PERIOD)
+            await asyncio.sleep(self.settings.probe_period)
             info = [await r.describe() for r in self.runtimes.values()]
+            await self._cleanup_returned(info)
             if info != self.runtime_info:
                 log.info("agent.runtimes_changed", runtimes=[r.to_wire() for r in info])
                 self.runtime_info = info
@@ -308,6 +316,20 @@ class Agent:
             )
         for task_id in message.get("removed", []):
             await self._remove(str(task_id))
+
+    async def _cleanup_returned(self, info: list[RuntimeInfo]) -> None:
+        """A runtime that works again: remove what it still has of tasks no runner drives."""
+        before = {r.name: r.available for r in self.runtime_info}
+        for runtime_info in info:
+            if not runtime_info.available or before.get(runtime_info.name, True):
+                continue
+            runtime = self.runtimes[runtime_info.name]
+            with contextlib.suppress(RuntimeBackendError):
+                for handle in await runtime.recover():
+                    runner = self.runners.get(handle.task_id)
+                    if runner is None or runner.done:
+                        log.info("agent.cleanup_after_engine_returned", task=handle.task_id)
+                        self._background(_discard(runtime, handle), f"discard-{handle.task_id[:8]}")
 
     async def _remove(self, task_id: str) -> None:
         runner = self.runners.pop(task_id, None)

@@ -25,9 +25,11 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
+from shoal.agent.health import watch
 from shoal.errors import RuntimeBackendError, TaskRejectedError
 from shoal.models import DesiredState, Task, TaskState, TaskStatus
 from shoal.runtimes.base import ExitStatus, Runtime, TaskHandle, TaskLaunch
@@ -82,12 +84,18 @@ class TaskRunner:
         self._report = report
         self._node_name = node_name
         self._stop = asyncio.Event()
+        self._running: dict[str, Any] = {}
         self._state = task.status.state
         self._on_start = on_start or (lambda runtime: None)
         self._on_exit = on_exit or (lambda runtime, outcome: None)
         self._job: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"task-{task.id[:8]}")
         if task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal:
             self._stop.set()
+
+    @property
+    def done(self) -> bool:
+        """Whether the runner finished: the task ended (or never started) here."""
+        return self._job.done()
 
     def update(self, task: Task) -> None:
         self.task = task
@@ -131,20 +139,38 @@ class TaskRunner:
                 return
         else:
             observed = await self.runtime.inspect(self.handle)
-            if observed.running and not task.status.state.terminal and not self._stop.is_set():
-                self.report(
-                    TaskState.RUNNING,
-                    "adopted after agent restart",
-                    pid=observed.pid,
-                    started_at=observed.started_at,
-                )
+            self._running = {"pid": observed.pid, "started_at": observed.started_at}
+            # With a healthcheck, the probes say when it runs (shoal.agent.health).
+            if (
+                observed.running
+                and task.template.healthcheck is None
+                and not task.status.state.terminal
+                and not self._stop.is_set()
+            ):
+                self.report(TaskState.RUNNING, "adopted after agent restart", **self._running)
         assert self.handle is not None
         waiter = asyncio.create_task(self.runtime.wait(self.handle))
         stopper = asyncio.create_task(self._stop.wait())
+        health = self._watch_health(self.handle)
         try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {waiter, stopper, *([health] if health else [])},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             stopper.cancel()
+            if health is not None and not health.done():
+                health.cancel()
+        if health is not None and health.done() and not waiter.done() and not self._stop.is_set():
+            reason = health.result()
+            template = self.task.template
+            await self.runtime.stop(self.handle, template.stop_signal, template.stop_grace_period)
+            exit = await waiter
+            self.report(
+                TaskState.FAILED, reason, health="unhealthy", exit_code=exit.exit_code, error=reason
+            )
+            self._on_exit(self.runtime.name, "failed")
+            return
         if waiter.done():
             exit = waiter.result()
             message = exit_status_message(exit)
@@ -166,7 +192,12 @@ class TaskRunner:
 
     async def _start(self) -> bool:
         self.report(TaskState.ACCEPTED, "accepted by the agent")
-        self.report(TaskState.STARTING, f"starting with runtime {self.runtime.name}")
+        healthcheck = self.task.template.healthcheck
+        self.report(
+            TaskState.STARTING,
+            f"starting with runtime {self.runtime.name}",
+            health="starting" if healthcheck else None,
+        )
         try:
             self.handle = await self.runtime.start(launch_for(self.task, self._node_name))
         except TaskRejectedError as exc:
@@ -177,11 +208,24 @@ class TaskRunner:
             return False
         self._on_start(self.runtime.name)
         observed = await self.runtime.inspect(self.handle)
-        if observed.running and not self._stop.is_set():
-            self.report(
-                TaskState.RUNNING, "running", pid=observed.pid, started_at=observed.started_at
-            )
+        self._running = {"pid": observed.pid, "started_at": observed.started_at}
+        if observed.running and not self._stop.is_set() and healthcheck is None:
+            self.report(TaskState.RUNNING, "running", **self._running)
         return True
+
+    def _watch_health(self, handle: TaskHandle) -> asyncio.Task[str] | None:
+        """Probe the task if its template has a healthcheck; the job ends when it is unhealthy."""
+        check = self.task.template.healthcheck
+        if check is None:
+            return None
+
+        def healthy(detail: str) -> None:
+            if not self._stop.is_set():
+                self.report(
+                    TaskState.RUNNING, f"healthy: {detail}", health="healthy", **self._running
+                )
+
+        return asyncio.create_task(watch(check, self.runtime, handle, healthy))
 
     async def remove(self) -> None:
         """Stop whatever still runs and release the task's resources."""

@@ -36,6 +36,14 @@ def _label(value: str) -> tuple[str, str]:
     return key, val
 
 
+def _runtime_opt(value: str) -> tuple[str, str, str]:
+    target, sep, val = value.partition("=")
+    runtime, dot, key = target.partition(".")
+    if not sep or not dot or not runtime or not key:
+        raise argparse.ArgumentTypeError(f"expected RUNTIME.KEY=VALUE, got {value!r}")
+    return runtime, key, val
+
+
 def _duration(value: str) -> float:
     try:
         return parse_duration(value)
@@ -132,6 +140,22 @@ def add_daemon_commands(subparsers: Any) -> None:
         metavar="K=V",
         help="node label (repeatable)",
     )
+    agent.add_argument(
+        "--runtime-opt",
+        type=_runtime_opt,
+        action="append",
+        default=[],
+        metavar="RUNTIME.KEY=VALUE",
+        help="a runtime option, e.g. docker.host=unix:///var/run/docker.sock, "
+        "podman.socket=unix:///run/podman/podman.sock (repeatable)",
+    )
+    agent.add_argument(
+        "--probe-period",
+        type=_duration,
+        default=5.0,
+        metavar="DURATION",
+        help="how often the agent re-checks which runtimes work here (default 5s)",
+    )
     _common(agent, listen=False)
     agent.set_defaults(func=lambda args: _run(_agent(args)))
 
@@ -213,10 +237,19 @@ async def _agent(args: argparse.Namespace) -> int:
         name=name,
         labels=dict(args.label),
         metrics_listen=args.metrics_listen,
+        runtime_options=_runtime_options(args.runtime_opt),
+        probe_period=args.probe_period,
     )
     async with open_agent(settings) as agent:
         await agent.wait()
         return _agent_exit(agent.fatal)
+
+
+def _runtime_options(items: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    options: dict[str, dict[str, str]] = {}
+    for runtime, key, value in items:
+        options.setdefault(runtime, {})[key] = value
+    return options
 
 
 def _agent_exit(fatal: BaseException | None) -> int:

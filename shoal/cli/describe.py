@@ -10,6 +10,7 @@ easy to grep. The input is the wire payload of the Describe RPC.
 
 from __future__ import annotations
 
+import shlex
 from datetime import UTC
 from typing import Any
 
@@ -23,6 +24,7 @@ from shoal.cli.output import (
     slot_label,
     task_message,
     task_slot,
+    task_state,
 )
 
 INDENT = "  "
@@ -50,6 +52,19 @@ def _section(title: str, body: list[str], empty: str = "<none>") -> list[str]:
     return lines
 
 
+def _healthcheck(check: dict[str, Any]) -> str:
+    if "exec" in check:
+        probe = "exec " + shlex.join(check["exec"])
+    elif "http" in check:
+        probe = f"http :{check['http']['port']}{check['http'].get('path', '/')}"
+    else:
+        probe = f"tcp :{check.get('tcp', {}).get('port', '?')}"
+    return (
+        f"{probe} every {check.get('interval', '10s')}, timeout {check.get('timeout', '5s')}, "
+        f"{check.get('retries', 3)} retries, start period {check.get('startPeriod', '0s')}"
+    )
+
+
 def _tasks(tasks: list[dict[str, Any]], by_node: bool) -> list[str]:
     if not tasks:
         return []
@@ -66,7 +81,7 @@ def _tasks(tasks: list[dict[str, Any]], by_node: bool) -> list[str]:
                 task.get("service", "-") if by_node else task_slot(task),
                 task.get("nodeId") or "-",
                 task.get("desiredState", "-"),
-                str(status.get("state", "-")).lower(),
+                task_state(task),
                 age_since(status.get("timestamp") or task.get("createdAt")),
                 "-" if exit_code is None else str(exit_code),
                 task_message(task) or "-",
@@ -134,6 +149,10 @@ def describe_service(payload: dict[str, Any]) -> str:
             f"cpus {reservations.get('cpus', 0)}, memory {reservations.get('memory', 0)}",
         ),
     ]
+    if template.get("image"):
+        template_pairs.insert(1, ("Image", str(template["image"])))
+    if template.get("healthcheck"):
+        template_pairs.append(("Healthcheck", _healthcheck(template["healthcheck"])))
     lines += _section("Template", _fields(template_pairs))
     max_attempts = restart.get("maxAttempts", 0)
     policy_pairs = [

@@ -126,6 +126,14 @@ def task_message(task: dict[str, Any]) -> str:
     return str(status.get("error") or status.get("message") or "")
 
 
+def task_state(task: dict[str, Any]) -> str:
+    """``running``, or ``running (healthy)`` for a task with a healthcheck."""
+    status = task.get("status", {})
+    state = str(status.get("state", "-")).lower()
+    health = status.get("health")
+    return f"{state} ({health})" if health else state
+
+
 def task_slot(task: dict[str, Any]) -> str:
     slot = task.get("slot", 0)
     return "-" if slot == 0 else str(slot)  # global services have no slot numbers
@@ -164,7 +172,7 @@ def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
             task_slot(task),
             task.get("nodeId") or "-",
             task.get("desiredState", "-"),
-            str(status.get("state", "-")).lower(),
+            task_state(task),
             age_since(status.get("timestamp") or task.get("createdAt")),
             message if wide else truncate(message, MESSAGE_WIDTH),
         ]

@@ -2,11 +2,15 @@
 
 Shared by the scheduler (choosing a node) and the orchestrator (noticing that a
 running task's node no longer qualifies, and choosing the nodes of a global
-service). Each filter returns ``None`` when the node passes, or the reason it
-does not, so "no suitable node" can say why.
+service). ``port_conflict`` is the scheduler's host-port check: two tasks on one
+node cannot publish the same host port and protocol. Each filter returns
+``None`` when the node passes, or the reason it does not, so "no suitable
+node" can say why.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from shoal.models import Node, TaskTemplate
 from shoal.models.service import Placement, parse_constraint
@@ -40,3 +44,16 @@ def static_mismatch(node: Node, template: TaskTemplate, placement: Placement) ->
 
 def node_matches(node: Node, template: TaskTemplate, placement: Placement) -> bool:
     return static_mismatch(node, template, placement) is None
+
+
+def host_ports(template: TaskTemplate) -> list[tuple[int, str]]:
+    """The host ports a task publishes (host mode): ``(port, protocol)``."""
+    return [(port.published, port.protocol) for port in template.ports]
+
+
+def port_conflict(used: Mapping[tuple[int, str], int], template: TaskTemplate) -> str | None:
+    """Why the task cannot go where ``used`` host ports are taken (count per port), if so."""
+    for port, protocol in host_ports(template):
+        if used.get((port, protocol), 0) > 0:
+            return f"host port {port}/{protocol} already in use"
+    return None

@@ -25,7 +25,7 @@ from shoal.models import DesiredState, Node, Service, Task, TaskState, TaskStatu
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Entry, Informer
 from shoal.reconciler.loop import Controller, Done, Outcome
-from shoal.reconciler.placement import static_mismatch
+from shoal.reconciler.placement import host_ports, port_conflict, static_mismatch
 from shoal.store.typed import Change, Object
 
 KEY = "pending"
@@ -39,6 +39,8 @@ class NodeLoad:
     cpus: float = 0.0
     memory: int = 0
     per_service: Counter[str] = field(default_factory=Counter)
+    # Host ports published by the node's tasks: (port, protocol) → how many.
+    ports: Counter[tuple[int, str]] = field(default_factory=Counter)
 
     def add(self, task: Task) -> None:
         reservations = task.template.resources.reservations
@@ -46,6 +48,8 @@ class NodeLoad:
         self.cpus += reservations.cpus
         self.memory += reservations.memory
         self.per_service[task.service] += 1
+        for port in host_ports(task.template):
+            self.ports[port] += 1
 
 
 def fits(node: Node, load: NodeLoad, task: Task) -> str | None:
@@ -54,7 +58,7 @@ def fits(node: Node, load: NodeLoad, task: Task) -> str | None:
         return "insufficient cpus"
     if reservations.memory and load.memory + reservations.memory > node.description.memory:
         return "insufficient memory"
-    return None
+    return port_conflict(load.ports, task.template)
 
 
 def _pending(task: Task) -> bool:

@@ -11,6 +11,9 @@ Options (``--runtime-opt podman.KEY=VALUE``): ``socket`` (default
 with ``podman system service --time=0 unix:///run/podman/podman.sock``),
 ``threads`` (pool size, 16).
 
+Podman 4.3 on cgroup v1 does not report OOM kills (``OOMKilled`` stays false):
+such a task shows as killed by SIGKILL (137) without the OOM note.
+
 Podman 4.3 mangles partial lines when it tails a log itself, so a plain
 ``logs(tail=N)`` reads the whole log and cuts it here; ``follow`` with ``tail``
 still leaves the tail to Podman.
@@ -197,8 +200,10 @@ class PodmanEngine(Engine):
         with _mapped(self, f"exec in container {container_id[:12]}"):
             container = self.client.containers.get(container_id)
             code, output = container.exec_run(command, stdout=True, stderr=True)
-        text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
-        return ExecResult(int(code) if code is not None else -1, text)
+        raw = output if isinstance(output, bytes) else str(output).encode()
+        return ExecResult(
+            int(code) if code is not None else -1, _demux(raw).decode(errors="replace")
+        )
 
     def events(self, labels: dict[str, str]) -> Iterator[str]:
         filters = json.dumps(
@@ -219,6 +224,19 @@ class PodmanEngine(Engine):
 
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]
+
+
+def _demux(raw: bytes) -> bytes:
+    """The payload of a multiplexed stream (8-byte frame headers), or ``raw`` if it is not one."""
+    payload = bytearray()
+    pos = 0
+    while pos + 8 <= len(raw):
+        stream, size = raw[pos], int.from_bytes(raw[pos + 4 : pos + 8], "big")
+        if stream not in (0, 1, 2) or raw[pos + 1 : pos + 4] != b"\0\0\0":
+            return raw
+        payload += raw[pos + 8 : pos + 8 + size]
+        pos += 8 + size
+    return bytes(payload) if pos == len(raw) else raw
 
 
 def _spec_generator(config: ContainerConfig) -> dict[str, Any]:
@@ -266,6 +284,7 @@ def _spec_generator(config: ContainerConfig) -> dict[str, Any]:
         "command": config.cmd,
         "env": config.env,
         "work_dir": config.workdir,
+        "create_working_dir": config.workdir is not None,
         "user": config.user,
         "labels": config.labels,
         "portmappings": [

@@ -1,0 +1,100 @@
+"""Health checks: the probes of a template's ``healthcheck``, run by the agent.
+
+The same code serves every runtime; the runtime only says where a probe runs
+(``Runtime.exec`` for ``exec`` probes: on the node for processes, inside the
+container for containers) and where ``http`` and ``tcp`` probes connect
+(``Runtime.probe_host``).
+
+Semantics, close to Docker's: the first probe runs as soon as the task was
+started, then one every ``interval``. A probe that succeeds makes the task
+healthy. A probe fails when it errs, times out (``timeout``), exits non-zero
+(``exec``), cannot connect (``tcp``, ``http``) or answers an HTTP status
+outside 200-399. Failures during ``startPeriod`` do not count unless the task
+was already healthy; ``retries`` counted failures in a row make it unhealthy,
+and ``watch`` returns the reason. The task runner then stops and fails the
+task, and the restart policy applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shoal.errors import RuntimeBackendError
+from shoal.models.container import HealthCheck
+from shoal.runtimes.base import Runtime, TaskHandle
+
+_DETAIL_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    ok: bool
+    detail: str
+
+
+async def probe(check: HealthCheck, runtime: Runtime, handle: TaskHandle) -> ProbeResult:
+    """Run the check's probe once."""
+    try:
+        async with asyncio.timeout(check.timeout):
+            if check.exec:
+                result = await runtime.exec(handle, check.exec, check.timeout)
+                output = result.output.strip()[-_DETAIL_CHARS:]
+                detail = f"exit code {result.exit_code}" + (f": {output}" if output else "")
+                return ProbeResult(result.exit_code == 0, detail)
+            host = await runtime.probe_host(handle)
+            if check.http:
+                return await _http(host, check.http.port, check.http.path)
+            assert check.tcp is not None
+            _, writer = await asyncio.open_connection(host, check.tcp.port)
+            writer.close()
+            return ProbeResult(True, f"connected to {host}:{check.tcp.port}")
+    except TimeoutError:
+        return ProbeResult(False, f"timed out after {check.timeout:g}s")
+    except (OSError, RuntimeBackendError) as exc:
+        return ProbeResult(False, str(exc)[:_DETAIL_CHARS] or type(exc).__name__)
+
+
+async def _http(host: str, port: int, path: str) -> ProbeResult:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        request = f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nUser-Agent: shoal-health\r\n\r\n"
+        writer.write(request.encode())
+        await writer.drain()
+        status_line = (await reader.readline()).decode(errors="replace").strip()
+    finally:
+        writer.close()
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return ProbeResult(False, f"not an HTTP answer: {status_line[:80]!r}")
+    code = int(parts[1])
+    return ProbeResult(200 <= code < 400, f"HTTP {code} from http://{host}:{port}{path}")
+
+
+async def watch(
+    check: HealthCheck,
+    runtime: Runtime,
+    handle: TaskHandle,
+    on_healthy: Callable[[str], None],
+) -> str:
+    """Probe until the task is unhealthy; return why. Calls ``on_healthy`` once, when it is."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    healthy = False
+    failures = 0
+    while True:
+        result = await probe(check, runtime, handle)
+        if result.ok:
+            failures = 0
+            if not healthy:
+                healthy = True
+                on_healthy(result.detail)
+        elif healthy or loop.time() - started >= check.start_period:
+            failures += 1
+            if failures >= check.retries:
+                return (
+                    f"unhealthy: {check.kind} probe failed {failures} time(s) in a row "
+                    f"({result.detail})"
+                )
+        await asyncio.sleep(check.interval)
