@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 
 # How often the agent re-checks its runtimes (engines may come and go).
 PROBE_PERIOD = 5.0
+HEARTBEAT_FAILURES = 3
+# gRPC codes of a call that may well succeed if simply made again.
+TRANSIENT = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"})
 LOG_BATCH = 0.1
 
 
@@ -54,6 +57,10 @@ class AgentSettings:
     metrics_listen: str | None = None
     runtime_options: dict[str, dict[str, str]] = field(default_factory=dict)
     probe_period: float = PROBE_PERIOD
+    # Only these runtimes (None: every installed one); simulated nodes use {"sim"}.
+    runtimes: frozenset[str] | None = None
+    # Reported as the node's hostname (None: this machine's).
+    hostname: str | None = None
 
 
 def _memory_bytes() -> int:
@@ -104,7 +111,6 @@ class Agent:
         self._log_jobs: dict[str, asyncio.Task[Payload]] = {}
         self._removals: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
-        self._reconnect = asyncio.Event()
         # Manager addresses to try, learned in sessions; a redirect to the leader goes first.
         self.managers = list(settings.managers)
         self.redirect: str | None = None
@@ -114,6 +120,8 @@ class Agent:
         settings = self.settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         for name, cls in available_runtime_classes().items():
+            if settings.runtimes is not None and name not in settings.runtimes:
+                continue
             runtime_settings = RuntimeSettings(
                 state_dir=settings.state_dir / "runtimes" / name,
                 node_name=settings.name,
@@ -159,7 +167,7 @@ class Agent:
 
     def description(self) -> NodeDescription:
         return NodeDescription(
-            hostname=socket.gethostname(),
+            hostname=self.settings.hostname or socket.gethostname(),
             labels=self.settings.labels,
             runtimes=self.runtime_info,
             cpus=float(os.cpu_count() or 1),
@@ -200,7 +208,10 @@ class Agent:
         channel = open_channel(address)
         client = Client(channel, DISPATCHER_SERVICE)
         helpers: list[asyncio.Task[Any]] = []
-        self._reconnect.clear()
+        # Set by any helper that ends (a failed call, changed runtimes): the
+        # session is then over. One event per session, so a late callback of
+        # the previous session's helpers cannot end the next one.
+        ended = asyncio.Event()
         try:
             request = {
                 "token": self.settings.token,
@@ -208,7 +219,7 @@ class Agent:
                 "description": self.description().to_wire(),
             }
             stream = client.stream("Session", request)
-            reconnect = asyncio.create_task(self._reconnect.wait())
+            reconnect = asyncio.create_task(ended.wait())
             helpers.append(reconnect)
             async for message in _until(stream, reconnect):
                 kind = message.get("type")
@@ -229,8 +240,7 @@ class Agent:
                         self._probe(),
                     ):
                         helper = asyncio.create_task(helper_job)
-                        # Any helper ending (a failed call, changed runtimes) ends the session.
-                        helper.add_done_callback(lambda _: self._reconnect.set())
+                        helper.add_done_callback(lambda _: ended.set())
                         helpers.append(helper)
                     log.info("agent.connected", manager=address, session=session_id)
                 elif kind == "assignments":
@@ -255,14 +265,28 @@ class Agent:
             self.managers = list(dict.fromkeys(str(m) for m in known))
 
     async def _heartbeat(self, client: Client, session_id: str, period: float) -> None:
+        """Heartbeat until the session is refused or heartbeats keep failing.
+
+        A slow answer is not a dead manager: a heartbeat may take up to the
+        node's grace to arrive and still be in time, and one that timed out is
+        simply followed by the next. Re-registering is far more expensive for a
+        busy manager than a late heartbeat, so only a refused session (the
+        manager no longer knows it) or ``HEARTBEAT_FAILURES`` failures in a row
+        end the session.
+        """
         request = {"nodeId": self.settings.name, "sessionId": session_id}
+        failures = 0
         while True:
             await asyncio.sleep(period)
             try:
-                reply = await client.call("Heartbeat", request, timeout=max(period, 2.0))
+                reply = await client.call("Heartbeat", request, timeout=3 * period)
             except ApiError as exc:
-                log.warning("agent.heartbeat_failed", error=exc.message)
-                return
+                failures += 1
+                log.warning("agent.heartbeat_failed", error=exc.message, in_a_row=failures)
+                if exc.code not in TRANSIENT or failures >= HEARTBEAT_FAILURES:
+                    return
+                continue
+            failures = 0
             period = float(reply.get("heartbeatPeriod", period))
 
     async def _probe(self) -> None:

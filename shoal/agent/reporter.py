@@ -25,6 +25,9 @@ from shoal.models import TaskStatus
 log = structlog.get_logger(__name__)
 
 COALESCE = 0.005
+RETRY_PAUSE = 1.0
+# A batch that failed with these is sent again in the same session.
+RETRY_IN_SESSION = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED"})
 BATCH_WINDOW = 0.025
 
 
@@ -55,10 +58,15 @@ class StatusReporter:
                 await client.call(
                     "UpdateTaskStatus",
                     {"nodeId": self.node_id, "sessionId": session_id, "updates": updates},
-                    timeout=10.0,
+                    timeout=30.0,
                 )
-            except ApiError:
+            except BaseException as exc:  # failed or cancelled mid-call: outcome unknown
                 for task_id, status in batch.items():
                     self._pending.setdefault(task_id, status)
-                raise
+                if not isinstance(exc, ApiError) or exc.code not in RETRY_IN_SESSION:
+                    raise
+                # A busy manager: keep the session, send again after a pause.
+                self._wake.set()
+                await asyncio.sleep(RETRY_PAUSE)
+                continue
             await asyncio.sleep(BATCH_WINDOW)

@@ -86,6 +86,7 @@ class TaskRunner:
         self._stop = asyncio.Event()
         self._running: dict[str, Any] = {}
         self._state = task.status.state
+        self._last: TaskStatus | None = None
         self._on_start = on_start or (lambda runtime: None)
         self._on_exit = on_exit or (lambda runtime, outcome: None)
         self._job: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"task-{task.id[:8]}")
@@ -101,15 +102,17 @@ class TaskRunner:
         self.task = task
         if task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal:
             self._stop.set()
+        elif self._last is not None and task.status.state.can_move_to(self._state):
+            # The manager has not seen our newest report (lost with a session):
+            # say it again. Reports are level-triggered like everything else.
+            self._report(task.id, self._last)
 
     def report(self, state: TaskState, message: str, **fields: object) -> None:
         if not self._state.can_move_to(state):
             return
         self._state = state
-        self._report(
-            self.task.id,
-            TaskStatus(state=state, timestamp=_now(), message=message, **fields),
-        )
+        self._last = TaskStatus(state=state, timestamp=_now(), message=message, **fields)
+        self._report(self.task.id, self._last)
 
     async def _run(self) -> None:
         try:

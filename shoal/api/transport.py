@@ -40,6 +40,10 @@ ClientStreamHandler = Callable[
 # Messages of a few MiB are legitimate (a full assignment set for a busy node).
 MAX_MESSAGE = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
+    # One connection per channel: gRPC otherwise shares connections between
+    # channels to the same target, and a process hosting many agents
+    # (--sim-nodes) would squeeze every session through one HTTP/2 connection.
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 10_000),

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from shoal.agent.agent import AgentSettings, open_agent
+from shoal.agent.simfleet import open_sim_fleet
 from shoal.errors import AuthError, ShoalError
 from shoal.logging import configure_logging
 from shoal.manager.server import ManagerSettings, open_manager
@@ -141,6 +142,13 @@ def add_daemon_commands(subparsers: Any) -> None:
         help="node label (repeatable)",
     )
     agent.add_argument(
+        "--sim-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N simulated nodes (NAME-0 … NAME-N-1) with the sim runtime in this process",
+    )
+    agent.add_argument(
         "--runtime-opt",
         type=_runtime_opt,
         action="append",
@@ -240,6 +248,9 @@ async def _agent(args: argparse.Namespace) -> int:
         runtime_options=_runtime_options(args.runtime_opt),
         probe_period=args.probe_period,
     )
+    if args.sim_nodes:
+        async with open_sim_fleet(settings, args.sim_nodes) as fleet:
+            return _agent_exit(await fleet.wait())
     async with open_agent(settings) as agent:
         await agent.wait()
         return _agent_exit(agent.fatal)

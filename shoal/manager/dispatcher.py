@@ -15,8 +15,9 @@ then carries, in order:
 4. ``{"type": "logs", ...}`` requests when somebody runs ``shoal logs``.
 
 Heartbeats (``Heartbeat``) only touch memory. Status comes back in batches
-through ``UpdateTaskStatus``; a report is applied only if it moves the task's
-state forward, so late or repeated reports are harmless. Log lines come back
+through ``UpdateTaskStatus``, and the ``StatusWriter`` merges the batches of
+all agents into shared transactions; a report is applied only if it moves the
+task's state forward, so late or repeated reports are harmless. Log lines come back
 through ``PublishLogs`` and are routed to the waiting ``shoal logs`` call.
 """
 
@@ -34,6 +35,7 @@ import structlog
 
 from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary
 from shoal.errors import AuthError, ConflictError, ShoalError
+from shoal.manager.statuswriter import StatusWriter
 from shoal.models import Node, NodeDescription, NodeState, NodeStatus, Task, TaskStatus
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
@@ -95,6 +97,7 @@ class Dispatcher:
         self.heartbeat_period = heartbeat_period
         self.sessions: dict[str, AgentSession] = {}  # by node id
         self.subscriptions: dict[str, LogSubscription] = {}
+        self.status_writer = StatusWriter(informer)
         informer.subscribe(self._on_change)
 
     def close_sessions(self) -> None:
@@ -226,27 +229,8 @@ class Dispatcher:
         reports = {
             str(u["taskId"]): TaskStatus.model_validate(u["status"]) for u in request["updates"]
         }
-        applied = 0
-        for _ in range(5):
-            changes: list[Change] = []
-            for task_id, status in reports.items():
-                entry = self.informer.tasks.get(task_id)
-                if entry is None or entry.obj.node_id != session.node_id:
-                    continue
-                if not entry.obj.status.state.can_move_to(status.state):
-                    continue
-                changes.append(
-                    Change.put(entry.obj.model_copy(update={"status": status}), entry.revision)
-                )
-            try:
-                await self.informer.commit(changes)
-            except ConflictError:
-                continue
-            applied = len(changes)
-            break
-        else:
-            raise ConflictError("task status update kept losing races; the agent will resend")
-        return {"applied": applied}
+        await self.status_writer.submit(session.node_id, reports)
+        return {}
 
     async def publish_logs(
         self, requests: AsyncIterator[Payload], context: grpc.aio.ServicerContext

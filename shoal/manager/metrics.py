@@ -2,7 +2,11 @@
 
 Counting tasks by state on every change would put work on the hot path; a
 collector that walks the cache when Prometheus scrapes costs nothing between
-scrapes. Reconcile duration, outcomes and queue depth live in
+scrapes. Scrapes are served from prometheus-client's HTTP thread while the
+event loop keeps changing the cache, so the collector first takes snapshots
+(``list()`` of a dict view copies it in one step under the GIL).
+
+Reconcile duration, outcomes and queue depth live in
 ``shoal.reconciler.loop.LoopMetrics``.
 """
 
@@ -28,7 +32,7 @@ class ClusterCollector(Collector):
         by_state: Counter[str] = Counter()
         running: Counter[str] = Counter()
         live: Counter[str] = Counter()
-        for entry in self.informer.all_tasks():
+        for entry in list(self.informer.tasks.values()):
             task = entry.obj
             by_state[task.status.state.value] += 1
             if task.desired_state == DesiredState.RUNNING:
@@ -47,7 +51,7 @@ class ClusterCollector(Collector):
             "Tasks of a service that are running.",
             labels=["service"],
         )
-        for name, service in self.informer.services.items():
+        for name, service in list(self.informer.services.items()):
             spec = service.obj.spec
             want = live[name] if spec.mode == "global" else spec.replica_count
             desired.add_metric([name], want)
@@ -55,7 +59,7 @@ class ClusterCollector(Collector):
         yield desired
         yield actual
         nodes = GaugeMetricFamily("shoal_nodes", "Nodes by state.", labels=["state"])
-        node_states = Counter(e.obj.status.state.value for e in self.informer.nodes.values())
+        node_states = Counter(e.obj.status.state.value for e in list(self.informer.nodes.values()))
         for node_state in NodeState:
             nodes.add_metric([node_state.value], node_states[node_state.value])
         yield nodes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 from datetime import datetime
+from importlib.metadata import entry_points
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
@@ -48,9 +49,12 @@ SIGNALS = {
     "SIGCONT",
     "SIGWINCH",
 }
-# The runtimes a spec may name. Plugins add to this set when they are registered
-# (shoal.runtimes.registry); validation consults it at apply time.
-KNOWN_RUNTIMES: set[str] = {"process"}
+# The runtimes a spec may name: every name in the ``shoal.runtimes`` entry-point
+# group, read without importing the plugins (the CLI validates specs too and
+# must not load engine SDKs for that). ``shoal.runtimes.registry`` adds to it.
+KNOWN_RUNTIMES: set[str] = {"process"} | {
+    entry_point.name for entry_point in entry_points(group="shoal.runtimes")
+}
 
 
 def _check_label_key(key: str) -> str:
@@ -114,6 +118,17 @@ class Resources(Model):
     limits: Limits | None = None
 
 
+class SimBehaviour(Model):
+    """What a task of the ``sim`` runtime pretends to do (no real work runs)."""
+
+    start_delay: Duration = 0.0
+    # None: run until stopped; otherwise exit with ``exit_code`` after this long.
+    run_for: Duration | None = None
+    exit_code: int = Field(default=0, ge=0, le=255)
+    # Refuse to start at all: the task is rejected, as a missing executable would be.
+    reject: bool = False
+
+
 class TaskTemplate(Model):
     runtime: str = "process"
     # Container runtimes: command is the entrypoint and args the cmd; both
@@ -125,6 +140,7 @@ class TaskTemplate(Model):
     stop_signal: str = "SIGTERM"
     stop_grace_period: Duration = 10.0
     resources: Resources = Field(default_factory=Resources)
+    sim: SimBehaviour | None = None
     healthcheck: HealthCheck | None = None
     # Container runtimes only (shoal.models.container.CONTAINER_FIELDS).
     image: str | None = None
@@ -181,6 +197,15 @@ class TaskTemplate(Model):
                 "'resources.limits' is enforced by container engines only, "
                 f"not by runtime {runtime!r} (use reservations for placement)"
             )
+        return value
+
+    @field_validator("sim")
+    @classmethod
+    def _sim_only_for_sim(
+        cls, value: SimBehaviour | None, info: ValidationInfo
+    ) -> SimBehaviour | None:
+        if value is not None and info.data.get("runtime") != "sim":
+            raise ValueError("'sim' only applies to runtime: sim")
         return value
 
     @field_validator("command", mode="before")

@@ -133,13 +133,16 @@ class Informer:
             try:
                 async for batch in self.store.watch("/", start):
                     for event in batch:
+                        kv = event.kv
+                        start = kv.mod_revision + 1
+                        if self._applied.get(kv.key, 0) >= kv.mod_revision:
+                            continue  # the echo of our own write: skip the decoding too
                         if event.type == EventType.DELETE:
-                            self._apply(event.kv.key, None, event.kv.mod_revision)
+                            self._apply(kv.key, None, kv.mod_revision)
                         else:
-                            obj = decode(event.kv)
+                            obj = decode(kv)
                             if obj is not None:
-                                self._apply(event.kv.key, obj, event.kv.mod_revision)
-                        start = event.kv.mod_revision + 1
+                                self._apply(kv.key, obj, kv.mod_revision)
                     self._prune_tombstones(start - 1)
                 return
             except CompactedError:

@@ -16,12 +16,14 @@ reason, how many nodes), updated only when the reason changes.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shoal.models import DesiredState, Node, Service, Task, TaskState, TaskStatus
+from shoal.models import DesiredState, Node, Task, TaskState, TaskStatus
+from shoal.models.service import Reservations
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Entry, Informer
 from shoal.reconciler.loop import Controller, Done, Outcome
@@ -42,14 +44,19 @@ class NodeLoad:
     # Host ports published by the node's tasks: (port, protocol) → how many.
     ports: Counter[tuple[int, str]] = field(default_factory=Counter)
 
-    def add(self, task: Task) -> None:
+    def add(self, task: Task, sign: int = 1) -> None:
         reservations = task.template.resources.reservations
-        self.tasks += 1
-        self.cpus += reservations.cpus
-        self.memory += reservations.memory
-        self.per_service[task.service] += 1
+        self.tasks += sign
+        self.cpus += sign * reservations.cpus
+        self.memory += sign * reservations.memory
+        self.per_service[task.service] += sign
         for port in host_ports(task.template):
-            self.ports[port] += 1
+            self.ports[port] += sign
+
+    def copy(self) -> NodeLoad:
+        return NodeLoad(
+            self.tasks, self.cpus, self.memory, self.per_service.copy(), self.ports.copy()
+        )
 
 
 def fits(node: Node, load: NodeLoad, task: Task) -> str | None:
@@ -65,6 +72,15 @@ def _pending(task: Task) -> bool:
     return task.status.state == TaskState.PENDING and task.desired_state == DesiredState.RUNNING
 
 
+def _loads_node(task: Task) -> bool:
+    """Whether ``task`` takes up room on its node."""
+    return (
+        task.node_id is not None
+        and task.desired_state == DesiredState.RUNNING
+        and not task.status.state.terminal
+    )
+
+
 class Scheduler(Controller):
     """Assigns pending tasks to nodes, all at once."""
 
@@ -73,25 +89,58 @@ class Scheduler(Controller):
     def __init__(self, informer: Informer, events: EventRecorder) -> None:
         self.informer = informer
         self.events = events
+        # Indexes kept up to date from every task change (see ``keys_for``), so a
+        # pass costs what is pending, not what exists: pending task ids, and what
+        # each node already carries. Built from the informer on first use.
+        self._pending: set[str] = set()
+        self._loads: dict[str, NodeLoad] = defaultdict(NodeLoad)
+        self._indexed = False
 
     def all_keys(self) -> Iterable[str]:
         return (KEY,)
 
     def keys_for(self, old: Object | None, new: Object | None) -> Iterable[str]:
-        if isinstance(new, Task) and _pending(new):
-            return (KEY,)
         if isinstance(new or old, Node):
             return (KEY,)
-        if isinstance(old, Task) and old.node_id and (new is None or _freed(old, new)):
+        old_task = old if isinstance(old, Task) else None
+        new_task = new if isinstance(new, Task) else None
+        if old_task is None and new_task is None:
+            return ()
+        if self._indexed:
+            self._track(old_task, new_task)
+        if new_task is not None and _pending(new_task):
+            return (KEY,)
+        if old_task is not None and old_task.node_id and (new is None or _freed(old_task, new)):
             return (KEY,)  # capacity was freed
         return ()
 
+    def _track(self, old: Task | None, new: Task | None) -> None:
+        if old is not None and old.node_id and _loads_node(old):
+            self._loads[old.node_id].add(old, -1)
+        if new is not None and new.node_id and _loads_node(new):
+            self._loads[new.node_id].add(new)
+        if new is not None and _pending(new):
+            self._pending.add(new.id)
+        elif old is not None:
+            self._pending.discard(old.id)
+
+    def _index(self) -> None:
+        self._pending.clear()
+        self._loads.clear()
+        for entry in self.informer.all_tasks():
+            self._track(None, entry.obj)
+        self._indexed = True
+
     async def reconcile(self, key: str) -> Outcome:
-        pending = [e for e in self.informer.all_tasks() if _pending(e.obj)]
+        if not self._indexed:
+            self._index()
+        pending = [self.informer.tasks[i] for i in self._pending if i in self.informer.tasks]
         if not pending:
             return Done()
         nodes = [e.obj for e in self.informer.nodes.values() if e.obj.schedulable]
-        loads = self._loads(nodes)
+        # This pass counts its own placements in scratch copies of the loads it
+        # changes; the real indexes learn about them when the commit comes back.
+        loads = _ScratchLoads(self._loads)
         by_service: dict[str, list[Entry[Task]]] = defaultdict(list)
         for entry in pending:
             by_service[entry.obj.service].append(entry)
@@ -104,50 +153,72 @@ class Scheduler(Controller):
             await self.informer.commit(changes)
         return Done()
 
-    def _loads(self, nodes: list[Node]) -> dict[str, NodeLoad]:
-        loads: dict[str, NodeLoad] = {}
-        for node in nodes:
-            load = NodeLoad()
-            for entry in self.informer.tasks_on_node(node.id):
-                task = entry.obj
-                if task.desired_state == DesiredState.RUNNING and not task.status.state.terminal:
-                    load.add(task)
-            loads[node.id] = load
-        return loads
-
     def _place_service(
         self,
         name: str,
         entries: list[Entry[Task]],
         nodes: list[Node],
-        loads: dict[str, NodeLoad],
+        loads: _ScratchLoads,
         now: datetime,
     ) -> list[Change]:
         service_entry = self.informer.service(name)
-        service: Service | None = service_entry.obj if service_entry else None
-        changes: list[Change] = []
-        # Static filters once per (node, runtime) for this service.
+        placement = service_entry.obj.spec.placement if service_entry else None
+        by_id = {node.id: node for node in nodes}
         static: dict[tuple[str, str], str | None] = {}
+
+        def mismatch(node: Node, task: Task) -> str | None:
+            key = (node.id, task.template.runtime)
+            if key not in static:
+                static[key] = static_mismatch(node, task.template, placement) if placement else None
+            return static[key]
+
+        def rank(node_id: str) -> tuple[int, int, str]:
+            load = loads[node_id]
+            return (load.per_service[name], load.tasks, node_id)
+
+        # Per task shape (runtime, reservations): a heap of the eligible nodes by
+        # spread rank, so placing T tasks on N nodes costs O(T log N), not O(T N).
+        heaps: dict[tuple[str, Reservations], list[tuple[int, int, str]]] = {}
+        unschedulable: dict[tuple[str, Reservations], str] = {}
+        changes: list[Change] = []
         for entry in entries:
             task = entry.obj
-            placement = service.spec.placement if service else None
-            reasons: Counter[str] = Counter()
-            candidates: list[Node] = []
-            for node in nodes:
-                if task.node_id and node.id != task.node_id:
-                    continue
-                static_key = (node.id, task.template.runtime)
-                if static_key not in static:
-                    static[static_key] = (
-                        static_mismatch(node, task.template, placement) if placement else None
-                    )
-                reason = static[static_key] or fits(node, loads[node.id], task)
-                if reason:
-                    reasons[reason] += 1
+            shape = (task.template.runtime, task.template.resources.reservations)
+            chosen: Node | None = None
+            message = unschedulable.get(shape, "")
+            if task.node_id:  # a global service's task: its own node or nothing
+                node = by_id.get(task.node_id)
+                reason = (
+                    None
+                    if node is None
+                    else mismatch(node, task) or fits(node, loads[node.id], task)
+                )
+                if node is not None and reason is None:
+                    chosen = node
                 else:
-                    candidates.append(node)
-            if not candidates:
-                message = _no_node_message(task, reasons, len(nodes))
+                    message = _no_node_message(task, Counter([reason] if reason else []), 1)
+            elif not message:
+                heap = heaps.get(shape)
+                if heap is None:
+                    heap = [rank(n.id) for n in nodes if mismatch(n, task) is None]
+                    heapq.heapify(heap)
+                    heaps[shape] = heap
+                while heap:
+                    current = rank(heap[0][2])
+                    if heap[0] != current:  # placements since it was pushed
+                        heapq.heapreplace(heap, current)
+                        continue
+                    node = by_id[current[2]]
+                    if fits(node, loads[node.id], task) is None:
+                        chosen = node
+                        break
+                    heapq.heappop(heap)  # full for this shape; loads only grow
+                if chosen is None:
+                    reasons = Counter(
+                        mismatch(n, task) or fits(n, loads[n.id], task) or "?" for n in nodes
+                    )
+                    message = unschedulable[shape] = _no_node_message(task, reasons, len(nodes))
+            if chosen is None:
                 if task.status.message != message:
                     status = task.status.model_copy(update={"message": message, "timestamp": now})
                     changes.append(
@@ -157,11 +228,7 @@ class Scheduler(Controller):
                         f"service/{name}", "Unschedulable", f"{task.name}: {message}", True
                     )
                 continue
-            chosen = min(
-                candidates,
-                key=lambda n: (loads[n.id].per_service[name], loads[n.id].tasks, n.id),
-            )
-            loads[chosen.id].add(task)
+            loads.add(chosen.id, task)
             assigned = task.model_copy(
                 update={
                     "node_id": chosen.id,
@@ -172,6 +239,22 @@ class Scheduler(Controller):
             )
             changes.append(Change.put(assigned, entry.revision))
         return changes
+
+
+class _ScratchLoads:
+    """Node loads as one scheduling pass sees them: copy-on-write over the index."""
+
+    def __init__(self, base: dict[str, NodeLoad]) -> None:
+        self._base = base
+        self._changed: dict[str, NodeLoad] = {}
+
+    def __getitem__(self, node_id: str) -> NodeLoad:
+        return self._changed.get(node_id) or self._base[node_id]
+
+    def add(self, node_id: str, task: Task) -> None:
+        if node_id not in self._changed:
+            self._changed[node_id] = self._base[node_id].copy()
+        self._changed[node_id].add(task)
 
 
 def _freed(old: Task, new: Object) -> bool:
