@@ -304,10 +304,24 @@ class LeaseElection(Election):
                 self._lose("the lease expired")
                 return
             except (StoreError, TimeoutError) as exc:
-                self.last_error = str(exc) or "a lease keep-alive timed out"
+                self.last_error = str(exc) or await self._diagnose("a lease keep-alive timed out")
                 log.warning("election.keepalive_failed", manager=self.me.id, error=self.last_error)
                 continue
             self._deadline = sent + self.ttl
+
+    async def _diagnose(self, what: str) -> str:
+        """``what`` happened; say why, as far as asking each store endpoint tells."""
+        try:
+            health = await asyncio.wait_for(self.store.health(), 3.0)
+        except (StoreError, TimeoutError):
+            return f"{what}; the store does not answer"
+        reachable = [h for h in health if not h.detail.startswith("unreachable")]
+        if any(h.healthy for h in health):
+            return f"{what}; {len(reachable)} of {len(health)} store endpoints answer"
+        return (
+            f"{what}: the store has lost its quorum ({len(reachable)} of {len(health)} "
+            "members reachable, none has a leader)"
+        )
 
     # --------------------------------------------------------------- observe
 

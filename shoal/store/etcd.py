@@ -241,7 +241,7 @@ class EtcdStore(Store):
         unknown = " (the write may or may not have been applied)" if write else ""
         if self._closed:
             return StoreUnavailableError(f"{self.url} is closed")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED or "deadline exceeded" in details:
             return StoreUnavailableError(
                 f"{where} did not answer {what} within {self.timeout:g}s: is a quorum of its "
                 f"members up?{unknown}"
