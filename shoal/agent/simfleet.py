@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 from collections.abc import AsyncIterator
 
 import structlog
@@ -57,6 +58,10 @@ class SimFleet:
     async def start(self) -> None:
         for first in range(0, len(self.agents), WAVE):
             await asyncio.gather(*(a.start() for a in self.agents[first : first + WAVE]))
+        # A thousand agents are a lot of long-lived objects; without this every
+        # full collection would walk all of them again, and that shows up as
+        # latency on every node at once.
+        gc.freeze()
         log.info("simfleet.started", nodes=len(self.agents))
 
     async def wait(self) -> BaseException | None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from shoal.errors import NotFoundError, TaskRejectedError
 from shoal.models import RuntimeInfo
@@ -76,6 +76,7 @@ class SimRuntime(Runtime):
         super().__init__(settings)
         self._tasks: dict[str, _SimTask] = {}
         self._journal = settings.state_dir / JOURNAL
+        self._file: TextIO | None = None
 
     async def describe(self) -> RuntimeInfo:
         return RuntimeInfo(name=self.name, available=True, message="simulated tasks")
@@ -183,12 +184,21 @@ class SimRuntime(Runtime):
         return [self._handle(task_id) for task_id in self._tasks]
 
     def _append(self, entry: dict[str, Any]) -> None:
-        self._journal.parent.mkdir(parents=True, exist_ok=True)
-        with self._journal.open("a") as journal:
-            journal.write(json.dumps(entry) + "\n")
+        if self._file is None:  # opened once: a node may start thousands of sim tasks
+            self._journal.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self._journal.open("a", buffering=1)  # line-buffered
+        self._file.write(json.dumps(entry) + "\n")
+
+    async def aclose(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def _rewrite(self) -> None:
         """Compact the journal to the tasks that still exist."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         tmp = self._journal.with_suffix(".tmp")
         with tmp.open("w") as journal:
             for task in self._tasks.values():
