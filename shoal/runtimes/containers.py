@@ -283,6 +283,7 @@ class ContainerRuntime(Runtime):
         self._closed = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._images: dict[str, float] = {}
+        self._image_locks: dict[str, asyncio.Lock] = {}
 
     @abc.abstractmethod
     def make_engine(self, threads: int) -> Engine:
@@ -405,16 +406,18 @@ class ContainerRuntime(Runtime):
         if policy == "always":
             await self._call(lambda e: e.pull(image))
             return
-        seen = self._images.get(image)
-        if seen is not None and time.monotonic() - seen < _IMAGE_CACHE_SECONDS:
-            return
-        if not await self._call(lambda e: e.image_present(image)):
-            if policy == "never":
-                raise TaskRejectedError(
-                    f"image {image!r} is not present on this node and imagePullPolicy is never"
-                )
-            await self._call(lambda e: e.pull(image))
-        self._images[image] = time.monotonic()
+        # One check per image at a time: 50 replicas starting together ask once.
+        async with self._image_locks.setdefault(image, asyncio.Lock()):
+            seen = self._images.get(image)
+            if seen is not None and time.monotonic() - seen < _IMAGE_CACHE_SECONDS:
+                return
+            if not await self._call(lambda e: e.image_present(image)):
+                if policy == "never":
+                    raise TaskRejectedError(
+                        f"image {image!r} is not present on this node and imagePullPolicy is never"
+                    )
+                await self._call(lambda e: e.pull(image))
+            self._images[image] = time.monotonic()
 
     async def inspect(self, handle: TaskHandle) -> Observation:
         state = await self._state(handle)

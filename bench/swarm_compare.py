@@ -1,0 +1,246 @@
+"""shoal vs Docker Swarm mode vs the engine's floor, on the same Docker engine.
+
+One run, three measurements of the same work: N replicas (default 50) of the
+busybox test image running ``sleep``, timed from the request until all N are
+running, each seen through its own orchestrator's view:
+
+floor   the same N containers created and started directly through the docker
+        SDK, in parallel (as many threads as shoal's docker runtime uses, 16);
+        done when every start call returned (a started container is running).
+shoal   a real ``shoal up`` (manager + agent, SQLite, docker runtime): the Apply
+        call until the service reports N running tasks.
+swarm   ``docker swarm init --advertise-addr 127.0.0.1`` (left again afterwards if
+        this script initialised it), a service of N replicas created through the
+        SDK (as ``docker service create`` does) until N tasks are running.
+
+Each is run ``--rounds`` times (default 3) and the median is reported, with the
+ratios shoal/swarm and shoal/floor. Needs root, dockerd and the test image
+(``deploy/engines.sh``).
+
+    .venv/bin/python bench/swarm_compare.py [--replicas 50] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+
+from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+from shoal.errors import ApiError
+
+IMAGE = "shoal-test/busybox:latest"
+THREADS = 16
+
+
+def sdk() -> Any:
+    return docker.DockerClient(
+        base_url="unix:///var/run/docker.sock", version="1.41", max_pool_size=THREADS, timeout=120
+    )
+
+
+def remove_label(client: Any, label: str) -> None:
+    for container in client.containers.list(all=True, sparse=True, filters={"label": label}):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+def floor(replicas: int) -> float:
+    client = sdk()
+    run = secrets.token_hex(4)
+    label = f"bench-floor={run}"
+
+    def one(index: int) -> None:
+        container = client.containers.create(
+            IMAGE, ["sleep", "3600"], name=f"floor-{run}-{index}", labels={"bench-floor": run}
+        )
+        container.start()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(one, range(replicas)))
+    elapsed = time.perf_counter() - started
+    running = client.containers.list(sparse=True, filters={"label": label, "status": "running"})
+    if len(running) != replicas:
+        raise SystemExit(f"floor: {len(running)} of {replicas} containers running")
+    remove_label(client, label)
+    return elapsed
+
+
+def shoal_service(name: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "shoal/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "template": {
+                "runtime": "docker",
+                "image": IMAGE,
+                "command": ["sleep", "3600"],
+                "stopGracePeriod": "1s",
+            },
+        },
+    }
+
+
+async def shoal_round(address: str, replicas: int, node: str) -> float:
+    channel = open_channel(address)
+    client = Client(channel, CONTROL_SERVICE)
+    name = f"bench-{secrets.token_hex(3)}"
+    try:
+        started = time.perf_counter()
+        await client.call("Apply", {"services": [shoal_service(name, replicas)]})
+        while True:
+            reply = await client.call("Get", {"kind": "services", "name": name})
+            if int(reply["items"][0]["status"]["runningTasks"]) >= replicas:
+                break
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        running = sdk().containers.list(
+            sparse=True, filters={"label": [f"io.shoal.node={node}", f"io.shoal.service={name}"]}
+        )
+        if len(running) != replicas:
+            raise SystemExit(f"shoal: {replicas} tasks report running, {len(running)} containers")
+        await client.call("Delete", {"kind": "services", "names": [name]})
+        while True:
+            reply = await client.call("Get", {"kind": "tasks", "all": True})
+            if not any(t["service"] == name for t in reply["items"]):
+                break
+            await asyncio.sleep(0.1)
+        return elapsed
+    finally:
+        await channel.close()
+
+
+async def wait_ready(address: str, server: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    channel = open_channel(address)
+    client = Client(channel, CONTROL_SERVICE)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                nodes = (await client.call("Get", {"kind": "nodes"}, timeout=2))["items"]
+                if any(
+                    n["status"]["state"] == "ready"
+                    and any(
+                        r["name"] == "docker" and r["available"]
+                        for r in n["description"]["runtimes"]
+                    )
+                    for n in nodes
+                ):
+                    return True
+            except ApiError:
+                pass
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await channel.close()
+
+
+def shoal(replicas: int, rounds: int, port: int) -> list[float]:
+    address = f"127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as state:
+        log_path = Path(state) / "shoal.log"
+        with log_path.open("w") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "shoal", "up", "--state-dir", state, "--listen", address],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        node = ""
+        try:
+            if not asyncio.run(wait_ready(address, server)):
+                print(log_path.read_text()[-3000:], file=sys.stderr)
+                raise SystemExit("shoal up did not become ready with the docker runtime")
+            node = asyncio.run(_node_name(address))
+            return [asyncio.run(shoal_round(address, replicas, node)) for _ in range(rounds)]
+        finally:
+            server.terminate()
+            server.wait(30)
+            if node:
+                remove_label(sdk(), f"io.shoal.node={node}")
+
+
+async def _node_name(address: str) -> str:
+    channel = open_channel(address)
+    try:
+        nodes = (await Client(channel, CONTROL_SERVICE).call("Get", {"kind": "nodes"}))["items"]
+        return str(nodes[0]["id"])
+    finally:
+        await channel.close()
+
+
+def swarm(replicas: int, rounds: int) -> list[float]:
+    client = sdk()
+    joined = client.info().get("Swarm", {}).get("LocalNodeState") == "active"
+    if not joined:
+        subprocess.run(
+            ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
+            check=True,
+            capture_output=True,
+        )
+    times = []
+    try:
+        for _ in range(rounds):
+            name = f"bench-{secrets.token_hex(3)}"
+            started = time.perf_counter()
+            service = client.services.create(
+                IMAGE,
+                ["sleep", "3600"],
+                name=name,
+                mode=docker.types.ServiceMode("replicated", replicas=replicas),
+                stop_grace_period=1_000_000_000,
+            )
+            while True:
+                states = [t["Status"]["State"] for t in service.tasks()]
+                if states.count("running") >= replicas:
+                    break
+                time.sleep(0.05)
+            times.append(time.perf_counter() - started)
+            service.remove()
+            while client.containers.list(
+                all=True, sparse=True, filters={"label": f"com.docker.swarm.service.name={name}"}
+            ):
+                time.sleep(0.2)
+    finally:
+        if not joined:
+            subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=7496)
+    args = parser.parse_args()
+
+    floors = [floor(args.replicas) for _ in range(args.rounds)]
+    shoals = shoal(args.replicas, args.rounds, args.port)
+    swarms = swarm(args.replicas, args.rounds)
+    f, s, w = (statistics.median(x) for x in (floors, shoals, swarms))
+    print(f"replicas: {args.replicas}, rounds: {args.rounds} (median shown)")
+    print(f"floor  (SDK, {THREADS} threads): {f:6.2f} s   {' '.join(f'{x:.2f}' for x in floors)}")
+    print(f"shoal  (apply → all running): {s:6.2f} s   {' '.join(f'{x:.2f}' for x in shoals)}")
+    print(f"swarm  (create → all running): {w:6.2f} s   {' '.join(f'{x:.2f}' for x in swarms)}")
+    print(f"shoal/swarm: {s / w:.2f}  (goal ≤ 0.65)")
+    print(f"shoal/floor: {s / f:.2f}  (goal ≤ 1.15)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
