@@ -137,6 +137,9 @@ class Agent:
             for handle in handles:
                 self.recovered[handle.task_id] = (runtime, handle)
         self.runtime_info = [await r.describe() for r in self.runtimes.values()]
+        for info in self.runtime_info:
+            if not info.available:  # e.g. an engine that is not running: say why, once
+                log.warning("agent.runtime_unavailable", runtime=info.name, reason=info.message)
         if settings.metrics_listen:
             host, port = split_host_port(settings.metrics_listen)
             start_http_server(port, host, self.registry)
