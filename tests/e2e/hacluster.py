@@ -192,8 +192,9 @@ def ha_cluster(root: Path, managers: int = 3, agents: int = 2) -> Iterator[HAClu
             assert result.returncode == 0, result.stderr
             cluster.token = result.stdout.strip()
             for index in range(agents):
-                # Each agent is told about one manager only, not necessarily the leader.
-                cluster.start_agent(f"n{index + 1}", names[(index + 1) % managers])
+                # Each agent is told about one manager only: n1 the first leader (it must
+                # fail over to managers it learned of), n2 a follower (it is redirected).
+                cluster.start_agent(f"n{index + 1}", names[index % managers])
             wait_for(
                 lambda: (
                     len(

@@ -10,7 +10,9 @@ and tasks running on through an etcd quorum loss.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import signal
 import threading
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import task_processes, wait_for
+from tests.e2e.cluster import cluster_at, task_processes, wait_for
 from tests.e2e.hacluster import LEASE_TTL, HACluster, ha_cluster
 
 pytestmark = pytest.mark.slow
@@ -58,8 +60,27 @@ class SlotSampler:
             time.sleep(0.05)
 
 
+def current_leader(cluster: HACluster, among: list[str] | None = None) -> str:
+    """The leading manager, waiting for one (a busy machine can delay a renewal)."""
+    wait_for(lambda: cluster.leader(among) is not None, LEASE_TTL + 10, "a leader")
+    leader = cluster.leader(among)
+    assert leader is not None
+    return leader
+
+
 def alive(cluster: HACluster) -> list[str]:
     return [n for n, d in cluster.managers.items() if d.proc and d.proc.poll() is None]
+
+
+def connected_managers(cluster: HACluster, agent: str) -> list[str]:
+    """The managers an agent's sessions were with, in order, from its log."""
+    found = []
+    for line in cluster.agents[agent].log().splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if event.get("event") == "agent.connected":
+                found.append(str(event["manager"]))
+    return found
 
 
 def no_orphans(cluster: HACluster, manager: str) -> None:
@@ -94,8 +115,7 @@ def test_leader_sigkill_during_applies_and_scales(ha: HACluster) -> None:
         thread.start()
         try:
             wait_for(lambda: len(acknowledged) >= 3, 60, "acknowledged applies")
-            leader = ha.leader()
-            assert leader is not None
+            leader = current_leader(ha)
             ha.managers[leader].kill()
             killed_at = time.monotonic()
             before_kill = len(acknowledged)
@@ -105,8 +125,7 @@ def test_leader_sigkill_during_applies_and_scales(ha: HACluster) -> None:
         finally:
             stop.set()
             thread.join(60)
-        new_leader = ha.leader()
-        assert new_leader is not None
+        new_leader = current_leader(ha)
         services = ha.call(new_leader, "Get", {"kind": "services"})["items"]
         stored = {s["metadata"]["name"]: s["spec"].get("replicas") for s in services}
         assert not [name for name in acknowledged if name not in stored]
@@ -119,6 +138,25 @@ def test_leader_sigkill_during_applies_and_scales(ha: HACluster) -> None:
                 40,
                 f"{name} to run {replicas} tasks",
             )
+        # n1 was given only the dead leader's address: it failed over to one it learned.
+        wait_for(
+            lambda: (
+                sorted(
+                    n["id"]
+                    for n in ha.call(new_leader, "Get", {"kind": "nodes"})["items"]
+                    if n["status"]["state"] == "ready"
+                )
+                == ["n1", "n2"]
+            ),
+            20,
+            "both agents with the new leader",
+        )
+        wait_for(
+            lambda: ha.address(leader) not in connected_managers(ha, "n1")[-1:],
+            20,
+            "n1 to connect to another manager",
+        )
+        assert connected_managers(ha, "n1")[0] == ha.address(leader)
         time.sleep(1.0)  # a last second of samples with everything running
     assert failover <= LEASE_TTL + 5, f"a new leader took {failover:.1f}s"
     assert sampler.samples > 50
@@ -129,8 +167,7 @@ def test_leader_sigkill_during_applies_and_scales(ha: HACluster) -> None:
 def test_frozen_leader_makes_no_write_after_its_lease_and_steps_down(ha: HACluster) -> None:
     assert ha.apply("m1", "ha-frozen", 2)
     wait_for(lambda: len(ha.running("m1", "ha-frozen")) == 2, 30, "ha-frozen running")
-    frozen = ha.leader()
-    assert frozen is not None
+    frozen = current_leader(ha)
     old_term = next(
         e["term"] for e in reversed(ha.log_events(frozen)) if e["event"] == "election.elected"
     )
@@ -191,14 +228,19 @@ def test_etcd_leader_member_sigkill_keeps_shoal_working(ha: HACluster) -> None:
 
     wait_for(scaled, 15, "a scale to succeed", interval=0.5)
     wait_for(lambda: ha.apply("m3", "ha-member-new", 1), 15, "an apply to succeed", interval=0.5)
-    leader = ha.leader()
-    assert leader is not None
+    leader = current_leader(ha)
     wait_for(lambda: len(ha.running(leader, "ha-member")) == 3, 30, "3 tasks")
     wait_for(lambda: len(ha.running(leader, "ha-member-new")) == 1, 30, "the new service")
     assert pids <= set(task_processes("ha-member"))
     status = ha.cli(leader, "cluster", "status")
     assert status.returncode == 1  # one endpoint down is reported, and says so
     assert status.stdout.count("UNHEALTHY") == 1 and member.endpoint in status.stdout
+    # What a follower cannot answer itself, it forwards: describe needs the leader's state.
+    follower = next(n for n in ha.managers if n != leader)
+    described = ha.cli(follower, "describe", "service", "ha-member")
+    assert described.returncode == 0 and "ha-member" in described.stdout, described.stderr
+    logs = ha.cli(follower, "logs", "ha-member", "--tail", "5")
+    assert logs.returncode == 0, logs.stderr
 
 
 def test_quorum_loss_fails_writes_keeps_tasks_and_recovers(ha: HACluster) -> None:
@@ -224,11 +266,21 @@ def test_quorum_loss_fails_writes_keeps_tasks_and_recovers(ha: HACluster) -> Non
     for member in ha.etcd.members[1:]:
         member.start()
     wait_for(lambda: ha.apply("m2", "ha-after", 1), 40, "writes to work again", interval=0.5)
-    leader = ha.leader()
-    assert leader is not None
+    leader = current_leader(ha)
     wait_for(lambda: len(ha.running(leader, "ha-after")) == 1, 30, "the new service to run")
     wait_for(lambda: len(ha.running(leader, "ha-quorum")) == 2, 30, "ha-quorum under a leader")
     assert set(task_processes("ha-quorum")) == pids  # never restarted
     assert {n: d.proc.pid for n, d in ha.managers.items() if d.proc} == manager_pids
     assert all(d.proc and d.proc.poll() is None for d in ha.managers.values())
     no_orphans(ha, leader)
+
+
+def test_cluster_status_on_sqlite_shows_the_sole_manager(tmp_path: Path) -> None:
+    with cluster_at(tmp_path) as cluster:
+        table = cluster.cli("cluster", "status")
+        assert "leader" in table.stdout and cluster.address in table.stdout
+        assert "sqlite://" in table.stdout and "state.db  healthy" in table.stdout
+        status = json.loads(cluster.cli("cluster", "status", "-o", "json").stdout)
+        assert status["leader"] == cluster.address
+        assert [m["address"] for m in status["managers"]] == [cluster.address]
+        assert [e["healthy"] for e in status["store"]["endpoints"]] == [True]

@@ -63,14 +63,20 @@ async def test_killing_the_connected_member_moves_to_another(cluster: EtcdCluste
         cluster.members[0].kill()
         started = time.monotonic()
         unknown = 0
-        for i in range(20, 60):
+        i = 20
+        streak = 0
+        while streak < 40:  # until 40 writes in a row succeed on the other members
+            assert time.monotonic() - started < 10, f"no failover: {unknown} writes failed"
             try:
                 written[f"/w/{i}"] = await store.put(f"/w/{i}", b"")
+                streak += 1
             except StoreUnavailableError as exc:
+                # In flight when the member died, or during the election of a new etcd
+                # leader if it was the leader: reported, never retried.
                 assert "may or may not have been applied" in str(exc)
                 unknown += 1
-        assert time.monotonic() - started < 10
-        assert unknown <= 1  # only a write in flight when the member died
+                streak = 0
+            i += 1
         kvs, _ = await store.range("/w/")
         assert {kv.key for kv in kvs} >= set(written)
         # The watch resumed on another member: every event once, in order.
