@@ -97,14 +97,30 @@ def test_a_dead_fleet_is_seen_as_dead_nodes_and_its_tasks_move(cluster: Cluster)
         3 * HEARTBEAT + 10,
         "the killed fleet's nodes to be down",
     )
-    wait_for(
-        lambda: (
-            len(cluster.running("sm-move")) == 16
-            and all(str(t["nodeId"]).startswith("keep-") for t in cluster.running("sm-move"))
-        ),
-        20,
-        "every task on the surviving nodes",
-    )
+    try:
+        wait_for(
+            lambda: (
+                len(cluster.running("sm-move")) == 16
+                and all(str(t["nodeId"]).startswith("keep-") for t in cluster.running("sm-move"))
+            ),
+            30,
+            "every task on the surviving nodes",
+        )
+    except AssertionError as exc:
+        tasks = [
+            (
+                t["name"],
+                t["nodeId"],
+                t["desiredState"],
+                t["status"]["state"],
+                t["status"]["message"],
+            )
+            for t in cluster.tasks("sm-move", all=True)
+        ]
+        nodes = [
+            (n["id"], n["status"]["state"]) for n in cluster.call("Get", {"kind": "nodes"})["items"]
+        ]
+        raise AssertionError(f"{exc}\ntasks: {tasks}\nnodes: {nodes}") from None
 
 
 def test_sim_behaviour_drives_exit_codes_restarts_and_rejection(cluster: Cluster) -> None:
