@@ -32,7 +32,7 @@ ETCDCTL = shutil.which("etcdctl")
 
 def require_etcd() -> str:
     """The etcd binary; skip (or fail under ``SHOAL_REQUIRE_ENGINES=1``) without it."""
-    if ETCD is None:
+    if ETCD is None or ETCDCTL is None:
         reason = "etcd is not installed (apt-get install etcd-server etcd-client)"
         if os.environ.get("SHOAL_REQUIRE_ENGINES") == "1":
             pytest.fail(f"{reason}, and SHOAL_REQUIRE_ENGINES=1 forbids skipping", pytrace=False)
