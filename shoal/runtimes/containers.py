@@ -47,7 +47,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -80,6 +80,8 @@ _POLL_WITHOUT_EVENTS = 0.5
 _STOP_POLL = 0.05
 _KILL_TIMEOUT = 10.0
 _IMAGE_CACHE_SECONDS = 30.0
+# A container younger than this when stopped gets its stop signal a second time.
+_SETTLE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +253,12 @@ def exit_status(state: ContainerState) -> ExitStatus:
     if state.error:
         message += f": {state.error}"
     return ExitStatus(exit_code=code, message=message)
+
+
+def _age(started_at: datetime | None) -> float | None:
+    if started_at is None:
+        return None
+    return (datetime.now(UTC) - started_at).total_seconds()
 
 
 def split_lines(chunks: Iterator[bytes]) -> Iterator[str]:
@@ -448,7 +456,17 @@ class ContainerRuntime(Runtime):
             return
         if signal.upper() not in ("SIGKILL", "KILL", "9") and grace > 0:
             await self._call(lambda e: e.kill(container_id, signal))
-            if await self._stopped_within(container_id, grace):
+            deadline = time.monotonic() + grace
+            # A container that has only just started may not have installed its
+            # handlers yet (an init as pid 1 ignores what it does not handle):
+            # one more signal once it is a second old closes that race.
+            age = _age(state.started_at)
+            if age is not None and age < _SETTLE:
+                settle = min(_SETTLE - age, grace)
+                if await self._stopped_within(container_id, settle):
+                    return
+                await self._call(lambda e: e.kill(container_id, signal))
+            if await self._stopped_within(container_id, max(deadline - time.monotonic(), 0)):
                 return
         await self._call(lambda e: e.kill(container_id, "SIGKILL"))
         if not await self._stopped_within(container_id, _KILL_TIMEOUT):
@@ -547,15 +565,14 @@ def parse_time(raw: Any) -> datetime | None:
         return None
     text = raw.replace("Z", "+00:00")
     # Python's fromisoformat takes at most microseconds.
-    if "." in text:
-        head, rest = text.split(".", 1)
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits) :]
-        text = f"{head}.{digits[:6]}{zone}"
+    match = re.match(r"^([^.]*)\.(\d+)(.*)$", text)
+    if match:
+        text = f"{match.group(1)}.{match.group(2)[:6]}{match.group(3)}"
     try:
-        return datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def state_from_attrs(attrs: dict[str, Any]) -> ContainerState:

@@ -256,5 +256,7 @@ async def test_exec_runs_inside_the_container(runtime: Runtime, runtime_name: st
                 break
     result = await runtime.exec(handle, ["cat", "/marker"], 5.0)
     assert (result.exit_code, result.output.strip()) == (0, "inside")
+    started_at = (await runtime.inspect(handle)).started_at
+    assert started_at is not None and started_at.tzinfo is not None  # aware, as the models need
     assert (await runtime.exec(handle, ["sh", "-c", "exit 3"], 5.0)).exit_code == 3
     await runtime.stop(handle, "SIGKILL", 0)
