@@ -207,11 +207,15 @@ class LeaseElection(Election):
             try:
                 await self._term(on_elected, on_deposed)
                 delay = 0.1
-            except StoreError as exc:
+                continue
+            except (StoreError, NotFoundError) as exc:  # NotFoundError: our lease expired
                 self.last_error = str(exc)
                 log.warning("election.store_error", manager=self.me.id, error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            except Exception as exc:  # a bug must not end campaigning for good
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("election.failed", manager=self.me.id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _term(self, on_elected: Callback, on_deposed: Callback) -> None:
         """One lease: announce, campaign until elected or the lease is lost, lead, step down."""

@@ -310,16 +310,18 @@ async def test_slow_watcher_gets_compacted_error(backend: str, make_store: Store
 
 async def test_aclose_ends_watches_and_refuses_calls(store: Store) -> None:
     base = await store.revision()
+    delivered = asyncio.Event()
 
     async def drain() -> int:
         seen = 0
         async for batch in store.watch("/", base + 1):
             seen += len(batch)
+            delivered.set()
         return seen
 
     await store.put("/a", b"")
     watcher = asyncio.create_task(drain())
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(delivered.wait(), 2.0)  # the watch is live, then the store closes
     await store.aclose()
     assert await asyncio.wait_for(watcher, 2.0) == 1
     await store.aclose()  # idempotent
