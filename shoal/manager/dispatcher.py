@@ -52,20 +52,23 @@ class SessionError(ShoalError):
     """The agent's session is unknown or expired; it must register again."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: sessions live in sets
 class AgentSession:
-    """One connected agent."""
+    """One connected agent: what to send it, and what it was sent."""
 
     id: str
     node_id: str
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    outbox: asyncio.Queue[Payload | None] = field(default_factory=asyncio.Queue)
     dirty: set[str] = field(default_factory=set)
-    outbox: list[Payload] = field(default_factory=list)
     sent: dict[str, tuple[str, bool]] = field(default_factory=dict)
     closed: bool = False
 
-    def notify(self) -> None:
-        self.wake.set()
+    def send(self, message: Payload) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        self.closed = True
+        self.outbox.put_nowait(None)
 
 
 @dataclass
@@ -98,13 +101,17 @@ class Dispatcher:
         self.sessions: dict[str, AgentSession] = {}  # by node id
         self.subscriptions: dict[str, LogSubscription] = {}
         self.status_writer = StatusWriter(informer)
+        # Sessions with changed tasks; one flusher turns them into messages, so a
+        # scheduling pass over a thousand nodes costs one wake-up, not a thousand.
+        self._dirty: set[AgentSession] = set()
+        self._flush_wanted = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
         informer.subscribe(self._on_change)
 
     def close_sessions(self) -> None:
         """End every agent session (this manager stopped leading); agents reconnect."""
         for session in list(self.sessions.values()):
-            session.closed = True
-            session.notify()
+            session.close()
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -122,7 +129,21 @@ class Dispatcher:
             session = self.sessions.get(node_id) if node_id else None
             if session:
                 session.dirty.add(task.id)
-                session.notify()
+                self._dirty.add(session)
+                self._flush_wanted.set()
+
+    async def _flush(self) -> None:
+        """Send each dirty session its changes: coalesced, at most once per window."""
+        while True:
+            await self._flush_wanted.wait()
+            await asyncio.sleep(COALESCE)
+            self._flush_wanted.clear()
+            dirty, self._dirty = self._dirty, set()
+            for session in dirty:
+                update = None if session.closed else self._incremental(session)
+                if update:
+                    session.send(update)
+            await asyncio.sleep(BATCH_WINDOW)
 
     # ----------------------------------------------------------------- RPCs
 
@@ -137,8 +158,7 @@ class Dispatcher:
         session = AgentSession(id=secrets.token_hex(8), node_id=node_id)
         previous = self.sessions.get(node_id)
         if previous:
-            previous.closed = True
-            previous.notify()
+            previous.close()
         self.sessions[node_id] = session
         self.heartbeats.beat(node_id)
         log.info("agent.session", node=node_id, session=session.id, peer=context.peer())
@@ -151,17 +171,13 @@ class Dispatcher:
             tasks = [e.obj for e in self.informer.tasks_on_node(node_id)]
             session.sent = {t.id: _fingerprint(t) for t in tasks}
             yield {"type": "assignments", "full": True, "tasks": [t.to_wire() for t in tasks]}
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.create_task(self._flush(), name="dispatcher-flush")
             while not session.closed:
-                await session.wake.wait()
-                await asyncio.sleep(COALESCE)
-                session.wake.clear()
-                for message in session.outbox:
-                    yield message
-                session.outbox.clear()
-                update = self._incremental(session)
-                if update:
-                    yield update
-                    await asyncio.sleep(BATCH_WINDOW)
+                message = await session.outbox.get()
+                if message is None:
+                    break
+                yield message
         finally:
             session.closed = True
             if self.sessions.get(node_id) is session:
@@ -216,8 +232,7 @@ class Dispatcher:
         session = self._session_for(request)
         entry = self.informer.nodes.get(session.node_id)
         if entry is None or entry.obj.status.state != NodeState.READY:
-            session.closed = True
-            session.notify()
+            session.close()
             raise SessionError(f"node {session.node_id} was marked down; register again")
         self.heartbeats.beat(session.node_id)
         return {"heartbeatPeriod": self.heartbeat_period}
@@ -260,7 +275,7 @@ class Dispatcher:
             if session is None:
                 missing.append(node_id)
                 continue
-            session.outbox.append(
+            session.send(
                 {
                     "type": "logs",
                     "subscriptionId": subscription.id,
@@ -269,7 +284,6 @@ class Dispatcher:
                     "tail": tail,
                 }
             )
-            session.notify()
         return subscription, missing
 
     def end_logs(self, subscription: LogSubscription, node_ids: list[str]) -> None:
@@ -277,5 +291,4 @@ class Dispatcher:
         for node_id in node_ids:
             session = self.sessions.get(node_id)
             if session:
-                session.outbox.append({"type": "logs-cancel", "subscriptionId": subscription.id})
-                session.notify()
+                session.send({"type": "logs-cancel", "subscriptionId": subscription.id})

@@ -116,6 +116,8 @@ class Orchestrator(Controller):
     """Keeps every service's slots filled with the right tasks."""
 
     name = "orchestrator"
+    # Services are independent keys: let slow commits of one overlap work on others.
+    workers = 4
 
     def __init__(self, informer: Informer, events: EventRecorder) -> None:
         self.informer = informer
