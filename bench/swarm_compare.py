@@ -13,8 +13,9 @@ swarm   ``docker swarm init --advertise-addr 127.0.0.1`` (left again afterwards 
         this script initialised it), a service of N replicas created through the
         SDK (as ``docker service create`` does) until N tasks are running.
 
-Each is run ``--rounds`` times (default 3) and the median is reported, with the
-ratios shoal/swarm and shoal/floor. Needs root, dockerd and the test image
+Rounds (``--rounds``, default 3) run the three one after the other, so that
+each round's figures share the machine's load; the medians are reported, with
+the ratios shoal/swarm and shoal/floor. Needs root, dockerd and the test image
 (``deploy/engines.sh``).
 
     .venv/bin/python bench/swarm_compare.py [--replicas 50] [--rounds 3]
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,7 +107,12 @@ async def shoal_round(address: str, replicas: int, node: str) -> float:
         started = time.perf_counter()
         await client.call("Apply", {"services": [shoal_service(name, replicas)]})
         while True:
-            reply = await client.call("Get", {"kind": "services", "name": name})
+            try:
+                reply = await client.call("Get", {"kind": "services", "name": name})
+            except ApiError as exc:  # a read may briefly trail the write it follows
+                if exc.code != "NOT_FOUND":
+                    raise
+                reply = {"items": [{"status": {"runningTasks": 0}}]}
             if int(reply["items"][0]["status"]["runningTasks"]) >= replicas:
                 break
             await asyncio.sleep(0.05)
@@ -151,7 +158,9 @@ async def wait_ready(address: str, server: subprocess.Popen[bytes], timeout: flo
         await channel.close()
 
 
-def shoal(replicas: int, rounds: int, port: int) -> list[float]:
+@contextlib.contextmanager
+def open_shoal(port: int) -> Iterator[tuple[str, str]]:
+    """A ``shoal up`` with the docker runtime working: ``(address, node name)``."""
     address = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as state:
         log_path = Path(state) / "shoal.log"
@@ -167,7 +176,7 @@ def shoal(replicas: int, rounds: int, port: int) -> list[float]:
                 print(log_path.read_text()[-3000:], file=sys.stderr)
                 raise SystemExit("shoal up did not become ready with the docker runtime")
             node = asyncio.run(_node_name(address))
-            return [asyncio.run(shoal_round(address, replicas, node)) for _ in range(rounds)]
+            yield address, node
         finally:
             server.terminate()
             server.wait(30)
@@ -184,7 +193,9 @@ async def _node_name(address: str) -> str:
         await channel.close()
 
 
-def swarm(replicas: int, rounds: int) -> list[float]:
+@contextlib.contextmanager
+def open_swarm() -> Iterator[Any]:
+    """This engine in swarm mode (initialised here, and left again, unless it already was)."""
     client = sdk()
     joined = client.info().get("Swarm", {}).get("LocalNodeState") == "active"
     if not joined:
@@ -193,33 +204,35 @@ def swarm(replicas: int, rounds: int) -> list[float]:
             check=True,
             capture_output=True,
         )
-    times = []
     try:
-        for _ in range(rounds):
-            name = f"bench-{secrets.token_hex(3)}"
-            started = time.perf_counter()
-            service = client.services.create(
-                IMAGE,
-                ["sleep", "3600"],
-                name=name,
-                mode=docker.types.ServiceMode("replicated", replicas=replicas),
-                stop_grace_period=1_000_000_000,
-            )
-            while True:
-                states = [t["Status"]["State"] for t in service.tasks()]
-                if states.count("running") >= replicas:
-                    break
-                time.sleep(0.05)
-            times.append(time.perf_counter() - started)
-            service.remove()
-            while client.containers.list(
-                all=True, sparse=True, filters={"label": f"com.docker.swarm.service.name={name}"}
-            ):
-                time.sleep(0.2)
+        yield client
     finally:
         if not joined:
             subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True)
-    return times
+
+
+def swarm_round(client: Any, replicas: int) -> float:
+    name = f"bench-{secrets.token_hex(3)}"
+    started = time.perf_counter()
+    service = client.services.create(
+        IMAGE,
+        ["sleep", "3600"],
+        name=name,
+        mode=docker.types.ServiceMode("replicated", replicas=replicas),
+        stop_grace_period=1_000_000_000,
+    )
+    while True:
+        states = [t["Status"]["State"] for t in service.tasks()]
+        if states.count("running") >= replicas:
+            break
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    service.remove()
+    while client.containers.list(
+        all=True, sparse=True, filters={"label": f"com.docker.swarm.service.name={name}"}
+    ):
+        time.sleep(0.2)
+    return elapsed
 
 
 def main() -> int:
@@ -229,9 +242,13 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=7496)
     args = parser.parse_args()
 
-    floors = [floor(args.replicas) for _ in range(args.rounds)]
-    shoals = shoal(args.replicas, args.rounds, args.port)
-    swarms = swarm(args.replicas, args.rounds)
+    # Rounds interleave the three, so each round's figures share the machine's load.
+    floors, shoals, swarms = [], [], []
+    with open_shoal(args.port) as (address, node), open_swarm() as client:
+        for _ in range(args.rounds):
+            floors.append(floor(args.replicas))
+            shoals.append(asyncio.run(shoal_round(address, args.replicas, node)))
+            swarms.append(swarm_round(client, args.replicas))
     f, s, w = (statistics.median(x) for x in (floors, shoals, swarms))
     print(f"replicas: {args.replicas}, rounds: {args.rounds} (median shown)")
     print(f"floor  (SDK, {THREADS} threads): {f:6.2f} s   {' '.join(f'{x:.2f}' for x in floors)}")

@@ -80,6 +80,8 @@ _POLL_WITHOUT_EVENTS = 0.5
 _STOP_POLL = 0.05
 _KILL_TIMEOUT = 10.0
 _IMAGE_CACHE_SECONDS = 30.0
+# How long the state seen at start stands in for an inspect (while events flow).
+_FRESH = 1.0
 # A container younger than this when stopped gets its stop signal a second time.
 _SETTLE = 1.0
 
@@ -178,7 +180,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def events(self, labels: dict[str, str]) -> Iterator[str]:
-        """Ids of containers with ``labels`` as things happen to them; blocks."""
+        """Ids of containers with ``labels`` as they exit or go away; blocks."""
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
@@ -261,6 +263,10 @@ def _age(started_at: datetime | None) -> float | None:
     return (datetime.now(UTC) - started_at).total_seconds()
 
 
+# Event actions after which a waiter looks again (Docker's and Podman's names).
+WAKE_ACTIONS = frozenset({"die", "died", "oom", "stop", "kill", "destroy", "remove", "cleanup"})
+
+
 def split_lines(chunks: Iterator[bytes]) -> Iterator[str]:
     """Whole lines from raw chunks; a last line without newline counts."""
     pending = b""
@@ -291,6 +297,10 @@ class ContainerRuntime(Runtime):
         self._closed = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._images: dict[str, float] = {}
+        # What start saw right after starting, used by the inspect that follows
+        # (not by later ones): saves the engine one call per task. Any event of
+        # the container, a stop or a remove drops it.
+        self._fresh: dict[str, tuple[float, ContainerState]] = {}
         self._image_locks: dict[str, asyncio.Lock] = {}
 
     @abc.abstractmethod
@@ -351,6 +361,7 @@ class ContainerRuntime(Runtime):
             delay = min(delay * 2, 5.0)
 
     def _wake(self, container_id: str) -> None:
+        self._fresh.pop(container_id, None)
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -359,6 +370,7 @@ class ContainerRuntime(Runtime):
                 loop.call_soon_threadsafe(event.set)
 
     def _wake_all(self) -> None:
+        self._fresh.clear()
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -400,13 +412,9 @@ class ContainerRuntime(Runtime):
     async def start(self, launch: TaskLaunch) -> TaskHandle:
         config = container_config(launch, self.settings)
         await self._ensure_image(config.image, launch.template.image_pull_policy or "ifNotPresent")
-        container_id = await self._call(lambda e: e.create(config))
-        try:
-            await self._call(lambda e: e.start(container_id))
-        except RuntimeBackendError:
-            with contextlib.suppress(RuntimeBackendError):
-                await self._call(lambda e: e.remove(container_id))
-            raise
+        container_id, state = await self._call(lambda e: _create_and_start(e, config))
+        if state is not None and self._events_ok:
+            self._fresh[container_id] = (time.monotonic(), state)
         log.info("task started", task_id=launch.task_id, container=container_id[:12])
         return self._handle(launch.task_id, container_id)
 
@@ -428,7 +436,11 @@ class ContainerRuntime(Runtime):
             self._images[image] = time.monotonic()
 
     async def inspect(self, handle: TaskHandle) -> Observation:
-        state = await self._state(handle)
+        fresh = self._fresh.get(self._container_id(handle))
+        if fresh is not None and time.monotonic() - fresh[0] < _FRESH and self._events_ok:
+            state: ContainerState | None = fresh[1]
+        else:
+            state = await self._state(handle)
         if state is None:
             return Observation(
                 running=False,
@@ -442,6 +454,8 @@ class ContainerRuntime(Runtime):
 
     async def wait(self, handle: TaskHandle) -> ExitStatus:
         container_id = self._container_id(handle)
+        # Never the state seen at start: an exit right after it must not wait for a poll.
+        self._fresh.pop(container_id, None)
         while True:
             observation = await self.inspect(handle)
             if observation.exit is not None:
@@ -451,6 +465,7 @@ class ContainerRuntime(Runtime):
 
     async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None:
         container_id = self._container_id(handle)
+        self._fresh.pop(container_id, None)
         state = await self._call(lambda e: e.inspect(container_id))
         if state is None or not state.running:
             return
@@ -487,6 +502,7 @@ class ContainerRuntime(Runtime):
 
     async def remove(self, handle: TaskHandle) -> None:
         container_id = self._container_id(handle)
+        self._fresh.pop(container_id, None)
         await self._call(lambda e: e.remove(container_id))
 
     async def logs(
@@ -557,6 +573,18 @@ class ContainerRuntime(Runtime):
         if engine is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, engine.close)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _create_and_start(engine: Engine, config: ContainerConfig) -> tuple[str, ContainerState | None]:
+    """Create, start and inspect in one trip to the pool; remove what failed to start."""
+    container_id = engine.create(config)
+    try:
+        engine.start(container_id)
+    except RuntimeBackendError:
+        with contextlib.suppress(RuntimeBackendError):
+            engine.remove(container_id)
+        raise
+    return container_id, engine.inspect(container_id)
 
 
 def parse_time(raw: Any) -> datetime | None:

@@ -21,6 +21,7 @@ import requests.exceptions
 from shoal.errors import RuntimeBackendError, RuntimeUnavailableError, TaskRejectedError
 from shoal.runtimes.base import ExecResult
 from shoal.runtimes.containers import (
+    WAKE_ACTIONS,
     ContainerConfig,
     ContainerRuntime,
     ContainerState,
@@ -200,7 +201,8 @@ class DockerEngine(Engine):
         with _mapped(self, "follow events"):
             for event in self.client.events(decode=True, filters=filters):
                 container_id = (event.get("Actor") or {}).get("ID") or event.get("id")
-                if container_id:
+                action = str(event.get("Action") or event.get("status") or "")
+                if container_id and action in WAKE_ACTIONS:
                     yield str(container_id)
 
     def close(self) -> None:

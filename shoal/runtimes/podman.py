@@ -36,6 +36,7 @@ import requests.exceptions
 from shoal.errors import RuntimeBackendError, RuntimeUnavailableError, TaskRejectedError
 from shoal.runtimes.base import ExecResult
 from shoal.runtimes.containers import (
+    WAKE_ACTIONS,
     ContainerConfig,
     ContainerRuntime,
     ContainerState,
@@ -219,7 +220,8 @@ class PodmanEngine(Engine):
                     continue
                 event = json.loads(line)
                 container_id = (event.get("Actor") or {}).get("ID") or event.get("ID")
-                if container_id:
+                action = str(event.get("Action") or event.get("status") or "")
+                if container_id and action in WAKE_ACTIONS:
                     yield str(container_id)
 
     def close(self) -> None:
