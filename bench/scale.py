@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -268,15 +269,24 @@ async def get_token(address: str) -> str:
         await channel.close()
 
 
+def free_port() -> int:
+    """A port nothing listens on now (benchmarks may run side by side)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--killed-nodes", type=int, default=100)
     parser.add_argument("--services", type=int, default=10)
     parser.add_argument("--replicas", type=int, default=1000)
-    parser.add_argument("--port", type=int, default=7496)
-    parser.add_argument("--metrics-port", type=int, default=7497)
+    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--metrics-port", type=int, default=0, help="default: a free port")
     args = parser.parse_args()
+    args.port = args.port or free_port()
+    args.metrics_port = args.metrics_port or free_port()
     address = f"127.0.0.1:{args.port}"
     metrics_url = f"http://127.0.0.1:{args.metrics_port}/metrics"
     shoal = [sys.executable, "-m", "shoal"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import statistics
 import subprocess
 import sys
@@ -116,12 +117,20 @@ async def wait_ready(address: str, server: subprocess.Popen[bytes], timeout: flo
         await channel.close()
 
 
+def free_port() -> int:
+    """A port nothing listens on now (benchmarks may run side by side)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=200)
     parser.add_argument("--applies", type=int, default=50)
-    parser.add_argument("--port", type=int, default=7495)
+    parser.add_argument("--port", type=int, default=0, help="default: a free port")
     args = parser.parse_args()
+    args.port = args.port or free_port()
     address = f"127.0.0.1:{args.port}"
     with tempfile.TemporaryDirectory() as state:
         log_path = Path(state) / "shoal.log"
