@@ -44,6 +44,12 @@ class HeartbeatTracker:
         return time.monotonic() - self._seen.get(node_id, self.started)
 
 
+# One key for every node: nodes that die together (a rack, a network split, a
+# fleet process) are marked down in one pass and one transaction, so the
+# orchestrator sees one change per service instead of one per node.
+KEY = "nodes"
+
+
 class NodeMonitor(Controller):
     """Marks silent nodes down and orphans their tasks."""
 
@@ -58,32 +64,43 @@ class NodeMonitor(Controller):
         self.grace = grace
 
     def all_keys(self) -> Iterable[str]:
-        return list(self.informer.nodes)
+        return (KEY,)
 
     def keys_for(self, old: Object | None, new: Object | None) -> Iterable[str]:
         if isinstance(new, Node):
-            return (new.id,)
+            return (KEY,)
         return ()
 
     async def reconcile(self, key: str) -> Outcome:
-        entry = self.informer.nodes.get(key)
-        if entry is None:
-            return Done()
-        node = entry.obj
+        """One pass over every node: all that went silent are marked down together."""
         now = datetime.now(UTC)
         changes: list[Change] = []
-        if node.status.state == NodeState.READY:
-            silent = self.heartbeats.silent_for(node.id)
-            if silent < self.grace:
-                return Requeue(self.grace - silent + 0.05)
-            message = f"no heartbeat for {silent:.1f}s"
-            status = node.status.model_copy(
-                update={"state": NodeState.DOWN, "message": message, "updated_at": now}
-            )
-            changes.append(Change.put(node.model_copy(update={"status": status}), entry.revision))
-            self.events.record(f"node/{node.id}", "NodeDown", message, warning=True)
-        if node.status.state != NodeState.DOWN and not changes:
-            return Done()
+        next_check: float | None = None
+        for entry in list(self.informer.nodes.values()):
+            node = entry.obj
+            if node.status.state == NodeState.READY:
+                silent = self.heartbeats.silent_for(node.id)
+                if silent < self.grace:
+                    left = self.grace - silent
+                    next_check = left if next_check is None else min(next_check, left)
+                    continue
+                message = f"no heartbeat for {silent:.1f}s"
+                status = node.status.model_copy(
+                    update={"state": NodeState.DOWN, "message": message, "updated_at": now}
+                )
+                changes.append(
+                    Change.put(node.model_copy(update={"status": status}), entry.revision)
+                )
+                self.events.record(f"node/{node.id}", "NodeDown", message, warning=True)
+            elif node.status.state != NodeState.DOWN:
+                continue
+            changes.extend(self._orphan_tasks(node, now))
+        if changes:
+            await self.informer.commit(changes)
+        return Done() if next_check is None else Requeue(next_check + 0.05)
+
+    def _orphan_tasks(self, node: Node, now: datetime) -> list[Change]:
+        changes = []
         for task_entry in self.informer.tasks_on_node(node.id):
             task = task_entry.obj
             if task.status.state.terminal:
@@ -100,6 +117,4 @@ class NodeMonitor(Controller):
                 }
             )
             changes.append(Change.put(orphaned, task_entry.revision))
-        if changes:
-            await self.informer.commit(changes)
-        return Done()
+        return changes
