@@ -128,6 +128,10 @@ async def shoal_round(address: str, replicas: int, node: str) -> float:
             if not any(t["service"] == name for t in reply["items"]):
                 break
             await asyncio.sleep(0.1)
+        # And until the agent removed the containers, so the next round starts quiet.
+        label = f"io.shoal.service={name}"
+        while sdk().containers.list(all=True, sparse=True, filters={"label": label}):
+            await asyncio.sleep(0.2)
         return elapsed
     finally:
         await channel.close()
