@@ -80,6 +80,8 @@ _POLL_WITHOUT_EVENTS = 0.5
 _STOP_POLL = 0.05
 _KILL_TIMEOUT = 10.0
 _IMAGE_CACHE_SECONDS = 30.0
+# How long to wait before believing that a SIGKILLed container was not OOM-killed.
+_OOM_SETTLE = 0.5
 # How long the state seen at start stands in for an inspect (while events flow).
 _FRESH = 1.0
 # A container younger than this when stopped gets its stop signal a second time.
@@ -458,8 +460,13 @@ class ContainerRuntime(Runtime):
         self._fresh.pop(container_id, None)
         while True:
             observation = await self.inspect(handle)
-            if observation.exit is not None:
-                return observation.exit
+            exit = observation.exit
+            if exit is not None and exit.exit_code == 137 and not exit.oom_killed:
+                # Docker may record an OOM kill a moment after the container died.
+                await asyncio.sleep(_OOM_SETTLE)
+                exit = (await self.inspect(handle)).exit or exit
+            if exit is not None:
+                return exit
             timeout = _POLL_WITH_EVENTS if self._events_ok else _POLL_WITHOUT_EVENTS
             await self._changed(container_id, timeout)
 

@@ -255,17 +255,23 @@ def test_two_tasks_never_share_a_host_port_on_a_node(cluster: Cluster, node: str
         assert f"port-{port}" in sock.makefile().read()
 
 
-def test_engine_stopped_under_a_running_agent(cluster: Cluster, node: str, tmp_path: Path) -> None:
-    """n1's Podman API goes away: n1 stops advertising podman, its task runs on n2 instead."""
-    sock = tmp_path / "podman.sock"
+def start_podman_service(sock: Path) -> subprocess.Popen[bytes]:
+    sock.unlink(missing_ok=True)
     service = subprocess.Popen(
         ["podman", "system", "service", "--time=0", f"unix://{sock}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    wait_for(sock.exists, 20, "a Podman API socket of the test's own")
+    return service
+
+
+def test_engine_stopped_under_a_running_agent(cluster: Cluster, node: str, tmp_path: Path) -> None:
+    """n1's Podman API goes away: n1 stops advertising podman, its task runs on n2 instead."""
+    sock = tmp_path / "podman.sock"
+    service = start_podman_service(sock)
     try:
-        wait_for(sock.exists, 20, "the second Podman API socket")
         first, second = node, node + "-2"
         probe = ["--probe-period", "500ms"]
         cluster.start_agent(
@@ -292,6 +298,12 @@ def test_engine_stopped_under_a_running_agent(cluster: Cluster, node: str, tmp_p
             60,
             f"both tasks on {second}",
         )
+
+        # The API going away did not stop the container (conmon keeps it): once
+        # the engine answers again, the agent removes what it no longer runs.
+        assert containers_of("podman", first)
+        service = start_podman_service(sock)
+        wait_for(lambda: not containers_of("podman", first), 30, f"{first}'s old container gone")
     finally:
         if service.poll() is None:
             os.killpg(service.pid, signal.SIGKILL)
