@@ -73,7 +73,10 @@ def containers_of(engine: str, node: str) -> dict[str, tuple[str, str]]:
     found = {}
     sdk = client(engine)
     for listed in sdk.containers.list(filters={"label": f"io.shoal.node={node}"}):
-        container = sdk.containers.get(listed.id)  # the full inspect document
+        try:
+            container = sdk.containers.get(listed.id)  # the full inspect document
+        except Exception:  # removed since it was listed (docker and podman raise their own)
+            continue
         state = container.attrs["State"]
         found[container.labels["io.shoal.task-id"]] = (container.id, state["StartedAt"])
     return found
