@@ -14,7 +14,6 @@ answer reads and forward the rest (``shoal.manager.routing``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -249,7 +248,3 @@ async def open_manager(settings: ManagerSettings) -> AsyncIterator[Manager]:
         yield manager
     finally:
         await manager.aclose()
-
-
-async def serve_forever() -> None:
-    await asyncio.Event().wait()

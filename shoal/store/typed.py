@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -134,7 +134,3 @@ class TypedStore:
         existing = await self.get_config()
         assert existing is not None
         return existing
-
-
-def wire(obj: Object) -> dict[str, Any]:
-    return obj.to_wire()
