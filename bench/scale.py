@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
@@ -267,13 +267,6 @@ async def get_token(address: str) -> str:
         raise TimeoutError("manager did not answer")
     finally:
         await channel.close()
-
-
-def free_port() -> int:
-    """A port nothing listens on now (benchmarks may run side by side)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from harness import free_port
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from shoal.errors import ApiError
@@ -115,13 +116,6 @@ async def wait_ready(address: str, server: subprocess.Popen[bytes], timeout: flo
         return False
     finally:
         await channel.close()
-
-
-def free_port() -> int:
-    """A port nothing listens on now (benchmarks may run side by side)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> int:

@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness import free_port  # noqa: E402
+
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel  # noqa: E402
 from tests.etcdcluster import EtcdCluster  # noqa: E402
 
@@ -117,14 +119,6 @@ async def measure(
         for channel in channels:
             await channel.close()
     return results
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> int:
