@@ -10,7 +10,10 @@ set -euo pipefail
 IMAGE=shoal-test/busybox:latest
 PODMAN_SOCKET=/run/podman/podman.sock
 LOGS=/var/log/shoal-engines
-mkdir -p "$LOGS"
+# The daemons' working directory: conmon writes files (an "oom" marker) into
+# its cwd, which must not be whatever directory this script was run from.
+HOME_DIR=/var/lib/shoal-engines
+mkdir -p "$LOGS" "$HOME_DIR"
 
 say() { printf 'engines: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -55,7 +58,7 @@ wait_for() {  # wait_for WHAT SECONDS COMMAND...
 
 if ! docker info >/dev/null 2>&1; then
     say "starting dockerd (log: $LOGS/dockerd.log)"
-    nohup dockerd >>"$LOGS/dockerd.log" 2>&1 </dev/null &
+    (cd "$HOME_DIR" && nohup dockerd >>"$LOGS/dockerd.log" 2>&1 </dev/null &)
     wait_for dockerd 60 docker info \
         || { tail -20 "$LOGS/dockerd.log" >&2; die "dockerd did not come up"; }
 fi
@@ -64,7 +67,8 @@ podman_up() { curl -sf --unix-socket "$PODMAN_SOCKET" http://d/v4.0.0/libpod/_pi
 if ! podman_up >/dev/null 2>&1; then
     say "starting the Podman API service on $PODMAN_SOCKET (log: $LOGS/podman.log)"
     mkdir -p "$(dirname "$PODMAN_SOCKET")"
-    nohup podman system service --time=0 "unix://$PODMAN_SOCKET" >>"$LOGS/podman.log" 2>&1 </dev/null &
+    (cd "$HOME_DIR" &&
+        nohup podman system service --time=0 "unix://$PODMAN_SOCKET" >>"$LOGS/podman.log" 2>&1 </dev/null &)
     wait_for podman 30 podman_up \
         || { tail -20 "$LOGS/podman.log" >&2; die "the Podman API service did not come up"; }
 fi

@@ -11,8 +11,11 @@ Options (``--runtime-opt podman.KEY=VALUE``): ``socket`` (default
 with ``podman system service --time=0 unix:///run/podman/podman.sock``),
 ``threads`` (pool size, 16).
 
-Podman 4.3 on cgroup v1 does not report OOM kills (``OOMKilled`` stays false):
-such a task shows as killed by SIGKILL (137) without the OOM note.
+Podman 4.3 on cgroup v1 does not report OOM kills (``OOMKilled`` stays false;
+its conmon writes the OOM marker into its own working directory, where Podman
+does not look): such a task shows as killed by SIGKILL (137) without the OOM
+note. ``deploy/engines.sh`` starts the service in a directory of its own so
+those markers do not land elsewhere.
 
 Podman 4.3 mangles partial lines when it tails a log itself, so a plain
 ``logs(tail=N)`` reads the whole log and cuts it here; ``follow`` with ``tail``
