@@ -262,6 +262,7 @@ def start_podman_service(sock: Path) -> subprocess.Popen[bytes]:
     sock.unlink(missing_ok=True)
     service = subprocess.Popen(
         ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+        cwd=sock.parent,  # conmon drops files into its cwd
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
