@@ -81,6 +81,11 @@ def _loads_node(task: Task) -> bool:
     )
 
 
+# What decides whether a task fits a node, beyond the service's constraints:
+# tasks of one shape compete for the same room, so they share one heap.
+Shape = tuple[str, Reservations, tuple[tuple[int, str], ...]]
+
+
 class Scheduler(Controller):
     """Assigns pending tasks to nodes, all at once."""
 
@@ -178,12 +183,16 @@ class Scheduler(Controller):
 
         # Per task shape (runtime, reservations): a heap of the eligible nodes by
         # spread rank, so placing T tasks on N nodes costs O(T log N), not O(T N).
-        heaps: dict[tuple[str, Reservations], list[tuple[int, int, str]]] = {}
-        unschedulable: dict[tuple[str, Reservations], str] = {}
+        heaps: dict[Shape, list[tuple[int, int, str]]] = {}
+        unschedulable: dict[Shape, str] = {}
         changes: list[Change] = []
         for entry in entries:
             task = entry.obj
-            shape = (task.template.runtime, task.template.resources.reservations)
+            shape = (
+                task.template.runtime,
+                task.template.resources.reservations,
+                tuple(host_ports(task.template)),
+            )
             chosen: Node | None = None
             message = unschedulable.get(shape, "")
             if task.node_id:  # a global service's task: its own node or nothing
