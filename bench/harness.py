@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import subprocess
+import time
+
+from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+from shoal.errors import ApiError
 
 
 def free_port() -> int:
@@ -10,3 +16,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def wait_ready(
+    address: str, server: subprocess.Popen[bytes], runtime: str, timeout: float = 30
+) -> bool:
+    """Wait until ``shoal up`` at ``address`` has a ready node where ``runtime`` works."""
+    channel = open_channel(address)
+    client = Client(channel, CONTROL_SERVICE)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                nodes = (await client.call("Get", {"kind": "nodes"}, timeout=2))["items"]
+                if any(
+                    n["status"]["state"] == "ready"
+                    and any(
+                        r["name"] == runtime and r["available"]
+                        for r in n["description"]["runtimes"]
+                    )
+                    for n in nodes
+                ):
+                    return True
+            except ApiError:
+                pass
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        await channel.close()

@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import free_port
+from harness import free_port, wait_ready
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
-from shoal.errors import ApiError
 
 
 def tasks_in_process_table(service: str) -> int:
@@ -100,24 +99,6 @@ async def bench(address: str, replicas: int, applies: int) -> dict[str, float]:
     return results
 
 
-async def wait_ready(address: str, server: subprocess.Popen[bytes], timeout: float = 30) -> bool:
-    channel = open_channel(address)
-    client = Client(channel, CONTROL_SERVICE)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                nodes = (await client.call("Get", {"kind": "nodes"}, timeout=2))["items"]
-                if any(n["status"]["state"] == "ready" for n in nodes):
-                    return True
-            except ApiError:
-                pass
-            await asyncio.sleep(0.2)
-        return False
-    finally:
-        await channel.close()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=200)
@@ -135,7 +116,7 @@ def main() -> int:
                 stderr=subprocess.STDOUT,
             )
         try:
-            if not asyncio.run(wait_ready(address, server)):
+            if not asyncio.run(wait_ready(address, server, "process")):
                 print(log_path.read_text(), file=sys.stderr)
                 return 1
             results = asyncio.run(bench(address, args.replicas, args.applies))

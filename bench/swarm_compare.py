@@ -40,6 +40,7 @@ from typing import Any
 import docker
 import docker.errors
 import docker.types
+from harness import wait_ready
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from shoal.errors import ApiError
@@ -137,31 +138,6 @@ async def shoal_round(address: str, replicas: int, node: str) -> float:
         await channel.close()
 
 
-async def wait_ready(address: str, server: subprocess.Popen[bytes], timeout: float = 30) -> bool:
-    channel = open_channel(address)
-    client = Client(channel, CONTROL_SERVICE)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                nodes = (await client.call("Get", {"kind": "nodes"}, timeout=2))["items"]
-                if any(
-                    n["status"]["state"] == "ready"
-                    and any(
-                        r["name"] == "docker" and r["available"]
-                        for r in n["description"]["runtimes"]
-                    )
-                    for n in nodes
-                ):
-                    return True
-            except ApiError:
-                pass
-            await asyncio.sleep(0.2)
-        return False
-    finally:
-        await channel.close()
-
-
 @contextlib.contextmanager
 def open_shoal(port: int) -> Iterator[tuple[str, str]]:
     """A ``shoal up`` with the docker runtime working: ``(address, node name)``."""
@@ -176,7 +152,7 @@ def open_shoal(port: int) -> Iterator[tuple[str, str]]:
             )
         node = ""
         try:
-            if not asyncio.run(wait_ready(address, server)):
+            if not asyncio.run(wait_ready(address, server, "docker")):
                 print(log_path.read_text()[-3000:], file=sys.stderr)
                 raise SystemExit("shoal up did not become ready with the docker runtime")
             node = asyncio.run(_node_name(address))
