@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from shoal.errors import ApiError
@@ -44,3 +49,28 @@ async def wait_ready(
         return False
     finally:
         await channel.close()
+
+
+@contextlib.contextmanager
+def open_shoal_up(port: int, runtime: str) -> Iterator[str]:
+    """A real ``shoal up`` in a temporary state dir, ready with ``runtime``: its address.
+
+    Exits the benchmark with the tail of shoal's log when it does not become ready.
+    """
+    address = f"127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as state:
+        log_path = Path(state) / "shoal.log"
+        with log_path.open("w") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "shoal", "up", "--state-dir", state, "--listen", address],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            if not asyncio.run(wait_ready(address, server, runtime)):
+                print(log_path.read_text()[-3000:], file=sys.stderr)
+                raise SystemExit(f"shoal up did not become ready with the {runtime} runtime")
+            yield address
+        finally:
+            server.terminate()
+            server.wait(30)

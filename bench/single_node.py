@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import free_port, wait_ready
+from harness import free_port, open_shoal_up
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 
@@ -106,23 +104,8 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
     args = parser.parse_args()
     args.port = args.port or free_port()
-    address = f"127.0.0.1:{args.port}"
-    with tempfile.TemporaryDirectory() as state:
-        log_path = Path(state) / "shoal.log"
-        with log_path.open("w") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "shoal", "up", "--state-dir", state, "--listen", address],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            if not asyncio.run(wait_ready(address, server, "process")):
-                print(log_path.read_text(), file=sys.stderr)
-                return 1
-            results = asyncio.run(bench(address, args.replicas, args.applies))
-        finally:
-            server.terminate()
-            server.wait(30)
+    with open_shoal_up(args.port, "process") as address:
+        results = asyncio.run(bench(address, args.replicas, args.applies))
     rows = [
         (f"{args.replicas} replicas: apply → all running (s)", f"{results['all_running_s']:.2f}"),
         ("apply → first task running, p50 (ms)", f"{results['first_running_p50_ms']:.1f}"),

@@ -30,17 +30,15 @@ import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import docker.types
-from harness import wait_ready
+from harness import open_shoal_up
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from shoal.errors import ApiError
@@ -141,27 +139,14 @@ async def shoal_round(address: str, replicas: int, node: str) -> float:
 @contextlib.contextmanager
 def open_shoal(port: int) -> Iterator[tuple[str, str]]:
     """A ``shoal up`` with the docker runtime working: ``(address, node name)``."""
-    address = f"127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as state:
-        log_path = Path(state) / "shoal.log"
-        with log_path.open("w") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "shoal", "up", "--state-dir", state, "--listen", address],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        node = ""
-        try:
-            if not asyncio.run(wait_ready(address, server, "docker")):
-                print(log_path.read_text()[-3000:], file=sys.stderr)
-                raise SystemExit("shoal up did not become ready with the docker runtime")
+    node = ""
+    try:
+        with open_shoal_up(port, "docker") as address:
             node = asyncio.run(_node_name(address))
             yield address, node
-        finally:
-            server.terminate()
-            server.wait(30)
-            if node:
-                remove_label(sdk(), f"io.shoal.node={node}")
+    finally:
+        if node:  # once shoal has stopped, so nothing recreates them
+            remove_label(sdk(), f"io.shoal.node={node}")
 
 
 async def _node_name(address: str) -> str:
