@@ -70,6 +70,18 @@ def _common(parser: argparse.ArgumentParser, listen: bool = True) -> None:
     )
 
 
+def _node_identity(parser: argparse.ArgumentParser, name_help: str) -> None:
+    parser.add_argument("--name", default=None, help=name_help)
+    parser.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="node label (repeatable)",
+    )
+
+
 def add_daemon_commands(subparsers: Any) -> None:
     up = subparsers.add_parser(
         "up",
@@ -78,15 +90,7 @@ def add_daemon_commands(subparsers: Any) -> None:
         "SQLite store in --state-dir. Client commands find it without --server.",
     )
     _common(up)
-    up.add_argument("--name", default=None, help="node name of the local agent (default: hostname)")
-    up.add_argument(
-        "--label",
-        type=_label,
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="node label (repeatable)",
-    )
+    _node_identity(up, "node name of the local agent (default: hostname)")
     up.add_argument("--heartbeat-period", type=_duration, default=2.0, help=argparse.SUPPRESS)
     up.set_defaults(func=lambda args: _run(_up(args)))
 
@@ -132,15 +136,7 @@ def add_daemon_commands(subparsers: Any) -> None:
     )
     agent.add_argument("--manager", required=True, metavar="HOST:PORT[,HOST:PORT...]")
     agent.add_argument("--token", required=True, help="worker join token (shoal token worker)")
-    agent.add_argument("--name", default=None, help="node name (default: hostname)")
-    agent.add_argument(
-        "--label",
-        type=_label,
-        action="append",
-        default=[],
-        metavar="K=V",
-        help="node label (repeatable)",
-    )
+    _node_identity(agent, "node name (default: hostname)")
     agent.add_argument(
         "--sim-nodes",
         type=int,
