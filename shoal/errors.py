@@ -12,6 +12,7 @@
     │   ├── RuntimeUnavailableError   the runtime cannot work on this node
     │   └── TaskRejectedError     the task can never start here (bad executable, workdir, ...)
     ├── AuthError                 a join token or credential was refused
+    ├── DataKeyError              the data key is unreadable, or not the one data was sealed with
     └── ApiError                  a remote call failed; carries the mapped code
 
 Backend errors (sqlite3, gRPC, OS errors from runtimes) are mapped to the most
@@ -76,6 +77,10 @@ class TaskRejectedError(RuntimeBackendError):
 
 class AuthError(ShoalError):
     """A join token or credential was refused."""
+
+
+class DataKeyError(ShoalError):
+    """The data key cannot be read, or does not decrypt what it is asked to."""
 
 
 class ApiError(ShoalError):
