@@ -21,14 +21,17 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
 
 from shoal.api.transport import CONTROL_SERVICE, DEFAULT_ADDRESS, Client, Payload, open_channel
 from shoal.errors import ApiError
-from shoal.models import Service
 from shoal.paths import default_state_dir, endpoint_candidates
+
+if TYPE_CHECKING:
+    from shoal.models import Service
 
 UNAVAILABLE = "UNAVAILABLE"
 

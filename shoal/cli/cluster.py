@@ -13,11 +13,13 @@ import argparse
 import asyncio
 from typing import Any
 
-from shoal.api.client import open_control
-from shoal.cli.output import FORMATS, age_since, dump, render_table
+from shoal.cli.options import add_subcommand, output_option, server_option, subcommands
+from shoal.cli.output import age_since, dump, render_table
 
 
 def cmd_cluster_status(args: argparse.Namespace) -> int:
+    from shoal.api.client import open_control
+
     async def ask() -> dict[str, Any]:
         async with open_control(args.server) as control:
             return await control.cluster_status()
@@ -63,23 +65,15 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_cluster_commands(sub: Any, server: argparse.ArgumentParser) -> None:
-    cluster = sub.add_parser(
-        "cluster",
-        help="the managers and the store",
-        description="the managers and the store",
-    )
-    cluster.set_defaults(command_parser=cluster)
-    cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND")
-    status = cluster_sub.add_parser(
+def configure(parser: argparse.ArgumentParser) -> None:
+    group = subcommands(parser, "cluster_command")
+    status = add_subcommand(
+        group,
         "status",
-        parents=[server],
-        help="managers, which one leads, store endpoints and their health",
+        cmd_cluster_status,
+        "managers, which one leads, store endpoints and their health",
         description="Managers, which one leads, store endpoints and their health. Exit code 0\n"
         "when a leader exists and every store endpoint is healthy, else 1.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.set_defaults(func=cmd_cluster_status, command_parser=status)
-    status.add_argument(
-        "-o", "--output", choices=FORMATS, default="table", help="table (default), yaml or json"
-    )
+    server_option(status)
+    output_option(status, help="table (default), yaml or json")

@@ -14,24 +14,33 @@ error (exit 2) whether or not a manager is reachable.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import shoal
-from shoal.api.client import ControlClient, open_control
 from shoal.cli import output
-from shoal.cli.describe import describe_node, describe_service
-from shoal.cli.waiting import is_terminal, wait_rollout, wait_tasks_gone
+from shoal.cli.options import (
+    DEFAULT_TIMEOUT,
+    UsageError,
+    add_subcommand,
+    command,
+    duration,
+    key_value,
+    output_option,
+    server_option,
+    subcommands,
+    whole_number,
+)
 from shoal.errors import NotFoundError, ShoalError
-from shoal.manifest import load_paths, load_text
-from shoal.models import Service
+
+if TYPE_CHECKING:
+    from shoal.api.client import ControlClient
+    from shoal.models import Service
 
 T = TypeVar("T")
-Command = Callable[[argparse.Namespace], int]
 
 # What users may type for each kind, mapped to the Control service's kind.
 KINDS = {
@@ -46,11 +55,11 @@ KINDS = {
 SERVICE_KINDS = ("service", "services", "svc")
 
 
-class UsageError(ShoalError):
-    """The command line is wrong in a way argparse cannot see; exit code 2."""
-
-
 def _run(args: argparse.Namespace, work: Callable[[ControlClient], Awaitable[T]]) -> T:
+    import asyncio
+
+    from shoal.api.client import open_control
+
     async def session() -> T:
         async with open_control(args.server) as control:
             return await work(control)
@@ -67,6 +76,8 @@ def _out(text: str) -> None:
 
 
 def _load(filenames: list[str]) -> list[Service]:
+    from shoal.manifest import load_paths, load_text
+
     if "-" in filenames:
         if len(filenames) > 1:
             raise UsageError("-f - (standard input) cannot be combined with other files")
@@ -89,6 +100,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 async def _node_task_counts(control: ControlClient) -> dict[str, int]:
+    from shoal.cli.waiting import is_terminal
+
     tasks = await control.get("tasks")
     return dict(Counter(t["nodeId"] for t in tasks if t.get("nodeId") and not is_terminal(t)))
 
@@ -146,6 +159,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
+    from shoal.cli.describe import describe_node, describe_service
+
     kind = KINDS[args.resource]
     payload = _run(args, lambda control: control.describe(kind, args.name))
     _out(describe_node(payload) if kind == "nodes" else describe_service(payload))
@@ -173,6 +188,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
         for name in deleted:
             _out(f"service/{name} deleted")
         if args.wait and deleted:
+            from shoal.cli.waiting import wait_tasks_gone
+
             await wait_tasks_gone(control, deleted, args.timeout, output.Progress())
 
     _run(args, delete)
@@ -243,13 +260,181 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------- rollout
+# ------------------------------------------------------ the verbs' arguments
+#
+# ``shoal.cli.main`` lists the verbs and calls one of these with the parser of
+# the verb being run (see its docstring).
 
 
-def cmd_rollout_status(args: argparse.Namespace) -> int:
-    async def wait(control: ControlClient) -> str:
-        state = await wait_rollout(control, args.name, args.timeout, output.Progress())
-        return f"service/{args.name} rolled out: {state.updated_running}/{state.desired} running"
+def configure_apply(parser: argparse.ArgumentParser) -> None:
+    command(parser, cmd_apply)
+    parser.epilog = "Every file is validated first; if any has a problem nothing is sent."
+    server_option(parser)
+    parser.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="a YAML file, a directory of them, or - for standard input (repeatable)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show what would change without changing it"
+    )
 
-    _out(_run(args, wait))
-    return 0
+
+def configure_get(parser: argparse.ArgumentParser) -> None:
+    command(parser, cmd_get)
+    parser.epilog = (
+        "examples:\n  shoal get services\n  shoal get tasks --service web -a\n"
+        "  shoal get svc web -o yaml\n\n"
+        '-o json|yaml prints {"items": [...]} for a list, the object itself with NAME.\n'
+        "An unknown resource type (e.g. pods) is a usage error: exit code 2."
+    )
+    server_option(parser)
+    parser.add_argument(
+        "resource",
+        metavar="RESOURCE",
+        choices=list(KINDS),
+        help="services (service, svc), tasks (task) or nodes (node)",
+    )
+    parser.add_argument("name", metavar="NAME", nargs="?", help="only this object")
+    output_option(parser)
+    parser.add_argument("--service", metavar="NAME", help="tasks: only the tasks of this service")
+    parser.add_argument(
+        "-a", "--all", action="store_true", help="tasks: include finished tasks kept as history"
+    )
+
+
+def configure_describe(parser: argparse.ArgumentParser) -> None:
+    command(parser, cmd_describe)
+    server_option(parser)
+    parser.add_argument(
+        "resource",
+        metavar="RESOURCE",
+        choices=[*SERVICE_KINDS, "node", "nodes"],
+        help="service (svc) or node",
+    )
+    parser.add_argument("name", metavar="NAME")
+
+
+def configure_delete(parser: argparse.ArgumentParser) -> None:
+    command(parser, cmd_delete)
+    parser.usage = "shoal delete (service NAME [NAME ...] | -f PATH [-f PATH ...]) [options]"
+    parser.epilog = (
+        "By default waits until the services' tasks have stopped; --no-wait returns\n"
+        "as soon as the services are deleted."
+    )
+    server_option(parser)
+    parser.add_argument("targets", nargs="*", metavar="service NAME", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="delete the services defined in these files or directories",
+    )
+    parser.add_argument(
+        "--ignore-not-found",
+        action="store_true",
+        help="a service that does not exist is not an error",
+    )
+    parser.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait until the tasks of the deleted services have stopped",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=duration,
+        default=DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help="how long --wait waits, e.g. 30s, 2m (default 60s)",
+    )
+
+
+def _scale_target(text: str) -> tuple[str, int]:
+    name, sep, count = text.partition("=")
+    if not sep or not name or not count.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=REPLICAS with REPLICAS a whole number >= 0, got {text!r}"
+        )
+    return name, int(count)
+
+
+def configure_scale(parser: argparse.ArgumentParser) -> None:
+    command(parser, cmd_scale)
+    parser.epilog = "example:\n  shoal scale web=3 worker=0"
+    server_option(parser)
+    parser.add_argument("targets", nargs="+", type=_scale_target, metavar="NAME=REPLICAS")
+
+
+def configure_logs(parser: argparse.ArgumentParser) -> None:
+    command(parser, cmd_logs)
+    server_option(parser)
+    parser.add_argument("service", metavar="SERVICE")
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C"
+    )
+    parser.add_argument(
+        "--tail", type=whole_number, metavar="N", help="start with the last N lines of each task"
+    )
+    parser.add_argument(
+        "--prefix",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="prefix each line with `TASKNAME | ` (default on)",
+    )
+
+
+def configure_node(parser: argparse.ArgumentParser) -> None:
+    group = subcommands(parser, "node_command")
+    ls = add_subcommand(group, "ls", cmd_node_ls, "list nodes (as `get nodes`)")
+    server_option(ls)
+    ls.add_argument("name", metavar="NAME", nargs="?", help="only this node")
+    output_option(ls)
+    update = add_subcommand(
+        group,
+        "update",
+        cmd_node_update,
+        "change a node's availability or labels",
+        epilog="availability: active (takes tasks), pause (keeps its tasks, takes no\n"
+        "new ones), drain (its tasks move elsewhere)",
+    )
+    server_option(update)
+    update.add_argument("name", metavar="NAME")
+    update.add_argument("--availability", choices=["active", "pause", "drain"])
+    update.add_argument(
+        "--label-add",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="add or change a label (repeatable)",
+    )
+    update.add_argument(
+        "--label-rm",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="remove a label an operator added (repeatable)",
+    )
+
+
+def configure_token(parser: argparse.ArgumentParser) -> None:
+    command(parser, cmd_token)
+    server_option(parser)
+    parser.add_argument("role", choices=["worker"], nargs="?", default="worker")
+
+
+def configure_version(parser: argparse.ArgumentParser) -> None:
+    command(parser, cmd_version)
+    parser.epilog = (
+        "Prints the client version, then asks the manager for its version. If the\n"
+        "manager cannot be reached the client version is still printed, the error goes\n"
+        "to stderr and the exit code is 1. --client never contacts the manager."
+    )
+    server_option(parser)
+    parser.add_argument("--client", action="store_true", help="only the client version")

@@ -16,18 +16,14 @@ import socket
 import sys
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.registry import Collector
-
-from shoal.agent.agent import AgentSettings, open_agent
-from shoal.agent.simfleet import open_sim_fleet
+from shoal.cli.options import command, duration
 from shoal.errors import AuthError, ShoalError
-from shoal.logging import configure_logging
-from shoal.manager.server import ManagerSettings, open_manager
-from shoal.models.units import parse_duration
 from shoal.paths import default_state_dir
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 def _label(value: str) -> tuple[str, str]:
@@ -43,13 +39,6 @@ def _runtime_opt(value: str) -> tuple[str, str, str]:
     if not sep or not dot or not runtime or not key:
         raise argparse.ArgumentTypeError(f"expected RUNTIME.KEY=VALUE, got {value!r}")
     return runtime, key, val
-
-
-def _duration(value: str) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _common(parser: argparse.ArgumentParser, listen: bool = True) -> None:
@@ -82,22 +71,20 @@ def _node_identity(parser: argparse.ArgumentParser, name_help: str) -> None:
     )
 
 
-def add_daemon_commands(subparsers: Any) -> None:
-    up = subparsers.add_parser(
-        "up",
-        help="run a single-node cluster (manager + local agent, SQLite store)",
-        description="Run a manager and one local agent in one process, with the embedded "
-        "SQLite store in --state-dir. Client commands find it without --server.",
+def configure_up(up: argparse.ArgumentParser) -> None:
+    up.description = (
+        "Run a manager and one local agent in one process, with the embedded "
+        "SQLite store in --state-dir. Client commands find it without --server."
     )
     _common(up)
     _node_identity(up, "node name of the local agent (default: hostname)")
-    up.add_argument("--heartbeat-period", type=_duration, default=2.0, help=argparse.SUPPRESS)
-    up.set_defaults(func=lambda args: _run(_up(args)))
+    up.add_argument("--heartbeat-period", type=duration, default=2.0, help=argparse.SUPPRESS)
+    command(up, lambda args: _run(_up(args)))
 
-    manager = subparsers.add_parser(
-        "manager",
-        help="run a manager on a store",
-        description="Run a manager. Agents join it with the worker token (shoal token worker).",
+
+def configure_manager(manager: argparse.ArgumentParser) -> None:
+    manager.description = (
+        "Run a manager. Agents join it with the worker token (shoal token worker)."
     )
     manager.add_argument(
         "--store",
@@ -109,14 +96,14 @@ def add_daemon_commands(subparsers: Any) -> None:
     _common(manager)
     manager.add_argument(
         "--heartbeat-period",
-        type=_duration,
+        type=duration,
         default=2.0,
         metavar="DURATION",
         help="how often agents heartbeat (default 2s); a node is down after three missed periods",
     )
     manager.add_argument(
         "--lease-ttl",
-        type=_duration,
+        type=duration,
         default=5.0,
         metavar="DURATION",
         help="etcd: the leader's lease (default 5s); a dead leader is replaced within about this",
@@ -127,13 +114,11 @@ def add_daemon_commands(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="the address agents and other managers reach this manager at (default: --listen)",
     )
-    manager.set_defaults(func=lambda args: _run(_manager(args)))
+    command(manager, lambda args: _run(_manager(args)))
 
-    agent = subparsers.add_parser(
-        "agent",
-        help="run an agent that joins a manager",
-        description="Run an agent: join a manager and run the tasks it assigns to this node.",
-    )
+
+def configure_agent(agent: argparse.ArgumentParser) -> None:
+    agent.description = "Run an agent: join a manager and run the tasks it assigns to this node."
     agent.add_argument("--manager", required=True, metavar="HOST:PORT[,HOST:PORT...]")
     agent.add_argument("--token", required=True, help="worker join token (shoal token worker)")
     _node_identity(agent, "node name (default: hostname)")
@@ -155,16 +140,18 @@ def add_daemon_commands(subparsers: Any) -> None:
     )
     agent.add_argument(
         "--probe-period",
-        type=_duration,
+        type=duration,
         default=5.0,
         metavar="DURATION",
         help="how often the agent re-checks which runtimes work here (default 5s)",
     )
     _common(agent, listen=False)
-    agent.set_defaults(func=lambda args: _run(_agent(args)))
+    command(agent, lambda args: _run(_agent(args)))
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
+    from shoal.logging import configure_logging
+
     configure_logging()
     try:
         return asyncio.run(_until_signal(main))
@@ -185,6 +172,9 @@ async def _until_signal(main: Coroutine[Any, Any, int]) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
+    from shoal.agent.agent import AgentSettings, open_agent
+    from shoal.manager.server import ManagerSettings, open_manager
+
     state_dir = (args.state_dir or default_state_dir()).resolve()
     settings = ManagerSettings(
         store_url=f"sqlite:///{state_dir / 'state.db'}",
@@ -203,7 +193,7 @@ async def _up(args: argparse.Namespace) -> int:
         )
         async with open_agent(agent_settings) as agent:
             # One process, one /metrics: the agent's metrics join the manager's.
-            manager.registry.register(_RegistryBridge(agent.registry))
+            manager.registry.register(_registry_bridge(agent.registry))
             print(
                 f"shoal is up: manager on {manager.address}, node {agent_settings.name}, "
                 f"state in {state_dir}",
@@ -215,6 +205,8 @@ async def _up(args: argparse.Namespace) -> int:
 
 
 async def _manager(args: argparse.Namespace) -> int:
+    from shoal.manager.server import ManagerSettings, open_manager
+
     settings = ManagerSettings(
         store_url=args.store,
         state_dir=(args.state_dir or default_state_dir()).resolve(),
@@ -231,6 +223,9 @@ async def _manager(args: argparse.Namespace) -> int:
 
 
 async def _agent(args: argparse.Namespace) -> int:
+    from shoal.agent.agent import AgentSettings, open_agent
+    from shoal.agent.simfleet import open_sim_fleet
+
     name = args.name or socket.gethostname()
     managers = [m.strip() for m in args.manager.split(",") if m.strip()]
     state_dir = (args.state_dir or default_state_dir() / "agents" / name).resolve()
@@ -266,11 +261,12 @@ def _agent_exit(fatal: BaseException | None) -> int:
     return 0
 
 
-class _RegistryBridge(Collector):
-    """Expose another registry's metrics through this one."""
+def _registry_bridge(registry: CollectorRegistry) -> Any:
+    """A collector exposing another registry's metrics through the one it joins."""
+    from prometheus_client.registry import Collector
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
+    class RegistryBridge(Collector):
+        def collect(self) -> Iterable[Any]:
+            return registry.collect()
 
-    def collect(self) -> Iterable[Any]:
-        return self._registry.collect()
+    return RegistryBridge()

@@ -1,8 +1,21 @@
 """``shoal``: the command line, kubectl's habits applied to shoal.
 
-This module builds the argument parser and owns the contract scripts rely on;
-the commands themselves live in ``shoal.cli.commands`` (client commands) and
-``shoal.cli.daemons`` (``up``, ``manager``, ``agent``).
+This module owns the contract scripts rely on and the list of verbs; each verb
+lives in a module of its own that is imported only when that verb is run, so
+``shoal --help`` loads no verb at all and ``shoal get`` loads neither the
+daemons (agent, manager, runtimes, engine SDKs) nor the models.
+
+Adding a verb is one line in ``VERBS``::
+
+    Verb("diff", "show what apply would change", "shoal.cli.diff:configure"),
+
+where ``shoal.cli.diff.configure(parser)`` declares the verb's arguments on the
+parser it is given and binds the function that runs it with
+``shoal.cli.options.command(parser, run)``; ``run(args) -> int`` returns the
+exit code. A verb with sub-verbs (``node ls``) opens them with
+``options.subcommands`` and ``options.add_subcommand``. Keep the verb module's
+own top-level imports light: import the client, the models or a daemon inside
+the function that needs them, as the existing verb modules do.
 
 Exit codes:
 
@@ -20,322 +33,119 @@ and the console script share one path.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import shoal
-from shoal.cli import commands
-from shoal.cli.cluster import add_cluster_commands
-from shoal.cli.commands import KINDS, SERVICE_KINDS, UsageError
-from shoal.cli.daemons import add_daemon_commands
-from shoal.cli.output import FORMATS
+from shoal.cli.options import Formatter, UsageError
 from shoal.errors import ShoalError, SpecError
-from shoal.models.units import parse_duration
-
-RESOURCE_KINDS = list(KINDS)
-DEFAULT_TIMEOUT = 60.0
 
 
-# ------------------------------------------------------------ argument types
+@dataclass(frozen=True)
+class Verb:
+    """A top-level command: its name, its help line, and where it is declared.
+
+    ``target`` is ``"module:function"``; the function receives the verb's
+    parser and fills it in (see the module docstring).
+    """
+
+    name: str
+    summary: str
+    target: str
+    aliases: tuple[str, ...] = ()
 
 
-def duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+# In the order ``shoal --help`` lists them.
+VERBS: tuple[Verb, ...] = (
+    Verb(
+        "apply", "create or update services from YAML specs", "shoal.cli.commands:configure_apply"
+    ),
+    Verb("get", "list services, tasks or nodes", "shoal.cli.commands:configure_get"),
+    Verb(
+        "describe",
+        "show a service or node in detail, with its tasks and events",
+        "shoal.cli.commands:configure_describe",
+    ),
+    Verb("delete", "delete services", "shoal.cli.commands:configure_delete"),
+    Verb("scale", "set the number of replicas of services", "shoal.cli.commands:configure_scale"),
+    Verb("logs", "print the output of a service's tasks", "shoal.cli.commands:configure_logs"),
+    Verb("rollout", "follow the rollout of a service", "shoal.cli.rollout:configure"),
+    Verb("node", "list and update nodes", "shoal.cli.commands:configure_node"),
+    Verb("token", "print the token agents join with", "shoal.cli.commands:configure_token"),
+    Verb("version", "print the client and server versions", "shoal.cli.commands:configure_version"),
+    Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),
+    Verb(
+        "up",
+        "run a single-node cluster (manager + local agent, SQLite store)",
+        "shoal.cli.daemons:configure_up",
+    ),
+    Verb("manager", "run a manager on a store", "shoal.cli.daemons:configure_manager"),
+    Verb("agent", "run an agent that joins a manager", "shoal.cli.daemons:configure_agent"),
+)
 
 
-def scale_target(text: str) -> tuple[str, int]:
-    name, sep, count = text.partition("=")
-    if not sep or not name or not count.isdigit():
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=REPLICAS with REPLICAS a whole number >= 0, got {text!r}"
-        )
-    return name, int(count)
+def find_verb(name: str, verbs: Sequence[Verb] = VERBS) -> Verb | None:
+    for verb in verbs:
+        if name == verb.name or name in verb.aliases:
+            return verb
+    return None
 
 
-def label_pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
-
-
-# ------------------------------------------------------------------- parser
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the line breaks of descriptions and epilogs (examples)."""
-
-
-def _server_parent() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--server",
-        metavar="HOST:PORT",
-        help="manager address (default: $SHOAL_SERVER, else the manager of a local "
-        "`shoal up`, else 127.0.0.1:7420)",
+def _configure(verb: Verb, parser: argparse.ArgumentParser) -> None:
+    module_name, _, function = verb.target.partition(":")
+    configure: Callable[[argparse.ArgumentParser], None] = getattr(
+        importlib.import_module(module_name), function
     )
-    return parent
+    configure(parser)
 
 
-def _add(
-    subparsers: Any, name: str, func: commands.Command, summary: str, **kwargs: Any
+def _verb_in(argv: Sequence[str]) -> str | None:
+    """The verb of a command line: its first word that is not an option.
+
+    The top-level parser has only flags (``-h``, ``--version``), so the first
+    word that does not start with ``-`` is the verb or a usage error.
+    """
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(
+    argv: Sequence[str] = (), verbs: Sequence[Verb] = VERBS
 ) -> argparse.ArgumentParser:
-    """A subcommand whose ``func(args) -> int`` runs it; ``summary`` is its help line."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        name,
-        help=summary,
-        description=summary,
-        formatter_class=_Formatter,
-        **kwargs,
-    )
-    parser.set_defaults(func=func, command_parser=parser)
-    return parser
+    """The parser for ``argv``: every verb is listed, only ``argv``'s verb is declared.
 
-
-def _output_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=FORMATS,
-        default="table",
-        help="table (default), wide (more columns), yaml or json",
-    )
-
-
-def _add_get(sub: Any, server: argparse.ArgumentParser) -> None:
-    get = _add(
-        sub,
-        "get",
-        commands.cmd_get,
-        "list services, tasks or nodes",
-        parents=[server],
-        epilog="examples:\n  shoal get services\n  shoal get tasks --service web -a\n"
-        "  shoal get svc web -o yaml\n\n"
-        '-o json|yaml prints {"items": [...]} for a list, the object itself with NAME.\n'
-        "An unknown resource type (e.g. pods) is a usage error: exit code 2.",
-    )
-    get.add_argument(
-        "resource",
-        metavar="RESOURCE",
-        choices=RESOURCE_KINDS,
-        help="services (service, svc), tasks (task) or nodes (node)",
-    )
-    get.add_argument("name", metavar="NAME", nargs="?", help="only this object")
-    _output_option(get)
-    get.add_argument("--service", metavar="NAME", help="tasks: only the tasks of this service")
-    get.add_argument(
-        "-a", "--all", action="store_true", help="tasks: include finished tasks kept as history"
-    )
-
-
-def _add_delete(sub: Any, server: argparse.ArgumentParser) -> None:
-    delete = _add(
-        sub,
-        "delete",
-        commands.cmd_delete,
-        "delete services",
-        parents=[server],
-        usage="shoal delete (service NAME [NAME ...] | -f PATH [-f PATH ...]) [options]",
-        epilog="By default waits until the services' tasks have stopped; --no-wait returns\n"
-        "as soon as the services are deleted.",
-    )
-    delete.add_argument("targets", nargs="*", metavar="service NAME", help=argparse.SUPPRESS)
-    delete.add_argument(
-        "-f",
-        "--filename",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="delete the services defined in these files or directories",
-    )
-    delete.add_argument(
-        "--ignore-not-found",
-        action="store_true",
-        help="a service that does not exist is not an error",
-    )
-    delete.add_argument(
-        "--wait",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="wait until the tasks of the deleted services have stopped",
-    )
-    delete.add_argument(
-        "--timeout",
-        type=duration,
-        default=DEFAULT_TIMEOUT,
-        metavar="DURATION",
-        help="how long --wait waits, e.g. 30s, 2m (default 60s)",
-    )
-
-
-def _add_node(sub: Any, server: argparse.ArgumentParser) -> None:
-    node = sub.add_parser("node", help="list and update nodes", description="list and update nodes")
-    node.set_defaults(command_parser=node)
-    node_sub = node.add_subparsers(dest="node_command", metavar="COMMAND")
-    ls = _add(node_sub, "ls", commands.cmd_node_ls, "list nodes (as `get nodes`)", parents=[server])
-    ls.add_argument("name", metavar="NAME", nargs="?", help="only this node")
-    _output_option(ls)
-    update = _add(
-        node_sub,
-        "update",
-        commands.cmd_node_update,
-        "change a node's availability or labels",
-        parents=[server],
-        epilog="availability: active (takes tasks), pause (keeps its tasks, takes no\n"
-        "new ones), drain (its tasks move elsewhere)",
-    )
-    update.add_argument("name", metavar="NAME")
-    update.add_argument("--availability", choices=["active", "pause", "drain"])
-    update.add_argument(
-        "--label-add",
-        action="append",
-        type=label_pair,
-        default=[],
-        metavar="KEY=VALUE",
-        help="add or change a label (repeatable)",
-    )
-    update.add_argument(
-        "--label-rm",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="remove a label an operator added (repeatable)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
+    Declaring a verb imports its module; the others stay unloaded, which is
+    what keeps ``shoal --help`` and ``shoal version --client`` fast.
+    """
     parser = argparse.ArgumentParser(
         prog="shoal",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
         description="shoal: run services across a cluster of machines.",
         epilog="exit codes: 0 success, 1 failure (refused, not found, unreachable,\n"
         "timed out), 2 wrong command line",
     )
     parser.add_argument("--version", action="version", version=f"shoal {shoal.__version__}")
     parser.set_defaults(command_parser=parser)
-    server = _server_parent()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    apply = _add(
-        sub,
-        "apply",
-        commands.cmd_apply,
-        "create or update services from YAML specs",
-        parents=[server],
-        epilog="Every file is validated first; if any has a problem nothing is sent.",
-    )
-    apply.add_argument(
-        "-f",
-        "--filename",
-        action="append",
-        required=True,
-        metavar="PATH",
-        help="a YAML file, a directory of them, or - for standard input (repeatable)",
-    )
-    apply.add_argument(
-        "--dry-run", action="store_true", help="show what would change without changing it"
-    )
-
-    _add_get(sub, server)
-
-    describe = _add(
-        sub,
-        "describe",
-        commands.cmd_describe,
-        "show a service or node in detail, with its tasks and events",
-        parents=[server],
-    )
-    describe.add_argument(
-        "resource",
-        metavar="RESOURCE",
-        choices=[*SERVICE_KINDS, "node", "nodes"],
-        help="service (svc) or node",
-    )
-    describe.add_argument("name", metavar="NAME")
-
-    _add_delete(sub, server)
-
-    scale = _add(
-        sub,
-        "scale",
-        commands.cmd_scale,
-        "set the number of replicas of services",
-        parents=[server],
-        epilog="example:\n  shoal scale web=3 worker=0",
-    )
-    scale.add_argument("targets", nargs="+", type=scale_target, metavar="NAME=REPLICAS")
-
-    logs = _add(
-        sub, "logs", commands.cmd_logs, "print the output of a service's tasks", parents=[server]
-    )
-    logs.add_argument("service", metavar="SERVICE")
-    logs.add_argument(
-        "-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C"
-    )
-    logs.add_argument(
-        "--tail", type=positive_int, metavar="N", help="start with the last N lines of each task"
-    )
-    logs.add_argument(
-        "--prefix",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="prefix each line with `TASKNAME | ` (default on)",
-    )
-
-    rollout = sub.add_parser(
-        "rollout",
-        help="follow the rollout of a service",
-        description="follow the rollout of a service",
-    )
-    rollout.set_defaults(command_parser=rollout)
-    rollout_sub = rollout.add_subparsers(dest="rollout_command", metavar="COMMAND")
-    status = _add(
-        rollout_sub,
-        "status",
-        commands.cmd_rollout_status,
-        "wait until a service runs its current spec with all its replicas",
-        parents=[server],
-        epilog="Exit code 0 once done, 1 on timeout (the error says what is missing).",
-    )
-    status.add_argument("name", metavar="NAME")
-    status.add_argument(
-        "--timeout",
-        type=duration,
-        default=DEFAULT_TIMEOUT,
-        metavar="DURATION",
-        help="give up after this long, e.g. 30s, 2m (default 60s)",
-    )
-
-    _add_node(sub, server)
-
-    token = _add(
-        sub, "token", commands.cmd_token, "print the token agents join with", parents=[server]
-    )
-    token.add_argument("role", choices=["worker"], nargs="?", default="worker")
-
-    _add(
-        sub,
-        "version",
-        commands.cmd_version,
-        "print the client and server versions",
-        parents=[server],
-        epilog="Prints the client version, then asks the manager for its version. If the\n"
-        "manager cannot be reached the client version is still printed, the error goes\n"
-        "to stderr and the exit code is 1. --client never contacts the manager.",
-    ).add_argument("--client", action="store_true", help="only the client version")
-
-    add_cluster_commands(sub, server)
-    add_daemon_commands(sub)
+    wanted = _verb_in(argv)
+    for verb in verbs:
+        verb_parser = sub.add_parser(
+            verb.name,
+            aliases=list(verb.aliases),
+            help=verb.summary,
+            description=verb.summary,
+            formatter_class=Formatter,
+        )
+        verb_parser.set_defaults(command_parser=verb_parser)
+        if wanted is not None and (wanted == verb.name or wanted in verb.aliases):
+            _configure(verb, verb_parser)
     return parser
 
 
@@ -357,9 +167,10 @@ def _report(error: ShoalError) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code is returned, never raised."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(words)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 2
     command_parser: argparse.ArgumentParser = args.command_parser

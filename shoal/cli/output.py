@@ -20,10 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import yaml
-
 Row = Sequence[str]
-FORMATS = ("table", "wide", "yaml", "json")
 COMMAND_WIDTH = 40
 MESSAGE_WIDTH = 60
 
@@ -75,6 +72,8 @@ def render_table(headers: Row, rows: Iterable[Row]) -> str:
 def dump(data: Any, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2)
+    import yaml  # only -o yaml needs it
+
     text: str = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return text.rstrip("\n")
 

@@ -1,0 +1,101 @@
+"""What verb modules share when they declare their command lines.
+
+A verb module (see ``shoal.cli.main``) gets the parser of its verb and fills it
+in with these: ``command`` binds a parser to the function that runs it,
+``subcommands`` opens a group of sub-verbs (``node ls``, ``rollout status``),
+``server_option`` and ``output_option`` are the options every client command
+spells the same way, and the argument types turn text into values with an
+argparse error (exit code 2) instead of a traceback.
+
+This module imports only the standard library, ``shoal.errors`` and ``shoal.units``: it is on
+the path of every command, ``shoal --help`` included.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from shoal.errors import ShoalError
+from shoal.units import parse_duration
+
+Command = Callable[[argparse.Namespace], int]
+
+FORMATS = ("table", "wide", "yaml", "json")
+DEFAULT_TIMEOUT = 60.0
+
+
+class UsageError(ShoalError):
+    """The command line is wrong in a way argparse cannot see; exit code 2."""
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions and epilogs (examples)."""
+
+
+def command(parser: argparse.ArgumentParser, func: Command) -> argparse.ArgumentParser:
+    """Make ``func(args) -> int`` run when this parser's command is given."""
+    parser.set_defaults(func=func, command_parser=parser)
+    return parser
+
+
+def subcommands(parser: argparse.ArgumentParser, dest: str) -> Any:
+    """A group of sub-verbs under ``parser``; add them with ``add_subcommand``.
+
+    Without a sub-verb, ``shoal VERB`` prints this parser's help (exit code 2).
+    """
+    parser.set_defaults(command_parser=parser)
+    return parser.add_subparsers(dest=dest, metavar="COMMAND")
+
+
+def add_subcommand(
+    group: Any, name: str, func: Command, summary: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """One sub-verb whose ``func(args) -> int`` runs it; ``summary`` is its help line."""
+    kwargs.setdefault("description", summary)
+    parser: argparse.ArgumentParser = group.add_parser(
+        name, help=summary, formatter_class=Formatter, **kwargs
+    )
+    return command(parser, func)
+
+
+def server_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="manager address (default: $SHOAL_SERVER, else the manager of a local "
+        "`shoal up`, else 127.0.0.1:7420)",
+    )
+
+
+def output_option(
+    parser: argparse.ArgumentParser,
+    choices: tuple[str, ...] = FORMATS,
+    help: str = "table (default), wide (more columns), yaml or json",
+) -> None:
+    parser.add_argument("-o", "--output", choices=choices, default="table", help=help)
+
+
+# ------------------------------------------------------------ argument types
+
+
+def duration(text: str) -> float:
+    """``500ms``, ``5s``, ``1m30s``, ``2h`` as seconds."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def whole_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)

@@ -1,0 +1,113 @@
+"""What the command line loads: never the daemons, and for quick verbs not even gRPC.
+
+The CLI is started for every command a user or a script types, so what it
+imports is what it costs. These run the real ``shoal.cli.main`` in a fresh
+interpreter and look at ``sys.modules`` afterwards; they check which modules
+were loaded, not how long anything took (speed is measured in ``bench/cli.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A client command has no business with any of these: they are the daemons'
+# (agent, manager, reconcilers, store, runtimes) and the engines' SDKs.
+DAEMON_MODULES = (
+    "shoal.agent",
+    "shoal.manager",
+    "shoal.runtimes",
+    "shoal.reconciler",
+    "shoal.store",
+    "docker",
+    "podman",
+    "aetcd",
+    "prometheus_client",
+    "structlog",
+)
+# Verbs that never talk to a manager need neither gRPC nor the models.
+REMOTE_MODULES = ("grpc", "asyncio", "pydantic", "shoal.models", "yaml")
+
+PROBE = """
+import json, sys
+import shoal.cli.main as cli
+code = None if not sys.argv[1:] else cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def loaded(tmp_path: Path, *argv: str) -> tuple[int | None, set[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env["SHOAL_STATE_DIR"] = str(tmp_path / "state")
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return report["code"], set(report["modules"])
+
+
+def offending(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+def test_importing_the_cli_loads_no_daemon_and_no_grpc(tmp_path: Path) -> None:
+    _, modules = loaded(tmp_path)
+    assert "shoal.cli.main" in modules
+    assert offending(modules, DAEMON_MODULES + REMOTE_MODULES) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        pytest.param(["--help"], 0, id="help"),
+        pytest.param(["version", "--client"], 0, id="version-client"),
+        pytest.param(["get", "--help"], 0, id="get-help"),
+        pytest.param(["pods"], 2, id="unknown-verb"),
+    ],
+)
+def test_local_verbs_load_neither_daemons_nor_grpc(
+    tmp_path: Path, argv: list[str], code: int
+) -> None:
+    returned, modules = loaded(tmp_path, *argv)
+    assert returned == code
+    assert offending(modules, DAEMON_MODULES + REMOTE_MODULES) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["get", "services"], id="get-services"),
+        pytest.param(["get", "tasks", "-o", "wide"], id="get-tasks"),
+        pytest.param(["version"], id="version"),
+    ],
+)
+def test_client_verbs_load_grpc_but_no_daemon(tmp_path: Path, argv: list[str]) -> None:
+    # Nothing listens on port 1: the command goes all the way to the failed
+    # call (exit code 1), having loaded everything it needs for a real one.
+    returned, modules = loaded(tmp_path, *argv, "--server", "127.0.0.1:1")
+    assert returned == 1
+    assert "grpc" in modules  # it did get as far as calling
+    assert offending(modules, (*DAEMON_MODULES, "pydantic", "shoal.models")) == []
+
+
+def test_apply_loads_the_models_but_no_daemon(tmp_path: Path) -> None:
+    spec = tmp_path / "web.yaml"
+    spec.write_text(
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: web}\n"
+        "spec: {template: {command: [sleep, '60']}}\n"
+    )
+    returned, modules = loaded(tmp_path, "apply", "-f", str(spec), "--server", "127.0.0.1:1")
+    assert returned == 1
+    assert "shoal.models.service" in modules  # the spec was validated before calling
+    assert offending(modules, DAEMON_MODULES) == []
