@@ -81,6 +81,10 @@ class Task(Model):
     # most recent ones failed in a row (drives restart back-off).
     attempt: int = 0
     failure_streak: int = 0
+    # With ``restartPolicy.window``: when this slot was restarted within the
+    # window, oldest first (this task's own creation last). Carried from task
+    # to task, so counting restarts does not depend on how much history is kept.
+    restarts: list[datetime] = Field(default_factory=list, exclude_if=lambda v: not v)
     created_at: datetime
 
     @property

@@ -23,8 +23,9 @@ import secrets
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.models import (
     Availability,
     DesiredState,
@@ -50,10 +51,6 @@ MAX_RESTART_DELAY = 300.0
 HEALTHY_RUN = 30.0
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def new_task_id() -> str:
     return secrets.token_hex(12)
 
@@ -77,9 +74,13 @@ class RestartDecision:
     reason: str = ""
 
 
-def restart_decision(
-    policy: RestartPolicy, task: Task, history: list[Task], now: datetime
-) -> RestartDecision:
+def restarts_in_window(policy: RestartPolicy, restarts: list[datetime], now: datetime) -> int:
+    """How many of ``restarts`` fall within the policy's window before ``now``."""
+    since = now - timedelta(seconds=policy.window)
+    return sum(1 for at in restarts if at >= since)
+
+
+def restart_decision(policy: RestartPolicy, task: Task, now: datetime) -> RestartDecision:
     """Whether (and when) the slot of ``task``, which ended, gets a new task."""
     state = task.status.state
     if state in (TaskState.ORPHANED, TaskState.SHUTDOWN):
@@ -92,10 +93,7 @@ def restart_decision(
         return RestartDecision(False, reason="failed; restart condition is none")
     if policy.max_attempts > 0:
         if policy.window > 0:
-            since = now.timestamp() - policy.window
-            restarts = sum(
-                1 for t in history if t.attempt > 0 and t.created_at.timestamp() >= since
-            )
+            restarts = restarts_in_window(policy, task.restarts, now)
         else:
             restarts = task.attempt
         if restarts >= policy.max_attempts:
@@ -119,9 +117,12 @@ class Orchestrator(Controller):
     # Services are independent keys: let slow commits of one overlap work on others.
     workers = 4
 
-    def __init__(self, informer: Informer, events: EventRecorder) -> None:
+    def __init__(
+        self, informer: Informer, events: EventRecorder, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.informer = informer
         self.events = events
+        self.clock = clock
         # Why each finished slot is not restarted, for ``shoal describe``.
         self.slot_notes: dict[str, dict[str, str]] = {}
 
@@ -152,7 +153,7 @@ class Orchestrator(Controller):
         entry = self.informer.service(key)
         tasks = self.informer.tasks_of_service(key)
         plan = Plan()
-        now = utcnow()
+        now = self.clock.now()
         if entry is None:
             self.slot_notes.pop(key, None)
             self._retire(tasks, plan, now, "service deleted")
@@ -223,7 +224,6 @@ class Orchestrator(Controller):
         current = [e for e in entries if e.obj.desired_state == DesiredState.RUNNING]
         for extra in current[:-1]:  # never more than one current task per slot
             self._shutdown(extra, plan, now, "superseded")
-        history = [e.obj for e in entries]
         if not current:
             previous = entries[-1].obj if entries else None
             self._create(service, slot, node_id, previous, 0, plan, now)
@@ -236,7 +236,7 @@ class Orchestrator(Controller):
                     self._shutdown(cur, plan, now, reason)
                     self._create(service, slot, node_id, task, 0, plan, now, restart=False)
             else:
-                decision = restart_decision(service.spec.restart_policy, task, history, now)
+                decision = restart_decision(service.spec.restart_policy, task, now)
                 if not decision.restart:
                     notes[task.slot_key] = decision.reason
                 else:
@@ -278,6 +278,13 @@ class Orchestrator(Controller):
         now: datetime,
         restart: bool = True,
     ) -> None:
+        policy = service.spec.restart_policy
+        restarts: list[datetime] = []
+        if previous is not None and restart and policy.window > 0:
+            # Only what the window can still count; maxAttempts bounds the list.
+            since = now - timedelta(seconds=policy.window)
+            restarts = [at for at in previous.restarts if at >= since] + [now]
+            restarts = restarts[-max(policy.max_attempts, 1) :]
         task = Task(
             id=new_task_id(),
             service=service.name,
@@ -287,6 +294,7 @@ class Orchestrator(Controller):
             service_generation=service.metadata.generation or 0,
             attempt=(previous.attempt + 1) if previous and restart else 0,
             failure_streak=failure_streak,
+            restarts=restarts,
             created_at=now,
             status=TaskStatus(state=TaskState.PENDING, timestamp=now, message="waiting for a node"),
         )
