@@ -57,6 +57,8 @@ def start_manager(root: Path, name: str, store: str, port: int) -> subprocess.Po
     log = (root / f"{name}.log").open("ab")
     args = [sys.executable, "-m", "shoal", "manager", "--store", store]
     args += ["--state-dir", str(root / name), "--listen", f"127.0.0.1:{port}"]
+    if store.startswith("etcd://"):  # every manager of one cluster shares the data key
+        args += ["--data-key-file", str(root / "datakey")]
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -114,6 +114,15 @@ def configure_manager(manager: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="the address agents and other managers reach this manager at (default: --listen)",
     )
+    manager.add_argument(
+        "--data-key-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the key secrets and configs are encrypted with (created if missing, mode 0600); "
+        "required with etcd: give every manager the same file (default with SQLite: "
+        "STATE_DIR/datakey)",
+    )
     command(manager, lambda args: _run(_manager(args)))
 
 
@@ -215,6 +224,7 @@ async def _manager(args: argparse.Namespace) -> int:
         heartbeat_period=args.heartbeat_period,
         lease_ttl=args.lease_ttl,
         advertise=args.advertise,
+        data_key_file=args.data_key_file.resolve() if args.data_key_file else None,
     )
     async with open_manager(settings) as manager:
         print(f"shoal manager listening on {manager.address}", file=sys.stderr, flush=True)

@@ -32,6 +32,7 @@ from shoal.api.transport import (
     SERVER_OPTIONS,
     service_handler,
 )
+from shoal.errors import DataKeyError
 from shoal.manager.control import Control
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election, LeaseElection, SoleElection, manager_info
@@ -45,10 +46,14 @@ from shoal.reconciler.nodemonitor import HeartbeatTracker, NodeMonitor
 from shoal.reconciler.orchestrator import Orchestrator
 from shoal.reconciler.scheduler import Scheduler
 from shoal.runtimes.registry import register_known_runtimes
+from shoal.security.datakey import DataKey, verify_against_store
 from shoal.store import open_store
 from shoal.store.typed import ClusterConfig, Object, TypedStore
 
 log = structlog.get_logger(__name__)
+
+# The data key's file in the state dir when --data-key-file is not given.
+DATA_KEY_FILE = "datakey"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,9 @@ class ManagerSettings:
     failover_grace: float | None = None
     # The address other managers and agents reach this one at (default: the bound one).
     advertise: str | None = None
+    # The data key secrets are encrypted with (shoal.security.datakey). Default: the
+    # state dir's ``datakey`` (created on first start); etcd needs one file for all managers.
+    data_key_file: Path | None = None
 
     @property
     def grace(self) -> float:
@@ -104,9 +112,11 @@ class Manager:
         settings = self.settings
         register_known_runtimes()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.data_key = self._load_data_key()
         store = await open_store(settings.store_url)
         self._stack.push_async_callback(store.aclose)
         self.store = store
+        await verify_against_store(self.data_key, store)
         # Several managers need etcd; on an embedded store its own lock makes this one sole.
         self.election: Election
         if store.url.startswith("etcd://"):
@@ -204,6 +214,25 @@ class Manager:
             nodes=len(self.informer.nodes),
             services=len(self.informer.services),
         )
+
+    def _load_data_key(self) -> DataKey:
+        settings = self.settings
+        path = settings.data_key_file
+        if path is None:
+            if settings.store_url.startswith("etcd://"):
+                raise DataKeyError(
+                    "with an etcd store every manager needs the same data key: pass "
+                    "--data-key-file FILE (created by the first manager if it does not exist; "
+                    "copy it to the others, mode 0600)"
+                )
+            if settings.store_url.startswith("memory://"):
+                return DataKey.generate()
+            path = settings.state_dir / DATA_KEY_FILE
+        created = not path.exists()
+        key = DataKey.load_or_create(path)
+        if created:
+            log.info("manager.data_key_created", path=str(path), key_id=key.key_id)
+        return key
 
     def _new_runners(self) -> list[ControllerRunner]:
         period = self.settings.resync_period

@@ -16,23 +16,42 @@ The interface, shared by the CA (``shoal.security.ca``) and secrets:
 one purpose (say ``secret/db-pass``) cannot be passed off as another. A blob is
 ``version (1 byte) | nonce (12 bytes) | ciphertext+tag``; the nonce is random,
 which is safe far beyond the number of objects a cluster ever seals.
+
+A key file that group or others may read is refused (as ssh refuses such a
+private key), and a new one appears complete or not at all (written aside, then
+hard-linked into place), so managers starting together never read half a key.
+
+The store's key check value
+    A manager given the wrong key must refuse to start, rather than fail on the
+    first secret or, worse, seal new secrets under a second key. The first
+    manager of a store records ``/cluster/datakey``: its key id and a constant
+    sealed with the key. ``verify_against_store`` opens that check value at
+    every start and raises ``DataKeyError`` naming both key ids when it does not.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import secrets
+import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shoal.errors import DataKeyError
+from shoal.store.base import Compare, Put, Store
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
 VERSION = 1
+# Where the key check value is stored (beside /cluster/config).
+CHECK_KEY = "/cluster/datakey"
+_CHECK_PLAINTEXT = b"shoal data key check"
 
 
 class DataKey:
@@ -54,9 +73,15 @@ class DataKey:
     @classmethod
     def load(cls, path: Path) -> DataKey:
         try:
+            mode = stat.S_IMODE(path.stat().st_mode)
             text = path.read_text().strip()
         except OSError as exc:
             raise DataKeyError(f"cannot read the data key {path}: {exc.strerror}") from exc
+        if mode & 0o077:
+            raise DataKeyError(
+                f"the data key {path} may be read by others (mode {mode:04o}); "
+                f"make it private: chmod 600 {path}"
+            )
         try:
             raw = bytes.fromhex(text)
         except ValueError as exc:
@@ -70,13 +95,24 @@ class DataKey:
             return cls.load(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_bytes(KEY_BYTES)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, (key.hex() + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
         except FileExistsError:  # somebody else created it first: use theirs
             return cls.load(path)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key.hex() + "\n")
+        finally:
+            tmp.unlink()
         return cls(key, path)
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path is not None else "memory"
 
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
         nonce = secrets.token_bytes(NONCE_BYTES)
@@ -92,3 +128,43 @@ class DataKey:
             raise DataKeyError(
                 "cannot decrypt with this data key: it is not the key the data was sealed with"
             ) from exc
+
+
+async def verify_against_store(key: DataKey, store: Store) -> None:
+    """Make sure ``key`` is the key the store's values are sealed with.
+
+    The first manager of a store records the key check value; every later
+    start checks it. Raises ``DataKeyError`` on a mismatch (nothing is written).
+    """
+    kv = await store.get(CHECK_KEY)
+    if kv is None:
+        record = {
+            "keyId": key.key_id,
+            "check": base64.b64encode(key.seal(_CHECK_PLAINTEXT, CHECK_KEY.encode())).decode(),
+            "createdAt": datetime.now(UTC).isoformat(),
+        }
+        result = await store.txn(
+            [Compare(CHECK_KEY, "version", "==", 0)],
+            [Put(CHECK_KEY, json.dumps(record).encode())],
+        )
+        if result.succeeded:
+            return
+        kv = await store.get(CHECK_KEY)  # another manager was first: check against its key
+        if kv is None:
+            raise DataKeyError("the data key check value vanished from the store; start again")
+    try:
+        record = json.loads(kv.value)
+        stored_id = str(record["keyId"])
+        check = base64.b64decode(str(record["check"]), validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataKeyError(f"the data key check value at {CHECK_KEY} is damaged") from exc
+    try:
+        opened = key.open(check, CHECK_KEY.encode())
+    except DataKeyError:
+        opened = b""
+    if opened != _CHECK_PLAINTEXT:
+        raise DataKeyError(
+            f"the data key from {key.source} (id {key.key_id}) is not the key this store's "
+            f"secrets are encrypted with (id {stored_id}); every manager of a cluster needs "
+            "the same data key file (--data-key-file): copy the one the first manager used"
+        )

@@ -63,6 +63,8 @@ class HACluster:
                     self.etcd.url("shoal"),
                     "--state-dir",
                     str(self.root / name),
+                    "--data-key-file",
+                    str(self.root / "datakey"),
                     "--listen",
                     f"127.0.0.1:{port}",
                     "--heartbeat-period",
