@@ -77,15 +77,15 @@ class DataKey:
             text = path.read_text().strip()
         except OSError as exc:
             raise DataKeyError(f"cannot read the data key {path}: {exc.strerror}") from exc
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError as exc:
+            raise DataKeyError(f"{path} is not a shoal data key (64 hex digits)") from exc
         if mode & 0o077:
             raise DataKeyError(
                 f"the data key {path} may be read by others (mode {mode:04o}); "
                 f"make it private: chmod 600 {path}"
             )
-        try:
-            raw = bytes.fromhex(text)
-        except ValueError as exc:
-            raise DataKeyError(f"{path} is not a shoal data key (64 hex digits)") from exc
         return cls(raw, path)
 
     @classmethod
