@@ -1,11 +1,13 @@
 """Control-plane scale: 1,000 simulated nodes, 10 services x 1,000 replicas.
 
-    .venv/bin/python bench/scale.py [--nodes 1000] [--services 10] [--replicas 1000]
+    .venv/bin/python bench/scale.py [--runs 1] [--fleets 2] [--nodes 1000] [--services 10]
+        [--replicas 1000] [--timeout 180] [--lock /tmp/shoal-heavy.lock] [--quiet]
 
 Starts a real manager (SQLite store) and two ``shoal agent --sim-nodes``
 processes (900 + 100 simulated nodes by default: every node is a full agent
 with its own session, heartbeats and assignments; only its tasks are
-simulated), then, through the Control API:
+simulated; ``--fleets 1`` puts all nodes in one process and skips step 2),
+then, through the Control API:
 
 1. applies the services in one apply and measures seconds until every task is
    observed ``running`` (tasks/s);
@@ -16,13 +18,24 @@ simulated), then, through the Control API:
 It reports the manager's peak RSS and CPU seconds, reconcile latency p50/p99
 (from the manager's own histogram), prints a table, and plots running tasks
 over time to ``bench/out/scale.png`` (with matplotlib, from the ``bench`` extra).
+
+Every run ends with one ``scale-run:`` line (figures, the load average before
+and after, whether it converged), also for runs that fail: a run that does
+not converge within ``--timeout`` is reported, not hidden. ``--runs N``
+repeats the whole run with fresh processes; ``--lock PATH`` holds an
+``flock`` on PATH for each run only (shared machines); ``--quiet`` prints
+only the summary lines; ``--profile DIR`` records the manager and the first
+fleet with ``py-spy`` (``pip install py-spy``) into DIR for the whole run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,12 +96,18 @@ async def running_tasks(client: Client) -> int:
     return sum(int(s["status"]["runningTasks"]) for s in reply["items"])
 
 
-def task_count(metrics_url: str) -> int:
-    """Every task the store holds, history included, from the manager's gauge."""
+def task_count(metrics_url: str, state: str | None = None) -> int:
+    """Tasks the store holds (history included; only ``state`` if given), from the gauge."""
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     for family in text_string_to_metric_families(text):
         if family.name == "shoal_tasks":
-            return int(sum(sample.value for sample in family.samples))
+            return int(
+                sum(
+                    sample.value
+                    for sample in family.samples
+                    if state is None or sample.labels.get("state") == state
+                )
+            )
     raise RuntimeError("the manager exports no shoal_tasks gauge")
 
 
@@ -97,8 +116,12 @@ async def ready_nodes(client: Client) -> int:
     return sum(1 for n in nodes if n["status"]["state"] == "ready")
 
 
+class NotConverged(Exception):
+    """A phase did not finish within the run's timeout."""
+
+
 async def wait_until(
-    client: Client, timeline: Timeline, phase: str, done: Any, timeout: float = 600
+    client: Client, timeline: Timeline, phase: str, done: Any, timeout: float
 ) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -111,7 +134,8 @@ async def wait_until(
         if done(running):
             return time.monotonic() - started
         await asyncio.sleep(0.1)
-    raise TimeoutError(f"{phase}: not done after {timeout}s")
+    last = timeline.points[-1][1] if timeline.points else 0
+    raise NotConverged(f"{phase}: not done after {timeout:.0f}s ({last} running)")
 
 
 def reconcile_quantiles(metrics_url: str) -> dict[str, tuple[float, float]]:
@@ -159,12 +183,13 @@ async def scenario(
     address: str,
     manager_pid: int,
     fleets: list[subprocess.Popen[bytes]],
-) -> dict[str, Any]:
+    results: dict[str, Any],
+) -> None:
     channel = open_channel(address)
     client = Client(channel, CONTROL_SERVICE)
     timeline = Timeline()
+    results["timeline"] = timeline
     total = args.services * args.replicas
-    results: dict[str, Any] = {}
 
     cpu_before, _ = process_usage(manager_pid)
     fleet_before = sum(process_usage(f.pid)[0] for f in fleets)
@@ -172,7 +197,7 @@ async def scenario(
     apply_started = time.monotonic()
     await client.call("Apply", {"services": services}, timeout=120)
     timeline.add(0, "apply")
-    await wait_until(client, timeline, "apply", lambda r: r == total)
+    await wait_until(client, timeline, "apply", lambda r: r == total, args.timeout)
     seconds = time.monotonic() - apply_started
     cpu_after, _ = process_usage(manager_pid)
     fleet_after = sum(process_usage(f.pid)[0] for f in fleets)
@@ -180,7 +205,34 @@ async def scenario(
     results["apply_s"] = seconds
     results["tasks_per_s"] = total / seconds
     results["apply_cpu_s"] = cpu_after - cpu_before
+    results["apply_orphaned"] = await asyncio.to_thread(task_count, metrics_url, "orphaned")
 
+    if len(fleets) > 1:
+        await kill_small_fleet(args, client, timeline, fleets, results)
+
+    scale_started = time.monotonic()
+    await client.call(
+        "Scale", {"replicas": {f"scale-{i}": 0 for i in range(args.services)}}, timeout=120
+    )
+    await wait_until(client, timeline, "scale to 0", lambda r: r == 0, args.timeout)
+    results["scale_down_s"] = time.monotonic() - scale_started
+    deadline = time.monotonic() + args.timeout
+    while await asyncio.to_thread(task_count, metrics_url):
+        if time.monotonic() > deadline:
+            raise NotConverged(f"tasks not deleted after {args.timeout:.0f}s")
+        await asyncio.sleep(0.1)
+    results["scale_down_gone_s"] = time.monotonic() - scale_started
+    await channel.close()
+
+
+async def kill_small_fleet(
+    args: argparse.Namespace,
+    client: Client,
+    timeline: Timeline,
+    fleets: list[subprocess.Popen[bytes]],
+    results: dict[str, Any],
+) -> None:
+    total = args.services * args.replicas
     small_fleet = fleets[-1]
     small_fleet.send_signal(signal.SIGKILL)
     small_fleet.wait()
@@ -193,21 +245,8 @@ async def scenario(
         timeline.add(await running_tasks(client), "dead nodes")
         await asyncio.sleep(0.1)
     results["detected_s"] = time.monotonic() - killed
-    await wait_until(client, timeline, "dead nodes", lambda r: r == total)
+    await wait_until(client, timeline, "dead nodes", lambda r: r == total, args.timeout)
     results["failover_s"] = time.monotonic() - killed
-
-    scale_started = time.monotonic()
-    await client.call(
-        "Scale", {"replicas": {f"scale-{i}": 0 for i in range(args.services)}}, timeout=120
-    )
-    await wait_until(client, timeline, "scale to 0", lambda r: r == 0)
-    results["scale_down_s"] = time.monotonic() - scale_started
-    while await asyncio.to_thread(task_count, metrics_url):
-        await asyncio.sleep(0.1)
-    results["scale_down_gone_s"] = time.monotonic() - scale_started
-    await channel.close()
-    results["timeline"] = timeline
-    return results
 
 
 def plot(timeline: Timeline, path: Path) -> bool:
@@ -269,92 +308,178 @@ async def get_token(address: str) -> str:
         await channel.close()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--killed-nodes", type=int, default=100)
-    parser.add_argument("--services", type=int, default=10)
-    parser.add_argument("--replicas", type=int, default=1000)
-    parser.add_argument("--port", type=int, default=0, help="default: a free port")
-    parser.add_argument("--metrics-port", type=int, default=0, help="default: a free port")
-    args = parser.parse_args()
-    args.port = args.port or free_port()
-    args.metrics_port = args.metrics_port or free_port()
-    address = f"127.0.0.1:{args.port}"
-    metrics_url = f"http://127.0.0.1:{args.metrics_port}/metrics"
+def start_processes(
+    args: argparse.Namespace, root: Path, address: str, log: Any
+) -> tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]], list[subprocess.Popen[bytes]]]:
+    """The manager and the fleet processes; every process started, to stop later."""
     shoal = [sys.executable, "-m", "shoal"]
     env = {**os.environ, "SHOAL_LOG_LEVEL": "warning"}
+    procs: list[subprocess.Popen[bytes]] = []
+    manager = subprocess.Popen(
+        [
+            *shoal,
+            "manager",
+            "--store",
+            f"sqlite:///{root / 'state.db'}",
+            "--state-dir",
+            str(root),
+            "--listen",
+            address,
+            "--metrics-listen",
+            f"127.0.0.1:{args.metrics_port}",
+            "--heartbeat-period",
+            f"{HEARTBEAT}s",
+        ],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
+    procs.append(manager)
+    token = asyncio.run(get_token(address))
+    sizes = [("big", args.nodes - args.killed_nodes), ("small", args.killed_nodes)]
+    if args.fleets == 1:
+        sizes = [("all", args.nodes)]
+    fleets = []
+    for name, count in sizes:
+        fleet = subprocess.Popen(
+            [
+                *shoal,
+                "agent",
+                "--manager",
+                address,
+                "--token",
+                token,
+                "--name",
+                name,
+                "--state-dir",
+                str(root / name),
+                "--sim-nodes",
+                str(count),
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+        procs.append(fleet)
+        fleets.append(fleet)
+    return manager, fleets, procs
+
+
+def profile(
+    out: str, number: int, manager: subprocess.Popen[bytes], fleet: subprocess.Popen[bytes]
+) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` of the manager and of a fleet, as folded stacks (text)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    search = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    binary = shutil.which("py-spy", path=search) or "py-spy"
+    return [
+        subprocess.Popen(
+            [
+                *(binary, "record", "--pid", str(proc.pid), "--rate", "50", "--format", "raw"),
+                *("--output", str(Path(out) / f"run{number}-{name}.txt")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, proc in (("manager", manager), ("fleet", fleet))
+    ]
+
+
+def load_average() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+@contextlib.contextmanager
+def held(lock: str | None) -> Any:
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def one_run(args: argparse.Namespace, number: int) -> bool:
+    """One complete run: start everything, measure, stop; print its figures. Converged?"""
+    args.port = free_port()
+    args.metrics_port = free_port()
+    address = f"127.0.0.1:{args.port}"
+    metrics_url = f"http://127.0.0.1:{args.metrics_port}/metrics"
+    results: dict[str, Any] = {}
+    load_before = load_average()
+    error = ""
+    join_s = float("nan")
+    peak_rss = 0
+    cpu_total = 0.0
+    quantiles: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as state:
         root = Path(state)
         procs: list[subprocess.Popen[bytes]] = []
         log = (root / "bench.log").open("wb")
         try:
-            manager = subprocess.Popen(
-                [
-                    *shoal,
-                    "manager",
-                    "--store",
-                    f"sqlite:///{root / 'state.db'}",
-                    "--state-dir",
-                    str(root),
-                    "--listen",
-                    address,
-                    "--metrics-listen",
-                    f"127.0.0.1:{args.metrics_port}",
-                    "--heartbeat-period",
-                    f"{HEARTBEAT}s",
-                ],
-                stdout=log,
-                stderr=log,
-                env=env,
-            )
-            procs.append(manager)
-            token = asyncio.run(get_token(address))
-            fleets = []
-            for name, count in (
-                ("big", args.nodes - args.killed_nodes),
-                ("small", args.killed_nodes),
-            ):
-                fleet = subprocess.Popen(
-                    [
-                        *shoal,
-                        "agent",
-                        "--manager",
-                        address,
-                        "--token",
-                        token,
-                        "--name",
-                        name,
-                        "--state-dir",
-                        str(root / name),
-                        "--sim-nodes",
-                        str(count),
-                    ],
-                    stdout=log,
-                    stderr=log,
-                    env=env,
-                )
-                procs.append(fleet)
-                fleets.append(fleet)
-            join_s = asyncio.run(wait_for_nodes(address, args.nodes))
-            results = asyncio.run(scenario(args, metrics_url, address, manager.pid, fleets))
+            manager, fleets, procs = start_processes(args, root, address, log)
+            if args.profile:
+                procs += profile(args.profile, number, manager, fleets[0])
+            join_s = asyncio.run(wait_for_nodes(address, args.nodes, args.timeout))
+            try:
+                asyncio.run(scenario(args, metrics_url, address, manager.pid, fleets, results))
+            except NotConverged as exc:
+                error = str(exc)
             cpu_total, peak_rss = process_usage(manager.pid)
-            quantiles = reconcile_quantiles(metrics_url)
-        except BaseException:
-            log.flush()
-            lines = (root / "bench.log").read_text(errors="replace").splitlines()
-            print("\n".join(lines[-40:]), file=sys.stderr)
-            raise
+            with contextlib.suppress(OSError):
+                quantiles = reconcile_quantiles(metrics_url)
+        except (TimeoutError, ApiError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
         finally:
-            for proc in procs:
+            if error and not args.quiet:
+                log.flush()
+                lines = (root / "bench.log").read_text(errors="replace").splitlines()
+                print("\n".join(lines[-20:]), file=sys.stderr)
+            for proc in reversed(procs):  # the profilers first: they write on SIGINT
                 if proc.poll() is None:
-                    proc.terminate()
+                    spy = str(proc.args[0]).endswith("py-spy")  # type: ignore[index]
+                    proc.send_signal(signal.SIGINT if spy else signal.SIGTERM)
+                    if spy:
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            proc.wait(30)
             for proc in procs:
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
             log.close()
+    if not args.quiet and not error:
+        print_table(args, join_s, results, peak_rss, cpu_total, quantiles)
+        if plot(results["timeline"], OUT / "scale.png"):
+            print(f"plot: {OUT / 'scale.png'}")
+    orchestrator = quantiles.get("orchestrator", (float("nan"),) * 2)[1] * 1000
+    scheduler = quantiles.get("scheduler", (float("nan"),) * 2)[1] * 1000
+    print(
+        f"scale-run: run={number} fleets={args.fleets} nodes={args.nodes} "
+        f"tasks={args.services * args.replicas} converged={'no' if error else 'yes'} "
+        f"tasks_per_s={results.get('tasks_per_s', 0):.0f} apply_s={results.get('apply_s', 0):.2f} "
+        f"orphaned_in_apply={results.get('apply_orphaned', -1)} "
+        f"failover_s={results.get('failover_s', float('nan')):.1f} "
+        f"scale_down_s={results.get('scale_down_gone_s', float('nan')):.1f} "
+        f"rss_mb={peak_rss / 1e6:.0f} manager_cpu_s={cpu_total:.1f} "
+        f"p99_ms=orchestrator:{orchestrator:.0f},scheduler:{scheduler:.0f} "
+        f"load={load_before}->{load_average()}" + (f" error={error!r}" if error else ""),
+        flush=True,
+    )
+    return not error
+
+
+def print_table(
+    args: argparse.Namespace,
+    join_s: float,
+    results: dict[str, Any],
+    peak_rss: int,
+    cpu_total: float,
+    quantiles: dict[str, tuple[float, float]],
+) -> None:
     total = args.services * args.replicas
     grace = 3 * HEARTBEAT
     rows = [
@@ -367,16 +492,22 @@ def main() -> int:
         ("tasks/s, apply → running", f"{results['tasks_per_s']:.0f}", "goal ≥ 2000"),
         ("manager CPU during that (s)", f"{results['apply_cpu_s']:.1f}", ""),
         ("simulated nodes' CPU during that (s)", f"{results['apply_fleet_cpu_s']:.1f}", ""),
-        (
-            f"{args.killed_nodes} nodes SIGKILLed → all marked down (s)",
-            f"{results['detected_s']:.1f}",
-            f"heartbeat grace {grace:.0f}",
-        ),
-        (
-            f"{args.killed_nodes} nodes SIGKILLed → their tasks running elsewhere (s)",
-            f"{results['failover_s']:.1f}",
-            f"goal ≤ {grace + 5:.0f} (grace {grace:.0f} + 5)",
-        ),
+        ("orphaned tasks after the apply", f"{results['apply_orphaned']}", "goal 0"),
+    ]
+    if "detected_s" in results:
+        rows += [
+            (
+                f"{args.killed_nodes} nodes SIGKILLed → all marked down (s)",
+                f"{results['detected_s']:.1f}",
+                f"heartbeat grace {grace:.0f}",
+            ),
+            (
+                f"{args.killed_nodes} nodes SIGKILLed → their tasks running elsewhere (s)",
+                f"{results['failover_s']:.1f}",
+                f"goal ≤ {grace + 5:.0f} (grace {grace:.0f} + 5)",
+            ),
+        ]
+    rows += [
         (f"scale {total} → 0: none running (s)", f"{results['scale_down_s']:.2f}", ""),
         (f"scale {total} → 0: every task deleted (s)", f"{results['scale_down_gone_s']:.1f}", ""),
         ("manager peak RSS (MB)", f"{peak_rss / 1e6:.0f}", "goal ≤ 300"),
@@ -390,9 +521,28 @@ def main() -> int:
     print(f"{'measure':<{width}}  {'value':>14}  note")
     for label, value, note in rows:
         print(f"{label:<{width}}  {value:>14}  {note}")
-    if plot(results["timeline"], OUT / "scale.png"):
-        print(f"plot: {OUT / 'scale.png'}")
-    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--fleets", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--killed-nodes", type=int, default=100)
+    parser.add_argument("--services", type=int, default=10)
+    parser.add_argument("--replicas", type=int, default=1000)
+    parser.add_argument(
+        "--timeout", type=float, default=180, help="seconds each phase may take (default 180)"
+    )
+    parser.add_argument("--lock", help="flock this file for each run (shared machines)")
+    parser.add_argument("--quiet", action="store_true", help="only the scale-run summary lines")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy record manager and fleet into DIR")
+    args = parser.parse_args()
+    converged = 0
+    for number in range(1, args.runs + 1):
+        with held(args.lock):
+            converged += one_run(args, number)
+    return 0 if converged == args.runs else 1
 
 
 if __name__ == "__main__":

@@ -134,11 +134,6 @@ class EtcdCluster:
                 "50",
                 "--election-timeout",
                 "500",
-                # shoal writes a scheduling pass as one transaction
-                "--max-txn-ops",
-                "10000",
-                "--max-request-bytes",
-                "33554432",
                 "--log-level",
                 "warn",
                 "--logger",

@@ -128,7 +128,7 @@ class Control:
             results.append({"name": service.name, "action": "configured"})
         revision = self.informer.revision
         if changes and not dry_run:
-            revision = await self.informer.commit(changes)
+            revision = await self.informer.commit(changes, atomic=True)
             for result in results:
                 if result["action"] != "unchanged":
                     self.events.record(f"service/{result['name']}", "Applied", result["action"])

@@ -40,6 +40,7 @@ from shoal.models import Node, NodeDescription, NodeState, NodeStatus, Task, Tas
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.nodemonitor import HeartbeatTracker
+from shoal.reconciler.pacing import Pacer
 from shoal.store.typed import Change, Object
 
 log = structlog.get_logger(__name__)
@@ -139,10 +140,12 @@ class Dispatcher:
             await asyncio.sleep(COALESCE)
             self._flush_wanted.clear()
             dirty, self._dirty = self._dirty, set()
+            pace = Pacer()
             for session in dirty:
                 update = None if session.closed else self._incremental(session)
                 if update:
                     session.send(update)
+                await pace()  # a thousand sessions' messages: let heartbeats in
             await asyncio.sleep(BATCH_WINDOW)
 
     # ----------------------------------------------------------------- RPCs

@@ -82,13 +82,25 @@ class Informer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
 
-    async def commit(self, changes: Sequence[Change]) -> int:
-        """Commit through the typed store and apply the result here at once."""
+    async def commit(self, changes: Sequence[Change], *, atomic: bool = False) -> int:
+        """Commit through the typed store and apply the result here at once.
+
+        ``atomic``: all in one transaction, or ``StoreError`` if that is more
+        than the store takes. Otherwise large batches go in chunks
+        (``TypedStore.commit_in_chunks``), each applied here as it is written,
+        so a ``ConflictError`` may come after some chunks were committed.
+        """
         if not changes:
             return self.revision
-        revision = await self.typed.commit(changes)
-        for change in changes:
-            self._apply(change.key, change.obj, revision)
+        if atomic:
+            revision = await self.typed.commit(changes)
+            for change in changes:
+                self._apply(change.key, change.obj, revision)
+            return revision
+        revision = self.revision
+        async for chunk, revision in self.typed.commit_in_chunks(changes):
+            for change in chunk:
+                self._apply(change.key, change.obj, revision)
         return revision
 
     # ----------------------------------------------------------------- queries

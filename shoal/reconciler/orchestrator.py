@@ -14,7 +14,8 @@ reconcile decides one of:
 
 and slots that no longer exist (scale down, deleted service, node gone for a
 global service) are shut down, then deleted once their tasks are terminal.
-All changes for one service go to the store in one transaction.
+A pass over a large service yields to the event loop as it goes (``Pacer``),
+and its changes go to the store in chunks (``Informer.commit``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from shoal.models.service import RestartPolicy
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Entry, Informer
 from shoal.reconciler.loop import Controller, Done, Outcome, Requeue
+from shoal.reconciler.pacing import Pacer
 from shoal.reconciler.placement import node_matches
 from shoal.store.typed import TASKS, Change, Object
 
@@ -49,6 +51,8 @@ HISTORY_PER_SLOT = 4
 MAX_RESTART_DELAY = 300.0
 # A task that ran at least this long before failing resets the failure streak.
 HEALTHY_RUN = 30.0
+# A deleted service's tasks are retired this many at a time.
+RETIRE_SLICE = 200
 
 
 def new_task_id() -> str:
@@ -154,13 +158,16 @@ class Orchestrator(Controller):
         tasks = self.informer.tasks_of_service(key)
         plan = Plan()
         now = self.clock.now()
+        pace = Pacer()
         if entry is None:
             self.slot_notes.pop(key, None)
-            self._retire(tasks, plan, now, "service deleted")
+            for first in range(0, len(tasks), RETIRE_SLICE):
+                self._retire(tasks[first : first + RETIRE_SLICE], plan, now, "service deleted")
+                await pace()
         elif entry.obj.spec.mode == "global":
-            self._global(entry.obj, tasks, plan, now)
+            await self._global(entry.obj, tasks, plan, now, pace)
         else:
-            self._replicated(entry.obj, tasks, plan, now)
+            await self._replicated(entry.obj, tasks, plan, now, pace)
         if plan.changes:
             await self.informer.commit(plan.changes)
         if plan.wake_after is not None:
@@ -169,8 +176,8 @@ class Orchestrator(Controller):
 
     # ------------------------------------------------------------- services
 
-    def _replicated(
-        self, service: Service, tasks: list[Entry[Task]], plan: Plan, now: datetime
+    async def _replicated(
+        self, service: Service, tasks: list[Entry[Task]], plan: Plan, now: datetime, pace: Pacer
     ) -> None:
         by_slot: dict[int, list[Entry[Task]]] = defaultdict(list)
         for entry in tasks:
@@ -178,18 +185,21 @@ class Orchestrator(Controller):
         notes: dict[str, str] = {}
         for slot in range(1, service.spec.replica_count + 1):
             self._slot(service, slot, None, by_slot.pop(slot, []), plan, now, notes)
+            await pace()
         for slot, entries in by_slot.items():
             self._retire(entries, plan, now, f"scaled down (slot {slot})")
+            await pace()
         self.slot_notes[service.name] = notes
 
-    def _global(
-        self, service: Service, tasks: list[Entry[Task]], plan: Plan, now: datetime
+    async def _global(
+        self, service: Service, tasks: list[Entry[Task]], plan: Plan, now: datetime, pace: Pacer
     ) -> None:
         by_node: dict[str, list[Entry[Task]]] = defaultdict(list)
         for entry in tasks:
             by_node[entry.obj.node_id or ""].append(entry)
         notes: dict[str, str] = {}
-        for node_id, node_entry in self.informer.nodes.items():
+        for node_id, node_entry in list(self.informer.nodes.items()):
+            await pace()
             node = node_entry.obj
             entries = by_node.pop(node_id, [])
             if node.schedulable and node_matches(

@@ -1,9 +1,11 @@
 """The scheduler: gives every pending task a node.
 
-One reconcile places *all* pending tasks in one pass and commits the
-assignments in one transaction, so 200 new replicas cost one store write, not
-200. Tasks of the same service are placed together: the static filters
-(constraints, runtime available) are evaluated once per service and node.
+One reconcile places up to ``PASS`` pending tasks in one pass and commits the
+assignments together (in chunks the store takes), so 200 new replicas cost one
+store write, not 200; more pending tasks than that are placed by the passes
+that follow at once, so a pass never holds the event loop for long (it also
+yields as it goes). Tasks of the same service are placed together: the static
+filters (constraints, runtime available) are evaluated once per service and node.
 
 Filters (a node must pass all): ready and ``active``; the constraints hold;
 the task's runtime works there; the reservations fit in what the node has
@@ -26,11 +28,14 @@ from shoal.models import DesiredState, Node, Task, TaskState, TaskStatus
 from shoal.models.service import Reservations
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Entry, Informer
-from shoal.reconciler.loop import Controller, Done, Outcome
+from shoal.reconciler.loop import Controller, Done, Outcome, Requeue
+from shoal.reconciler.pacing import Pacer
 from shoal.reconciler.placement import host_ports, port_conflict, static_mismatch
 from shoal.store.typed import Change, Object
 
 KEY = "pending"
+# Pending tasks placed per pass; the rest wait for the next pass, right after.
+PASS = 2000
 
 
 @dataclass
@@ -142,6 +147,10 @@ class Scheduler(Controller):
         pending = [self.informer.tasks[i] for i in self._pending if i in self.informer.tasks]
         if not pending:
             return Done()
+        more = len(pending) > PASS
+        if more:
+            pending.sort(key=lambda e: (e.obj.service, e.obj.slot, e.obj.created_at))
+            pending = pending[:PASS]
         nodes = [e.obj for e in self.informer.nodes.values() if e.obj.schedulable]
         # This pass counts its own placements in scratch copies of the loads it
         # changes; the real indexes learn about them when the commit comes back.
@@ -151,20 +160,22 @@ class Scheduler(Controller):
             by_service[entry.obj.service].append(entry)
         now = datetime.now(UTC)
         changes: list[Change] = []
+        pace = Pacer()
         for name, entries in sorted(by_service.items()):
             entries.sort(key=lambda e: (e.obj.slot, e.obj.node_id or "", e.obj.created_at))
-            changes.extend(self._place_service(name, entries, nodes, loads, now))
+            changes.extend(await self._place_service(name, entries, nodes, loads, now, pace))
         if changes:
             await self.informer.commit(changes)
-        return Done()
+        return Requeue(0.001) if more else Done()
 
-    def _place_service(
+    async def _place_service(
         self,
         name: str,
         entries: list[Entry[Task]],
         nodes: list[Node],
         loads: _ScratchLoads,
         now: datetime,
+        pace: Pacer,
     ) -> list[Change]:
         service_entry = self.informer.service(name)
         placement = service_entry.obj.spec.placement if service_entry else None
@@ -187,6 +198,7 @@ class Scheduler(Controller):
         unschedulable: dict[Shape, str] = {}
         changes: list[Change] = []
         for entry in entries:
+            await pace()
             task = entry.obj
             shape = (
                 task.template.runtime,

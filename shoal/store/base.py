@@ -68,6 +68,15 @@ Methods
 ``aclose()``
     Release everything; pending watches end. Idempotent.
 
+Limits
+------
+``max_txn_ops`` and ``max_txn_bytes`` say how large one transaction may be:
+at most ``max_txn_ops`` compares and at most as many operations, and at most
+``max_txn_bytes`` of keys and values in all (``None``: no limit of the
+backend's own). etcd refuses larger ones (its defaults: ``--max-txn-ops 128``
+and ``--max-request-bytes`` 1.5 MiB); callers that write many keys split their
+writes (``shoal.store.typed.TypedStore.commit_in_chunks``).
+
 Errors
 ------
 ``StoreUnavailableError``: the store cannot be reached, is closed, has lost
@@ -86,6 +95,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
+
+from shoal.errors import StoreError
 
 CompareTarget = Literal["mod_revision", "create_revision", "version", "value"]
 CompareOp = Literal["==", "!=", "<", ">"]
@@ -197,6 +208,27 @@ def validate_ops(ops: Sequence[Op]) -> None:
             raise ValueError(f"unknown operation {op!r}")
 
 
+def txn_size(ops: Sequence[Op]) -> int:
+    """Bytes of keys and values in ``ops``, as ``max_txn_bytes`` counts them."""
+    return sum(len(op.key) + (len(op.value) if isinstance(op, Put) else 0) for op in ops)
+
+
+def check_txn_limits(
+    store: Store, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
+) -> None:
+    """Refuse a transaction above the store's limits, as etcd does (``StoreError``)."""
+    limit = store.max_txn_ops
+    if limit is not None and max(len(compares), len(success), len(failure)) > limit:
+        raise StoreError(
+            f"{store.url} refused a transaction: too many operations "
+            f"({len(compares)} compares, {len(success)} + {len(failure)} operations; "
+            f"at most {limit} each)"
+        )
+    size = store.max_txn_bytes
+    if size is not None and txn_size(success) + txn_size(failure) > size:
+        raise StoreError(f"{store.url} refused a transaction: request is too large")
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointHealth:
     """One endpoint of a store (an etcd member, a database file) and whether it works."""
@@ -212,6 +244,8 @@ class Store(abc.ABC):
     """The contract above. Subclasses implement every abstract method."""
 
     url: str
+    max_txn_ops: int | None = None
+    max_txn_bytes: int | None = None
 
     @abc.abstractmethod
     async def get(self, key: str) -> KeyValue | None: ...

@@ -31,9 +31,12 @@ Differences from the embedded stores, all allowed by the contract: revisions
 are etcd's global revision (writes by others, under other prefixes, advance it
 too), lease TTLs are whole seconds and at least etcd's minimum, expiry is
 checked by the etcd leader every 500 ms, and ``compact`` compacts the whole
-etcd keyspace. Members must allow shoal's large transactions:
-``--max-txn-ops 10000 --max-request-bytes 33554432`` (a scheduling pass over
-thousands of tasks is one atomic transaction).
+etcd keyspace.
+
+Members need no special flags: the store declares etcd's default limits
+(``max_txn_ops`` 128, ``--max-request-bytes`` 1.5 MiB, of which it plans for
+1 MiB of keys and values to leave room for the framing), and shoal splits
+large passes into transactions within them (``TypedStore.commit_in_chunks``).
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 5.0
 _PAGE = 1000  # keys per range request; pages share one revision
+# etcd's defaults for --max-txn-ops and (part of) --max-request-bytes.
+MAX_TXN_OPS = 128
+MAX_TXN_BYTES = 1024 * 1024
 _MAX_MESSAGE = 256 * 1024 * 1024
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -185,6 +191,8 @@ class EtcdStore(Store):
         self.endpoints = [f"{host}:{port}" for host, port in endpoints]
         self.prefix = prefix
         self.timeout = timeout
+        self.max_txn_ops = MAX_TXN_OPS
+        self.max_txn_bytes = MAX_TXN_BYTES
         self._ns = prefix.encode()
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._kv = rpc.KVStub(self._channel)
@@ -260,8 +268,8 @@ class EtcdStore(Store):
             return StoreUnavailableError(f"{where} refused {what}: {details}")
         if "too many operations" in details or "request is too large" in details:
             return StoreError(
-                f"{where} refused {what}: {details}; start every member with "
-                "--max-txn-ops 10000 --max-request-bytes 33554432"
+                f"{where} refused {what}: {details} (its members run with limits below "
+                f"etcd's defaults of --max-txn-ops {MAX_TXN_OPS} and --max-request-bytes 1.5 MiB)"
             )
         if code == grpc.StatusCode.UNAVAILABLE:
             return StoreUnavailableError(f"{where} is unreachable for {what}: {details}{unknown}")

@@ -36,6 +36,7 @@ from shoal.store.base import (
     Put,
     Store,
     TxnResult,
+    check_txn_limits,
     compare_holds,
     validate_ops,
 )
@@ -54,10 +55,20 @@ class _Lease:
 class MemoryStore(Store):
     """The store contract held in process memory."""
 
-    def __init__(self, *, history: int = DEFAULT_HISTORY, url: str = "memory://") -> None:
+    def __init__(
+        self,
+        *,
+        history: int = DEFAULT_HISTORY,
+        url: str = "memory://",
+        max_txn_ops: int | None = None,
+        max_txn_bytes: int | None = None,
+    ) -> None:
+        """``max_txn_*``: refuse larger transactions, as an etcd with those limits would."""
         if history < 1:
             raise ValueError("history must keep at least one revision")
         self.url = url
+        self.max_txn_ops = max_txn_ops
+        self.max_txn_bytes = max_txn_bytes
         self._history_limit = history
         self._kvs: dict[str, KeyValue] = {}
         self._revision = 0
@@ -93,6 +104,7 @@ class MemoryStore(Store):
         failure: Sequence[Op] = (),
     ) -> TxnResult:
         self._check_open()
+        check_txn_limits(self, compares, success, failure)
         # Evaluate every compare (not all() on a generator) so a malformed one
         # raises ValueError whatever the others say.
         holds = [compare_holds(c, self._kvs.get(c.key)) for c in compares]

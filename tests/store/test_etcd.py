@@ -10,13 +10,17 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from shoal.errors import StoreUnavailableError
+from shoal.errors import StoreError, StoreUnavailableError
+from shoal.models import Task
+from shoal.models.service import TaskTemplate
 from shoal.store import EventType, Put
 from shoal.store.etcd import EtcdStore, parse_etcd_url, prefix_end
+from shoal.store.typed import TASKS, Change, TypedStore
 from tests.etcdcluster import EtcdCluster, etcd_cluster
 
 
@@ -153,3 +157,36 @@ async def test_write_to_a_frozen_member_is_not_retried_blindly(cluster: EtcdClus
 async def test_open_fails_clearly_when_no_member_answers(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1:1"):
         await EtcdStore.open("etcd://127.0.0.1:1/shoal", timeout=1.0)
+
+
+async def test_default_limits_refuse_big_transactions_and_shoal_splits_its_batches(
+    cluster: EtcdCluster,
+) -> None:
+    store = await EtcdStore.open(cluster.url())
+    try:
+        # The members run with etcd's defaults: a 129-operation transaction is refused.
+        with pytest.raises(StoreError, match="too many operations"):
+            await store.txn([], [Put(f"/big/{i}", b"x") for i in range(129)])
+        assert (await store.range("/big/"))[0] == []
+
+        def task(index: int, pad: int) -> Task:
+            return Task(
+                id=f"t{index:05d}",
+                service="web",
+                slot=index + 1,
+                template=TaskTemplate(runtime="sim", command=["sim"], env={"PAD": "x" * pad}),
+                created_at=datetime.now(UTC),
+            )
+
+        typed = TypedStore(store)
+        many = [Change.put(task(i, 10), 0) for i in range(1000)]  # past the op limit
+        large = [Change.put(task(2000 + i, 200_000), 0) for i in range(12)]  # 2.4 MB
+        for batch in (many, large):
+            async for _ in typed.commit_in_chunks(batch):
+                pass
+        kvs, _ = await store.range(TASKS)
+        assert len(kvs) == 1012
+        with pytest.raises(StoreError, match="at most 128"):
+            await typed.commit([Change.put(task(5000 + i, 10), 0) for i in range(129)])
+    finally:
+        await store.aclose()
