@@ -52,6 +52,7 @@ import contextlib
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -61,6 +62,7 @@ from pydantic import ValidationError
 from shoal.errors import CompactedError, NotFoundError, NotLeaderError, StoreError
 from shoal.models.base import Model
 from shoal.store.base import Compare, EventType, Put, Store
+from shoal.supervise import supervise
 
 log = structlog.get_logger(__name__)
 
@@ -141,12 +143,20 @@ class SoleElection(Election):
 class LeaseElection(Election):
     """Election through a store lease and the leader key, with a fence on every write."""
 
-    def __init__(self, store: Store, me: ManagerInfo, ttl: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        me: ManagerInfo,
+        ttl: float = 5.0,
+        restarts: Counter[str] | None = None,
+    ) -> None:
         super().__init__(me)
         if ttl <= 0:
             raise ValueError("the lease ttl must be positive")
         self.store = store
         self.ttl = ttl
+        # How often the observer died of an unexpected error (``shoal.supervise``).
+        self.restarts: Counter[str] = restarts if restarts is not None else Counter()
         self._fence: list[Compare] = []
         self._deadline = 0.0  # monotonic: the lease is certainly alive until then
         self._lost = asyncio.Event()
@@ -156,7 +166,12 @@ class LeaseElection(Election):
 
     async def start(self, on_elected: Callback, on_deposed: Callback) -> None:
         self._tasks = [
-            asyncio.create_task(self._observe(), name="election-observe"),
+            # Without the observer a follower never learns the leader key is gone, and
+            # never campaigns again: it is supervised (restarted after any error).
+            asyncio.create_task(
+                supervise("election-observe", lambda _: self._observe(), self.restarts),
+                name="election-observe",
+            ),
             asyncio.create_task(self._campaign(on_elected, on_deposed), name="election-campaign"),
         ]
 

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from shoal.runtimes.registry import register_known_runtimes
 from shoal.security.datakey import DataKey, verify_against_store
 from shoal.store import open_store
 from shoal.store.typed import ClusterConfig, Object, TypedStore
+from shoal.supervise import RestartsCollector
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +107,8 @@ class Manager:
         self.registry = CollectorRegistry()
         self.events = EventRecorder()
         self.heartbeats = HeartbeatTracker()
+        # Background jobs restarted after unexpected errors (shoal.supervise).
+        self.restarts: Counter[str] = Counter()
         self._stack = contextlib.AsyncExitStack()
         self.runners: list[ControllerRunner] = []
 
@@ -120,7 +124,9 @@ class Manager:
         # Several managers need etcd; on an embedded store its own lock makes this one sole.
         self.election: Election
         if store.url.startswith("etcd://"):
-            self.election = LeaseElection(store, manager_info(""), settings.lease_ttl)
+            self.election = LeaseElection(
+                store, manager_info(""), settings.lease_ttl, self.restarts
+            )
             typed = TypedStore(store, fence=self.election)
         else:
             self.election = SoleElection(manager_info(""))
@@ -132,7 +138,7 @@ class Manager:
             )
         )
         self.worker_token = config.worker_token
-        self.informer = Informer(store, typed)
+        self.informer = Informer(store, typed, self.restarts)
         await self.informer.start()
         self._stack.push_async_callback(self.informer.aclose)
 
@@ -195,6 +201,7 @@ class Manager:
         ).set_function(lambda: float(self.election.is_leader))
 
         self.registry.register(ClusterCollector(self.informer))
+        self.registry.register(RestartsCollector(self.restarts))
         if settings.metrics_listen:
             metrics_host, metrics_port = split_host_port(settings.metrics_listen)
             http_server, _thread = start_http_server(metrics_port, metrics_host, self.registry)

@@ -10,25 +10,35 @@ I/O until it writes. The cache is fed two ways:
 
 Each key remembers the revision it was last applied at (deleted keys too, as
 tombstones), so the late echo of an older revision is ignored rather than
-undoing a newer write. Listeners are called synchronously with ``(old, new)``
-for every change; they only enqueue keys.
+undoing a newer write. The same rule holds for a relist: its snapshot is as
+old as the revision the range was answered at, and a write-through committed
+while the range was in flight is newer than the snapshot, so the relist
+neither rolls it back nor deletes an object it created. Listeners are called
+synchronously with ``(old, new)`` for every change; they only enqueue keys.
+
+The watch runs under ``shoal.supervise``: an unexpected exception is logged
+and counted, and the watch starts again from a fresh relist, so the cache
+never silently stops following the store. An object that cannot be decoded
+is logged and skipped, never fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import structlog
+from pydantic import ValidationError
 
 from shoal.errors import CompactedError, StoreError
 from shoal.models import Node, Service, Task
-from shoal.store.base import EventType, Store
+from shoal.store.base import EventType, KeyValue, Store
 from shoal.store.typed import NODES, SERVICES, TASKS, Change, Object, TypedStore, decode
+from shoal.supervise import supervise
 
 log = structlog.get_logger(__name__)
 
@@ -45,9 +55,13 @@ class Entry(Generic[T]):
 class Informer:
     """The cache described above."""
 
-    def __init__(self, store: Store, typed: TypedStore) -> None:
+    def __init__(
+        self, store: Store, typed: TypedStore, restarts: Counter[str] | None = None
+    ) -> None:
         self.store = store
         self.typed = typed
+        # How often the watch died of an unexpected error (``shoal.supervise``).
+        self.restarts: Counter[str] = restarts if restarts is not None else Counter()
         self.services: dict[str, Entry[Service]] = {}
         self.tasks: dict[str, Entry[Task]] = {}
         self.nodes: dict[str, Entry[Node]] = {}
@@ -65,7 +79,14 @@ class Informer:
     async def start(self) -> None:
         """List everything, then keep following the store in the background."""
         start = await self._relist()
-        self._watch_task = asyncio.create_task(self._follow(start + 1), name="informer-watch")
+
+        async def follow(restarted: bool) -> None:
+            # After a crash the event being applied may be lost: relist to repair it.
+            await self._follow(await self._relist() + 1 if restarted else start + 1)
+
+        self._watch_task = asyncio.create_task(
+            supervise("informer-watch", follow, self.restarts), name="informer-watch"
+        )
         self.synced.set()
 
     async def catch_up(self) -> int:
@@ -121,17 +142,25 @@ class Informer:
 
     async def _relist(self) -> int:
         kvs, revision = await self.store.range("/")
+        # Writes committed through here while the range was in flight carry
+        # revisions above ``revision``; ``_apply`` keeps them (see the docstring).
         seen: set[str] = set()
         for kv in kvs:
-            obj = decode(kv)
-            if obj is None:
-                continue
             seen.add(kv.key)
-            self._apply(kv.key, obj, kv.mod_revision, force=True)
+            obj = self._decode(kv)
+            if obj is not None:
+                self._apply(kv.key, obj, kv.mod_revision)
         for key in [k for k in self._known_keys() if k not in seen]:
-            self._apply(key, None, revision, force=True)
+            self._apply(key, None, revision)
         self.revision = max(self.revision, revision)
         return revision
+
+    def _decode(self, kv: KeyValue) -> Object | None:
+        try:
+            return decode(kv)
+        except ValidationError as exc:
+            log.error("informer.undecodable", key=kv.key, error=str(exc))
+            return None
 
     def _known_keys(self) -> list[str]:
         return (
@@ -152,7 +181,7 @@ class Informer:
                         if event.type == EventType.DELETE:
                             self._apply(kv.key, None, kv.mod_revision)
                         else:
-                            obj = decode(kv)
+                            obj = self._decode(kv)
                             if obj is not None:
                                 self._apply(kv.key, obj, kv.mod_revision)
                     self._prune_tombstones(start - 1)
@@ -180,8 +209,8 @@ class Informer:
             return key[len(SERVICES) :] in self.services
         return key[len(NODES) :] in self.nodes
 
-    def _apply(self, key: str, obj: Object | None, revision: int, force: bool = False) -> None:
-        if not force and self._applied.get(key, 0) >= revision:
+    def _apply(self, key: str, obj: Object | None, revision: int) -> None:
+        if self._applied.get(key, 0) >= revision:
             return
         self._applied[key] = revision
         self.revision = max(self.revision, revision)

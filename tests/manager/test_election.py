@@ -22,6 +22,7 @@ from shoal.manager.election import (
 )
 from shoal.models import Node, NodeDescription
 from shoal.store import MemoryStore
+from shoal.store.base import Event
 from shoal.store.etcd import EtcdStore
 from shoal.store.typed import Change, TypedStore
 from tests.etcdcluster import EtcdCluster, etcd_cluster
@@ -151,3 +152,43 @@ async def test_sole_election_leads_at_once_without_a_fence() -> None:
     await TypedStore(store).commit([Change.put(node("n1"), 0)])
     assert await store.get("/nodes/n1") is not None
     await election.aclose()
+
+
+class BrokenWatchStore(MemoryStore):
+    """A backend whose next watch raises an error it should not (a missed mapping)."""
+
+    break_next_watch = False
+
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[Event]]:
+        inner = super().watch(prefix, start_revision)
+        if not self.break_next_watch:
+            return inner
+        self.break_next_watch = False
+
+        async def events() -> AsyncIterator[list[Event]]:
+            async for _batch in inner:
+                raise RuntimeError("a bug in the backend")
+                yield _batch  # pragma: no cover - makes this an async generator
+
+        return events()
+
+
+async def test_a_follower_whose_observer_hit_a_bug_still_takes_over() -> None:
+    store = BrokenWatchStore()
+    first, second = Terms(), Terms()
+    a = LeaseElection(store, manager_info("127.0.0.1:1"), ttl=2.0)
+    b = LeaseElection(store, manager_info("127.0.0.1:2"), ttl=2.0)
+    await a.start(first.on_elected, first.on_deposed)
+    await asyncio.wait_for(first.elected.wait(), 5)
+    store.break_next_watch = True  # B's observer: its first event raises
+    await b.start(second.on_elected, second.on_deposed)
+    try:
+        while not b.restarts["election-observe"]:
+            await asyncio.wait_for(b.changed.wait(), 5)
+        await a.aclose()  # the leader key goes: only a live observer tells B
+        await asyncio.wait_for(second.elected.wait(), 5)
+        assert b.is_leader
+    finally:
+        await b.aclose()
+        await a.aclose()
+        await store.aclose()

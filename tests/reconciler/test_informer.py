@@ -1,0 +1,163 @@
+"""The informer on its own: write-through, echoes, relist, and a watch that survives bugs.
+
+A memory store behind it; ``SlowRangeStore`` answers ranges late, as a store
+far away does, so a write can land while a relist is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from shoal.models import Node
+from shoal.reconciler.informer import Informer
+from shoal.store import KeyValue, MemoryStore
+from shoal.store.base import Event
+from shoal.store.typed import NODES, Change, Object, TypedStore
+from tests.reconciler.world import node
+
+pytestmark = pytest.mark.looptime
+
+
+class SlowRangeStore(MemoryStore):
+    """Takes its snapshot at once but answers a range only when ``reply`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.reply = asyncio.Event()
+        self.in_flight = asyncio.Event()
+
+    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        answer = await super().range(prefix)
+        if self.hold:
+            self.in_flight.set()
+            await self.reply.wait()
+        return answer
+
+
+class BrokenWatchStore(MemoryStore):
+    """A backend whose watch raises an error it should not (a missed mapping) once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = 1
+
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[Event]]:
+        inner = super().watch(prefix, start_revision)
+
+        async def events() -> AsyncIterator[list[Event]]:
+            async for batch in inner:
+                if self.broken:
+                    self.broken -= 1
+                    raise RuntimeError("a bug in the backend")
+                yield batch
+
+        return events()
+
+
+async def until(condition: Callable[[], bool], within: float = 30.0) -> None:
+    """Poll ``condition`` in (virtual) loop time; fail after ``within`` seconds."""
+
+    async def poll() -> None:
+        while not condition():  # noqa: ASYNC110 - nothing to wait on for a restart count
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), within)
+
+
+def labelled(node_id: str, value: str) -> Node:
+    return node(node_id, labels={"v": value})
+
+
+async def test_write_through_is_visible_at_once_and_its_echo_changes_nothing() -> None:
+    store = MemoryStore()
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    seen: list[tuple[Object | None, Object | None]] = []
+    informer.subscribe(lambda old, new: seen.append((old, new)))
+    await informer.commit([Change.put(labelled("n1", "a"), 0)])
+    assert informer.nodes["n1"].obj.labels == {"v": "a"}  # before any watch event
+    assert len(seen) == 1
+    await asyncio.sleep(1)  # the watch delivers the echo of our own write meanwhile
+    assert len(seen) == 1
+    await informer.aclose()
+    await store.aclose()
+
+
+async def test_changes_by_others_arrive_through_the_watch() -> None:
+    store = MemoryStore()
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    other = TypedStore(store)  # another writer, not through this informer
+    await other.commit([Change.put(labelled("n1", "a"), 0)])
+    await until(lambda: "n1" in informer.nodes)
+    await store.delete(NODES + "n1")
+    await until(lambda: "n1" not in informer.nodes)
+    await informer.aclose()
+    await store.aclose()
+
+
+async def test_relist_keeps_writes_committed_while_the_range_was_in_flight() -> None:
+    store = SlowRangeStore()
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    await informer.commit([Change.put(labelled("n1", "old"), 0)])
+
+    store.hold = True
+    relist = asyncio.create_task(informer.catch_up())
+    await store.in_flight.wait()  # the snapshot is taken; its answer is on its way
+    entry = informer.nodes["n1"]
+    await informer.commit(
+        [Change.put(labelled("n1", "new"), entry.revision), Change.put(labelled("n2", "new"), 0)]
+    )
+    store.reply.set()
+    await relist
+
+    # The snapshot predates both writes: it must neither roll n1 back nor delete n2.
+    assert informer.nodes["n1"].obj.labels == {"v": "new"}
+    assert "n2" in informer.nodes
+    await informer.aclose()
+    await store.aclose()
+
+
+async def test_relist_removes_what_was_deleted_and_adds_what_was_created_meanwhile() -> None:
+    store = MemoryStore()
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    await informer.commit([Change.put(labelled("n1", "a"), 0)])
+    await informer.aclose()  # stop following: the cache misses what happens next
+    await store.delete(NODES + "n1")
+    await TypedStore(store).commit([Change.put(labelled("n2", "b"), 0)])
+    assert "n1" in informer.nodes
+    await informer.catch_up()
+    assert set(informer.nodes) == {"n2"}
+    await store.aclose()
+
+
+async def test_the_watch_survives_an_unexpected_error_and_misses_nothing() -> None:
+    store = BrokenWatchStore()
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    other = TypedStore(store)
+    await other.commit([Change.put(labelled("n1", "a"), 0)])  # the batch the bug eats
+    await until(lambda: informer.restarts["informer-watch"] == 1)
+    await other.commit([Change.put(labelled("n2", "b"), 0)])
+    await until(lambda: {"n1", "n2"} <= set(informer.nodes))
+    await informer.aclose()
+    await store.aclose()
+
+
+async def test_an_undecodable_object_is_skipped_not_fatal() -> None:
+    store = MemoryStore()
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    await store.put(NODES + "bad", b'{"id": "bad"}')  # no description: not a Node
+    await TypedStore(store).commit([Change.put(labelled("n1", "a"), 0)])
+    await until(lambda: "n1" in informer.nodes)
+    assert "bad" not in informer.nodes
+    assert informer.restarts["informer-watch"] == 0
+    await informer.aclose()
+    await store.aclose()
