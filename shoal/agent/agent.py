@@ -306,7 +306,7 @@ class Agent:
     # ------------------------------------------------------------ assignments
 
     async def _assign(self, message: Payload) -> None:
-        tasks = [Task.model_validate(raw) for raw in message.get("tasks", [])]
+        tasks = [Task.from_wire(raw) for raw in message.get("tasks", [])]
         if message.get("full"):
             wanted = {t.id for t in tasks}
             for task_id in [t for t in self.runners if t not in wanted]:

@@ -156,7 +156,7 @@ class Dispatcher:
         if not secrets.compare_digest(str(request.get("token", "")), self.worker_token):
             raise AuthError("join token refused: run 'shoal token worker' on the manager")
         node_id = str(request["nodeId"])
-        description = NodeDescription.model_validate(request["description"])
+        description = NodeDescription.from_wire(request["description"])
         await self._register(node_id, description, str(context.peer()))
         session = AgentSession(id=secrets.token_hex(8), node_id=node_id)
         previous = self.sessions.get(node_id)
@@ -245,7 +245,7 @@ class Dispatcher:
     ) -> Payload:
         session = self._session_for(request)
         reports = {
-            str(u["taskId"]): TaskStatus.model_validate(u["status"]) for u in request["updates"]
+            str(u["taskId"]): TaskStatus.from_wire(u["status"]) for u in request["updates"]
         }
         await self.status_writer.submit(session.node_id, reports)
         return {}

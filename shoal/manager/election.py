@@ -372,7 +372,7 @@ class LeaseElection(Election):
         if key != LEADER_KEY and not key.startswith(MANAGERS):
             return  # /cluster/config and the like
         try:
-            info = ManagerInfo.model_validate_json(value) if value else None
+            info = ManagerInfo.from_wire(value) if value else None
         except ValidationError:
             log.warning("election.bad_record", key=key)
             return

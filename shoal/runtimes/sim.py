@@ -173,7 +173,7 @@ class SimRuntime(Runtime):
                 continue  # a torn last line from a crash mid-append
             op, task_id = entry.get("op"), entry.get("id")
             if op == "start":
-                behaviour = SimBehaviour.model_validate(entry["sim"])
+                behaviour = SimBehaviour.from_wire(entry["sim"])
                 self._tasks[task_id] = _SimTask(task_id, float(entry["started"]), behaviour)
             elif op == "stop" and task_id in self._tasks:
                 self._tasks[task_id].stopped = float(entry["at"])

@@ -77,11 +77,11 @@ def key_of(obj: Object) -> str:
 def decode(kv: KeyValue) -> Object | None:
     """The object a key holds, or ``None`` for keys outside the object prefixes."""
     if kv.key.startswith(SERVICES):
-        return Service.model_validate_json(kv.value)
+        return Service.from_wire(kv.value)
     if kv.key.startswith(TASKS):
-        return Task.model_validate_json(kv.value)
+        return Task.from_wire(kv.value)
     if kv.key.startswith(NODES):
-        return Node.model_validate_json(kv.value)
+        return Node.from_wire(kv.value)
     return None
 
 
@@ -182,7 +182,7 @@ class TypedStore:
 
     async def get_config(self) -> ClusterConfig | None:
         kv = await self.store.get(CLUSTER_CONFIG)
-        return ClusterConfig.model_validate_json(kv.value) if kv else None
+        return ClusterConfig.from_wire(kv.value) if kv else None
 
     async def create_config(self, config: ClusterConfig) -> ClusterConfig:
         """Store ``config`` unless one exists; return whichever is stored."""
