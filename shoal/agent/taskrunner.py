@@ -10,6 +10,7 @@ the runtime actually has:
 ================================  ===================================================
 store says                        the runner
 ================================  ===================================================
+new or pending (not yet placed)   waits: it starts once the scheduler assigns it
 assigned, desired running         starts it: accepted → starting → running
 accepted or later, not ended,     adopts the runtime's handle and reports running
 handle recovered                  (or the exit that happened while the agent was away)
@@ -84,25 +85,32 @@ class TaskRunner:
         self._report = report
         self._node_name = node_name
         self._stop = asyncio.Event()
+        self._assigned = asyncio.Event()
         self._running: dict[str, Any] = {}
         self._state = task.status.state
         self._last: TaskStatus | None = None
         self._on_start = on_start or (lambda runtime: None)
         self._on_exit = on_exit or (lambda runtime, outcome: None)
         self._job: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"task-{task.id[:8]}")
-        if task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal:
-            self._stop.set()
+        self._note(task)
 
     @property
     def done(self) -> bool:
         """Whether the runner finished: the task ended (or never started) here."""
         return self._job.done()
 
-    def update(self, task: Task) -> None:
-        self.task = task
+    def _note(self, task: Task) -> None:
+        if task.status.state.order >= TaskState.ASSIGNED.order:
+            self._assigned.set()
         if task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal:
             self._stop.set()
-        elif self._last is not None and task.status.state.can_move_to(self._state):
+
+    def update(self, task: Task) -> None:
+        self.task = task
+        self._note(task)
+        if task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal:
+            return
+        if self._last is not None and task.status.state.can_move_to(self._state):
             # The manager has not seen our newest report (lost with a session):
             # say it again. Reports are level-triggered like everything else.
             self._report(task.id, self._last)
@@ -124,6 +132,16 @@ class TaskRunner:
             self.report(TaskState.FAILED, f"agent error: {exc}", error=str(exc))
 
     async def _lifecycle(self) -> None:
+        if self.handle is None and not self._assigned.is_set() and not self._stop.is_set():
+            # Not placed yet (a global task knows its node before the scheduler
+            # has checked it fits): nothing to do until it is assigned.
+            assigned = asyncio.create_task(self._assigned.wait())
+            stopped = asyncio.create_task(self._stop.wait())
+            try:
+                await asyncio.wait({assigned, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                assigned.cancel()
+                stopped.cancel()
         task = self.task
         if self.handle is None:
             if task.status.state.terminal:

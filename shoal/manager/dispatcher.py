@@ -6,8 +6,9 @@ then carries, in order:
 
 1. ``{"type": "session", "sessionId", "heartbeatPeriod"}``;
 2. ``{"type": "assignments", "full": true, "tasks": [...]}``: every task the
-   store places on this node, history included (the agent stops and removes
-   what it runs but is not in this set);
+   scheduler assigned to this node, history included (the agent stops and
+   removes what it runs but is not in this set); a global task whose node is
+   set but which is still ``pending`` is not the agent's yet;
 3. incremental ``{"type": "assignments", "full": false, "tasks", "removed"}``
    messages (a burst is coalesced for ``COALESCE`` seconds, then at most one
    message per ``BATCH_WINDOW`` while changes keep coming), sent when a task appears,
@@ -36,7 +37,15 @@ import structlog
 from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary
 from shoal.errors import AuthError, ConflictError, ShoalError
 from shoal.manager.statuswriter import StatusWriter
-from shoal.models import Node, NodeDescription, NodeState, NodeStatus, Task, TaskStatus
+from shoal.models import (
+    Node,
+    NodeDescription,
+    NodeState,
+    NodeStatus,
+    Task,
+    TaskState,
+    TaskStatus,
+)
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.nodemonitor import HeartbeatTracker
@@ -76,6 +85,12 @@ class AgentSession:
 class LogSubscription:
     id: str
     queue: asyncio.Queue[Payload | None] = field(default_factory=asyncio.Queue)
+
+
+def _placed(task: Task) -> bool:
+    """Whether the scheduler has given the task to its node (a global task has its
+    node from birth, but is the agent's only once it is ``assigned``)."""
+    return task.status.state.order >= TaskState.ASSIGNED.order
 
 
 def _fingerprint(task: Task) -> tuple[str, bool]:
@@ -171,7 +186,7 @@ class Dispatcher:
                 "sessionId": session.id,
                 "heartbeatPeriod": self.heartbeat_period,
             }
-            tasks = [e.obj for e in self.informer.tasks_on_node(node_id)]
+            tasks = [e.obj for e in self.informer.tasks_on_node(node_id) if _placed(e.obj)]
             session.sent = {t.id: _fingerprint(t) for t in tasks}
             yield {"type": "assignments", "full": True, "tasks": [t.to_wire() for t in tasks]}
             if self._flusher is None or self._flusher.done():
@@ -193,7 +208,7 @@ class Dispatcher:
         dirty, session.dirty = session.dirty, set()
         for task_id in dirty:
             entry = self.informer.tasks.get(task_id)
-            if entry is None or entry.obj.node_id != session.node_id:
+            if entry is None or entry.obj.node_id != session.node_id or not _placed(entry.obj):
                 if session.sent.pop(task_id, None) is not None:
                     removed.append(task_id)
                 continue
@@ -244,9 +259,7 @@ class Dispatcher:
         self, request: Payload, context: grpc.aio.ServicerContext
     ) -> Payload:
         session = self._session_for(request)
-        reports = {
-            str(u["taskId"]): TaskStatus.from_wire(u["status"]) for u in request["updates"]
-        }
+        reports = {str(u["taskId"]): TaskStatus.from_wire(u["status"]) for u in request["updates"]}
         await self.status_writer.submit(session.node_id, reports)
         return {}
 

@@ -1,0 +1,183 @@
+"""The dispatcher's assignment sets and diffs, on its own: what an agent is sent, and when.
+
+The test opens a session the way the gRPC server would (the RPC handler is
+called directly) and reads what it yields; tasks change in a memory store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from shoal.errors import AuthError
+from shoal.manager.dispatcher import Dispatcher
+from shoal.models import DesiredState, Task, TaskState, TaskStatus
+from shoal.reconciler.nodemonitor import HeartbeatTracker
+from shoal.store.typed import TASKS, Change
+from tests.reconciler.world import World, node, open_world, service
+
+pytestmark = pytest.mark.looptime
+
+TOKEN = "SHOAL-1-test"
+
+
+class Peer:
+    """What the handler asks of a gRPC context."""
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"
+
+
+@dataclass
+class Session:
+    messages: asyncio.Queue[dict[str, Any]]
+    pump: asyncio.Task[None]
+
+    async def next(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.messages.get(), 5)
+
+    async def quiet(self) -> bool:
+        """Nothing more arrives for a while (virtual time)."""
+        await asyncio.sleep(2)
+        return self.messages.empty()
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with open_world() as opened:
+        yield opened
+
+
+@pytest.fixture
+def dispatcher(world: World) -> Dispatcher:
+    return Dispatcher(world.informer, HeartbeatTracker(), world.events, TOKEN, 1.0)
+
+
+async def open_session(dispatcher: Dispatcher, node_id: str) -> Session:
+    request = {
+        "token": TOKEN,
+        "nodeId": node_id,
+        "description": node(node_id).description.to_wire(),
+    }
+    stream = dispatcher.session(request, Peer())  # type: ignore[arg-type]
+    messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for message in stream:
+            messages.put_nowait(message)
+
+    session = Session(messages, asyncio.create_task(pump()))
+    assert (await session.next())["type"] == "session"
+    return session
+
+
+def task(task_id: str, node_id: str | None, state: TaskState, slot: int = 1) -> Task:
+    return Task(
+        id=task_id,
+        service="web",
+        slot=slot,
+        node_id=node_id,
+        template=service().spec.template,
+        created_at=datetime.now(UTC),
+        status=TaskStatus(state=state),
+    )
+
+
+async def change(world: World, task_id: str, **update: Any) -> None:
+    entry = world.informer.tasks[task_id]
+    await world.informer.commit([Change.put(entry.obj.model_copy(update=update), entry.revision)])
+
+
+def ids(message: dict[str, Any]) -> list[str]:
+    return sorted(t["id"] for t in message["tasks"])
+
+
+async def test_the_full_set_holds_what_is_assigned_to_the_node_and_nothing_else(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    await world.put(
+        task("mine", "n1", TaskState.RUNNING),
+        task("old", "n1", TaskState.FAILED, slot=2),
+        task("global-pending", "n1", TaskState.PENDING, slot=0),
+        task("theirs", "n2", TaskState.ASSIGNED),
+        task("unplaced", None, TaskState.PENDING, slot=3),
+    )
+    session = await open_session(dispatcher, "n1")
+    full = await session.next()
+    assert full["full"] is True
+    # History included; a global task that is still pending is not the agent's yet.
+    assert ids(full) == ["mine", "old"]
+    session.pump.cancel()
+
+
+async def test_a_global_task_reaches_its_agent_when_it_is_assigned(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    await world.put(task("g", "n1", TaskState.PENDING, slot=0))
+    session = await open_session(dispatcher, "n1")
+    assert ids(await session.next()) == []
+    assert await session.quiet()
+    await change(world, "g", status=TaskStatus(state=TaskState.ASSIGNED))
+    update = await session.next()
+    assert update["full"] is False and ids(update) == ["g"]
+    assert update["tasks"][0]["status"]["state"] == "assigned"
+    session.pump.cancel()
+
+
+async def test_diffs_carry_what_the_agent_acts_on_and_not_its_own_reports(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    session = await open_session(dispatcher, "n1")
+    assert ids(await session.next()) == []
+    await world.put(task("t1", "n1", TaskState.ASSIGNED))
+    assert ids(await session.next()) == ["t1"]
+    await change(world, "t1", status=TaskStatus(state=TaskState.RUNNING))  # its own report
+    assert await session.quiet()
+    await change(world, "t1", desired_state=DesiredState.SHUTDOWN)
+    update = await session.next()
+    assert ids(update) == ["t1"] and update["tasks"][0]["desiredState"] == "shutdown"
+    await world.informer.commit([Change.delete(TASKS + "t1", None)])
+    assert (await session.next())["removed"] == ["t1"]
+    session.pump.cancel()
+
+
+async def test_a_task_moved_to_another_node_is_removed_from_the_first(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    await world.put(task("t1", "n1", TaskState.ASSIGNED))
+    first = await open_session(dispatcher, "n1")
+    second = await open_session(dispatcher, "n2")
+    assert ids(await first.next()) == ["t1"]
+    assert ids(await second.next()) == []
+    await change(world, "t1", node_id="n2")
+    assert (await first.next())["removed"] == ["t1"]
+    assert ids(await second.next()) == ["t1"]
+    first.pump.cancel()
+    second.pump.cancel()
+
+
+async def test_a_burst_of_changes_reaches_the_agent_in_few_messages(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    session = await open_session(dispatcher, "n1")
+    assert ids(await session.next()) == []
+    await world.put(*(task(f"t{i}", "n1", TaskState.ASSIGNED, slot=i + 1) for i in range(50)))
+    got: list[str] = []
+    messages = 0
+    while len(got) < 50:
+        got += ids(await session.next())
+        messages += 1
+    assert sorted(got) == sorted(f"t{i}" for i in range(50))
+    assert messages == 1  # one commit, one coalesced message
+    session.pump.cancel()
+
+
+async def test_a_wrong_join_token_is_refused(dispatcher: Dispatcher) -> None:
+    request = {"token": "nope", "nodeId": "n1", "description": node("n1").description.to_wire()}
+    with pytest.raises(AuthError, match="join token refused"):
+        await dispatcher.session(request, Peer()).__anext__()  # type: ignore[arg-type]
