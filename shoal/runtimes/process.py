@@ -12,7 +12,9 @@ Exit codes after a restart
     wrapper (a few hundred KiB, against ~10 MiB for a Python supervisor)::
 
         trap : HUP INT QUIT TERM USR1 USR2
-        f=$1; shift; "$@"; code=$?; printf '%s\\n' "$code" > "$f"; exit "$code"
+        f=$1; shift
+        read -r go || { echo unstarted > "$f"; exit 125; }; exec </dev/null
+        "$@"; code=$?; printf '%s\\n' "$code" > "$f"; exit "$code"
 
     A signal with a handler is reset to its default in the exec'd child, so the
     task sees signals exactly as if it ran alone, while the wrapper survives the
@@ -30,6 +32,17 @@ Exit codes after a restart
     wrapper itself is killed (SIGKILL to the group) nothing is written: for our
     own children the status comes from ``waitpid``, after a ``stop`` that sent
     SIGKILL we write 137 ourselves, otherwise the code is unknown.
+
+Starting atomically with the record
+    A task the agent started must be found again after the agent dies, at any
+    moment. So the wrapper's stdin is a pipe from the agent, and it runs the
+    command only after reading a line from it: the agent starts the wrapper,
+    writes the record, and only then sends that line. If the agent dies before
+    (between the fork and the record), the pipe reaches end-of-file, the wrapper
+    exits without running anything, and a restarted agent starts the task once;
+    if it dies between the record and the line, the recovered record shows a
+    task that never ran (``exit`` holds ``unstarted``). Either way nothing runs
+    that no record names, and nothing runs twice.
 
 Finding the task again
     The record holds the group leader's pid (the wrapper; pgid == pid) and its
@@ -86,6 +99,9 @@ SHELL = "/bin/sh"
 WRAPPER = (
     "trap : HUP INT QUIT TERM USR1 USR2\n"
     "f=$1; shift\n"
+    # The go-ahead, sent once the record is written (see "Starting atomically").
+    'read -r go || { echo unstarted > "$f"; exit 125; }\n'
+    "exec </dev/null\n"
     '"$@"\n'
     "code=$?\n"
     'printf \'%s\\n\' "$code" > "$f"\n'
@@ -94,6 +110,8 @@ WRAPPER = (
 # The only variables taken from the agent's own environment.
 BASE_ENV = ("PATH", "HOME", "LANG")
 UNKNOWN_EXIT = "exited while the agent was away; exit status unknown"
+NEVER_STARTED = "never ran: the agent stopped while starting it"
+_UNSTARTED = "unstarted"
 # ``stop`` has a parameter named ``signal``; keep the one constant it needs here.
 _SIGKILL = signal.SIGKILL
 
@@ -281,10 +299,17 @@ class ProcessRuntime(Runtime):
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def _read_exit_file(self, task_id: str) -> int | None:
+    def _read_exit_file(self, task_id: str) -> int | str | None:
+        """The code the wrapper wrote, ``"unstarted"``, or None if it wrote nothing."""
         try:
-            return int(self._exit_path(task_id).read_text().strip())
-        except (OSError, ValueError):
+            text = self._exit_path(task_id).read_text().strip()
+        except OSError:
+            return None
+        if text == _UNSTARTED:
+            return text
+        try:
+            return int(text)
+        except ValueError:
             return None
 
     def _write_exit_file(self, task_id: str, code: int) -> None:
@@ -336,10 +361,11 @@ class ProcessRuntime(Runtime):
         argv = [SHELL, "-c", WRAPPER, "shoal-task", str(exit_path), executable]
         argv += template.command[1:] + template.args
         fd = os.open(self._log_path(launch.task_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        gate, go = os.pipe()  # both close-on-exec; the child gets ``gate`` as its stdin
         try:
             popen = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=gate,
                 stdout=fd,
                 stderr=fd,
                 cwd=workdir,
@@ -347,10 +373,29 @@ class ProcessRuntime(Runtime):
                 start_new_session=True,
             )
         except OSError as exc:
+            os.close(go)
             shutil.rmtree(task_dir, ignore_errors=True)
             raise RuntimeBackendError(f"cannot start task {launch.task_id}: {exc}") from exc
         finally:
             os.close(fd)
+            os.close(gate)
+        try:
+            record = self._record_started(launch.task_id, popen)
+            os.write(go, b"go\n")  # the record exists: now the command may run
+        except OSError as exc:
+            os.close(go)  # end-of-file before the line: the wrapper gives up
+            popen.wait()
+            shutil.rmtree(task_dir, ignore_errors=True)
+            raise RuntimeBackendError(f"cannot record task {launch.task_id}: {exc}") from exc
+        except BaseException:
+            os.close(go)
+            raise
+        os.close(go)
+        log.info("task started", task_id=launch.task_id, pid=popen.pid, executable=executable)
+        return popen, record
+
+    def _record_started(self, task_id: str, popen: subprocess.Popen[bytes]) -> _Record:
+        task_dir = self._task_dir(task_id)
 
         # Our unreaped child: /proc/<pid>/stat exists even if it already exited.
         stat = _proc_stat(popen.pid)
@@ -359,10 +404,9 @@ class ProcessRuntime(Runtime):
             popen.wait()
             shutil.rmtree(task_dir, ignore_errors=True)
             raise RuntimeBackendError(f"cannot read /proc/{popen.pid}/stat of the new task")
-        record = _Record(launch.task_id, popen.pid, stat.start_ticks, datetime.now(UTC))
+        record = _Record(task_id, popen.pid, stat.start_ticks, datetime.now(UTC))
         self._write_atomically(task_dir / "record.json", json.dumps(record.to_json()))
-        log.info("task started", task_id=launch.task_id, pid=popen.pid, executable=executable)
-        return popen, record
+        return record
 
     @staticmethod
     def _resolve(command: str, workdir: Path, path: str) -> str:
@@ -535,8 +579,10 @@ class ProcessRuntime(Runtime):
                 self._write_exit_file(task_id, recorded)
             if recorded is None:
                 status = ExitStatus(exit_code=None, message=UNKNOWN_EXIT)
+            elif recorded == _UNSTARTED:
+                status = ExitStatus(exit_code=None, message=NEVER_STARTED)
             else:
-                status = exit_status(recorded)
+                status = exit_status(int(recorded))
         self._exits[task_id] = status
         log.info("task exited", task_id=task_id, exit_code=status.exit_code, why=status.message)
         return status
