@@ -20,7 +20,13 @@ import pytest
 from shoal.errors import ShoalError
 from shoal.runtimes.base import Runtime, RuntimeSettings
 from shoal.runtimes.registry import available_runtime_classes, register_known_runtimes
-from tests.engines import ENGINES, ensure_test_image, missing, remove_node_containers
+from tests.engines import (
+    ENGINES,
+    engines_required,
+    ensure_test_image,
+    missing,
+    remove_node_containers,
+)
 
 register_known_runtimes()
 
@@ -79,5 +85,10 @@ async def runtime(new_runtime: Callable[..., Runtime]) -> Runtime:
     if not info.available and info.name in ENGINES:
         missing(info.name, info.message)
     if not info.available:
-        pytest.skip(f"runtime {info.name} is not available here: {info.message}")
+        # ``process`` and ``sim`` need no engine: when they do not work, that is
+        # a failure wherever missing runtimes must not pass quietly (CI).
+        message = f"runtime {info.name} is not available here: {info.message}"
+        if engines_required():
+            pytest.fail(f"{message} (SHOAL_REQUIRE_ENGINES is set)", pytrace=False)
+        pytest.skip(message)
     return built
