@@ -87,7 +87,7 @@ async def test_tcp_probe_connects_or_fails(
 async def test_watch_reports_healthy_once_then_returns_why_unhealthy(
     runtime: ProcessRuntime, tmp_path: Path
 ) -> None:
-    flag = tmp_path / "healthy"
+    flag, runs = tmp_path / "healthy", tmp_path / "runs"
     healthy: list[str] = []
     became_healthy = asyncio.Event()
 
@@ -95,14 +95,22 @@ async def test_watch_reports_healthy_once_then_returns_why_unhealthy(
         healthy.append(detail)
         became_healthy.set()
 
-    job = asyncio.create_task(
-        watch(check(exec=["test", "-e", str(flag)], retries=3), runtime, HANDLE, on_healthy)
-    )
-    await asyncio.sleep(0.1)
+    async def probes_run(count: int) -> None:
+        """Until the probe has run ``count`` times in all (each run appends a line)."""
+        async with asyncio.timeout(5):
+            while not runs.exists() or len(runs.read_text().splitlines()) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+    # Each probe run leaves a line in ``runs``; it passes while ``flag`` exists.
+    command = ["sh", "-c", f'echo run >> "{runs}"; test -e "{flag}"']
+    job = asyncio.create_task(watch(check(exec=command, retries=3), runtime, HANDLE, on_healthy))
+    await probes_run(2)  # two failures: not healthy yet, and not given up (retries=3)
+    assert healthy == [] and not job.done()
     flag.touch()
     async with asyncio.timeout(5):
         await became_healthy.wait()
-    await asyncio.sleep(0.2)
+    passed = len(runs.read_text().splitlines())
+    await probes_run(passed + 3)  # three more passing probes: still one report
     assert len(healthy) == 1 and not job.done()
     flag.unlink()
     async with asyncio.timeout(5):

@@ -35,6 +35,8 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
             "--quiet",
             "--disable-pip-version-check",
             "--no-deps",
+            # Build with this environment's setuptools (the dev extra): no index needed.
+            "--no-build-isolation",
             "--target",
             str(target),
             str(PLUGIN),

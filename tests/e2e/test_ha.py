@@ -171,16 +171,16 @@ def test_frozen_leader_makes_no_write_after_its_lease_and_steps_down(ha: HAClust
     old_term = next(
         e["term"] for e in reversed(ha.log_events(frozen)) if e["event"] == "election.elected"
     )
-    results: list[int] = []
+    results: list[tuple[int, str]] = []
 
     ha.managers[frozen].signal(signal.SIGSTOP)
     try:
         # Sent while it is frozen: handled (or refused) only after SIGCONT.
-        sender = threading.Thread(
-            target=lambda: results.append(
-                ha.cli(frozen, "scale", "ha-frozen=3", timeout=60).returncode
-            )
-        )
+        def scale() -> None:
+            done = ha.cli(frozen, "scale", "ha-frozen=3", timeout=60)
+            results.append((done.returncode, done.stderr))
+
+        sender = threading.Thread(target=scale)
         sender.start()
         others = [n for n in ha.managers if n != frozen]
         wait_for(lambda: ha.leader(others) is not None, LEASE_TTL + 5, "a new leader")
@@ -207,10 +207,29 @@ def test_frozen_leader_makes_no_write_after_its_lease_and_steps_down(ha: HAClust
     late = [e for e in writes if e["term"] == old_term and e["revision"] >= new_term]
     assert not late, f"the deposed leader wrote after losing its lease: {late}"
     assert all(e["term"] == old_term for e in writes)
-    assert results and results[0] in (0, 1)
-    # The cluster goes on: the successor runs the service, whatever the scale's fate.
+    assert len(results) == 1, "the scale sent to the frozen manager never answered"
+    code, stderr = results[0]
+    stored = next(
+        s["spec"]["replicas"]
+        for s in ha.call(successor, "Get", {"kind": "services"})["items"]
+        if s["metadata"]["name"] == "ha-frozen"
+    )
+    # Whatever the client was told must be what the cluster does: acknowledged means
+    # scaled, refused means unchanged; only a timeout leaves the outcome open.
+    if code == 0:
+        assert stored == 3, "the scale was acknowledged but lost"
+    elif "timed out" in stderr or "DEADLINE" in stderr:
+        assert stored in (2, 3)
+    else:
+        assert stderr.strip() and "Traceback" not in stderr
+        assert stored == 2, f"the scale was refused ({stderr.strip()}) but applied"
     wait_for(
-        lambda: len(ha.running(successor, "ha-frozen")) in (2, 3), 20, "ha-frozen under successor"
+        lambda: (
+            len(ha.running(successor, "ha-frozen")) == stored
+            and len(ha.tasks(successor, "ha-frozen")) == stored
+        ),
+        20,
+        f"{stored} tasks of ha-frozen under the successor",
     )
     no_orphans(ha, successor)
 
