@@ -68,6 +68,7 @@ class Informer:
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
         self._applied: dict[str, int] = {}
+        self._relisting = 0
         self._listeners: list[Listener] = []
         self._watch_task: asyncio.Task[None] | None = None
         self.revision = 0
@@ -141,7 +142,11 @@ class Informer:
     # -------------------------------------------------------------- internals
 
     async def _relist(self) -> int:
-        kvs, revision = await self.store.range("/")
+        self._relisting += 1  # tombstones must outlive the range: see _prune_tombstones
+        try:
+            kvs, revision = await self.store.range("/")
+        finally:
+            self._relisting -= 1
         # Writes committed through here while the range was in flight carry
         # revisions above ``revision``; ``_apply`` keeps them (see the docstring).
         seen: set[str] = set()
@@ -196,7 +201,9 @@ class Informer:
     def _prune_tombstones(self, watched: int) -> None:
         """Forget deleted keys whose revision the watch has passed: no echo can follow."""
         live = len(self.services) + len(self.tasks) + len(self.nodes)
-        if len(self._applied) < live + 1024:
+        if len(self._applied) < live + 1024 or self._relisting:
+            # While a relist's range is in flight its snapshot may still hold a key
+            # deleted since: the tombstone is what keeps the relist from reviving it.
             return
         for key, revision in list(self._applied.items()):
             if revision <= watched and not self._holds(key):

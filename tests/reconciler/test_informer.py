@@ -161,3 +161,24 @@ async def test_an_undecodable_object_is_skipped_not_fatal() -> None:
     assert informer.restarts["informer-watch"] == 0
     await informer.aclose()
     await store.aclose()
+
+
+async def test_relist_does_not_revive_objects_deleted_while_its_range_was_in_flight() -> None:
+    store = SlowRangeStore()
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    count = 1500  # enough deleted keys for the informer to start forgetting tombstones
+    await informer.commit([Change.put(labelled(f"n{i}", "a"), 0) for i in range(count)])
+    store.hold = True
+    relist = asyncio.create_task(informer.catch_up())
+    await store.in_flight.wait()  # its snapshot still holds every node
+    await informer.commit([Change.delete(NODES + f"n{i}", None) for i in range(count)])
+    await informer.commit([Change.put(labelled("marker", "b"), 0)])
+    # The memory store's watch delivers within a few loop turns: give it a (virtual)
+    # second, so the watch has passed the deletes before the range answers.
+    await asyncio.sleep(1)
+    store.reply.set()
+    await relist
+    assert set(informer.nodes) == {"marker"}
+    await informer.aclose()
+    await store.aclose()
