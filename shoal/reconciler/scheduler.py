@@ -144,7 +144,8 @@ class Scheduler(Controller):
     async def reconcile(self, key: str) -> Outcome:
         if not self._indexed:
             self._index()
-        pending = [self.informer.tasks[i] for i in self._pending if i in self.informer.tasks]
+        found = (self.informer.tasks.get(i) for i in self._pending)
+        pending = [e for e in found if e is not None and _pending(e.obj)]
         if not pending:
             return Done()
         more = len(pending) > PASS
