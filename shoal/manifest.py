@@ -18,8 +18,10 @@ expand into an exponentially large structure once something walks it. The
 composer below never resolves an alias to its anchored node, so the tree stays
 a small tree whatever the input.
 
-Only ``kind: Service`` exists so far; ``_KINDS`` maps a kind to its model, and a
-new kind is one more entry there.
+``_KINDS`` maps a kind to its model (``Service``, and ``Config`` for configs
+written as documents); a new kind is one more entry there. ``kind: Secret`` is
+refused with a pointer to ``shoal secret create``: a secret's bytes have no
+place in a spec directory or a git repository.
 """
 
 from __future__ import annotations
@@ -41,27 +43,33 @@ from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from shoal.errors import SpecError
+from shoal.models.secret import ConfigDocument
 from shoal.models.service import API_VERSION, Service
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 YAML_SUFFIXES = (".yaml", ".yml")
 
-# kind -> the model that validates it. All kinds share API_VERSION for now.
-_KINDS: dict[str, type[Service]] = {"Service": Service}
+# A document of a spec file, and kind -> the model that validates it (all share API_VERSION).
+Document = Service | ConfigDocument
+_KINDS: dict[str, type[Document]] = {"Service": Service, "Config": ConfigDocument}
+_REFUSED_KINDS = {
+    "Secret": "secrets are not written in spec files (their bytes would sit in the clear); "
+    "create them with: shoal secret create NAME -f FILE",
+}
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-def load_paths(paths: list[Path]) -> list[Service]:
+def load_paths(paths: list[Path]) -> list[Document]:
     """Load every document of every file; directories are searched recursively for YAML.
 
     Raises ``SpecError`` listing every problem found; nothing is returned unless
     all documents are valid.
     """
     load = _Load()
-    services: list[Service] = []
+    services: list[Document] = []
     for path in _expand(paths, load.problems):
         try:
             text = path.read_bytes().decode("utf-8-sig")
@@ -77,7 +85,7 @@ def load_paths(paths: list[Path]) -> list[Service]:
     return services
 
 
-def load_text(text: str, filename: str) -> list[Service]:
+def load_text(text: str, filename: str) -> list[Document]:
     """Load the documents of one file's text; ``filename`` is used in messages."""
     load = _Load()
     services = load.file(text, filename)
@@ -147,9 +155,9 @@ class _Load:
         if self.problems:
             raise SpecError(self.problems)
 
-    def file(self, text: str, filename: str) -> list[Service]:
+    def file(self, text: str, filename: str) -> list[Document]:
         found: list[tuple[int, str]] = []
-        services: list[tuple[Service, int]] = []
+        services: list[tuple[Document, int]] = []
         try:
             composer = _Composer(text)  # checks that every character is allowed in YAML
         except yaml.YAMLError as exc:
@@ -180,8 +188,8 @@ class _Load:
         self.problems.extend(problem for _, problem in sorted(found, key=lambda item: item[0]))
         return self._unique(services, filename)
 
-    def _unique(self, services: list[tuple[Service, int]], filename: str) -> list[Service]:
-        unique: list[Service] = []
+    def _unique(self, services: list[tuple[Document, int]], filename: str) -> list[Document]:
+        unique: list[Document] = []
         for service, name_line in services:
             key = (service.kind, service.name)
             where = f"{filename}:{name_line}"
@@ -211,7 +219,7 @@ class _Document:
         prefix = f"{self.filename}:{line}: "
         self.found.append((line, prefix + (f"{path}: {message}" if path else message)))
 
-    def check(self) -> tuple[Service, int] | None:
+    def check(self) -> tuple[Document, int] | None:
         """The valid model and the line of its name, or None after reporting problems."""
         start = self.composer.document_start or self.root.start_mark
         start_line = start.line + 1
@@ -285,14 +293,16 @@ class _Document:
                 sound = self._walk(value, here) and sound
         return sound
 
-    def _kind(self, root: MappingNode) -> type[Service] | None:
+    def _kind(self, root: MappingNode) -> type[Document] | None:
         root_line = root.start_mark.line + 1
         version = _child(root, "apiVersion")
         kind = _child(root, "kind")
         expected_kinds = ", ".join(sorted(_KINDS))
-        model: type[Service] | None = None
+        model: type[Document] | None = None
         if kind is None:
             self.report(root_line, "kind", f"required field is missing; expected {expected_kinds}")
+        elif isinstance(kind[1], ScalarNode) and kind[1].value in _REFUSED_KINDS:
+            self.report(kind[0].start_mark.line + 1, "kind", _REFUSED_KINDS[kind[1].value])
         elif not isinstance(kind[1], ScalarNode) or kind[1].value not in _KINDS:
             shown = kind[1].value if isinstance(kind[1], ScalarNode) else "a collection"
             self.report(

@@ -16,6 +16,7 @@ arrives as UNAVAILABLE but from the server.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -32,6 +33,7 @@ from shoal.paths import default_state_dir, endpoint_candidates
 
 if TYPE_CHECKING:
     from shoal.models import Service
+    from shoal.models.secret import ConfigDocument
 
 UNAVAILABLE = "UNAVAILABLE"
 
@@ -109,11 +111,40 @@ class ControlClient:
         except ApiError as exc:
             raise self._remap(exc) from exc
 
-    async def apply(self, services: Sequence[Service], dry_run: bool = False) -> Payload:
+    async def apply(
+        self,
+        services: Sequence[Service],
+        dry_run: bool = False,
+        configs: Sequence[ConfigDocument] = (),
+    ) -> Payload:
         """``{"results": [{"name", "action"}], "dryRun", "revision"}``; action is
-        ``created``, ``configured`` or ``unchanged``."""
-        request = {"services": [s.to_wire() for s in services], "dryRun": dry_run}
+        ``created``, ``configured`` or ``unchanged``; configs' results have ``kind: Config``."""
+        request: Payload = {"services": [s.to_wire() for s in services], "dryRun": dry_run}
+        if configs:
+            request["configs"] = [c.to_wire() for c in configs]
         return await self._call("Apply", request)
+
+    async def create_file(
+        self, kind: str, name: str, data: bytes, labels: Mapping[str, str] | None = None
+    ) -> Payload:
+        """Create a secret or config (``kind``); answers ``{kind: view}``, never the bytes."""
+        request = {
+            "name": name,
+            "data": base64.b64encode(data).decode(),
+            "labels": dict(labels or {}),
+        }
+        return await self._call(f"Create{kind.capitalize()}", request)
+
+    async def get_files(self, kind: str, name: str | None = None) -> list[Payload]:
+        """Secrets or configs: ``{metadata, size, usedBy}`` each (their bytes never)."""
+        request: Payload = {} if name is None else {"name": name}
+        response = await self._call(f"Get{kind.capitalize()}s", request)
+        items: list[Payload] = response.get("items", [])
+        return items
+
+    async def remove_files(self, kind: str, names: Sequence[str]) -> Payload:
+        """Refused (ABORTED) while a service uses one of them; NOT_FOUND names the missing."""
+        return await self._call(f"Remove{kind.capitalize()}", {"names": list(names)})
 
     async def get(
         self,

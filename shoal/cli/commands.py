@@ -38,7 +38,7 @@ from shoal.errors import NotFoundError, ShoalError
 
 if TYPE_CHECKING:
     from shoal.api.client import ControlClient
-    from shoal.models import Service
+    from shoal.manifest import Document
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ def _out(text: str) -> None:
 # --------------------------------------------------------------------- apply
 
 
-def _load(filenames: list[str]) -> list[Service]:
+def _load(filenames: list[str]) -> list[Document]:
     from shoal.manifest import load_paths, load_text
 
     if "-" in filenames:
@@ -86,13 +86,21 @@ def _load(filenames: list[str]) -> list[Service]:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    services = _load(args.filename)  # every local problem is raised before connecting
-    if not services:
+    documents = _load(args.filename)  # every local problem is raised before connecting
+    if not documents:
         raise ShoalError(f"nothing to apply: no documents in {', '.join(args.filename)}")
-    response = _run(args, lambda control: control.apply(services, dry_run=args.dry_run))
+    from shoal.models import Service
+    from shoal.models.secret import ConfigDocument
+
+    services = [d for d in documents if isinstance(d, Service)]
+    configs = [d for d in documents if isinstance(d, ConfigDocument)]
+    response = _run(
+        args, lambda control: control.apply(services, dry_run=args.dry_run, configs=configs)
+    )
     suffix = " (dry run)" if response.get("dryRun") else ""
     for result in response.get("results", []):
-        _out(f"service/{result['name']} {result['action']}{suffix}")
+        kind = str(result.get("kind", "Service")).lower()
+        _out(f"{kind}/{result['name']} {result['action']}{suffix}")
     return 0
 
 
@@ -174,7 +182,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     if args.filename:
         if args.targets:
             raise UsageError("give either -f PATH or service NAME..., not both")
-        names = [service.name for service in _load(args.filename)]
+        names = [doc.name for doc in _load(args.filename) if doc.kind == "Service"]
     else:
         if not args.targets or args.targets[0] not in SERVICE_KINDS:
             raise UsageError("expected `delete service NAME [NAME...]` or `delete -f PATH`")

@@ -21,6 +21,7 @@ import shoal
 from shoal.api.transport import Method, Payload, ServerStream, Unary
 from shoal.errors import ConflictError, NotFoundError, SpecError
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.secretstore import SecretStore
 from shoal.models import (
     Availability,
     DesiredState,
@@ -30,6 +31,7 @@ from shoal.models import (
     Task,
     TaskState,
 )
+from shoal.models.secret import ConfigDocument
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.loop import ControllerRunner, Failed
@@ -54,6 +56,19 @@ def _kind(name: str) -> str:
         raise ValueError(f"unknown resource type {name!r} (use services, tasks or nodes)") from None
 
 
+def _parse_configs(raw: list[dict[str, Any]]) -> list[ConfigDocument]:
+    problems: list[str] = []
+    configs: list[ConfigDocument] = []
+    for index, doc in enumerate(raw):
+        try:
+            configs.append(ConfigDocument.model_validate(doc))
+        except ValueError as exc:
+            problems.append(f"config document {index + 1}: {exc}")
+    if problems:
+        raise SpecError(problems)
+    return configs
+
+
 class Control:
     """Handlers of the Control service."""
 
@@ -65,6 +80,7 @@ class Control:
         orchestrator: Orchestrator,
         orchestrator_runner: ControllerRunner,
         worker_token: str,
+        secret_store: SecretStore | None = None,
     ) -> None:
         self.informer = informer
         self.dispatcher = dispatcher
@@ -72,6 +88,7 @@ class Control:
         self.orchestrator = orchestrator
         self.orchestrator_runner = orchestrator_runner
         self.worker_token = worker_token
+        self.secret_store = secret_store
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -94,6 +111,12 @@ class Control:
         now = datetime.now(UTC)
         changes: list[Change] = []
         results: list[dict[str, str]] = []
+        if self.secret_store is not None:  # configs first: services may reference them
+            configs = _parse_configs(request.get("configs", []))
+            changes, results, problems = self.secret_store.config_changes(configs)
+            problems += self.secret_store.reference_problems(services, configs)
+            if problems:
+                raise SpecError(problems)
         for service in services:
             entry = self.informer.service(service.name)
             if entry is None:
@@ -131,7 +154,8 @@ class Control:
             revision = await self.informer.commit(changes, atomic=True)
             for result in results:
                 if result["action"] != "unchanged":
-                    self.events.record(f"service/{result['name']}", "Applied", result["action"])
+                    kind = result.get("kind", "Service").lower()
+                    self.events.record(f"{kind}/{result['name']}", "Applied", result["action"])
         return {"results": results, "dryRun": dry_run, "revision": revision}
 
     def _parse_services(self, raw: list[dict[str, Any]]) -> list[Service]:

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import grpc.aio
 import structlog
@@ -108,12 +107,16 @@ class Dispatcher:
         events: EventRecorder,
         worker_token: str,
         heartbeat_period: float,
+        deliveries: Callable[[list[Task]], Payload | None] | None = None,
     ) -> None:
         self.informer = informer
         self.heartbeats = heartbeats
         self.events = events
         self.worker_token = worker_token
         self.heartbeat_period = heartbeat_period
+        # The secret and config bytes of tasks about to start (shoal.manager.secretstore):
+        # they ride in the assignment message, never in the task record.
+        self.deliveries = deliveries or (lambda tasks: None)
         self.sessions: dict[str, AgentSession] = {}  # by node id
         self.subscriptions: dict[str, LogSubscription] = {}
         self.status_writer = StatusWriter(informer)
@@ -188,7 +191,15 @@ class Dispatcher:
             }
             tasks = [e.obj for e in self.informer.tasks_on_node(node_id) if _placed(e.obj)]
             session.sent = {t.id: _fingerprint(t) for t in tasks}
-            yield {"type": "assignments", "full": True, "tasks": [t.to_wire() for t in tasks]}
+            full: Payload = {
+                "type": "assignments",
+                "full": True,
+                "tasks": [t.to_wire() for t in tasks],
+            }
+            files = self.deliveries(tasks)
+            if files:
+                full["files"] = files
+            yield full
             if self._flusher is None or self._flusher.done():
                 self._flusher = asyncio.create_task(self._flush(), name="dispatcher-flush")
             while not session.closed:
@@ -203,7 +214,7 @@ class Dispatcher:
             log.info("agent.session_ended", node=node_id, session=session.id)
 
     def _incremental(self, session: AgentSession) -> Payload | None:
-        changed: list[dict[str, Any]] = []
+        changed: list[Task] = []
         removed: list[str] = []
         dirty, session.dirty = session.dirty, set()
         for task_id in dirty:
@@ -215,10 +226,19 @@ class Dispatcher:
             fingerprint = _fingerprint(entry.obj)
             if session.sent.get(task_id) != fingerprint:
                 session.sent[task_id] = fingerprint
-                changed.append(entry.obj.to_wire())
+                changed.append(entry.obj)
         if not changed and not removed:
             return None
-        return {"type": "assignments", "full": False, "tasks": changed, "removed": removed}
+        message: Payload = {
+            "type": "assignments",
+            "full": False,
+            "tasks": [task.to_wire() for task in changed],
+            "removed": removed,
+        }
+        files = self.deliveries(changed)
+        if files:
+            message["files"] = files
+        return message
 
     async def _register(self, node_id: str, description: NodeDescription, peer: str) -> None:
         now = datetime.now(UTC)

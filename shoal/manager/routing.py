@@ -43,7 +43,18 @@ from shoal.store.base import Store
 FORWARDED = "x-shoal-forwarded"
 FORWARD_TIMEOUT = 30.0
 # Control methods only the leader can answer.
-LEADER_UNARY = ("Apply", "Delete", "Scale", "UpdateNode", "Describe")
+LEADER_UNARY = (
+    "Apply",
+    "Delete",
+    "Scale",
+    "UpdateNode",
+    "Describe",
+    # secrets and configs (shoal.manager.secretstore)
+    "CreateSecret",
+    "RemoveSecret",
+    "CreateConfig",
+    "RemoveConfig",
+)
 LEADER_STREAMS = ("Logs",)
 
 

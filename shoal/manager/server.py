@@ -39,6 +39,7 @@ from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election, LeaseElection, SoleElection, manager_info
 from shoal.manager.metrics import ClusterCollector
 from shoal.manager.routing import Router
+from shoal.manager.secretstore import SecretStore
 from shoal.paths import ENDPOINT_FILE
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
@@ -158,12 +159,14 @@ class Manager:
         self.informer.subscribe(route)
         self._stack.push_async_callback(self._stop_runners)
 
+        self.secret_store = SecretStore(self.informer, self.data_key, self.events)
         self.dispatcher = Dispatcher(
             self.informer,
             self.heartbeats,
             self.events,
             self.worker_token,
             settings.heartbeat_period,
+            deliveries=self.secret_store.deliveries,
         )
         self.control = Control(
             self.informer,
@@ -172,13 +175,17 @@ class Manager:
             self.orchestrator,
             self._new_runners()[0],  # replaced by the running one in each term
             self.worker_token,
+            secret_store=self.secret_store,
         )
         router = Router(self.election, store)
         self._stack.push_async_callback(router.aclose)
         server = grpc.aio.server(options=SERVER_OPTIONS)
         server.add_generic_rpc_handlers(
             (
-                service_handler(CONTROL_SERVICE, router.control(self.control.methods())),
+                service_handler(
+                    CONTROL_SERVICE,
+                    router.control({**self.control.methods(), **self.secret_store.methods()}),
+                ),
                 service_handler(DISPATCHER_SERVICE, router.dispatcher(self.dispatcher.methods())),
             )
         )

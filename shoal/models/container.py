@@ -25,7 +25,6 @@ CONTAINER_RUNTIMES: frozenset[str] = frozenset({"docker", "podman"})
 CONTAINER_FIELDS: tuple[str, ...] = (
     "image",
     "image_pull_policy",
-    "user",
     "labels",
     "ports",
     "mounts",
@@ -115,10 +114,19 @@ class Device(Model):
 
 
 class Limits(Model):
-    """Hard limits the engine enforces (container runtimes only)."""
+    """Hard limits: the engine enforces them for containers, cgroups for processes."""
 
     cpus: float | None = Field(default=None, gt=0)
     memory: Size | None = None
+    # The most processes (and threads) the task may have at once.
+    pids: int | None = Field(default=None, ge=1)
+
+    @field_validator("memory")
+    @classmethod
+    def _enough_memory(cls, value: int | None) -> int | None:
+        if value is not None and value < 4 * 1024 * 1024:
+            raise ValueError("a memory limit below 4Mi leaves no room to start anything")
+        return value
 
 
 class HttpProbe(Model):

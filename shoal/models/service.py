@@ -27,6 +27,7 @@ from shoal.models.container import (
     check_capability,
     check_sysctl,
 )
+from shoal.models.secret import ConfigReference, SecretReference
 from shoal.models.units import Duration, Size
 
 API_VERSION: Final = "shoal/v1"
@@ -49,6 +50,8 @@ SIGNALS = {
     "SIGCONT",
     "SIGWINCH",
 }
+# Runtimes that enforce ``resources.limits``: the engines for containers, cgroups for processes.
+LIMITED_RUNTIMES = CONTAINER_RUNTIMES | {"process"}
 # The runtimes a spec may name: every name in the ``shoal.runtimes`` entry-point
 # group, read without importing the plugins (the CLI validates specs too and
 # must not load engine SDKs for that). ``shoal.runtimes.registry`` adds to it.
@@ -114,7 +117,7 @@ class Reservations(Model):
 
 class Resources(Model):
     reservations: Reservations = Field(default_factory=Reservations)
-    # Enforced by the engine; container runtimes only.
+    # Enforced by the engine for containers and by cgroups for processes.
     limits: Limits | None = None
 
 
@@ -142,10 +145,16 @@ class TaskTemplate(Model):
     resources: Resources = Field(default_factory=Resources)
     sim: SimBehaviour | None = None
     healthcheck: HealthCheck | None = None
+    # USER[:GROUP], names or numbers. Processes: looked up on the node (default:
+    # the agent's --process-user, else the agent's own user); containers: in the image.
+    user: str | None = None
+    # Files the task gets (shoal.models.secret): secrets in /run/secrets or
+    # $SHOAL_SECRETS_DIR, configs at their target or under $SHOAL_CONFIGS_DIR.
+    secrets: list[SecretReference] = Field(default_factory=list)
+    configs: list[ConfigReference] = Field(default_factory=list)
     # Container runtimes only (shoal.models.container.CONTAINER_FIELDS).
     image: str | None = None
     image_pull_policy: Literal["ifNotPresent", "never", "always"] | None = None
-    user: str | None = None
     labels: dict[LabelKey, str] = Field(default_factory=dict)
     ports: list[PortMapping] = Field(default_factory=list)
     mounts: list[Mount] = Field(default_factory=list)
@@ -190,13 +199,36 @@ class TaskTemplate(Model):
 
     @field_validator("resources")
     @classmethod
-    def _limits_for_containers(cls, value: Resources, info: ValidationInfo) -> Resources:
+    def _limits_where_enforced(cls, value: Resources, info: ValidationInfo) -> Resources:
         runtime = info.data.get("runtime")
-        if value.limits is not None and runtime is not None and runtime not in CONTAINER_RUNTIMES:
+        if value.limits is not None and runtime is not None and runtime not in LIMITED_RUNTIMES:
             raise ValueError(
-                "'resources.limits' is enforced by container engines only, "
-                f"not by runtime {runtime!r} (use reservations for placement)"
+                "'resources.limits' is enforced for runtimes "
+                f"{', '.join(sorted(LIMITED_RUNTIMES))} only, not for runtime {runtime!r} "
+                "(use reservations for placement)"
             )
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _user_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            user, _, group = value.partition(":")
+            if not user or value.count(":") > 1 or (":" in value and not group):
+                raise ValueError(f"invalid user {value!r}: use USER or USER:GROUP (names or ids)")
+        return value
+
+    @field_validator("secrets", "configs")
+    @classmethod
+    def _distinct_targets(
+        cls, value: list[SecretReference] | list[ConfigReference], info: ValidationInfo
+    ) -> list[SecretReference] | list[ConfigReference]:
+        seen: set[str] = set()
+        for ref in value:
+            target = ref.file_name if isinstance(ref, SecretReference) else ref.container_path
+            if target in seen:
+                raise ValueError(f"two {info.field_name} have the target {target!r}")
+            seen.add(target)
         return value
 
     @field_validator("sim")

@@ -1,4 +1,5 @@
-"""The informer: an in-memory, always-current copy of every service, task and node.
+"""The informer: an in-memory, always-current copy of every service, task and node
+(and of the secrets and configs, their bytes still sealed).
 
 Reconcilers read only from here, never from the store, so a reconcile costs no
 I/O until it writes. The cache is fed two ways:
@@ -36,13 +37,24 @@ from pydantic import ValidationError
 
 from shoal.errors import CompactedError, StoreError
 from shoal.models import Node, Service, Task
+from shoal.models.secret import Config, Secret
 from shoal.store.base import EventType, KeyValue, Store
-from shoal.store.typed import NODES, SERVICES, TASKS, Change, Object, TypedStore, decode
+from shoal.store.typed import (
+    CONFIGS,
+    NODES,
+    SECRETS,
+    SERVICES,
+    TASKS,
+    Change,
+    Object,
+    TypedStore,
+    decode,
+)
 from shoal.supervise import supervise
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T", Service, Task, Node)
+T = TypeVar("T", Service, Task, Node, Secret, Config)
 Listener = Callable[[Object | None, Object | None], None]
 
 
@@ -65,6 +77,8 @@ class Informer:
         self.services: dict[str, Entry[Service]] = {}
         self.tasks: dict[str, Entry[Task]] = {}
         self.nodes: dict[str, Entry[Node]] = {}
+        self.secrets: dict[str, Entry[Secret]] = {}
+        self.configs: dict[str, Entry[Config]] = {}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
         self._applied: dict[str, int] = {}
@@ -172,6 +186,8 @@ class Informer:
             [SERVICES + k for k in self.services]
             + [TASKS + k for k in self.tasks]
             + [NODES + k for k in self.nodes]
+            + [SECRETS + k for k in self.secrets]
+            + [CONFIGS + k for k in self.configs]
         )
 
     async def _follow(self, start: int) -> None:
@@ -214,6 +230,10 @@ class Informer:
             return key[len(TASKS) :] in self.tasks
         if key.startswith(SERVICES):
             return key[len(SERVICES) :] in self.services
+        if key.startswith(SECRETS):
+            return key[len(SECRETS) :] in self.secrets
+        if key.startswith(CONFIGS):
+            return key[len(CONFIGS) :] in self.configs
         return key[len(NODES) :] in self.nodes
 
     def _apply(self, key: str, obj: Object | None, revision: int) -> None:
@@ -236,6 +256,16 @@ class Informer:
             old = prev_node.obj if prev_node else None
             if isinstance(obj, Node):
                 self.nodes[node_id] = Entry(obj, revision)
+        elif key.startswith(SECRETS):
+            prev_secret = self.secrets.pop(key[len(SECRETS) :], None)
+            old = prev_secret.obj if prev_secret else None
+            if isinstance(obj, Secret):
+                self.secrets[obj.name] = Entry(obj, revision)
+        elif key.startswith(CONFIGS):
+            prev_config = self.configs.pop(key[len(CONFIGS) :], None)
+            old = prev_config.obj if prev_config else None
+            if isinstance(obj, Config):
+                self.configs[obj.name] = Entry(obj, revision)
         else:
             return
         for listener in self._listeners:

@@ -5,7 +5,10 @@ Key layout (every backend, every version of shoal must agree on it):
     /services/<name>     Service (JSON, camelCase)
     /tasks/<id>          Task
     /nodes/<id>          Node
+    /secrets/<name>      Secret (its bytes sealed with the data key)
+    /configs/<name>      Config (the same)
     /cluster/config      ClusterConfig (join tokens)
+    /cluster/datakey     the data key's check value (shoal.security.datakey)
 
 Writes are batches of ``Change``s. Each change carries the ``mod_revision``
 it was computed from (optimistic concurrency): ``expect=0`` means "must not
@@ -35,11 +38,14 @@ import structlog
 from shoal.errors import ConflictError, StoreError
 from shoal.models import Node, Service, Task
 from shoal.models.base import Model
+from shoal.models.secret import Config, Secret
 from shoal.store.base import Compare, Delete, KeyValue, Op, Put, Store
 
 SERVICES = "/services/"
 TASKS = "/tasks/"
 NODES = "/nodes/"
+SECRETS = "/secrets/"
+CONFIGS = "/configs/"
 CLUSTER_CONFIG = "/cluster/config"
 
 log = structlog.get_logger(__name__)
@@ -48,7 +54,7 @@ log = structlog.get_logger(__name__)
 # encoding and applying this many objects takes a few milliseconds.
 CHUNK = 250
 
-Object = Service | Task | Node
+Object = Service | Task | Node | Secret | Config
 
 
 class Fence(Protocol):
@@ -71,6 +77,10 @@ def key_of(obj: Object) -> str:
         return SERVICES + obj.metadata.name
     if isinstance(obj, Task):
         return TASKS + obj.id
+    if isinstance(obj, Secret):
+        return SECRETS + obj.metadata.name
+    if isinstance(obj, Config):
+        return CONFIGS + obj.metadata.name
     return NODES + obj.id
 
 
@@ -81,7 +91,8 @@ def decode(kv: KeyValue) -> Object | None:
     if kv.key.startswith(TASKS):
         return Task.from_wire(kv.value)
     if kv.key.startswith(NODES):
-        return Node.from_wire(kv.value)
+from shoal.models.secret import Config, Secret
+from shoal.store.base import Compare, Delete, KeyValue, Op, Put, Store
     return None
 
 
