@@ -56,11 +56,12 @@ def problems(template: str) -> list[str]:
             id="caps-for-process",
         ),
         pytest.param(
-            "    command: [sleep, '1']\n    resources:\n      limits: {memory: 1Gi}\n",
-            8,
+            "    runtime: sim\n    command: [sleep, '1']\n    resources:\n"
+            "      limits: {memory: 1Gi}\n",
+            9,
             "spec.template.resources",
-            "'resources.limits' is enforced by container engines only",
-            id="limits-for-process",
+            "'resources.limits' is enforced for runtimes docker, podman, process only",
+            id="limits-for-sim",
         ),
         pytest.param(
             "    runtime: docker\n    command: [sleep, '1']\n",

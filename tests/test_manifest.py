@@ -250,7 +250,7 @@ MALFORMED = [
         "a.yaml",
         1,
         "kind",
-        "missing; expected Service",
+        "missing; expected Config, Service",
         id="missing-kind",
     ),
     pytest.param(

@@ -16,6 +16,7 @@ restarting.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import socket
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 import shoal
 from shoal.agent.reporter import StatusReporter
+from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
 from shoal.agent.taskrunner import TaskRunner
 from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channel
 from shoal.errors import ApiError, AuthError, RuntimeBackendError
@@ -61,6 +63,9 @@ class AgentSettings:
     runtimes: frozenset[str] | None = None
     # Reported as the node's hostname (None: this machine's).
     hostname: str | None = None
+    # Where tasks' secrets and configs are written (a tmpfs per task; never the
+    # state dir). None: shoal.agent.taskfiles.default_runtime_dir.
+    runtime_dir: Path | None = None
 
 
 def _memory_bytes() -> int:
@@ -115,6 +120,9 @@ class Agent:
         self.managers = list(settings.managers)
         self.redirect: str | None = None
         self.metrics.running.set_function(lambda: len(self.runners))
+        self.files = TaskFileStore(
+            settings.runtime_dir or default_runtime_dir(settings.name, settings.state_dir)
+        )
 
     async def start(self) -> None:
         settings = self.settings
@@ -136,6 +144,9 @@ class Agent:
                 handles = []
             for handle in handles:
                 self.recovered[handle.task_id] = (runtime, handle)
+        for task_id in self.files.leftovers():  # files of tasks that ended while we were away
+            if task_id not in self.recovered:
+                await self.files.release(task_id)
         self.runtime_info = [await r.describe() for r in self.runtimes.values()]
         for info in self.runtime_info:
             if not info.available:  # e.g. an engine that is not running: say why, once
@@ -307,6 +318,7 @@ class Agent:
 
     async def _assign(self, message: Payload) -> None:
         tasks = [Task.from_wire(raw) for raw in message.get("tasks", [])]
+        delivered = _delivered_files(message.get("files"))
         if message.get("full"):
             wanted = {t.id for t in tasks}
             for task_id in [t for t in self.runners if t not in wanted]:
@@ -314,7 +326,7 @@ class Agent:
             for task_id in [t for t in self.recovered if t not in wanted]:
                 runtime, handle = self.recovered.pop(task_id)
                 log.info("agent.cleanup_unassigned", task=task_id)
-                self._background(_discard(runtime, handle), f"discard-{task_id[:8]}")
+                self._background(_discard(runtime, handle, self.files), f"discard-{task_id[:8]}")
         for task in tasks:
             runner = self.runners.get(task.id)
             if runner:
@@ -340,6 +352,8 @@ class Agent:
                 recovered[1] if recovered else None,
                 on_start=lambda rt: self.metrics.starts.labels(rt).inc(),
                 on_exit=lambda rt, outcome: self.metrics.exits.labels(rt, outcome).inc(),
+                files=self.files,
+                file_data=_files_of(task, delivered),
             )
         for task_id in message.get("removed", []):
             await self._remove(str(task_id))
@@ -356,7 +370,9 @@ class Agent:
                     runner = self.runners.get(handle.task_id)
                     if runner is None or runner.done:
                         log.info("agent.cleanup_after_engine_returned", task=handle.task_id)
-                        self._background(_discard(runtime, handle), f"discard-{handle.task_id[:8]}")
+                        self._background(
+                            _discard(runtime, handle, self.files), f"discard-{handle.task_id[:8]}"
+                        )
 
     async def _remove(self, task_id: str) -> None:
         runner = self.runners.pop(task_id, None)
@@ -384,10 +400,29 @@ class Agent:
         job.add_done_callback(lambda _: self._log_jobs.pop(subscription, None))
 
 
-async def _discard(runtime: Runtime, handle: TaskHandle) -> None:
+async def _discard(runtime: Runtime, handle: TaskHandle, files: TaskFileStore) -> None:
     """Stop and remove a recovered task the manager no longer assigns here."""
     await runtime.stop(handle, "SIGTERM", 10.0)
     await runtime.remove(handle)
+    await files.release(handle.task_id)
+
+
+def _delivered_files(raw: Any) -> dict[tuple[str, str], bytes]:
+    """The secret and config bytes an assignment message carries (kept in memory only)."""
+    found: dict[tuple[str, str], bytes] = {}
+    if not isinstance(raw, dict):
+        return found
+    for kind in ("secret", "config"):
+        for name, data in dict(raw.get(f"{kind}s") or {}).items():
+            with contextlib.suppress(ValueError, TypeError):
+                found[(kind, str(name))] = base64.b64decode(str(data), validate=True)
+    return found
+
+
+def _files_of(task: Task, delivered: dict[tuple[str, str], bytes]) -> dict[tuple[str, str], bytes]:
+    wanted = [("secret", r.source) for r in task.template.secrets]
+    wanted += [("config", r.source) for r in task.template.configs]
+    return {key: delivered[key] for key in wanted if key in delivered}
 
 
 async def _log_batches(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -31,8 +32,10 @@ from typing import Any
 import structlog
 
 from shoal.agent.health import watch
+from shoal.agent.taskfiles import TaskFileStore
 from shoal.errors import RuntimeBackendError, TaskRejectedError
 from shoal.models import DesiredState, Task, TaskState, TaskStatus
+from shoal.models.secret import SECRETS_MOUNT
 from shoal.runtimes.base import ExitStatus, Runtime, TaskHandle, TaskLaunch
 
 log = structlog.get_logger(__name__)
@@ -78,6 +81,8 @@ class TaskRunner:
         handle: TaskHandle | None,
         on_start: Callable[[str], None] | None = None,
         on_exit: Callable[[str, str], None] | None = None,
+        files: TaskFileStore | None = None,
+        file_data: dict[tuple[str, str], bytes] | None = None,
     ) -> None:
         self.task = task
         self.runtime = runtime
@@ -91,6 +96,10 @@ class TaskRunner:
         self._last: TaskStatus | None = None
         self._on_start = on_start or (lambda runtime: None)
         self._on_exit = on_exit or (lambda runtime, outcome: None)
+        # Secrets and configs: written just before the start, released at the end;
+        # their bytes are kept only until then (shoal.agent.taskfiles).
+        self._files = files
+        self._file_data = file_data or {}
         self._job: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"task-{task.id[:8]}")
         self._note(task)
 
@@ -126,10 +135,13 @@ class TaskRunner:
         try:
             await self._lifecycle()
         except asyncio.CancelledError:
-            raise
+            raise  # the agent stops watching; the task (and its files) live on
         except Exception as exc:  # a runtime misbehaved: report it, never crash the agent
             log.exception("task.runner_failed", task=self.task.id)
             self.report(TaskState.FAILED, f"agent error: {exc}", error=str(exc))
+        self._file_data = {}
+        if self._files is not None:  # the task has ended here: its secrets go
+            await self._files.release(self.task.id)
 
     async def _lifecycle(self) -> None:
         if self.handle is None and not self._assigned.is_set() and not self._stop.is_set():
@@ -220,7 +232,8 @@ class TaskRunner:
             health="starting" if healthcheck else None,
         )
         try:
-            self.handle = await self.runtime.start(launch_for(self.task, self._node_name))
+            launch = await self._with_files(launch_for(self.task, self._node_name))
+            self.handle = await self.runtime.start(launch)
         except TaskRejectedError as exc:
             self.report(TaskState.REJECTED, str(exc), error=str(exc))
             return False
@@ -233,6 +246,20 @@ class TaskRunner:
         if observed.running and not self._stop.is_set() and healthcheck is None:
             self.report(TaskState.RUNNING, "running", **self._running)
         return True
+
+    async def _with_files(self, launch: TaskLaunch) -> TaskLaunch:
+        """Write the task's secrets and configs and say where they are."""
+        if self._files is None:
+            return launch
+        template = self.task.template
+        owner = self.runtime.file_owner(template)
+        files = await self._files.prepare(self.task, self._file_data, owner)
+        self._file_data = {}
+        if files is None:
+            return launch
+        env = {"SHOAL_SECRETS_DIR": SECRETS_MOUNT} if template.is_container else files.env()
+        mounts = tuple((target, str(source)) for target, source in files.mounts)
+        return dataclasses.replace(launch, env={**launch.env, **env}, file_mounts=mounts)
 
     def _watch_health(self, handle: TaskHandle) -> asyncio.Task[str] | None:
         """Probe the task if its template has a healthcheck; the job ends when it is unhealthy."""

@@ -148,6 +148,13 @@ def configure_agent(agent: argparse.ArgumentParser) -> None:
         "podman.socket=unix:///run/podman/podman.sock (repeatable)",
     )
     agent.add_argument(
+        "--process-user",
+        default=None,
+        metavar="USER[:GROUP]",
+        help="who process tasks run as when their spec names no user "
+        "(default: the agent's own user); same as --runtime-opt process.user=USER",
+    )
+    agent.add_argument(
         "--probe-period",
         type=duration,
         default=5.0,
@@ -246,7 +253,10 @@ async def _agent(args: argparse.Namespace) -> int:
         name=name,
         labels=dict(args.label),
         metrics_listen=args.metrics_listen,
-        runtime_options=_runtime_options(args.runtime_opt),
+        runtime_options=_runtime_options(
+            args.runtime_opt
+            + ([("process", "user", args.process_user)] if args.process_user else [])
+        ),
         probe_period=args.probe_period,
     )
     if args.sim_nodes:

@@ -77,6 +77,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("token", "print the token agents join with", "shoal.cli.commands:configure_token"),
     Verb("version", "print the client and server versions", "shoal.cli.commands:configure_version"),
     Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),
+    Verb("secret", "manage secrets (encrypted at rest)", "shoal.cli.secrets:configure_secret"),
+    Verb("config", "manage configs", "shoal.cli.secrets:configure_config"),
     Verb(
         "up",
         "run a single-node cluster (manager + local agent, SQLite store)",

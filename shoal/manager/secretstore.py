@@ -177,7 +177,7 @@ class SecretStore:
             for index, secret_ref in enumerate(template.secrets):
                 if secret_ref.source not in self.informer.secrets:
                     problems.append(
-                        f"service {service.name}: spec.template.secrets.{index}.source: "
+                        f"service {service.name}: spec.template.secrets[{index}].source: "
                         f"no secret named {secret_ref.source!r} (create it first: "
                         f"shoal secret create {secret_ref.source} -f FILE)"
                     )
@@ -185,7 +185,7 @@ class SecretStore:
                 known = config_ref.source in self.informer.configs or config_ref.source in incoming
                 if not known:
                     problems.append(
-                        f"service {service.name}: spec.template.configs.{index}.source: "
+                        f"service {service.name}: spec.template.configs[{index}].source: "
                         f"no config named {config_ref.source!r} (create it with shoal config "
                         "create, or apply a kind: Config document)"
                     )

@@ -94,6 +94,11 @@ class TaskLaunch:
     template: TaskTemplate
     # The complete environment to add, SHOAL_* variables included.
     env: dict[str, str]
+    # The task's secrets and configs, already written on the node by the agent
+    # (shoal.agent.taskfiles): (path in a container, path on the node). Container
+    # runtimes bind each read-only; processes find them through SHOAL_SECRETS_DIR
+    # and SHOAL_CONFIGS_DIR in ``env``.
+    file_mounts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +201,16 @@ class Runtime(abc.ABC):
             await process.wait()
             raise
         return ExecResult(process.returncode or 0, output.decode(errors="replace"))
+
+    def file_owner(self, template: TaskTemplate) -> tuple[int, int]:
+        """Who owns a task's secret and config files by default: ``(uid, gid)``.
+
+        Default: root in the task's world when the agent is root (containers),
+        else the agent's own user. The process runtime answers the task's user.
+        """
+        if os.geteuid() == 0:
+            return (0, 0)
+        return (os.geteuid(), os.getegid())
 
     async def probe_host(self, handle: TaskHandle) -> str:
         """Where ``http`` and ``tcp`` probes connect; see the module docstring."""

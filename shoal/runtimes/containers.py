@@ -104,6 +104,7 @@ class ContainerConfig:
     mounts: list[Mount]
     nano_cpus: int | None
     memory: int | None
+    pids: int | None
     cap_add: list[str]
     cap_drop: list[str]
     sysctls: dict[str, str]
@@ -216,9 +217,14 @@ def container_config(launch: TaskLaunch, settings: RuntimeSettings) -> Container
         user=template.user,
         labels=labels,
         ports=list(template.ports),
-        mounts=list(template.mounts),
+        mounts=list(template.mounts)
+        + [
+            Mount(type="bind", source=source, target=target, read_only=True)
+            for target, source in launch.file_mounts
+        ],
         nano_cpus=None if limits is None or limits.cpus is None else int(limits.cpus * 1e9),
         memory=None if limits is None else limits.memory,
+        pids=None if limits is None else limits.pids,
         cap_add=list(template.cap_add),
         cap_drop=list(template.cap_drop),
         sysctls=dict(template.sysctls),

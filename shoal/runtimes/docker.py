@@ -91,6 +91,7 @@ class DockerEngine(Engine):
             mem_limit=config.memory,
             # No swap beyond the memory limit: the limit is what the task gets.
             memswap_limit=config.memory,
+            pids_limit=config.pids,
             cap_add=config.cap_add or None,
             cap_drop=config.cap_drop or None,
             sysctls=config.sysctls or None,

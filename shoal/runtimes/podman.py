@@ -282,6 +282,8 @@ def _spec_generator(config: ContainerConfig) -> dict[str, Any]:
         limits["cpu"] = {"quota": config.nano_cpus // 10_000, "period": 100_000}
     if config.memory:
         limits["memory"] = {"limit": config.memory, "swap": config.memory}
+    if config.pids:
+        limits["pids"] = {"limit": config.pids}
     spec: dict[str, Any] = {
         "name": config.name,
         "image": config.image,

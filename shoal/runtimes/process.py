@@ -61,13 +61,22 @@ Logs
     and the truncate are lost, the usual price of copytruncate. The check rides
     on ``inspect``/``wait``/``logs`` polling (one ``stat``), not on a timer.
 
-Limits: a task that calls ``setsid`` itself leaves its group and is not
-stopped with it (that needs cgroups); ``/proc`` is required.
+User and limits
+    ``user`` and ``resources.limits`` are applied as ``shoal.runtimes.isolation``
+    describes: a joiner and ``setpriv`` between the wrapper and the command put
+    it in its cgroup and drop its privileges before it runs. The option
+    ``process.user`` (``shoal agent --process-user``) is the default user;
+    ``process.cgroup-parent`` (default ``shoal``) where task cgroups go.
+
+Limits: a task without resource limits that calls ``setsid`` itself leaves its
+group and is not stopped with it (a task with limits is: its cgroup's
+processes are killed too); ``/proc`` is required.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import os
@@ -83,7 +92,8 @@ from typing import IO, Any
 import structlog
 
 from shoal.errors import RuntimeBackendError, TaskRejectedError
-from shoal.models import RuntimeInfo
+from shoal.models import RuntimeInfo, TaskTemplate
+from shoal.models.units import format_size
 from shoal.runtimes.base import (
     ExitStatus,
     Observation,
@@ -91,6 +101,13 @@ from shoal.runtimes.base import (
     RuntimeSettings,
     TaskHandle,
     TaskLaunch,
+)
+from shoal.runtimes.isolation import (
+    JOINER,
+    Cgroups,
+    TaskUser,
+    privileges_prefix,
+    resolve_user,
 )
 
 log = structlog.get_logger(__name__)
@@ -262,6 +279,7 @@ class ProcessRuntime(Runtime):
         self._killed: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._rotations: dict[str, int] = {}
+        self._cgroups: Cgroups | str | None = None
 
     # -- paths and records -------------------------------------------------
 
@@ -321,13 +339,37 @@ class ProcessRuntime(Runtime):
         with os.fdopen(fd, "w") as f:
             f.write(f"{code}\n")
 
+    def cgroups(self) -> Cgroups | str:
+        """This node's cgroups, or why ``resources.limits`` cannot be enforced here."""
+        if self._cgroups is None:
+            parent = self.settings.options.get("cgroup-parent", "shoal")
+            self._cgroups = Cgroups.detect(f"{parent}/{self.settings.node_name}")
+        return self._cgroups
+
+    def task_user(self, template: TaskTemplate) -> TaskUser | None:
+        """Who a task runs as: its ``user``, else the ``process.user`` option, else the agent."""
+        spec = template.user or self.settings.options.get("user")
+        return resolve_user(spec) if spec else None
+
+    def file_owner(self, template: TaskTemplate) -> tuple[int, int]:
+        user = self.task_user(template)
+        return (os.geteuid(), os.getegid()) if user is None else (user.uid, user.gid)
+
     # -- the runtime interface ---------------------------------------------
 
     async def describe(self) -> RuntimeInfo:
         problem = _host_problem()
         if problem is not None:
             return RuntimeInfo(name=self.name, available=False, message=problem)
-        return RuntimeInfo(name=self.name, available=True, message=f"plain processes under {SHELL}")
+        cgroups = self.cgroups()
+        limits = (
+            f"limits through {cgroups.describe()}"
+            if isinstance(cgroups, Cgroups)
+            else f"no limits ({cgroups})"
+        )
+        return RuntimeInfo(
+            name=self.name, available=True, message=f"plain processes under {SHELL}; {limits}"
+        )
 
     async def start(self, launch: TaskLaunch) -> TaskHandle:
         # fork/exec, mkdir and fsync block: run them off the event loop.
@@ -343,8 +385,12 @@ class ProcessRuntime(Runtime):
 
         env = {key: os.environ[key] for key in BASE_ENV if key in os.environ}
         env.setdefault("PATH", os.defpath)
+        user = self.task_user(template)
+        if user is not None:
+            env.update(user.env())
         env.update(template.env)
         env.update(launch.env)
+        prefix = privileges_prefix(user)
 
         if template.workdir is not None:
             workdir = Path(template.workdir)
@@ -356,9 +402,18 @@ class ProcessRuntime(Runtime):
 
         workdir.mkdir(parents=True, exist_ok=True)
         task_dir.mkdir(parents=True, exist_ok=True)
+        if user is not None and template.workdir is None:
+            self._give_workdir(task_dir, workdir, user)
+        limits = template.resources.limits
+        if limits is not None:
+            cgroups = self.cgroups()
+            if not isinstance(cgroups, Cgroups):
+                raise TaskRejectedError(f"resources.limits cannot be enforced here: {cgroups}")
+            joined = cgroups.create(launch.task_id, limits)
+            prefix = [SHELL, "-c", JOINER, "shoal-join", *joined, "--", *prefix]
         exit_path = self._exit_path(launch.task_id)
         exit_path.unlink(missing_ok=True)
-        argv = [SHELL, "-c", WRAPPER, "shoal-task", str(exit_path), executable]
+        argv = [SHELL, "-c", WRAPPER, "shoal-task", str(exit_path), *prefix, executable]
         argv += template.command[1:] + template.args
         fd = os.open(self._log_path(launch.task_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         gate, go = os.pipe()  # both close-on-exec; the child gets ``gate`` as its stdin
@@ -407,6 +462,13 @@ class ProcessRuntime(Runtime):
         record = _Record(task_id, popen.pid, stat.start_ticks, datetime.now(UTC))
         self._write_atomically(task_dir / "record.json", json.dumps(record.to_json()))
         return record
+
+    @staticmethod
+    def _give_workdir(task_dir: Path, workdir: Path, user: TaskUser) -> None:
+        """The default workdir belongs to the task's user, who may pass through to it."""
+        os.chown(workdir, user.uid, user.gid)
+        for directory in (task_dir, task_dir.parent):
+            os.chmod(directory, os.stat(directory).st_mode | 0o111)
 
     @staticmethod
     def _resolve(command: str, workdir: Path, path: str) -> str:
@@ -470,6 +532,9 @@ class ProcessRuntime(Runtime):
             pass
         except OSError as exc:
             raise RuntimeBackendError(f"cannot remove {task_dir}: {exc}") from exc
+        cgroups = self.cgroups()
+        if isinstance(cgroups, Cgroups):
+            await asyncio.to_thread(cgroups.remove, task_id)
         for table in (self._children, self._exits, self._locks, self._rotations):
             table.pop(task_id, None)
         self._killed.discard(task_id)
@@ -583,9 +648,31 @@ class ProcessRuntime(Runtime):
                 status = ExitStatus(exit_code=None, message=NEVER_STARTED)
             else:
                 status = exit_status(int(recorded))
+        status = self._oom_checked(task_id, status)
         self._exits[task_id] = status
         log.info("task exited", task_id=task_id, exit_code=status.exit_code, why=status.message)
         return status
+
+    def _oom_checked(self, task_id: str, status: ExitStatus) -> ExitStatus:
+        """A SIGKILL in a cgroup that counted an OOM kill is reported as one."""
+        cgroups = self.cgroups()
+        if not isinstance(cgroups, Cgroups):
+            return status
+        for pid in cgroups.members(task_id):  # what left the process group dies too
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, _SIGKILL)
+        if status.signal != _SIGKILL:
+            return status
+        limit = cgroups.oom_killed(task_id)
+        if limit is None:
+            return status
+        shown = f" (limit {format_size(limit)})" if limit else ""
+        return ExitStatus(
+            exit_code=status.exit_code,
+            signal=status.signal,
+            message=f"killed by the OOM killer: out of memory{shown}",
+            oom_killed=True,
+        )
 
     async def _maybe_rotate(self, task_id: str) -> None:
         path = self._log_path(task_id)
