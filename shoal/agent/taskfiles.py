@@ -22,9 +22,11 @@ agent restart, for every task directory no runtime still runs).
 
 Ownership: a file belongs to the reference's ``uid``/``gid``; by default to the
 user a process task runs as, and to root (0) in a container, as in Swarm. The
-secrets directory of a process task is 0700 and belongs to its user; in a
-container it is 0755, so the container's own user can reach the files their
-modes allow it.
+task directory is 0700: a process task's user owns it; for a container it is
+root's (the engine binds from it as root), and inside the container
+``/run/secrets`` is 0755 so the container's own user reaches the files their
+modes allow it. Mount points are visible to every local user; the directories
+behind them are not.
 """
 
 from __future__ import annotations
@@ -134,7 +136,11 @@ class TaskFileStore:
         uid, gid = owner
         mounts: list[tuple[str, Path]] = []
         secrets_dir = configs_dir = None
-        os.chmod(root, 0o711)
+        # Only the task's user (a process) or nobody but root (a container: the engine
+        # binds from here as root) may enter: mount points are listed for everyone.
+        if os.geteuid() == 0 and not container:
+            os.chown(root, uid, gid)
+        os.chmod(root, 0o700)
         if template.secrets:
             secrets_dir = root / "secrets"
             secrets_dir.mkdir(mode=0o700)
