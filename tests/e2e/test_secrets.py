@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from shoal.agent.taskfiles import default_runtime_dir
+from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
 from tests.e2e import cluster as cluster_module
 from tests.e2e.cluster import (
     Cluster,
@@ -63,6 +63,10 @@ def cluster(tmp_path: Path, node: str, monkeypatch: pytest.MonkeyPatch) -> Itera
         yield running
     for engine in ("docker", "podman"):
         remove_node_containers(engine, node)
+    # A failed test leaves the tmpfs of tasks its stopped agent no longer watched.
+    leftovers = TaskFileStore(default_runtime_dir(node, (tmp_path / "agents" / node).resolve()))
+    for task_id in leftovers.leftovers():
+        leftovers._release(task_id)
 
 
 def marker() -> bytes:
