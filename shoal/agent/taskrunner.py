@@ -140,8 +140,9 @@ class TaskRunner:
             log.exception("task.runner_failed", task=self.task.id)
             self.report(TaskState.FAILED, f"agent error: {exc}", error=str(exc))
         self._file_data = {}
-        if self._files is not None:  # the task has ended here: its secrets go
-            await self._files.release(self.task.id)
+        template = self.task.template
+        if self._files is not None and (template.secrets or template.configs):
+            await self._files.release(self.task.id)  # the task has ended here: its files go
 
     async def _lifecycle(self) -> None:
         if self.handle is None and not self._assigned.is_set() and not self._stop.is_set():
