@@ -91,8 +91,11 @@ def decode(kv: KeyValue) -> Object | None:
     if kv.key.startswith(TASKS):
         return Task.from_wire(kv.value)
     if kv.key.startswith(NODES):
-from shoal.models.secret import Config, Secret
-from shoal.store.base import Compare, Delete, KeyValue, Op, Put, Store
+        return Node.from_wire(kv.value)
+    if kv.key.startswith(SECRETS):
+        return Secret.from_wire(kv.value)
+    if kv.key.startswith(CONFIGS):
+        return Config.from_wire(kv.value)
     return None
 
 
