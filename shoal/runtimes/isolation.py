@@ -266,6 +266,9 @@ class Cgroups:
                 pass
             except OSError as exc:
                 log.warning("cgroup.remove_failed", path=str(path), error=str(exc))
+            # The node's cgroup too once its last task is gone (busy otherwise: fine).
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
 
 
 def _write(path: Path, value: object) -> None:
