@@ -181,3 +181,32 @@ async def test_a_wrong_join_token_is_refused(dispatcher: Dispatcher) -> None:
     request = {"token": "nope", "nodeId": "n1", "description": node("n1").description.to_wire()}
     with pytest.raises(AuthError, match="join token refused"):
         await dispatcher.session(request, Peer()).__anext__()  # type: ignore[arg-type]
+
+
+async def test_secret_bytes_go_only_to_the_node_of_a_task_about_to_start(world: World) -> None:
+    from shoal.manager.secretstore import SecretStore
+    from shoal.security.datakey import DataKey
+
+    store = SecretStore(world.informer, DataKey.generate(), world.events)
+    await world.informer.commit([Change.put(store.seal("secret", "db", b"hunter2", {}), 0)])
+    dispatcher = Dispatcher(
+        world.informer, HeartbeatTracker(), world.events, TOKEN, 1.0, deliveries=store.deliveries
+    )
+    user = service(secrets=[{"source": "db"}]).spec.template
+
+    def with_secret(task_id: str, node_id: str, state: TaskState) -> Task:
+        return task(task_id, node_id, state).model_copy(update={"template": user})
+
+    await world.put(with_secret("running", "n1", TaskState.RUNNING))
+    first = await open_session(dispatcher, "n1")
+    second = await open_session(dispatcher, "n2")
+    assert "files" not in await first.next()  # running already: nothing to deliver again
+    assert "files" not in await second.next()
+    await world.put(with_secret("new", "n1", TaskState.ASSIGNED))
+    update = await first.next()
+    assert ids(update) == ["new"]
+    assert update["files"] == {"secrets": {"db": "aHVudGVyMg=="}, "configs": {}}
+    assert "hunter2" not in str(update["tasks"]) and "aHVudGVyMg" not in str(update["tasks"])
+    assert await second.quiet()  # the other node gets nothing
+    first.pump.cancel()
+    second.pump.cancel()
