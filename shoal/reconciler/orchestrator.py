@@ -341,7 +341,16 @@ class Orchestrator(Controller):
 
 
 def _matters(old: Task, new: Task) -> bool:
-    """Whether a task change can change what the orchestrator decides."""
+    """Whether a task change can change what the orchestrator decides.
+
+    The scheduler giving a pending task its node does not: it only picks nodes
+    that are ready, active and match the placement, so the orchestrator would
+    find nothing to replace. Skipping it spares a full pass over the service for
+    every scheduling chunk (40 passes over 1,000 slots for 10,000 new tasks); a
+    node that is drained meanwhile is handled by the node's own change.
+    """
+    if old.node_id is None and new.node_id is not None and not new.status.state.terminal:
+        return old.desired_state != new.desired_state
     return (
         old.desired_state != new.desired_state
         or old.status.state.terminal != new.status.state.terminal

@@ -165,9 +165,19 @@ class Scheduler(Controller):
         for name, entries in sorted(by_service.items()):
             entries.sort(key=lambda e: (e.obj.slot, e.obj.node_id or "", e.obj.created_at))
             changes.extend(await self._place_service(name, entries, nodes, loads, now, pace))
+        # The pass yielded: a node drained or went down meanwhile gets none of it
+        # (those tasks stay pending for the next pass).
+        changes = [c for c in changes if self._still_schedulable(c)]
         if changes:
             await self.informer.commit(changes)
         return Requeue(0.001) if more else Done()
+
+    def _still_schedulable(self, change: Change) -> bool:
+        task = change.obj
+        if not isinstance(task, Task) or task.status.state != TaskState.ASSIGNED:
+            return True
+        entry = self.informer.nodes.get(task.node_id or "")
+        return entry is not None and entry.obj.schedulable
 
     async def _place_service(
         self,

@@ -70,3 +70,21 @@ async def test_a_big_scheduling_backlog_is_placed_in_passes_that_yield(world: Wo
         assert task.status.state == TaskState.ASSIGNED and task.node_id
         per_node[task.node_id] = per_node.get(task.node_id, 0) + 1
     assert set(per_node.values()) == {REPLICAS // 50}  # spread evenly, as in one pass
+
+
+async def test_scheduling_a_task_does_not_rerun_the_orchestrator_but_its_end_does(
+    world: World,
+) -> None:
+    await world.put(node("n1"), service(replicas=1))
+    orchestrator = Orchestrator(world.informer, world.events, clock=world.clock)
+    await orchestrator.reconcile("web")
+    pending = world.live()[0]
+    scheduler = Scheduler(world.informer, world.events)
+    keys: list[str] = []
+    world.informer.subscribe(lambda old, new: keys.extend(orchestrator.keys_for(old, new)))
+    await scheduler.reconcile(KEY)
+    assigned = world.live()[0]
+    assert assigned.id == pending.id and assigned.node_id == "n1"
+    assert keys == []  # a full pass over the service would find nothing to do
+    await world.report(assigned, TaskState.FAILED)
+    assert keys == ["web"]
