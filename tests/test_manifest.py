@@ -346,6 +346,283 @@ MALFORMED = [
         "merge keys",
         id="merge-key",
     ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    parallelism: -1\n"},
+        "a.yaml",
+        10,
+        "spec.update.parallelism",
+        "greater than or equal to 0",
+        id="update-parallelism-negative",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    maxFailureRatio: 1.5\n"},
+        "a.yaml",
+        10,
+        "spec.update.maxFailureRatio",
+        "less than or equal to 1",
+        id="update-ratio-above-1",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    maxFailureRatio: -0.1\n"},
+        "a.yaml",
+        10,
+        "spec.update.maxFailureRatio",
+        "greater than or equal to 0",
+        id="update-ratio-negative",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    order: sideways\n"},
+        "a.yaml",
+        10,
+        "spec.update.order",
+        "'stop-first' or 'start-first'",
+        id="update-order-unknown",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    failureAction: explode\n"},
+        "a.yaml",
+        10,
+        "spec.update.failureAction",
+        "'pause', 'continue' or 'rollback'",
+        id="update-failure-action-unknown",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    monitor: 5x\n"},
+        "a.yaml",
+        10,
+        "spec.update.monitor",
+        "invalid duration",
+        id="update-monitor-bad-duration",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    delay: -1\n"},
+        "a.yaml",
+        10,
+        "spec.update.delay",
+        "cannot be negative",
+        id="update-delay-negative",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    progressDeadline: 0s\n"},
+        "a.yaml",
+        10,
+        "spec.update.progressDeadline",
+        "more than 0s",
+        id="update-progress-deadline-zero",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    canary: -1\n"},
+        "a.yaml",
+        10,
+        "spec.update.canary",
+        "greater than or equal to 0",
+        id="update-canary-negative",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    canary: 3\n"},
+        "a.yaml",
+        9,
+        "spec.update",
+        "canary (3) cannot exceed replicas (2)",
+        id="update-canary-above-replicas",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    autoPromote: true\n"},
+        "a.yaml",
+        10,
+        "spec.update.autoPromote",
+        "needs canary",
+        id="update-auto-promote-without-canary",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  update:\n    paralelism: 2\n"},
+        "a.yaml",
+        10,
+        "spec.update.paralelism",
+        "did you mean 'parallelism'",
+        id="update-unknown-field",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  rollback:\n    failureAction: rollback\n"},
+        "a.yaml",
+        10,
+        "spec.rollback.failureAction",
+        "never rolled back",
+        id="rollback-of-a-rollback",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  rollback:\n    canary: 1\n"},
+        "a.yaml",
+        10,
+        "spec.rollback.canary",
+        "unknown field",
+        id="rollback-has-no-canary",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  rollback:\n    parallelism: -2\n"},
+        "a.yaml",
+        10,
+        "spec.rollback.parallelism",
+        "greater than or equal to 0",
+        id="rollback-parallelism-negative",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  rollback:\n    maxFailureRatio: 2\n"},
+        "a.yaml",
+        10,
+        "spec.rollback.maxFailureRatio",
+        "less than or equal to 1",
+        id="rollback-ratio-above-1",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  revisionHistoryLimit: 0\n"},
+        "a.yaml",
+        9,
+        "spec.revisionHistoryLimit",
+        "greater than or equal to 1",
+        id="revision-history-limit-zero",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace(
+                '    command: [/bin/sleep, "60"]',
+                "    runtime: docker\n    image: busybox\n"
+                "    ports: [{published: 8080, target: 80}]",
+            )
+            + "  update:\n    order: start-first\n"
+        },
+        "a.yaml",
+        11,
+        "spec.update",
+        "publish host port(s) 8080/tcp",
+        id="start-first-with-host-port",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n")
+            + '  job:\n    schedule: "61 * * * *"\n'
+        },
+        "a.yaml",
+        10,
+        "spec.job.schedule",
+        "invalid cron expression",
+        id="job-bad-cron",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n")
+            + '  job:\n    schedule: "@every 5x"\n'
+        },
+        "a.yaml",
+        10,
+        "spec.job.schedule",
+        "invalid duration",
+        id="job-bad-every",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n")
+            + "  job:\n    timeZone: Mars/Olympus\n"
+        },
+        "a.yaml",
+        10,
+        "spec.job.timeZone",
+        "unknown time zone",
+        id="job-unknown-time-zone",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n")
+            + "  job:\n    completions: 0\n"
+        },
+        "a.yaml",
+        10,
+        "spec.job.completions",
+        "greater than or equal to 1",
+        id="job-completions-zero",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n")
+            + "  job:\n    completions: 2\n    maxConcurrent: 3\n"
+        },
+        "a.yaml",
+        11,
+        "spec.job.maxConcurrent",
+        "cannot exceed completions",
+        id="job-concurrency-above-completions",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n")
+            + "  job:\n    backoffLimit: -1\n"
+        },
+        "a.yaml",
+        10,
+        "spec.job.backoffLimit",
+        "greater than or equal to 0",
+        id="job-backoff-negative",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n")
+            + "  job:\n    concurrencyPolicy: Sometimes\n"
+        },
+        "a.yaml",
+        10,
+        "spec.job.concurrencyPolicy",
+        "'Allow', 'Forbid' or 'Replace'",
+        id="job-concurrency-policy-unknown",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n")
+            + "  job:\n    activeDeadline: soon\n"
+        },
+        "a.yaml",
+        10,
+        "spec.job.activeDeadline",
+        "invalid duration",
+        id="job-active-deadline-bad",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n")
+            + "  update:\n    parallelism: 2\n"
+        },
+        "a.yaml",
+        9,
+        "spec.update",
+        "has no 'update' settings",
+        id="job-with-update",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD.replace("  replicas: 2\n", "  mode: replicated-job\n  replicas: 2\n")},
+        "a.yaml",
+        7,
+        "spec.replicas",
+        "use job.completions",
+        id="job-with-replicas",
+    ),
+    pytest.param(
+        {"a.yaml": GOOD + "  job:\n    completions: 3\n"},
+        "a.yaml",
+        9,
+        "spec.job",
+        "only applies to mode replicated-job or global-job",
+        id="completions-on-a-service",
+    ),
+    pytest.param(
+        {
+            "a.yaml": GOOD.replace("  replicas: 2\n", "  mode: global-job\n")
+            + "  job:\n    completions: 3\n"
+        },
+        "a.yaml",
+        9,
+        "spec.job",
+        "completions does not apply",
+        id="global-job-with-completions",
+    ),
     # The unclosed "[" is only noticed at the next key; the message names where it opened.
     pytest.param(
         {"deep/er/a.yml": GOOD.replace("replicas: 2", "replicas: [")},

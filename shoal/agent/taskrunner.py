@@ -49,17 +49,20 @@ def _now() -> datetime:
 
 def launch_for(task: Task, node_name: str) -> TaskLaunch:
     slot = task.node_id or node_name if task.slot == 0 else str(task.slot)
+    env = {
+        "SHOAL_SERVICE": task.service,
+        "SHOAL_TASK_ID": task.id,
+        "SHOAL_TASK_SLOT": slot,
+        "SHOAL_NODE": node_name,
+    }
+    if task.job_run is not None:
+        env["SHOAL_JOB_RUN"] = str(task.job_run)
     return TaskLaunch(
         task_id=task.id,
         service=task.service,
         slot=task.slot,
         template=task.template,
-        env={
-            "SHOAL_SERVICE": task.service,
-            "SHOAL_TASK_ID": task.id,
-            "SHOAL_TASK_SLOT": slot,
-            "SHOAL_NODE": node_name,
-        },
+        env=env,
     )
 
 

@@ -116,10 +116,17 @@ class ControlClient:
         services: Sequence[Service],
         dry_run: bool = False,
         configs: Sequence[ConfigDocument] = (),
+        cause: str = "",
     ) -> Payload:
-        """``{"results": [{"name", "action"}], "dryRun", "revision"}``; action is
-        ``created``, ``configured`` or ``unchanged``; configs' results have ``kind: Config``."""
-        request: Payload = {"services": [s.to_wire() for s in services], "dryRun": dry_run}
+        """``{"results": [{"name", "action", "revision", "warnings"}], "dryRun", "revision"}``;
+        action is ``created``, ``configured`` or ``unchanged``; configs' results have
+        ``kind: Config``; a service's ``revision`` is its template revision, and ``cause``
+        is recorded with a new one."""
+        request: Payload = {
+            "services": [s.to_wire() for s in services],
+            "dryRun": dry_run,
+            "cause": cause,
+        }
         if configs:
             request["configs"] = [c.to_wire() for c in configs]
         return await self._call("Apply", request)
@@ -175,6 +182,17 @@ class ControlClient:
         (NOT_FOUND, nothing deleted) unless ``ignore_not_found``."""
         request = {"kind": "services", "names": list(names), "ignoreNotFound": ignore_not_found}
         return await self._call("Delete", request)
+
+    async def rollout(self, name: str, action: str, to_revision: int | None = None) -> Payload:
+        """``undo|pause|resume|promote|restart``: ``{"name", "state", "revision", "message"}``."""
+        request: Payload = {"name": name, "action": action}
+        if to_revision is not None:
+            request["toRevision"] = to_revision
+        return await self._call("Rollout", request)
+
+    async def run_job(self, name: str) -> Payload:
+        """Start a run of job ``name`` now: ``{"name", "requestedAt"}``."""
+        return await self._call("RunJob", {"name": name})
 
     async def scale(self, replicas: Mapping[str, int]) -> dict[str, int]:
         response = await self._call("Scale", {"replicas": dict(replicas)})

@@ -94,13 +94,20 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     services = [d for d in documents if isinstance(d, Service)]
     configs = [d for d in documents if isinstance(d, ConfigDocument)]
+    cause = args.annotation or f"apply -f {' '.join(args.filename)}"
     response = _run(
-        args, lambda control: control.apply(services, dry_run=args.dry_run, configs=configs)
+        args,
+        lambda control: control.apply(services, dry_run=args.dry_run, configs=configs, cause=cause),
     )
     suffix = " (dry run)" if response.get("dryRun") else ""
     for result in response.get("results", []):
         kind = str(result.get("kind", "Service")).lower()
-        _out(f"{kind}/{result['name']} {result['action']}{suffix}")
+        revision = ""
+        if result.get("revision") and result["action"] != "unchanged" and not suffix:
+            revision = f" (revision {result['revision']})"
+        _out(f"{kind}/{result['name']} {result['action']}{revision}{suffix}")
+        for warning in result.get("warnings") or []:
+            print(f"warning: {kind}/{result['name']}: {warning}", file=sys.stderr)
     return 0
 
 
@@ -288,6 +295,12 @@ def configure_apply(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="show what would change without changing it"
+    )
+    parser.add_argument(
+        "-m",
+        "--annotation",
+        metavar="TEXT",
+        help="why: recorded with a new revision (default: the command and its files)",
     )
 
 

@@ -109,6 +109,23 @@ def _notes(notes: dict[str, str]) -> list[str]:
     return [f"{slot_label(key)}: {reason}" for key, reason in sorted(notes.items())]
 
 
+def _rollout(status: dict[str, Any]) -> list[tuple[str, str]]:
+    update = status.get("update")
+    if not update:
+        return []
+    pairs = [
+        ("State", str(update.get("state", "-"))),
+        ("Revision", f"{update.get('revision', '-')} (from {update.get('previousRevision', '-')})"),
+        ("Updated", f"{update.get('updated', 0)}/{update.get('total', 0)} slot(s)"),
+        ("Started", _when(update.get("startedAt"))),
+    ]
+    if update.get("completedAt"):
+        pairs.append(("Completed", _when(update["completedAt"])))
+    if update.get("message"):
+        pairs.append(("Message", str(update["message"])))
+    return pairs
+
+
 def describe_service(payload: dict[str, Any]) -> str:
     view = payload.get("service", {})
     metadata = view.get("metadata", {})
@@ -163,6 +180,13 @@ def describe_service(payload: dict[str, Any]) -> str:
         ("Constraints", ", ".join(spec.get("placement", {}).get("constraints", [])) or "<none>"),
     ]
     lines += _section("Policy", _fields(policy_pairs))
+    if str(spec.get("mode", "")).endswith("-job"):
+        from shoal.cli.jobs import runs_table
+
+        lines += _section("Runs", runs_table(view).splitlines())
+    else:
+        rollout = _rollout(status)
+        lines += _section("Rollout", _fields(rollout) if rollout else [], empty="<no update yet>")
     lines += _section("Tasks", _tasks(payload.get("tasks", []), by_node=False))
     lines += _section("Notes", _notes(payload.get("notes", {})))
     lines += _section("Events", _events(payload.get("events", [])))

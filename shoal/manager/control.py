@@ -21,6 +21,8 @@ import shoal
 from shoal.api.transport import Method, Payload, ServerStream, Unary
 from shoal.errors import ConflictError, NotFoundError, SpecError
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.jobs import JobControl
+from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
 from shoal.models import (
     Availability,
@@ -36,6 +38,7 @@ from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.loop import ControllerRunner, Failed
 from shoal.reconciler.orchestrator import Orchestrator
+from shoal.reconciler.rollout import new_revision_status
 from shoal.store.typed import SERVICES, Change
 
 KINDS = {
@@ -89,9 +92,13 @@ class Control:
         self.orchestrator_runner = orchestrator_runner
         self.worker_token = worker_token
         self.secret_store = secret_store
+        self.rollouts = RolloutControl(informer, events)
+        self.jobs = JobControl(informer, events)
 
     def methods(self) -> dict[str, Method]:
         return {
+            "Rollout": Unary(self.rollouts.rollout),
+            "RunJob": Unary(self.jobs.run_job),
             "Apply": Unary(self.apply),
             "Get": Unary(self.get),
             "Describe": Unary(self.describe),
@@ -108,36 +115,64 @@ class Control:
     async def apply(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
         services = self._parse_services(request.get("services", []))
         dry_run = bool(request.get("dryRun"))
+        cause = str(request.get("cause") or "apply")
+        for attempt in range(5):
+            try:
+                return await self._apply(request, services, dry_run, cause)
+            except ConflictError:
+                # The orchestrator wrote a rollout status meanwhile: recompute.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _apply(
+        self, request: Payload, services: list[Service], dry_run: bool, cause: str
+    ) -> Payload:
         now = datetime.now(UTC)
         changes: list[Change] = []
-        results: list[dict[str, str]] = []
+        results: list[dict[str, Any]] = []
         if self.secret_store is not None:  # configs first: services may reference them
             configs = _parse_configs(request.get("configs", []))
-            changes, results, problems = self.secret_store.config_changes(configs)
+            changes, config_results, problems = self.secret_store.config_changes(configs)
+            results += config_results
             problems += self.secret_store.reference_problems(services, configs)
             if problems:
                 raise SpecError(problems)
         for service in services:
             entry = self.informer.service(service.name)
+            warnings = apply_warnings(service.spec)
             if entry is None:
+                status = new_revision_status(None, service.spec, cause, now)
                 stored = service.model_copy(
                     update={
                         "metadata": service.metadata.model_copy(
                             update={"generation": 1, "created_at": now, "updated_at": now}
                         ),
-                        "status": None,
+                        "status": status,
                     }
                 )
                 changes.append(Change.put(stored, 0))
-                results.append({"name": service.name, "action": "created"})
+                results.append(
+                    {"name": service.name, "action": "created", "revision": 1, "warnings": warnings}
+                )
                 continue
             current = entry.obj
+            current_revision = current.status.revision if current.status else None
             if current.spec == service.spec and current.metadata.labels == service.metadata.labels:
-                results.append({"name": service.name, "action": "unchanged"})
+                results.append(
+                    {"name": service.name, "action": "unchanged", "revision": current_revision}
+                )
                 continue
+            if current.spec.mode != service.spec.mode:
+                raise ValueError(
+                    f"service {service.name!r}: spec.mode cannot change "
+                    f"({current.spec.mode} → {service.spec.mode}); delete and create it again"
+                )
+            status = new_revision_status(current, service.spec, cause, now) or current.status
             stored = current.model_copy(
                 update={
                     "spec": service.spec,
+                    "status": status,
                     "metadata": current.metadata.model_copy(
                         update={
                             "labels": service.metadata.labels,
@@ -148,7 +183,14 @@ class Control:
                 }
             )
             changes.append(Change.put(stored, entry.revision))
-            results.append({"name": service.name, "action": "configured"})
+            results.append(
+                {
+                    "name": service.name,
+                    "action": "configured",
+                    "revision": status.revision if status else None,
+                    "warnings": warnings,
+                }
+            )
         revision = self.informer.revision
         if changes and not dry_run:
             revision = await self.informer.commit(changes, atomic=True)
@@ -196,6 +238,16 @@ class Control:
         return {"deleted": [c.key[len(SERVICES) :] for c in changes], "missing": missing}
 
     async def scale(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        for attempt in range(5):
+            try:
+                return await self._scale(request)
+            except ConflictError:
+                # The orchestrator wrote a rollout status meanwhile: recompute.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _scale(self, request: Payload) -> Payload:
         targets = {str(k): int(v) for k, v in dict(request.get("replicas", {})).items()}
         changes = []
         now = datetime.now(UTC)
@@ -256,18 +308,25 @@ class Control:
         tasks = [e.obj for e in self.informer.tasks_of_service(service.name)]
         live = [t for t in tasks if t.desired_state == DesiredState.RUNNING]
         running = sum(1 for t in live if t.status.state == TaskState.RUNNING)
-        desired = len(live) if service.spec.mode == "global" else service.spec.replica_count
+        desired = (
+            len(live)
+            if service.spec.mode == "global" or service.spec.is_job
+            else service.spec.replica_count
+        )
         outcome = self.orchestrator_runner.last_outcome.get(service.name)
         error = None
         if isinstance(outcome, Failed):
             error = outcome.message
         elif isinstance(outcome, Exception):
             error = f"{type(outcome).__name__}: {outcome}"
-        status = ServiceStatus(
-            desired_tasks=desired,
-            running_tasks=running,
-            observed_generation=service.metadata.generation,
-            error=error,
+        kept = service.status or ServiceStatus()
+        status = kept.model_copy(
+            update={
+                "desired_tasks": desired,
+                "running_tasks": running,
+                "observed_generation": service.metadata.generation,
+                "error": error,
+            }
         )
         return service.model_copy(update={"status": status}).to_wire()
 

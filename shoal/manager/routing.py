@@ -49,6 +49,9 @@ LEADER_UNARY = (
     "Scale",
     "UpdateNode",
     "Describe",
+    # rollouts and jobs (shoal.manager.rollouts, shoal.manager.jobs)
+    "Rollout",
+    "RunJob",
     # secrets and configs (shoal.manager.secretstore)
     "CreateSecret",
     "RemoveSecret",

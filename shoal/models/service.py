@@ -27,6 +27,8 @@ from shoal.models.container import (
     check_capability,
     check_sysctl,
 )
+from shoal.models.job import JobSpec, JobStatus
+from shoal.models.rollout import RollbackConfig, UpdateConfig, UpdateStatus
 from shoal.models.secret import ConfigReference, SecretReference
 from shoal.models.units import Duration, Size
 
@@ -284,34 +286,119 @@ class Placement(Model):
     constraints: list[Constraint] = Field(default_factory=list)
 
 
+JOB_MODES = ("replicated-job", "global-job")
+
+
 class ServiceSpec(Model):
-    mode: Literal["replicated", "global"] = "replicated"
+    mode: Literal["replicated", "global", "replicated-job", "global-job"] = "replicated"
     replicas: int | None = Field(default=None, ge=0, le=100_000)
     template: TaskTemplate
     restart_policy: RestartPolicy = Field(default_factory=RestartPolicy)
     placement: Placement = Field(default_factory=Placement)
+    # None: Swarm's defaults (``update_config`` / ``rollback_config``).
+    update: UpdateConfig | None = None
+    rollback: RollbackConfig | None = None
+    # Template revisions kept for ``shoal rollout history|undo``.
+    revision_history_limit: int = Field(default=10, ge=1, le=1000)
+    # Jobs only (``mode: replicated-job | global-job``).
+    job: JobSpec | None = None
 
     @field_validator("replicas")
     @classmethod
     def _replicas_for_mode(cls, value: int | None, info: ValidationInfo) -> int | None:
         # A field validator (mode is declared first, so it is in info.data) rather
         # than a model validator: the error is then located at spec.replicas.
-        if value is not None and info.data.get("mode") == "global":
+        mode = info.data.get("mode")
+        if value is not None and mode == "global":
             raise ValueError("a global service runs one task per node; remove replicas")
+        if value is not None and mode in JOB_MODES:
+            raise ValueError(f"a {mode} has no replicas: use job.completions")
+        return value
+
+    @field_validator("job")
+    @classmethod
+    def _job_for_jobs(cls, value: JobSpec | None, info: ValidationInfo) -> JobSpec | None:
+        mode = info.data.get("mode")
+        if value is not None and mode is not None and mode not in JOB_MODES:
+            raise ValueError(
+                f"'job' only applies to mode replicated-job or global-job, not {mode!r}"
+            )
+        if value is not None and mode == "global-job" and value.completions != 1:
+            raise ValueError("a global-job runs one task per node: completions does not apply")
+        return value
+
+    @field_validator("update", "rollback")
+    @classmethod
+    def _order_and_ports(
+        cls, value: UpdateConfig | RollbackConfig | None, info: ValidationInfo
+    ) -> UpdateConfig | RollbackConfig | None:
+        template = info.data.get("template")
+        if value is not None and info.data.get("mode") in JOB_MODES:
+            raise ValueError(f"a job runs to completion and has no '{info.field_name}' settings")
+        if value is None or not isinstance(template, TaskTemplate):
+            return value
+        if value.order == "start-first" and template.ports:
+            ports = ", ".join(f"{p.published}/{p.protocol}" for p in template.ports)
+            raise ValueError(
+                f"order start-first would start a new task beside the old one, and both "
+                f"publish host port(s) {ports}: use stop-first"
+            )
+        if isinstance(value, UpdateConfig) and value.canary:
+            replicas = info.data.get("replicas")
+            if info.data.get("mode") == "global":
+                raise ValueError("canary applies to replicated services only")
+            count = 1 if replicas is None else replicas
+            if value.canary > count:
+                raise ValueError(f"canary ({value.canary}) cannot exceed replicas ({count})")
         return value
 
     @property
     def replica_count(self) -> int:
         return 1 if self.replicas is None else self.replicas
 
+    @property
+    def is_job(self) -> bool:
+        return self.mode in JOB_MODES
+
+    @property
+    def job_config(self) -> JobSpec:
+        return self.job or JobSpec()
+
+    @property
+    def update_config(self) -> UpdateConfig:
+        return self.update or UpdateConfig()
+
+    @property
+    def rollback_config(self) -> RollbackConfig:
+        return self.rollback or RollbackConfig()
+
+
+class Revision(Model):
+    """One template a service ran (or runs), for ``shoal rollout history|undo``."""
+
+    number: int
+    template: TaskTemplate
+    created_at: datetime
+    # Why: ``apply -m``/``--annotation``, else the command and file it came from.
+    cause: str = ""
+
 
 class ServiceStatus(Model):
-    """Computed by the manager when a service is read; ignored when applied."""
+    """Written by the manager only; whatever ``apply`` sends here is ignored.
+
+    ``update`` and ``revisions`` are kept in the store with the service; the
+    counts and ``error`` are computed when the service is read.
+    """
 
     desired_tasks: int = 0
     running_tasks: int = 0
     observed_generation: int | None = None
     error: str | None = None
+    # The revision number of ``spec.template``.
+    revision: int | None = None
+    update: UpdateStatus | None = None
+    revisions: list[Revision] = Field(default_factory=list)
+    job: JobStatus | None = None
 
 
 class Service(Model):

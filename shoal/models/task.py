@@ -86,6 +86,8 @@ class Task(Model):
     # to task, so counting restarts does not depend on how much history is kept.
     restarts: list[datetime] = Field(default_factory=list, exclude_if=lambda v: not v)
     created_at: datetime
+    # Jobs: the run this task belongs to (``SHOAL_JOB_RUN``).
+    job_run: int | None = None
 
     @property
     def slot_key(self) -> str:

@@ -14,6 +14,10 @@ reconcile decides one of:
 
 and slots that no longer exist (scale down, deleted service, node gone for a
 global service) are shut down, then deleted once their tasks are terminal.
+Which slots with a task of an older template are replaced in a pass, and in
+which order, is the rolling updater's decision (``shoal.reconciler.rollout``);
+its ``status.update`` goes to the store with the tasks. Jobs are planned by
+``shoal.reconciler.jobs`` instead.
 A pass over a large service yields to the event loop as it goes (``Pacer``),
 and its changes go to the store in chunks (``Informer.commit``).
 """
@@ -40,9 +44,11 @@ from shoal.models import (
 from shoal.models.service import RestartPolicy
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Entry, Informer
+from shoal.reconciler.jobs import JobReconciler
 from shoal.reconciler.loop import Controller, Done, Outcome, Requeue
 from shoal.reconciler.pacing import Pacer
 from shoal.reconciler.placement import node_matches
+from shoal.reconciler.rollout import RolloutPlan, Updater
 from shoal.store.typed import TASKS, Change, Object
 
 # Terminal tasks kept per slot besides the current one.
@@ -127,6 +133,8 @@ class Orchestrator(Controller):
         self.informer = informer
         self.events = events
         self.clock = clock
+        self.updater = Updater()
+        self.jobs = JobReconciler()
         # Why each finished slot is not restarted, for ``shoal describe``.
         self.slot_notes: dict[str, dict[str, str]] = {}
 
@@ -164,10 +172,12 @@ class Orchestrator(Controller):
             for first in range(0, len(tasks), RETIRE_SLICE):
                 self._retire(tasks[first : first + RETIRE_SLICE], plan, now, "service deleted")
                 await pace()
+        elif entry.obj.spec.is_job:
+            self._job(entry, tasks, plan, now)
         elif entry.obj.spec.mode == "global":
-            await self._global(entry.obj, tasks, plan, now, pace)
+            await self._global(entry, tasks, plan, now, pace)
         else:
-            await self._replicated(entry.obj, tasks, plan, now, pace)
+            await self._replicated(entry, tasks, plan, now, pace)
         if plan.changes:
             await self.informer.commit(plan.changes)
         if plan.wake_after is not None:
@@ -176,15 +186,72 @@ class Orchestrator(Controller):
 
     # ------------------------------------------------------------- services
 
-    async def _replicated(
-        self, service: Service, tasks: list[Entry[Task]], plan: Plan, now: datetime, pace: Pacer
+    def _rollout(
+        self,
+        entry: Entry[Service],
+        by_key: dict[str, list[Entry[Task]]],
+        regular: list[str],
+        plan: Plan,
+        now: datetime,
+    ) -> RolloutPlan | None:
+        """The updater's decision for this pass; None when it only rewrote the spec."""
+        service = entry.obj
+        slots = {key: [e.obj for e in entries] for key, entries in by_key.items()}
+        update = self.updater.plan(service, slots, regular, now)
+        if update.wake_after is not None:
+            plan.wake(update.wake_after)
+        if update.spec is not None or update.status is not None:
+            changed = service.model_copy(
+                update={"spec": update.spec or service.spec, "status": update.status}
+            )
+            plan.changes.append(Change.put(changed, entry.revision))
+            if update.status is not None and update.status.update is not None:
+                old = service.status.update if service.status else None
+                new = update.status.update
+                if old is None or old.state != new.state:
+                    self.events.record(f"service/{service.name}", "Rollout", new.message)
+        return None if update.spec is not None else update
+
+    def _job(
+        self, entry: Entry[Service], tasks: list[Entry[Task]], plan: Plan, now: datetime
     ) -> None:
+        """Jobs run to completion: ``shoal.reconciler.jobs`` decides their tasks."""
+        service = entry.obj
+        eligible = sorted(
+            node_id
+            for node_id, node_entry in self.informer.nodes.items()
+            if node_entry.obj.schedulable
+            and node_matches(node_entry.obj, service.spec.template, service.spec.placement)
+        )
+        job = self.jobs.plan(service, [(e.obj, e.revision) for e in tasks], eligible, now)
+        plan.changes.extend(job.changes)
+        if job.status is not None:
+            changed = service.model_copy(update={"status": job.status})
+            plan.changes.append(Change.put(changed, entry.revision))
+        for message in job.events:
+            self.events.record(f"service/{service.name}", "Job", message)
+        if job.wake_after is not None:
+            plan.wake(job.wake_after)
+
+    async def _replicated(
+        self,
+        entry: Entry[Service],
+        tasks: list[Entry[Task]],
+        plan: Plan,
+        now: datetime,
+        pace: Pacer,
+    ) -> None:
+        service = entry.obj
         by_slot: dict[int, list[Entry[Task]]] = defaultdict(list)
-        for entry in tasks:
-            by_slot[entry.obj.slot].append(entry)
+        for task_entry in tasks:
+            by_slot[task_entry.obj.slot].append(task_entry)
+        regular = [str(slot) for slot in range(1, service.spec.replica_count + 1)]
+        update = self._rollout(entry, {str(k): v for k, v in by_slot.items()}, regular, plan, now)
+        if update is None:
+            return
         notes: dict[str, str] = {}
-        for slot in range(1, service.spec.replica_count + 1):
-            self._slot(service, slot, None, by_slot.pop(slot, []), plan, now, notes)
+        for slot in range(1, service.spec.replica_count + update.extra_slots + 1):
+            self._slot(service, slot, None, by_slot.pop(slot, []), plan, now, notes, update)
             await pace()
         for slot, entries in by_slot.items():
             self._retire(entries, plan, now, f"scaled down (slot {slot})")
@@ -192,20 +259,39 @@ class Orchestrator(Controller):
         self.slot_notes[service.name] = notes
 
     async def _global(
-        self, service: Service, tasks: list[Entry[Task]], plan: Plan, now: datetime, pace: Pacer
+        self,
+        entry: Entry[Service],
+        tasks: list[Entry[Task]],
+        plan: Plan,
+        now: datetime,
+        pace: Pacer,
     ) -> None:
+        service = entry.obj
         by_node: dict[str, list[Entry[Task]]] = defaultdict(list)
-        for entry in tasks:
-            by_node[entry.obj.node_id or ""].append(entry)
+        for task_entry in tasks:
+            by_node[task_entry.obj.node_id or ""].append(task_entry)
+        eligible = {
+            node_id
+            for node_id, node_entry in self.informer.nodes.items()
+            if node_entry.obj.schedulable
+            and node_matches(node_entry.obj, service.spec.template, service.spec.placement)
+        }
+        update = self._rollout(
+            entry,
+            {f"node:{k}": v for k, v in by_node.items()},
+            [f"node:{k}" for k in sorted(eligible)],
+            plan,
+            now,
+        )
+        if update is None:
+            return
         notes: dict[str, str] = {}
         for node_id, node_entry in list(self.informer.nodes.items()):
             await pace()
             node = node_entry.obj
             entries = by_node.pop(node_id, [])
-            if node.schedulable and node_matches(
-                node, service.spec.template, service.spec.placement
-            ):
-                self._slot(service, 0, node_id, entries, plan, now, notes)
+            if node_id in eligible:
+                self._slot(service, 0, node_id, entries, plan, now, notes, update)
             elif (
                 node.spec.availability == Availability.PAUSE
                 and node.status.state == NodeState.READY
@@ -229,14 +315,28 @@ class Orchestrator(Controller):
         plan: Plan,
         now: datetime,
         notes: dict[str, str],
+        update: RolloutPlan,
     ) -> None:
         entries.sort(key=lambda e: (e.obj.attempt, e.obj.created_at))
         current = [e for e in entries if e.obj.desired_state == DesiredState.RUNNING]
-        for extra in current[:-1]:  # never more than one current task per slot
-            self._shutdown(extra, plan, now, "superseded")
+        # Never more than one current task per slot, but for the start-first overlap.
+        overlap = update.keep_beside([e.obj for e in current])
+        for extra in current[:-1]:
+            if extra.obj.id not in overlap:
+                self._shutdown(extra, plan, now, "replaced")
+        history = [e.obj for e in entries]
         if not current:
-            previous = entries[-1].obj if entries else None
-            self._create(service, slot, node_id, previous, 0, plan, now)
+            wait = update.waiting_for_stop(history, now)
+            if wait is not None:
+                plan.wake(min(wait, 1.0))
+                notes[f"node:{node_id}" if slot == 0 else str(slot)] = (
+                    "waiting for the old task to stop"
+                )
+            else:
+                previous = entries[-1].obj if entries else None
+                # A task replacing an older template's is an update, not a restart.
+                restart = previous is None or not update.dirty(previous)
+                self._create(service, slot, node_id, previous, 0, plan, now, restart=restart)
         else:
             cur = current[-1]
             task = cur.obj
@@ -245,6 +345,11 @@ class Orchestrator(Controller):
                 if reason:
                     self._shutdown(cur, plan, now, reason)
                     self._create(service, slot, node_id, task, 0, plan, now, restart=False)
+                elif update.dirty(task) and task.slot_key in update.replace:
+                    if update.start_first:
+                        self._create(service, slot, node_id, task, 0, plan, now, restart=False)
+                    else:  # stop-first: the new task starts once this one has stopped
+                        self._shutdown(cur, plan, now, "rolling update")
             else:
                 decision = restart_decision(service.spec.restart_policy, task, now)
                 if not decision.restart:
@@ -263,8 +368,7 @@ class Orchestrator(Controller):
         self._trim_history(entries, plan)
 
     def _replace_reason(self, service: Service, task: Task) -> str | None:
-        if task.template != service.spec.template:
-            return "service template changed"
+        """Why a live task must go at once (a template change is the updater's pace)."""
         if task.node_id is None:
             return None
         node_entry = self.informer.nodes.get(task.node_id)
@@ -355,6 +459,8 @@ def _matters(old: Task, new: Task) -> bool:
         old.desired_state != new.desired_state
         or old.status.state.terminal != new.status.state.terminal
         or old.node_id != new.node_id
+        # A task that starts running (healthy) moves a rolling update on.
+        or (new.status.state == TaskState.RUNNING) != (old.status.state == TaskState.RUNNING)
     )
 
 

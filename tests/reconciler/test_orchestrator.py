@@ -193,6 +193,11 @@ async def test_a_template_change_replaces_live_tasks(world: World, orch: Orchest
         await world.report(task, TaskState.RUNNING)
     await world.put(service(replicas=2, env={"V": "2"}))
     await orch.reconcile("web")
+    # stop-first (the default order): the new tasks start once the old ones stopped.
+    assert {t.desired_state for t in world.tasks()} == {DesiredState.SHUTDOWN}
+    for task in old:
+        await world.report(task, TaskState.SHUTDOWN)
+    await orch.reconcile("web")
     live = world.live()
     assert sorted(t.slot for t in live) == [1, 2]
     assert {t.id for t in live}.isdisjoint(t.id for t in old)

@@ -1,0 +1,110 @@
+"""``shoal job run|status``: start a job's run now, and see its runs.
+
+``run`` asks the manager for a run (``RunJob``) and, with ``--wait``, waits
+until that run ended: exit 0 if it succeeded, 1 if it failed (with the
+reason). ``status`` lists the kept runs: number, state, succeeded / failed /
+active tasks, when, why it failed, and the schedule's next time and skipped
+count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from shoal.cli import output
+from shoal.cli.options import DEFAULT_TIMEOUT, add_subcommand, duration, server_option, subcommands
+from shoal.errors import ShoalError
+
+
+def _job(view: dict[str, Any]) -> dict[str, Any]:
+    return dict((view.get("status") or {}).get("job") or {})
+
+
+def runs_table(view: dict[str, Any]) -> str:
+    job = _job(view)
+    rows = [
+        [
+            str(run.get("number")),
+            str(run.get("state")),
+            f"{run.get('succeeded', 0)}/{run.get('failed', 0)}/{run.get('active', 0)}",
+            output.age_since(run.get("startedAt")),
+            str(run.get("cause", "")),
+            str(run.get("reason", "")),
+        ]
+        for run in job.get("runs", [])
+    ]
+    text = output.render_table(
+        ["RUN", "STATE", "OK/FAILED/ACTIVE", "STARTED", "CAUSE", "REASON"], rows
+    )
+    if job.get("nextRunAt") or job.get("skipped"):
+        text += f"\nnext run: {job.get('nextRunAt', '-')}, skipped runs: {job.get('skipped', 0)}"
+    return text
+
+
+def cmd_job_status(args: argparse.Namespace) -> int:
+    from shoal.cli.commands import _run
+
+    async def get(control: Any) -> dict[str, Any]:
+        items: list[dict[str, Any]] = await control.get("services", args.name)
+        return items[0]
+
+    print(runs_table(_run(args, get)), flush=True)
+    return 0
+
+
+def cmd_job_run(args: argparse.Namespace) -> int:
+    from shoal.api.client import open_control
+
+    async def go() -> int:
+        async with open_control(args.server) as control:
+            before = _job((await control.get("services", args.name))[0])
+            known = {r.get("number") for r in before.get("runs", [])}
+            await control.run_job(args.name)
+            print(f"job/{args.name}: run requested", flush=True)
+            if not args.wait:
+                return 0
+            started = time.monotonic()
+            while time.monotonic() - started < args.timeout:
+                job = _job((await control.get("services", args.name))[0])
+                new = [r for r in job.get("runs", []) if r.get("number") not in known]
+                if new and new[-1].get("state") != "active":
+                    run = new[-1]
+                    if run.get("state") == "succeeded":
+                        print(f"job/{args.name}: run {run['number']} succeeded", flush=True)
+                        return 0
+                    print(
+                        f"error: job/{args.name}: run {run['number']} failed: "
+                        f"{run.get('reason', '')}",
+                        file=sys.stderr,
+                    )
+                    return 1
+                await asyncio.sleep(0.25)
+            raise ShoalError(
+                f"timed out after {output.format_age(args.timeout)} waiting for the run"
+            )
+
+    return asyncio.run(go())
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    group = subcommands(parser, "job_command")
+    run = add_subcommand(group, "run", cmd_job_run, "start a run of a job now")
+    server_option(run)
+    run.add_argument("name", metavar="NAME")
+    run.add_argument(
+        "--wait", action="store_true", help="wait until the run ended (exit 1 if it failed)"
+    )
+    run.add_argument(
+        "--timeout",
+        type=duration,
+        default=DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help="with --wait: give up after this long (default 60s)",
+    )
+    status = add_subcommand(group, "status", cmd_job_status, "list a job's runs")
+    server_option(status)
+    status.add_argument("name", metavar="NAME")
