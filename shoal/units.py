@@ -9,7 +9,10 @@ command line can parse ``--timeout 30s`` without loading the models;
 from __future__ import annotations
 
 import re
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs the CLI a few ms it does not need at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

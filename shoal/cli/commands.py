@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import shoal
 from shoal.cli import output
 from shoal.cli.options import (
     DEFAULT_TIMEOUT,
@@ -259,19 +258,11 @@ def cmd_node_update(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------ token, version
+# --------------------------------------------------------------------- token
 
 
 def cmd_token(args: argparse.Namespace) -> int:
     _out(_run(args, lambda control: control.token(args.role)))
-    return 0
-
-
-def cmd_version(args: argparse.Namespace) -> int:
-    _out(f"Client Version: {shoal.__version__}")
-    if args.client:
-        return 0
-    _out(f"Server Version: {_run(args, lambda control: control.version())}")
     return 0
 
 
@@ -448,14 +439,3 @@ def configure_token(parser: argparse.ArgumentParser) -> None:
     command(parser, cmd_token)
     server_option(parser)
     parser.add_argument("role", choices=["worker"], nargs="?", default="worker")
-
-
-def configure_version(parser: argparse.ArgumentParser) -> None:
-    command(parser, cmd_version)
-    parser.epilog = (
-        "Prints the client version, then asks the manager for its version. If the\n"
-        "manager cannot be reached the client version is still printed, the error goes\n"
-        "to stderr and the exit code is 1. --client never contacts the manager."
-    )
-    server_option(parser)
-    parser.add_argument("--client", action="store_true", help="only the client version")

@@ -36,15 +36,18 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import shoal
 from shoal.cli.options import Formatter, UsageError
 from shoal.errors import ShoalError, SpecError
 
+# Not ``from typing import TYPE_CHECKING``: typing and dataclasses cost more to
+# import than the whole of ``shoal --help`` is allowed to take on top of Python.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
-@dataclass(frozen=True)
+
 class Verb:
     """A top-level command: its name, its help line, and where it is declared.
 
@@ -52,10 +55,16 @@ class Verb:
     parser and fills it in (see the module docstring).
     """
 
-    name: str
-    summary: str
-    target: str
-    aliases: tuple[str, ...] = ()
+    __slots__ = ("aliases", "name", "summary", "target")
+
+    def __init__(self, name: str, summary: str, target: str, aliases: tuple[str, ...] = ()):
+        self.name = name
+        self.summary = summary
+        self.target = target
+        self.aliases = aliases
+
+    def __repr__(self) -> str:
+        return f"Verb({self.name!r}, {self.summary!r}, {self.target!r})"
 
 
 # In the order ``shoal --help`` lists them.
@@ -76,7 +85,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("job", "run jobs and see their runs", "shoal.cli.jobs:configure"),
     Verb("node", "list and update nodes", "shoal.cli.commands:configure_node"),
     Verb("token", "print the token agents join with", "shoal.cli.commands:configure_token"),
-    Verb("version", "print the client and server versions", "shoal.cli.commands:configure_version"),
+    Verb("version", "print the client and server versions", "shoal.cli.version:configure"),
     Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),
     Verb("secret", "manage secrets (encrypted at rest)", "shoal.cli.secrets:configure_secret"),
     Verb("config", "manage configs", "shoal.cli.secrets:configure_config"),

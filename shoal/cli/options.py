@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
 
 from shoal.errors import ShoalError
 from shoal.units import parse_duration
+
+TYPE_CHECKING = False  # not from typing: see shoal.cli.main
+if TYPE_CHECKING:
+    from typing import Any
 
 Command = Callable[[argparse.Namespace], int]
 

@@ -1,0 +1,125 @@
+"""How fast the ``shoal`` command answers: wall time of whole CLI runs.
+
+Times, as a user's shell would, the console script ``shoal`` of this
+environment for ``shoal --help``, ``shoal version --client`` and ``shoal get
+services`` against a local ``shoal up`` (with a few services in it), beside
+``python -c pass`` with the same interpreter as the floor no Python CLI can
+go under. Each command runs ``--runs`` times after one untimed warm-up run
+(which also writes the bytecode caches, as a user's first run would); the
+median and the maximum are printed with every run.
+
+Then, for ``get services``, where its import time goes: the top-level
+modules of ``python -X importtime``, cumulative, median over the runs.
+
+    .venv/bin/python bench/cli.py [--runs 10]
+
+``PYTHONDONTWRITEBYTECODE`` is removed from the commands' environment (it
+makes every run compile shoal from source, which no installed CLI does); the
+benchmark says so when it was set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from harness import free_port, open_shoal_up
+
+SHOAL = str(Path(sys.executable).with_name("shoal"))
+SERVICE = """\
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: cli-bench-{index}}}
+spec:
+  replicas: 1
+  template: {{command: [sleep, "3600"]}}
+"""
+
+
+def environment(address: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["SHOAL_SERVER"] = address
+    return env
+
+
+def wall(argv: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(argv, env=env, capture_output=True, check=False)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr!r}")
+    return elapsed
+
+
+def import_breakdown(argv: list[str], env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median cumulative import time (ms) of each top-level module ``argv`` imports."""
+    samples: dict[str, list[float]] = defaultdict(list)
+    for _ in range(runs):
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for line in result.stderr.splitlines():
+            if not line.startswith("import time:") or "self [us]" in line:
+                continue
+            _, cumulative, name = line[len("import time:") :].split("|")
+            if not name.startswith("  "):  # nested imports are indented further
+                samples[name.strip()].append(int(cumulative) / 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--services", type=int, default=3, help="services listed by get")
+    args = parser.parse_args()
+    if "PYTHONDONTWRITEBYTECODE" in os.environ:
+        print("note: PYTHONDONTWRITEBYTECODE was set; the commands run without it\n")
+
+    with open_shoal_up(free_port(), "process") as address:
+        env = environment(address)
+        with tempfile.TemporaryDirectory() as specs:
+            for index in range(args.services):
+                (Path(specs) / f"{index}.yaml").write_text(SERVICE.format(index=index))
+            wall([SHOAL, "apply", "-f", specs], env)
+        commands = {
+            "python -c pass (floor)": [sys.executable, "-c", "pass"],
+            "shoal --help": [SHOAL, "--help"],
+            "shoal version --client": [SHOAL, "version", "--client"],
+            "shoal get services": [SHOAL, "get", "services"],
+        }
+        figures: dict[str, list[float]] = {}
+        for label, argv in commands.items():
+            wall(argv, env)  # warm-up: bytecode caches, page cache
+            figures[label] = [wall(argv, env) * 1000 for _ in range(args.runs)]
+        breakdown = import_breakdown(["-m", "shoal", "get", "services"], env, args.runs)
+        subprocess.run(
+            [SHOAL, "delete", "service", *[f"cli-bench-{i}" for i in range(args.services)]],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+
+    print(f"{'command':<26} {'median ms':>10} {'max ms':>8}   runs (ms)")
+    for label, values in figures.items():
+        runs = " ".join(f"{v:.0f}" for v in values)
+        print(f"{label:<26} {statistics.median(values):>10.1f} {max(values):>8.1f}   {runs}")
+    print("\nshoal get services, import time by top-level module (cumulative, median ms):")
+    for name, ms in sorted(breakdown.items(), key=lambda item: -item[1])[:12]:
+        print(f"  {name:<40} {ms:>7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
