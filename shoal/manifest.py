@@ -389,6 +389,20 @@ def _locate(root: Node, loc: tuple[int | str, ...]) -> tuple[int, str]:
     return line, _format_path(path)
 
 
+def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[str]:
+    """``field.path: message`` for each error, worded as the loader words them.
+
+    For specs that arrive without their YAML (the manager validating an apply):
+    the same messages, without a file and line.
+    """
+    problems = []
+    for error in exc.errors():
+        path = _format_path(list(error["loc"]))
+        message = _message(error, model)
+        problems.append(f"{path}: {message}" if path else message)
+    return problems
+
+
 def _format_path(path: list[str | int]) -> str:
     text = ""
     for part in path:

@@ -8,12 +8,14 @@ learns it from ``shoal apply``, not from a task that silently ignores it.
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from shoal.errors import SpecError
 from shoal.manifest import dump_services, load_text
-from shoal.runtimes.registry import register_known_runtimes
-
-register_known_runtimes()
+from shoal.models import TaskTemplate
+from shoal.models.container import BUILTIN_RUNTIMES
+from shoal.runtimes.process import ProcessRuntime
+from shoal.runtimes.registry import available_runtime_classes, runtime_catalogue
 
 HEAD = """\
 apiVersion: shoal/v1
@@ -176,3 +178,44 @@ def test_healthcheck_is_accepted_for_every_runtime() -> None:
             "web.yaml",
         )
         assert service.spec.template.healthcheck is not None
+
+
+# -- which runtimes take container fields: each runtime says so itself -------
+
+
+class BoxRuntime(ProcessRuntime):
+    """A third-party runtime that runs containers (as far as specs are concerned)."""
+
+    name = "box"
+    container_fields = True
+
+
+def validate(template: dict[str, object], catalogue: dict[str, bool]) -> TaskTemplate:
+    return TaskTemplate.model_validate(template, context={"runtimes": catalogue})
+
+
+def test_a_plugin_that_declares_container_fields_takes_them() -> None:
+    catalogue = runtime_catalogue({"process": ProcessRuntime, "box": BoxRuntime})
+    assert catalogue == {"box": True, "process": False}
+
+    template = validate(
+        {"runtime": "box", "image": "img", "ports": [{"published": 8080, "target": 80}]}, catalogue
+    )
+    assert template.image == "img"
+    with pytest.raises(ValidationError, match="runtime 'box' needs an image"):
+        validate({"runtime": "box", "command": ["x"]}, catalogue)
+    with pytest.raises(ValidationError, match=r"only applies to container runtimes \(box\)"):
+        validate({"runtime": "process", "command": ["x"], "image": "img"}, catalogue)
+
+
+def test_with_the_managers_catalogue_an_unknown_runtime_is_refused() -> None:
+    catalogue = runtime_catalogue({"process": ProcessRuntime})
+    with pytest.raises(ValidationError, match=r"unknown runtime 'box' \(known: process\)"):
+        validate({"runtime": "box", "command": ["x"]}, catalogue)
+
+
+def test_the_builtin_runtimes_declare_what_the_cli_assumes_of_them() -> None:
+    # The CLI checks specs without importing runtimes, from BUILTIN_RUNTIMES;
+    # the runtimes' own declarations must say the same.
+    classes = available_runtime_classes()
+    assert {name: classes[name].container_fields for name in BUILTIN_RUNTIMES} == BUILTIN_RUNTIMES

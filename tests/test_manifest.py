@@ -165,12 +165,12 @@ MALFORMED = [
         id="empty-command-word",
     ),
     pytest.param(
-        {"a.yaml": GOOD + "    runtime: dockerd\n"},
+        {"a.yaml": GOOD + "    runtime: Docker!\n"},
         "a.yaml",
         9,
         "spec.template.runtime",
-        "unknown runtime",
-        id="unknown-runtime",
+        "invalid runtime name 'Docker!'",
+        id="bad-runtime-name",
     ),
     pytest.param(
         {

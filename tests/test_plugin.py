@@ -18,7 +18,7 @@ import pytest
 
 from shoal.models import TaskTemplate
 from shoal.runtimes.base import RuntimeSettings, TaskLaunch
-from shoal.runtimes.registry import available_runtime_classes, register_known_runtimes
+from shoal.runtimes.registry import available_runtime_classes, runtime_catalogue
 
 PLUGIN = Path(__file__).resolve().parent.parent / "examples" / "shoal-lowprio-runtime"
 
@@ -54,7 +54,7 @@ async def test_installed_plugin_is_discovered_and_runs_tasks(
 ) -> None:
     classes = available_runtime_classes()
     assert "lowprio" in classes
-    assert "lowprio" in register_known_runtimes(classes)
+    assert runtime_catalogue(classes)["lowprio"] is False  # a process runtime
     runtime = classes["lowprio"](RuntimeSettings(state_dir=tmp_path / "state", node_name="n1"))
     assert (await runtime.describe()).available
 

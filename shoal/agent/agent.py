@@ -32,9 +32,9 @@ import shoal
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
 from shoal.agent.taskrunner import TaskRunner
+from shoal.api.address import split_host_port
 from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channel
 from shoal.errors import ApiError, AuthError, RuntimeBackendError
-from shoal.manager.server import split_host_port
 from shoal.models import NodeDescription, RuntimeInfo, Task, TaskState, TaskStatus
 from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle
 from shoal.runtimes.registry import available_runtime_classes

@@ -261,7 +261,7 @@ class TaskRunner:
         self._file_data = {}
         if files is None:
             return launch
-        env = {"SHOAL_SECRETS_DIR": SECRETS_MOUNT} if template.is_container else files.env()
+        env = {"SHOAL_SECRETS_DIR": SECRETS_MOUNT} if self.runtime.container_fields else files.env()
         mounts = tuple((target, str(source)) for target, source in files.mounts)
         return dataclasses.replace(launch, env={**launch.env, **env}, file_mounts=mounts)
 

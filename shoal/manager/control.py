@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc.aio
+from pydantic import ValidationError
 
 import shoal
 from shoal.api.transport import Method, Payload, ServerStream, Unary
@@ -24,6 +25,7 @@ from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.jobs import JobControl
 from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
+from shoal.manifest import validation_problems
 from shoal.models import (
     Availability,
     DesiredState,
@@ -36,8 +38,7 @@ from shoal.models import (
 from shoal.models.secret import ConfigDocument
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
-from shoal.reconciler.loop import ControllerRunner, Failed
-from shoal.reconciler.orchestrator import Orchestrator
+from shoal.reconciler.reports import Reports
 from shoal.reconciler.rollout import new_revision_status
 from shoal.store.typed import SERVICES, Change
 
@@ -80,20 +81,23 @@ class Control:
         informer: Informer,
         dispatcher: Dispatcher,
         events: EventRecorder,
-        orchestrator: Orchestrator,
-        orchestrator_runner: ControllerRunner,
+        reports: Reports,
         worker_token: str,
+        runtimes: Mapping[str, bool],
         secret_store: SecretStore | None = None,
     ) -> None:
         self.informer = informer
         self.dispatcher = dispatcher
         self.events = events
-        self.orchestrator = orchestrator
-        self.orchestrator_runner = orchestrator_runner
+        # The orchestrator's notes and outcomes per service (a read model).
+        self.reports = reports
         self.worker_token = worker_token
         self.secret_store = secret_store
         self.rollouts = RolloutControl(informer, events)
         self.jobs = JobControl(informer, events)
+        # The runtimes specs may name: name → takes container fields
+        # (``shoal.runtimes.registry.runtime_catalogue``).
+        self.validation = {"runtimes": dict(runtimes)}
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -206,9 +210,11 @@ class Control:
         seen: set[str] = set()
         for index, doc in enumerate(raw):
             try:
-                service = Service.model_validate(doc)
-            except ValueError as exc:
-                problems.append(f"document {index + 1}: {exc}")
+                service = Service.model_validate(doc, context=self.validation)
+            except ValidationError as exc:
+                name = doc.get("metadata", {}).get("name") if isinstance(doc, dict) else None
+                where = f"document {index + 1}" + (f" ({name})" if isinstance(name, str) else "")
+                problems += [f"{where}: {p}" for p in validation_problems(exc, Service)]
                 continue
             if service.name in seen:
                 problems.append(
@@ -313,19 +319,13 @@ class Control:
             if service.spec.mode == "global" or service.spec.is_job
             else service.spec.replica_count
         )
-        outcome = self.orchestrator_runner.last_outcome.get(service.name)
-        error = None
-        if isinstance(outcome, Failed):
-            error = outcome.message
-        elif isinstance(outcome, Exception):
-            error = f"{type(outcome).__name__}: {outcome}"
         kept = service.status or ServiceStatus()
         status = kept.model_copy(
             update={
                 "desired_tasks": desired,
                 "running_tasks": running,
                 "observed_generation": service.metadata.generation,
-                "error": error,
+                "error": self.reports.error(service.name),
             }
         )
         return service.model_copy(update={"status": status}).to_wire()
@@ -391,7 +391,7 @@ class Control:
         return {
             "service": self._service_view(entry.obj),
             "tasks": [self._task_view(t) for t in tasks],
-            "notes": self.orchestrator.slot_notes.get(name, {}),
+            "notes": self.reports.notes(name),
             "events": [e.to_wire() for e in self.events.for_object(f"service/{name}")],
         }
 

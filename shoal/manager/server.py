@@ -27,6 +27,7 @@ import grpc.aio
 import structlog
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from shoal.api.address import split_host_port
 from shoal.api.transport import (
     CONTROL_SERVICE,
     DISPATCHER_SERVICE,
@@ -46,8 +47,9 @@ from shoal.reconciler.informer import Informer
 from shoal.reconciler.loop import ControllerRunner, LoopMetrics
 from shoal.reconciler.nodemonitor import HeartbeatTracker, NodeMonitor
 from shoal.reconciler.orchestrator import Orchestrator
+from shoal.reconciler.reports import Reports
 from shoal.reconciler.scheduler import Scheduler
-from shoal.runtimes.registry import register_known_runtimes
+from shoal.runtimes.registry import runtime_catalogue
 from shoal.security.datakey import DataKey, verify_against_store
 from shoal.store import open_store
 from shoal.store.typed import ClusterConfig, Object, TypedStore
@@ -91,13 +93,6 @@ class ManagerSettings:
         return self.grace + 2 * self.lease_ttl + 5.0
 
 
-def split_host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 class Manager:
     """A running manager; see ``open_manager``."""
 
@@ -107,6 +102,8 @@ class Manager:
         self.metrics_port: int | None = None
         self.registry = CollectorRegistry()
         self.events = EventRecorder()
+        # What the orchestrator says about each service, for the Control API.
+        self.reports = Reports()
         self.heartbeats = HeartbeatTracker()
         # Background jobs restarted after unexpected errors (shoal.supervise).
         self.restarts: Counter[str] = Counter()
@@ -115,7 +112,8 @@ class Manager:
 
     async def start(self) -> None:
         settings = self.settings
-        register_known_runtimes()
+        # Which runtimes applied specs may name (the models never look for plugins).
+        runtimes = runtime_catalogue()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_key = self._load_data_key()
         store = await open_store(settings.store_url)
@@ -144,7 +142,7 @@ class Manager:
         self._stack.push_async_callback(self.informer.aclose)
 
         self._loop_metrics = LoopMetrics(self.registry)
-        self.orchestrator = Orchestrator(self.informer, self.events)
+        self.orchestrator = Orchestrator(self.informer, self.events, reports=self.reports)
         scheduler = Scheduler(self.informer, self.events)
         monitor = NodeMonitor(self.informer, self.events, self.heartbeats, settings.grace)
         self.controllers = (self.orchestrator, scheduler, monitor)
@@ -172,9 +170,9 @@ class Manager:
             self.informer,
             self.dispatcher,
             self.events,
-            self.orchestrator,
-            self._new_runners()[0],  # replaced by the running one in each term
+            self.reports,
             self.worker_token,
+            runtimes,
             secret_store=self.secret_store,
         )
         router = Router(self.election, store)
@@ -250,7 +248,15 @@ class Manager:
 
     def _new_runners(self) -> list[ControllerRunner]:
         period = self.settings.resync_period
-        return [ControllerRunner(c, self._loop_metrics, period) for c in self.controllers]
+        return [
+            ControllerRunner(
+                c,
+                self._loop_metrics,
+                period,
+                reports=self.reports if c is self.orchestrator else None,
+            )
+            for c in self.controllers
+        ]
 
     async def _elected(self) -> None:
         """This manager leads: catch the cache up, then run the controllers."""
@@ -262,7 +268,6 @@ class Manager:
             # Agents were with the old leader; give them time to find this one.
             self.heartbeats.restart(self.settings.failover - self.settings.grace)
         self.runners = self._new_runners()
-        self.control.orchestrator_runner = self.runners[0]
         for runner in self.runners:
             runner.start()
         log.info("manager.leading", address=self.address, store=self.settings.store_url)

@@ -1,7 +1,8 @@
 """Template fields that only container runtimes understand, and the health check.
 
 ``TaskTemplate`` (``shoal.models.service``) holds these. Container-only fields
-are refused at apply time for any other runtime, naming the field: a process
+are refused at apply time for any runtime that does not take them, naming the
+field: a process
 cannot publish a port or mount a volume, and silently ignoring what a spec asks
 for is worse than refusing it. ``healthcheck`` applies to every runtime; the
 agent runs the probes (``shoal.agent.health``).
@@ -18,9 +19,12 @@ from pydantic import Field, field_validator, model_validator
 from shoal.models.base import Model
 from shoal.models.units import Duration, Size
 
-# Runtimes that run containers from images. Static on purpose: the CLI checks
-# specs without importing runtime plugins (and their engine SDKs).
-CONTAINER_RUNTIMES: frozenset[str] = frozenset({"docker", "podman"})
+# The built-in runtimes by name, and whether each takes the container fields
+# below. A runtime declares this itself (``Runtime.container_fields``); this
+# copy lets the CLI check specs for the built-in runtimes without importing
+# them (and their engine SDKs); a test keeps the two equal. Plugins are known
+# to the manager, which validates with the catalogue of what it loaded.
+BUILTIN_RUNTIMES: dict[str, bool] = {"process": False, "sim": False, "docker": True, "podman": True}
 # The template fields (snake_case) only container runtimes accept.
 CONTAINER_FIELDS: tuple[str, ...] = (
     "image",

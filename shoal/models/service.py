@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from datetime import datetime
-from importlib.metadata import entry_points
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
@@ -17,8 +17,8 @@ from pydantic.alias_generators import to_camel
 
 from shoal.models.base import Model
 from shoal.models.container import (
+    BUILTIN_RUNTIMES,
     CONTAINER_FIELDS,
-    CONTAINER_RUNTIMES,
     Device,
     HealthCheck,
     Limits,
@@ -52,14 +52,44 @@ SIGNALS = {
     "SIGCONT",
     "SIGWINCH",
 }
-# Runtimes that enforce ``resources.limits``: the engines for containers, cgroups for processes.
-LIMITED_RUNTIMES = CONTAINER_RUNTIMES | {"process"}
-# The runtimes a spec may name: every name in the ``shoal.runtimes`` entry-point
-# group, read without importing the plugins (the CLI validates specs too and
-# must not load engine SDKs for that). ``shoal.runtimes.registry`` adds to it.
-KNOWN_RUNTIMES: set[str] = {"process"} | {
-    entry_point.name for entry_point in entry_points(group="shoal.runtimes")
-}
+# Besides the container runtimes, ``process`` enforces ``resources.limits`` (cgroups).
+PROCESS_LIMITS = "process"
+RUNTIME_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def _catalogue(info: ValidationInfo) -> Mapping[str, bool] | None:
+    """The runtimes the caller knows, name → whether it takes container fields; None: none given.
+
+    A caller that knows the cluster's runtimes passes them as validation
+    context, ``{"runtimes": {name: takes_container_fields}}``: the manager does
+    (``shoal.runtimes.registry.runtime_catalogue``), so an unknown runtime is
+    refused at apply time. Without it (the CLI, reads from the store) a spec is
+    checked for its structure, and the rules that depend on a runtime apply to
+    the built-in runtimes, which are known here by name
+    (``shoal.models.container.BUILTIN_RUNTIMES``). The models never discover
+    plugins themselves: that would mean reading entry points on import, or
+    importing the plugins and their engine SDKs.
+    """
+    context = info.context
+    if isinstance(context, Mapping):
+        runtimes = context.get("runtimes")
+        if isinstance(runtimes, Mapping):
+            return runtimes
+    return None
+
+
+def _container_kind(info: ValidationInfo) -> tuple[str | None, bool | None, Mapping[str, bool]]:
+    """The template's runtime, whether it takes container fields (None: not known here),
+    and the runtimes known."""
+    known = _catalogue(info)
+    if known is None:
+        known = BUILTIN_RUNTIMES
+    runtime = info.data.get("runtime")
+    return runtime, (known.get(runtime) if runtime is not None else None), known
+
+
+def _container_runtimes(known: Mapping[str, bool]) -> str:
+    return ", ".join(sorted(name for name, container in known.items() if container))
 
 
 def _check_label_key(key: str) -> str:
@@ -169,19 +199,21 @@ class TaskTemplate(Model):
 
     @property
     def is_container(self) -> bool:
-        return self.runtime in CONTAINER_RUNTIMES
+        """A built-in container runtime (docker, podman). Code that holds the runtime
+        should ask it instead (``Runtime.container_fields``): plugins may take them too."""
+        return BUILTIN_RUNTIMES.get(self.runtime, False)
 
     @field_validator(*CONTAINER_FIELDS)
     @classmethod
     def _container_only(cls, value: Any, info: ValidationInfo) -> Any:
-        runtime = info.data.get("runtime")
-        if value and runtime is not None and runtime not in CONTAINER_RUNTIMES:
+        runtime, container, known = _container_kind(info)
+        if value and container is False:
             name = to_camel(info.field_name or "")
             raise ValueError(
                 f"{name!r} only applies to container runtimes "
-                f"({', '.join(sorted(CONTAINER_RUNTIMES))}), not runtime {runtime!r}"
+                f"({_container_runtimes(known)}), not runtime {runtime!r}"
             )
-        if info.field_name == "image" and not value and runtime in CONTAINER_RUNTIMES:
+        if info.field_name == "image" and not value and container:
             raise ValueError(f"runtime {runtime!r} needs an image")
         if info.field_name == "ports":
             seen: set[tuple[int, str]] = set()
@@ -194,19 +226,20 @@ class TaskTemplate(Model):
     @field_validator("command")
     @classmethod
     def _command_needed(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        runtime = info.data.get("runtime")
-        if not value and runtime is not None and runtime not in CONTAINER_RUNTIMES:
+        runtime, container, _ = _container_kind(info)
+        if not value and container is False:
             raise ValueError(f"runtime {runtime!r} needs a command (a list of at least 1 item)")
         return value
 
     @field_validator("resources")
     @classmethod
     def _limits_where_enforced(cls, value: Resources, info: ValidationInfo) -> Resources:
-        runtime = info.data.get("runtime")
-        if value.limits is not None and runtime is not None and runtime not in LIMITED_RUNTIMES:
+        runtime, container, known = _container_kind(info)
+        if value.limits is not None and runtime != PROCESS_LIMITS and container is False:
+            limited = sorted({name for name, takes in known.items() if takes} | {PROCESS_LIMITS})
             raise ValueError(
                 "'resources.limits' is enforced for runtimes "
-                f"{', '.join(sorted(LIMITED_RUNTIMES))} only, not for runtime {runtime!r} "
+                f"{', '.join(limited)} only, not for runtime {runtime!r} "
                 "(use reservations for placement)"
             )
         return value
@@ -251,10 +284,15 @@ class TaskTemplate(Model):
 
     @field_validator("runtime")
     @classmethod
-    def _known_runtime(cls, value: str) -> str:
-        if value not in KNOWN_RUNTIMES:
-            known = ", ".join(sorted(KNOWN_RUNTIMES))
-            raise ValueError(f"unknown runtime {value!r} (known: {known})")
+    def _known_runtime(cls, value: str, info: ValidationInfo) -> str:
+        if not RUNTIME_NAME.match(value):
+            raise ValueError(
+                f"invalid runtime name {value!r}: lower-case letters, digits, '-' and '_', "
+                "starting with a letter"
+            )
+        known = _catalogue(info)
+        if known is not None and value not in known:
+            raise ValueError(f"unknown runtime {value!r} (known: {', '.join(sorted(known))})")
         return value
 
     @field_validator("stop_signal")

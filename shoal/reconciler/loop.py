@@ -29,11 +29,15 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shoal.store.typed import Object
+
+if TYPE_CHECKING:
+    from shoal.reconciler.reports import Reports
 
 log = structlog.get_logger(__name__)
 
@@ -163,13 +167,15 @@ class ControllerRunner:
         metrics: LoopMetrics,
         resync_period: float = 30.0,
         max_backoff: float = 30.0,
+        reports: Reports | None = None,
     ) -> None:
         self.controller = controller
         self.queue = WorkQueue()
         self.metrics = metrics
         self.resync_period = resync_period
         self.max_backoff = max_backoff
-        self.last_outcome: dict[str, Outcome | Exception] = {}
+        # Where each key's outcome is told (``shoal.reconciler.reports``).
+        self.reports = reports
         self._failures: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         metrics.depth.labels(controller.name).set_function(lambda: len(self.queue))
@@ -210,7 +216,8 @@ class ControllerRunner:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
                 delay = min(self.max_backoff, 0.005 * 2 ** (failures - 1))
-                self.last_outcome[key] = exc
+                if self.reports is not None:
+                    self.reports.record(key, exc)
                 self.metrics.outcomes.labels(name, "error").inc()
                 log.warning(
                     "reconcile.error",
@@ -226,7 +233,8 @@ class ControllerRunner:
             finally:
                 self.metrics.duration.labels(name).observe(time.perf_counter() - started)
             self._failures.pop(key, None)
-            self.last_outcome[key] = outcome
+            if self.reports is not None:
+                self.reports.record(key, outcome)
             if isinstance(outcome, Requeue):
                 self.metrics.outcomes.labels(name, "requeue").inc()
                 self.queue.done(key)

@@ -48,6 +48,7 @@ from shoal.reconciler.jobs import JobReconciler
 from shoal.reconciler.loop import Controller, Done, Outcome, Requeue
 from shoal.reconciler.pacing import Pacer
 from shoal.reconciler.placement import node_matches
+from shoal.reconciler.reports import Reports
 from shoal.reconciler.rollout import RolloutPlan, Updater
 from shoal.store.typed import TASKS, Change, Object
 
@@ -128,7 +129,11 @@ class Orchestrator(Controller):
     workers = 4
 
     def __init__(
-        self, informer: Informer, events: EventRecorder, clock: Clock = SYSTEM_CLOCK
+        self,
+        informer: Informer,
+        events: EventRecorder,
+        clock: Clock = SYSTEM_CLOCK,
+        reports: Reports | None = None,
     ) -> None:
         self.informer = informer
         self.events = events
@@ -136,7 +141,7 @@ class Orchestrator(Controller):
         self.updater = Updater()
         self.jobs = JobReconciler()
         # Why each finished slot is not restarted, for ``shoal describe``.
-        self.slot_notes: dict[str, dict[str, str]] = {}
+        self.reports = reports if reports is not None else Reports()
 
     def all_keys(self) -> Iterable[str]:
         return set(self.informer.services) | {
@@ -168,7 +173,7 @@ class Orchestrator(Controller):
         now = self.clock.now()
         pace = Pacer()
         if entry is None:
-            self.slot_notes.pop(key, None)
+            self.reports.forget(key)
             for first in range(0, len(tasks), RETIRE_SLICE):
                 self._retire(tasks[first : first + RETIRE_SLICE], plan, now, "service deleted")
                 await pace()
@@ -256,7 +261,7 @@ class Orchestrator(Controller):
         for slot, entries in by_slot.items():
             self._retire(entries, plan, now, f"scaled down (slot {slot})")
             await pace()
-        self.slot_notes[service.name] = notes
+        self.reports.set_notes(service.name, notes)
 
     async def _global(
         self,
@@ -302,7 +307,7 @@ class Orchestrator(Controller):
                 self._retire(entries, plan, now, f"node {node_id} is not eligible")
         for node_id, entries in by_node.items():
             self._retire(entries, plan, now, f"node {node_id} is gone")
-        self.slot_notes[service.name] = notes
+        self.reports.set_notes(service.name, notes)
 
     # ---------------------------------------------------------------- slots
 

@@ -50,8 +50,10 @@ Health probes (optional hooks with defaults that suit host processes)
     container runtimes answer the container's address.
 
 Which template fields a runtime accepts is decided at apply time by the models
-(``shoal.models.container``): container-only fields are refused for other
-runtimes, so a runtime never receives a field it cannot honour.
+(``shoal.models.container``), from the runtime's own declaration
+``container_fields``: container-only fields (image, ports, mounts, ...) are
+refused for a runtime that does not take them, so a runtime never receives a
+field it cannot honour. A plugin that runs containers sets it to True.
 """
 
 from __future__ import annotations
@@ -150,6 +152,9 @@ class Runtime(abc.ABC):
     """One way of running tasks. See the module docstring for the contract."""
 
     name: ClassVar[str]
+    #: Whether specs for this runtime take the container fields (image, ports,
+    #: mounts, ...: ``shoal.models.container.CONTAINER_FIELDS``) and need an image.
+    container_fields: ClassVar[bool] = False
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings

@@ -292,6 +292,7 @@ class ContainerRuntime(Runtime):
 
     #: "Docker", "Podman": for messages.
     engine_name: str
+    container_fields = True
 
     def __init__(self, settings: RuntimeSettings) -> None:
         super().__init__(settings)

@@ -9,6 +9,10 @@ A plugin that fails to import, or is not a ``Runtime`` subclass, is left out
 with an error log naming it: one broken plugin must not take the agent down,
 and it must not vanish without a trace either (the node then simply does not
 advertise that runtime).
+
+``runtime_catalogue`` is what spec validation needs to know of them (which
+names exist, which take container fields); the manager validates applied
+specs with it. The models themselves never read entry points.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from importlib.metadata import EntryPoint, entry_points
 
 import structlog
 
-from shoal.models.service import KNOWN_RUNTIMES
 from shoal.runtimes.base import Runtime
 
 log = structlog.get_logger(__name__)
@@ -72,9 +75,12 @@ def available_runtime_classes() -> dict[str, type[Runtime]]:
     return classes
 
 
-def register_known_runtimes(classes: dict[str, type[Runtime]] | None = None) -> set[str]:
-    """Add the runtimes' names to the set spec validation accepts; returns that set."""
+def runtime_catalogue(classes: dict[str, type[Runtime]] | None = None) -> dict[str, bool]:
+    """Name → whether it takes container fields, for every runtime that loads.
+
+    This is the validation context the models take (``{"runtimes": ...}``, see
+    ``shoal.models.service``): with it, a spec naming another runtime is refused.
+    """
     if classes is None:
         classes = available_runtime_classes()
-    KNOWN_RUNTIMES.update(classes)
-    return set(KNOWN_RUNTIMES)
+    return {name: cls.container_fields for name, cls in sorted(classes.items())}

@@ -129,6 +129,28 @@ def test_apply_directory_with_one_bad_file_sends_nothing(cluster: Cluster) -> No
     assert cluster.cli("get", "services", "cl-good", check=False).returncode == 1
 
 
+def test_unknown_runtime_is_refused_by_the_manager_naming_the_field(cluster: Cluster) -> None:
+    # The CLI checks a spec's structure without loading runtime plugins; which
+    # runtimes exist is the manager's to say, and it says it before writing.
+    good = json.loads(cluster.service("cl-rt-good", ["sleep", "300"]))
+    bad = json.loads(cluster.service("cl-rt-bad", ["sleep", "300"]))
+    bad["spec"]["template"]["runtime"] = "dockerd"
+    spec = cluster.root / "cl-runtime.yaml"
+    spec.write_text(yaml.safe_dump_all([good, bad], sort_keys=False))
+    before = stored_services(cluster)
+
+    result = cluster.cli("apply", "-f", str(spec), check=False)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        "document 2 (cl-rt-bad): spec.template.runtime: unknown runtime 'dockerd' (known: "
+        in result.stderr
+    )
+    assert "process" in result.stderr.split("known: ")[1]
+    assert stored_services(cluster) == before  # the good one was not written either
+
+
 # ------------------------------------------------------------------ describe
 
 

@@ -16,6 +16,8 @@ from shoal.models import Service, Task, TaskState, TaskStatus
 from shoal.models.secret import ConfigDocument
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
+from shoal.reconciler.reports import Reports
+from shoal.runtimes.registry import runtime_catalogue
 from shoal.security.datakey import DataKey
 from shoal.store import MemoryStore
 from shoal.store.typed import Change, TypedStore
@@ -46,8 +48,14 @@ class Harness:
 
     def control(self) -> Control:
         return Control(
-            self.informer, None, self.events, None, None, "token", secret_store=self.secrets
-        )  # type: ignore[arg-type]
+            self.informer,
+            None,  # type: ignore[arg-type]
+            self.events,
+            Reports(),
+            "token",
+            runtime_catalogue(),
+            secret_store=self.secrets,
+        )
 
 
 @pytest.fixture

@@ -132,7 +132,7 @@ async def test_restart_condition(
     await orch.reconcile("web")
     assert len(world.tasks()) == (2 if restarted else 1)
     if not restarted:
-        assert "restart condition is" in orch.slot_notes["web"]["1"]
+        assert "restart condition is" in orch.reports.notes("web")["1"]
 
 
 @pytest.mark.parametrize("max_attempts", [1, 3, 6, 10])
@@ -147,7 +147,7 @@ async def test_max_attempts_without_window(
         if world.live()[-1].status.state == TaskState.FAILED:
             break
     assert world.live()[-1].attempt == max_attempts  # the first run plus max_attempts restarts
-    assert "gave up" in orch.slot_notes["web"]["1"]
+    assert "gave up" in orch.reports.notes("web")["1"]
 
 
 @pytest.mark.parametrize("max_attempts", [2, 7, 12])
@@ -165,7 +165,7 @@ async def test_max_attempts_within_a_window_gives_up_however_little_history_is_k
             break
         restarts += 1
     assert restarts == max_attempts
-    assert "gave up" in orch.slot_notes["web"]["1"]
+    assert "gave up" in orch.reports.notes("web")["1"]
     assert len(world.tasks()) <= HISTORY_PER_SLOT + 1  # history stays bounded all the same
 
 

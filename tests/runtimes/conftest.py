@@ -19,7 +19,7 @@ import pytest
 
 from shoal.errors import ShoalError
 from shoal.runtimes.base import Runtime, RuntimeSettings
-from shoal.runtimes.registry import available_runtime_classes, register_known_runtimes
+from shoal.runtimes.registry import available_runtime_classes
 from tests.engines import (
     ENGINES,
     engines_required,
@@ -27,8 +27,6 @@ from tests.engines import (
     missing,
     remove_node_containers,
 )
-
-register_known_runtimes()
 
 RUNTIMES = [
     pytest.param("process", id="process"),
