@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 import shoal
 from shoal.api.transport import Method, Payload, ServerStream, Unary
-from shoal.errors import ConflictError, NotFoundError, SpecError
+from shoal.errors import NotFoundError, SpecError
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.jobs import JobControl
 from shoal.manager.rollouts import RolloutControl, apply_warnings
@@ -29,6 +29,7 @@ from shoal.manifest import validation_problems
 from shoal.models import (
     Availability,
     DesiredState,
+    Node,
     Service,
     ServiceSpec,
     ServiceStatus,
@@ -40,6 +41,7 @@ from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.reports import Reports
 from shoal.reconciler.rollout import new_revision_status
+from shoal.store.retry import retry_on_conflict
 from shoal.store.typed import SERVICES, Change
 
 KINDS = {
@@ -282,7 +284,8 @@ class Control:
 
     async def update_node(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
         node_id = str(request["name"])
-        for _ in range(5):
+
+        async def attempt() -> Node:
             entry = self.informer.nodes.get(node_id)
             if entry is None:
                 raise NotFoundError(f"node {node_id!r} not found")
@@ -298,15 +301,12 @@ class Control:
                 labels.pop(str(key), None)
             update["labels"] = labels
             node = entry.obj.model_copy(update={"spec": spec.model_copy(update=update)})
-            try:
-                await self.informer.commit([Change.put(node, entry.revision)])
-            except ConflictError:
-                continue
-            self.events.record(
-                f"node/{node_id}", "NodeUpdated", f"spec is now {node.spec.to_wire()}"
-            )
-            return {"node": node.to_wire()}
-        raise ConflictError(f"node {node_id!r} kept changing; try again")
+            await self.informer.commit([Change.put(node, entry.revision)])
+            return node
+
+        node = await retry_on_conflict(attempt, f"node {node_id!r}")
+        self.events.record(f"node/{node_id}", "NodeUpdated", f"spec is now {node.spec.to_wire()}")
+        return {"node": node.to_wire()}
 
     # ------------------------------------------------------------------ reads
 

@@ -34,7 +34,7 @@ import grpc.aio
 import structlog
 
 from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary
-from shoal.errors import AuthError, ConflictError, ShoalError
+from shoal.errors import AuthError, ShoalError
 from shoal.manager.statuswriter import StatusWriter
 from shoal.models import (
     Node,
@@ -49,6 +49,7 @@ from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.nodemonitor import HeartbeatTracker
 from shoal.reconciler.pacing import Pacer
+from shoal.store.retry import retry_on_conflict
 from shoal.store.typed import Change, Object
 
 log = structlog.get_logger(__name__)
@@ -242,7 +243,8 @@ class Dispatcher:
 
     async def _register(self, node_id: str, description: NodeDescription, peer: str) -> None:
         now = datetime.now(UTC)
-        for _ in range(5):
+
+        async def attempt() -> None:
             entry = self.informer.nodes.get(node_id)
             status = NodeStatus(state=NodeState.READY, address=peer, updated_at=now)
             if entry is None:
@@ -251,13 +253,10 @@ class Dispatcher:
             else:
                 node = entry.obj.model_copy(update={"description": description, "status": status})
                 expect = entry.revision
-            try:
-                await self.informer.commit([Change.put(node, expect)])
-            except ConflictError:
-                continue
-            self.events.record(f"node/{node_id}", "NodeReady", f"agent registered from {peer}")
-            return
-        raise ConflictError(f"could not register node {node_id}: too much contention")
+            await self.informer.commit([Change.put(node, expect)])
+
+        await retry_on_conflict(attempt, f"node {node_id} (registering)")
+        self.events.record(f"node/{node_id}", "NodeReady", f"agent registered from {peer}")
 
     def _session_for(self, request: Payload) -> AgentSession:
         node_id = str(request.get("nodeId", ""))

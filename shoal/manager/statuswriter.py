@@ -29,6 +29,7 @@ import contextlib
 from shoal.errors import ConflictError
 from shoal.models import TaskStatus
 from shoal.reconciler.informer import Informer
+from shoal.store.retry import retry_on_conflict
 from shoal.store.typed import Change
 
 # Tries for one task's report that keeps losing races, with this first pause
@@ -96,25 +97,29 @@ class StatusWriter:
 
     async def _write(self, pending: Pending, task_ids: list[str]) -> set[str]:
         """Write the reports of ``task_ids``; return the ids that could not be written."""
-        pause = RETRY_PAUSE
-        for _ in range(ATTEMPTS):
-            changes = self._changes(pending, task_ids)
-            if not changes:
-                return set()
+        changes = self._changes(pending, task_ids)
+        if len(changes) > 1:
             try:
                 await self.informer.commit(changes)
-            except ConflictError:
-                if len(changes) > 1:
-                    half = len(changes) // 2
-                    ids = [c.key.rpartition("/")[2] for c in changes]
-                    return await self._write(pending, ids[:half]) | await self._write(
-                        pending, ids[half:]
-                    )
-                await asyncio.sleep(pause)  # the cache is behind the store: let it catch up
-                pause *= 2
-                continue
+            except ConflictError:  # split the batch: only the racing tasks retry
+                half = len(changes) // 2
+                ids = [c.key.rpartition("/")[2] for c in changes]
+                return await self._write(pending, ids[:half]) | await self._write(
+                    pending, ids[half:]
+                )
             return set()
-        return set(task_ids)
+
+        async def attempt() -> None:
+            # Computed again each time: the task's revision may have moved on.
+            single = self._changes(pending, task_ids)
+            if single:
+                await self.informer.commit(single)
+
+        try:
+            await retry_on_conflict(attempt, "task", ATTEMPTS, RETRY_PAUSE)
+        except ConflictError:
+            return set(task_ids)
+        return set()
 
     def _changes(self, pending: Pending, task_ids: list[str]) -> list[Change]:
         changes: list[Change] = []
