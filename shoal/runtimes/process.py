@@ -51,7 +51,9 @@ Finding the task again
     has exited, and its group is never signalled. Our own children are checked
     with ``waitid(WNOWAIT)`` so the leader stays a zombie, which pins the pgid,
     until the rest of its group has been SIGKILLed; only then is it reaped. No
-    thread per child: ``wait()`` polls.
+    thread per child and no busy polling: ``wait()`` sleeps on the leader's
+    pidfd (readable once it exits, whether or not it is our child) and looks
+    again every couple of seconds; without pidfds it polls.
 
 Logs
     Rotation is copytruncate, because the child holds the file open: when
@@ -59,7 +61,8 @@ Logs
     (older copies shifted up to ``log_files``) and truncated; the child's
     ``O_APPEND`` writes continue at the new end. Lines written between the copy
     and the truncate are lost, the usual price of copytruncate. The check rides
-    on ``inspect``/``wait``/``logs`` polling (one ``stat``), not on a timer.
+    on ``inspect``/``wait``/``logs`` (one ``stat``; ``wait`` looks every 2 s),
+    not on a timer of its own.
 
 User and limits
     ``user`` and ``resources.limits`` are applied as ``shoal.runtimes.isolation``
@@ -133,10 +136,49 @@ _UNSTARTED = "unstarted"
 _SIGKILL = signal.SIGKILL
 
 _WAIT_POLL = 0.15
+# With a pidfd, ``wait`` wakes at the exit itself; it still looks every so
+# often (the log rotation check rides on it).
+_WAIT_IDLE = 2.0
 _STOP_POLL = 0.05
 _LOG_POLL = 0.2
 _KILL_TIMEOUT = 5.0
 _READ_CHUNK = 64 * 1024
+
+
+class _ExitSignal:
+    """Wakes a waiter when a process exits: its pidfd becomes readable (Linux 5.3+).
+
+    One file descriptor per waited task instead of polling every task several
+    times a second. The pidfd is opened after the record's pid is known; the
+    waiter then inspects the task, which checks the pid's start time, so a pid
+    reused before the pidfd was opened is still told apart.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
+        self._exited = asyncio.Event()
+        self._loop.add_reader(fd, self._exited.set)
+
+    @classmethod
+    def open(cls, pid: int) -> _ExitSignal | None:
+        """None where pidfds are missing or the process is already gone: then poll."""
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is None:
+            return None
+        try:
+            return cls(pidfd_open(pid))
+        except OSError:
+            return None
+
+    async def wait(self, timeout: float) -> None:
+        """Until the process has exited, or ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), timeout)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
 
 
 class _Leader(enum.Enum):
@@ -494,11 +536,20 @@ class ProcessRuntime(Runtime):
         return Observation(running=False, pid=record.pid, started_at=record.started_at, exit=status)
 
     async def wait(self, handle: TaskHandle) -> ExitStatus:
-        while True:
-            observation = await self.inspect(handle)
-            if observation.exit is not None:
-                return observation.exit
-            await asyncio.sleep(_WAIT_POLL)
+        record = self._record(handle)
+        exited = _ExitSignal.open(record.pid)
+        try:
+            while True:
+                observation = await self.inspect(handle)
+                if observation.exit is not None:
+                    return observation.exit
+                if exited is None:
+                    await asyncio.sleep(_WAIT_POLL)
+                else:
+                    await exited.wait(_WAIT_IDLE)
+        finally:
+            if exited is not None:
+                exited.close()
 
     async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None:
         sig = parse_signal(signal)
