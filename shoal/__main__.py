@@ -1,5 +1,5 @@
 """``python -m shoal``: the same as the ``shoal`` command."""
 
-from shoal.cli.main import main
+from shoal.cli.main import run
 
-raise SystemExit(main())
+run()

@@ -55,13 +55,22 @@ class Verb:
     parser and fills it in (see the module docstring).
     """
 
-    __slots__ = ("aliases", "name", "summary", "target")
+    __slots__ = ("aliases", "daemon", "name", "summary", "target")
 
-    def __init__(self, name: str, summary: str, target: str, aliases: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        name: str,
+        summary: str,
+        target: str,
+        aliases: tuple[str, ...] = (),
+        daemon: bool = False,
+    ):
         self.name = name
         self.summary = summary
         self.target = target
         self.aliases = aliases
+        # A long-running command: it ends with a normal interpreter shutdown.
+        self.daemon = daemon
 
     def __repr__(self) -> str:
         return f"Verb({self.name!r}, {self.summary!r}, {self.target!r})"
@@ -93,9 +102,15 @@ VERBS: tuple[Verb, ...] = (
         "up",
         "run a single-node cluster (manager + local agent, SQLite store)",
         "shoal.cli.daemons:configure_up",
+        daemon=True,
     ),
-    Verb("manager", "run a manager on a store", "shoal.cli.daemons:configure_manager"),
-    Verb("agent", "run an agent that joins a manager", "shoal.cli.daemons:configure_agent"),
+    Verb("manager", "run a manager on a store", "shoal.cli.daemons:configure_manager", daemon=True),
+    Verb(
+        "agent",
+        "run an agent that joins a manager",
+        "shoal.cli.daemons:configure_agent",
+        daemon=True,
+    ),
 )
 
 
@@ -207,3 +222,26 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return code
+
+
+def run() -> None:
+    """The ``shoal`` console script: ``main``, then exit without tearing the interpreter down.
+
+    A client command has printed everything once ``main`` returns; what is left
+    is Python's shutdown, which with gRPC loaded (its core, its threads, a few
+    hundred modules to collect) costs more than the command's own work here.
+    Output is flushed and the process ends with the exit code. Daemons (``up``,
+    ``manager``, ``agent``) shut down normally.
+    """
+    words = sys.argv[1:]
+    code = main(words)
+    wanted = _verb_in(words)
+    verb = find_verb(wanted) if wanted is not None else None
+    if verb is not None and verb.daemon:
+        raise SystemExit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader went away; nothing more to say to it
+        pass
+    os._exit(code)
