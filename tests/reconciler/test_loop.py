@@ -22,6 +22,7 @@ from shoal.reconciler.loop import (
     Requeue,
     WorkQueue,
 )
+from shoal.reconciler.reports import Reports
 from shoal.store.typed import Object
 
 pytestmark = pytest.mark.looptime
@@ -156,14 +157,15 @@ async def test_requeue_looks_again_after_the_delay_and_failed_waits_for_a_change
     metrics: LoopMetrics,
 ) -> None:
     controller = Scripted([Requeue(7.0), Failed("bad spec")])
-    runner = ControllerRunner(controller, metrics, resync_period=3600)
+    reports = Reports()
+    runner = ControllerRunner(controller, metrics, resync_period=3600, reports=reports)
     runner.start()
     runner.enqueue("k")
     await controller.calls_reach(2)
     assert controller.calls[1][1] - controller.calls[0][1] == pytest.approx(7.0)
     await asyncio.sleep(600)
     assert len(controller.calls) == 2  # a permanent error is not retried on its own
-    assert runner.last_outcome["k"] == Failed("bad spec")
+    assert reports.error("k") == "bad spec"  # what describe and get show
     runner.enqueue("k")  # the key changed
     await controller.calls_reach(3)
     await runner.aclose()
