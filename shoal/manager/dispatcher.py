@@ -10,8 +10,8 @@ then carries, in order:
    removes what it runs but is not in this set); a global task whose node is
    set but which is still ``pending`` is not the agent's yet;
 3. incremental ``{"type": "assignments", "full": false, "tasks", "removed"}``
-   messages (a burst is coalesced for ``COALESCE`` seconds, then at most one
-   message per ``BATCH_WINDOW`` while changes keep coming), sent when a task appears,
+   messages (a burst is coalesced, then at most one message per window while
+   changes keep coming: ``shoal.batching``), sent when a task appears,
    disappears, or changes in a way the agent acts on (desired state, ended);
 4. ``{"type": "logs", ...}`` requests when somebody runs ``shoal logs``.
 
@@ -34,6 +34,7 @@ import grpc.aio
 import structlog
 
 from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary
+from shoal.batching import Flusher
 from shoal.errors import AuthError, ShoalError
 from shoal.manager.statuswriter import StatusWriter
 from shoal.models import (
@@ -53,9 +54,6 @@ from shoal.store.retry import retry_on_conflict
 from shoal.store.typed import Change, Object
 
 log = structlog.get_logger(__name__)
-
-COALESCE = 0.005
-BATCH_WINDOW = 0.025
 
 
 class SessionError(ShoalError):
@@ -124,8 +122,8 @@ class Dispatcher:
         # Sessions with changed tasks; one flusher turns them into messages, so a
         # scheduling pass over a thousand nodes costs one wake-up, not a thousand.
         self._dirty: set[AgentSession] = set()
-        self._flush_wanted = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
+        self._flusher = Flusher()
+        self._flush_job: asyncio.Task[None] | None = None
         informer.subscribe(self._on_change)
 
     def close_sessions(self) -> None:
@@ -150,22 +148,17 @@ class Dispatcher:
             if session:
                 session.dirty.add(task.id)
                 self._dirty.add(session)
-                self._flush_wanted.set()
+                self._flusher.poke()
 
     async def _flush(self) -> None:
-        """Send each dirty session its changes: coalesced, at most once per window."""
-        while True:
-            await self._flush_wanted.wait()
-            await asyncio.sleep(COALESCE)
-            self._flush_wanted.clear()
-            dirty, self._dirty = self._dirty, set()
-            pace = Pacer()
-            for session in dirty:
-                update = None if session.closed else self._incremental(session)
-                if update:
-                    session.send(update)
-                await pace()  # a thousand sessions' messages: let heartbeats in
-            await asyncio.sleep(BATCH_WINDOW)
+        """Send each dirty session its changes (``shoal.batching``: coalesced, windowed)."""
+        dirty, self._dirty = self._dirty, set()
+        pace = Pacer()
+        for session in dirty:
+            update = None if session.closed else self._incremental(session)
+            if update:
+                session.send(update)
+            await pace()  # a thousand sessions' messages: let heartbeats in
 
     # ----------------------------------------------------------------- RPCs
 
@@ -201,8 +194,10 @@ class Dispatcher:
             if files:
                 full["files"] = files
             yield full
-            if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.create_task(self._flush(), name="dispatcher-flush")
+            if self._flush_job is None or self._flush_job.done():
+                self._flush_job = asyncio.create_task(
+                    self._flusher.run(self._flush), name="dispatcher-flush"
+                )
             while not session.closed:
                 message = await session.outbox.get()
                 if message is None:
