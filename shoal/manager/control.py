@@ -122,14 +122,10 @@ class Control:
         services = self._parse_services(request.get("services", []))
         dry_run = bool(request.get("dryRun"))
         cause = str(request.get("cause") or "apply")
-        for attempt in range(5):
-            try:
-                return await self._apply(request, services, dry_run, cause)
-            except ConflictError:
-                # The orchestrator wrote a rollout status meanwhile: recompute.
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+        # The orchestrator may write a rollout status meanwhile: recompute then.
+        return await retry_on_conflict(
+            lambda: self._apply(request, services, dry_run, cause), "the services"
+        )
 
     async def _apply(
         self, request: Payload, services: list[Service], dry_run: bool, cause: str
@@ -246,14 +242,8 @@ class Control:
         return {"deleted": [c.key[len(SERVICES) :] for c in changes], "missing": missing}
 
     async def scale(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
-        for attempt in range(5):
-            try:
-                return await self._scale(request)
-            except ConflictError:
-                # The orchestrator wrote a rollout status meanwhile: recompute.
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+        # The orchestrator may write a rollout status meanwhile: recompute then.
+        return await retry_on_conflict(lambda: self._scale(request), "the services")
 
     async def _scale(self, request: Payload) -> Payload:
         targets = {str(k): int(v) for k, v in dict(request.get("replicas", {})).items()}
