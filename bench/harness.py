@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -12,8 +13,25 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc.aio
+
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from shoal.errors import ApiError
+from shoal.security.contexts import CredentialsError, resolve
+
+
+def bench_channel(address: str, timeout: float = 30.0) -> grpc.aio.Channel:
+    """A channel to ``address`` with the admin bundle of the shoal whose state dir is
+    ``$SHOAL_STATE_DIR`` (each benchmark points it at the cluster it started), waiting
+    for the manager to have written the bundle."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return open_channel(address, resolve(address))
+        except CredentialsError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def free_port() -> int:
@@ -27,7 +45,7 @@ async def wait_ready(
     address: str, server: subprocess.Popen[bytes], runtime: str, timeout: float = 30
 ) -> bool:
     """Wait until ``shoal up`` at ``address`` has a ready node where ``runtime`` works."""
-    channel = open_channel(address)
+    channel = bench_channel(address)
     client = Client(channel, CONTROL_SERVICE)
     deadline = time.monotonic() + timeout
     try:
@@ -59,6 +77,7 @@ def open_shoal_up(port: int, runtime: str) -> Iterator[str]:
     """
     address = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as state:
+        os.environ["SHOAL_STATE_DIR"] = state  # bench_channel finds its admin bundle
         log_path = Path(state) / "shoal.log"
         with log_path.open("w") as log:
             server = subprocess.Popen(

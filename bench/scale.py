@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import free_port
+from harness import bench_channel, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+from shoal.api.transport import CONTROL_SERVICE, Client
 from shoal.errors import ApiError
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -185,7 +185,7 @@ async def scenario(
     fleets: list[subprocess.Popen[bytes]],
     results: dict[str, Any],
 ) -> None:
-    channel = open_channel(address)
+    channel = bench_channel(address)
     client = Client(channel, CONTROL_SERVICE)
     timeline = Timeline()
     results["timeline"] = timeline
@@ -278,7 +278,7 @@ def plot(timeline: Timeline, path: Path) -> bool:
 
 
 async def wait_for_nodes(address: str, count: int, timeout: float = 300) -> float:
-    channel = open_channel(address)
+    channel = bench_channel(address)
     client = Client(channel, CONTROL_SERVICE)
     started = time.monotonic()
     try:
@@ -295,7 +295,7 @@ async def wait_for_nodes(address: str, count: int, timeout: float = 300) -> floa
 
 
 async def get_token(address: str) -> str:
-    channel = open_channel(address)
+    channel = bench_channel(address)
     try:
         for _ in range(100):
             try:
@@ -417,6 +417,7 @@ def one_run(args: argparse.Namespace, number: int) -> bool:
     quantiles: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as state:
         root = Path(state)
+        os.environ["SHOAL_STATE_DIR"] = state  # bench_channel finds the admin bundle here
         procs: list[subprocess.Popen[bytes]] = []
         log = (root / "bench.log").open("wb")
         try:

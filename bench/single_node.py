@@ -42,9 +42,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness import free_port, open_shoal_up
+from harness import bench_channel, free_port, open_shoal_up
 
-from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+from shoal.api.transport import CONTROL_SERVICE, Client
 
 BIN = Path(sys.executable).parent
 SHOAL = str(BIN / "shoal")
@@ -275,7 +275,7 @@ async def wait_gone(client: Client, names: list[str]) -> None:
 
 
 async def api_bench(address: str, replicas: int, applies: int) -> dict[str, float]:
-    channel = open_channel(address)
+    channel = bench_channel(address)
     client = Client(channel, CONTROL_SERVICE)
     results: dict[str, float] = {}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import subprocess
@@ -33,9 +34,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import free_port  # noqa: E402
+from harness import bench_channel, free_port  # noqa: E402
 
-from shoal.api.transport import CONTROL_SERVICE, Client, open_channel  # noqa: E402
+from shoal.api.transport import CONTROL_SERVICE, Client  # noqa: E402
 from tests.etcdcluster import EtcdCluster  # noqa: E402
 
 
@@ -57,13 +58,14 @@ def start_manager(root: Path, name: str, store: str, port: int) -> subprocess.Po
     log = (root / f"{name}.log").open("ab")
     args = [sys.executable, "-m", "shoal", "manager", "--store", store]
     args += ["--state-dir", str(root / name), "--listen", f"127.0.0.1:{port}"]
+    args += ["--join-listen", "127.0.0.1:0"]
     if store.startswith("etcd://"):  # every manager of one cluster shares the data key
         args += ["--data-key-file", str(root / "datakey")]
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
 
 
 async def wait_ready(address: str, leader: bool = False) -> None:
-    channel = open_channel(address)
+    channel = bench_channel(address)
     client = Client(channel, CONTROL_SERVICE)
     deadline = time.monotonic() + 30
     try:
@@ -83,7 +85,7 @@ async def wait_ready(address: str, leader: bool = False) -> None:
 async def measure(
     address: str, prefix: str, sequential: int, concurrent: int, clients: int
 ) -> dict[str, float]:
-    channels = [open_channel(address) for _ in range(clients)]
+    channels = [bench_channel(address) for _ in range(clients)]
     stubs = [Client(c, CONTROL_SERVICE) for c in channels]
     results: dict[str, float] = {}
     try:
@@ -138,6 +140,7 @@ def main() -> int:
         runs = (args.sequential, args.concurrent, args.clients)
 
         port = free_port()
+        os.environ["SHOAL_STATE_DIR"] = str(root / "sqlite")  # for bench_channel
         sqlite = start_manager(root, "sqlite", f"sqlite:///{root / 'sqlite' / 'state.db'}", port)
         try:
             asyncio.run(wait_ready(f"127.0.0.1:{port}"))
@@ -151,6 +154,7 @@ def main() -> int:
         managers: list[subprocess.Popen[bytes]] = []
         try:
             leader_port, follower_port = free_port(), free_port()
+            os.environ["SHOAL_STATE_DIR"] = str(root / "m1")
             managers.append(start_manager(root, "m1", etcd.url("bench"), leader_port))
             asyncio.run(wait_ready(f"127.0.0.1:{leader_port}", leader=True))
             managers.append(start_manager(root, "m2", etcd.url("bench"), follower_port))

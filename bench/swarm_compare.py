@@ -38,9 +38,9 @@ from typing import Any
 import docker
 import docker.errors
 import docker.types
-from harness import open_shoal_up
+from harness import bench_channel, open_shoal_up
 
-from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+from shoal.api.transport import CONTROL_SERVICE, Client
 from shoal.errors import ApiError
 
 IMAGE = "shoal-test/busybox:latest"
@@ -99,7 +99,7 @@ def shoal_service(name: str, replicas: int) -> dict[str, Any]:
 
 
 async def shoal_round(address: str, replicas: int, node: str) -> float:
-    channel = open_channel(address)
+    channel = bench_channel(address)
     client = Client(channel, CONTROL_SERVICE)
     name = f"bench-{secrets.token_hex(3)}"
     try:
@@ -150,7 +150,7 @@ def open_shoal(port: int) -> Iterator[tuple[str, str]]:
 
 
 async def _node_name(address: str) -> str:
-    channel = open_channel(address)
+    channel = bench_channel(address)
     try:
         nodes = (await Client(channel, CONTROL_SERVICE).call("Get", {"kind": "nodes"}))["items"]
         return str(nodes[0]["id"])

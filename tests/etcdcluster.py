@@ -98,9 +98,14 @@ class EtcdCluster:
     root: Path
     size: int = 3
     members: list[Member] = field(default_factory=list)
+    # Serve clients over TLS and require client certificates (``--client-cert-auth``).
+    tls: bool = False
 
     def __post_init__(self) -> None:
         binary = require_etcd()
+        scheme = "https" if self.tls else "http"
+        if self.tls:
+            self._make_certificates()
         ports = _free_ports(2 * self.size)
         token = f"shoal-test-{os.getpid()}-{time.monotonic_ns()}"
         names = [f"m{i}" for i in range(self.size)]
@@ -117,9 +122,9 @@ class EtcdCluster:
                 "--data-dir",
                 str(member.data_dir),
                 "--listen-client-urls",
-                f"http://127.0.0.1:{client}",
+                f"{scheme}://127.0.0.1:{client}",
                 "--advertise-client-urls",
-                f"http://127.0.0.1:{client}",
+                f"{scheme}://127.0.0.1:{client}",
                 "--listen-peer-urls",
                 f"http://127.0.0.1:{peer}",
                 "--initial-advertise-peer-urls",
@@ -139,14 +144,37 @@ class EtcdCluster:
                 "--logger",
                 "zap",
             ]
+            if self.tls:
+                pki = self.root / "pki"
+                member.args += [
+                    "--client-cert-auth",
+                    "--trusted-ca-file",
+                    str(pki / "ca.pem"),
+                    "--cert-file",
+                    str(pki / "server.pem"),
+                    "--key-file",
+                    str(pki / "server.key"),
+                ]
             self.members.append(member)
+
+    def _make_certificates(self) -> None:
+        """A CA of the test's own, a server certificate for 127.0.0.1 and a client one."""
+        from tests.etcdpki import write_etcd_pki
+
+        write_etcd_pki(self.root / "pki")
+
+    @property
+    def client_tls_query(self) -> str:
+        pki = self.root / "pki"
+        return f"?ca={pki / 'ca.pem'}&cert={pki / 'client.pem'}&key={pki / 'client.key'}"
 
     @property
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
 
     def url(self, prefix: str = "shoal") -> str:
-        return f"etcd://{','.join(self.endpoints)}/{prefix}"
+        query = self.client_tls_query if self.tls else ""
+        return f"etcd://{','.join(self.endpoints)}/{prefix}{query}"
 
     def start(self, timeout: float = 30.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -156,8 +184,16 @@ class EtcdCluster:
 
     def etcdctl(self, *args: str, endpoints: list[str] | None = None) -> str:
         assert ETCDCTL is not None, "etcdctl is missing (apt-get install etcd-client)"
+        tls: list[str] = []
+        if self.tls:
+            pki = self.root / "pki"
+            tls = [
+                f"--cacert={pki / 'ca.pem'}",
+                f"--cert={pki / 'client.pem'}",
+                f"--key={pki / 'client.key'}",
+            ]
         result = subprocess.run(
-            [ETCDCTL, "--endpoints", ",".join(endpoints or self.endpoints), *args],
+            [ETCDCTL, *tls, "--endpoints", ",".join(endpoints or self.endpoints), *args],
             capture_output=True,
             text=True,
             timeout=15,
@@ -209,8 +245,8 @@ class EtcdCluster:
 
 
 @contextlib.contextmanager
-def etcd_cluster(root: Path, size: int = 3) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(root, size)
+def etcd_cluster(root: Path, size: int = 3, tls: bool = False) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(root, size, tls=tls)
     try:
         cluster.start()
         yield cluster

@@ -11,6 +11,13 @@ session simply receives the full assignment set again.
 Handles recovered at start are only removed once the first full assignment
 set proves the manager no longer wants them, so a restart adopts instead of
 restarting.
+
+Identity: the node certificate in ``STATE_DIR/identity/`` is the agent's only
+credential. Without one, the agent joins once with its token through the join
+listener (``shoal.security.join``: the CA digest in the token is checked before
+anything is sent) and keeps the result; it renews the certificate at a random
+50-80 % of its lifetime over its mutual-TLS connection, without ending the
+session (new connections use the new certificate).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,9 @@ from shoal.errors import ApiError, AuthError, RuntimeBackendError
 from shoal.models import NodeDescription, RuntimeInfo, Task, TaskState, TaskStatus
 from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle
 from shoal.runtimes.registry import available_runtime_classes
+from shoal.security.ca import renew_at
+from shoal.security.credentials import IDENTITY_DIR, TlsIdentity
+from shoal.security.enroll import join, renew
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +77,17 @@ class AgentSettings:
     # Where tasks' secrets and configs are written (a tmpfs per task; never the
     # state dir). None: shoal.agent.taskfiles.default_runtime_dir.
     runtime_dir: Path | None = None
+    # The join listener (default: the first manager's port + 1); used once, without a cert.
+    join: str | None = None
+    # A certificate given by whoever starts the agent (``shoal up``), instead of joining.
+    identity: TlsIdentity | None = None
+
+    @property
+    def join_address(self) -> str:
+        if self.join:
+            return self.join
+        host, _, port = self.managers[0].rpartition(":")
+        return f"{host}:{int(port) + 1}"
 
 
 def _memory_bytes() -> int:
@@ -119,6 +141,8 @@ class Agent:
         # Manager addresses to try, learned in sessions; a redirect to the leader goes first.
         self.managers = list(settings.managers)
         self.redirect: str | None = None
+        self.identity: TlsIdentity | None = settings.identity
+        self.manager_address: str | None = None  # of the current session
         self.metrics.running.set_function(lambda: len(self.runners))
         self.files = TaskFileStore(
             settings.runtime_dir or default_runtime_dir(settings.name, settings.state_dir)
@@ -160,6 +184,11 @@ class Agent:
             recovered=len(self.recovered),
             runtimes=[r.name for r in self.runtime_info if r.available],
         )
+        if self.identity is None:
+            self.identity = TlsIdentity.load(settings.state_dir / IDENTITY_DIR)
+        if self.identity is not None and self.identity.expired():
+            log.warning("agent.certificate_expired", not_after=str(self.identity.info.not_after))
+            self.identity = None
         self._main = asyncio.create_task(self._sessions(), name="agent-sessions")
 
     async def wait(self) -> None:
@@ -191,7 +220,65 @@ class Agent:
 
     # -------------------------------------------------------------- sessions
 
+    async def _join(self) -> TlsIdentity:
+        """Join with the token until it works or is refused (AuthError)."""
+        settings = self.settings
+        if not settings.token:
+            raise AuthError(
+                f"no certificate in {settings.state_dir / IDENTITY_DIR} and no join token: "
+                "give the agent --token, --token-file or SHOAL_TOKEN"
+            )
+        delay = 0.2
+        while True:
+            try:
+                identity = await join(settings.join_address, settings.token, settings.name)
+            except ApiError as exc:
+                log.warning("agent.join_failed", join=settings.join_address, error=exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            identity.save(settings.state_dir / IDENTITY_DIR)
+            log.info("agent.joined", node=settings.name, role=identity.info.role)
+            return identity
+
+    async def _renewal(self) -> None:
+        """Renew the certificate at a random 50-80 % of its lifetime, retrying until done."""
+        while True:
+            assert self.identity is not None
+            due = renew_at(self.identity.info)
+            await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+            retry = 1.0
+            while True:
+                address = self.manager_address or self.managers[0]
+                try:
+                    renewed = await renew(address, self.identity)
+                except ApiError as exc:
+                    log.warning("agent.renewal_failed", manager=address, error=exc.message)
+                    if exc.code == "PERMISSION_DENIED":
+                        return  # revoked: the session ends with the same refusal
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, 10.0)
+                    continue
+                renewed.save(self.settings.state_dir / IDENTITY_DIR)
+                self.identity = renewed
+                log.info("agent.certificate_renewed", not_after=str(renewed.info.not_after))
+                break
+
     async def _sessions(self) -> None:
+        if self.identity is None:
+            try:
+                self.identity = await self._join()
+            except AuthError as exc:
+                self.fatal = exc
+                log.error("agent.join_refused", join=self.settings.join_address, error=str(exc))
+                return
+        renewal = asyncio.create_task(self._renewal(), name="agent-cert-renewal")
+        try:
+            await self._session_loop()
+        finally:
+            renewal.cancel()
+
+    async def _session_loop(self) -> None:
         delay = 0.2
         attempt = 0
         while True:
@@ -211,6 +298,8 @@ class Agent:
                 if exc.code == "PERMISSION_DENIED":
                     self.fatal = AuthError(exc.message)
                     log.error("agent.refused", manager=address, error=exc.message)
+                    if "revoked" in exc.message:
+                        await self._leave()
                     return
                 log.warning("agent.session_lost", manager=address, error=exc.message)
             self.connected.clear()
@@ -219,7 +308,9 @@ class Agent:
                 delay = min(delay * 2, 5.0)
 
     async def _session(self, address: str) -> None:
-        channel = open_channel(address)
+        assert self.identity is not None
+        channel = open_channel(address, self.identity)
+        self.manager_address = address
         client = Client(channel, DISPATCHER_SERVICE)
         helpers: list[asyncio.Task[Any]] = []
         # Set by any helper that ends (a failed call, changed runtimes): the
@@ -228,7 +319,6 @@ class Agent:
         ended = asyncio.Event()
         try:
             request = {
-                "token": self.settings.token,
                 "nodeId": self.settings.name,
                 "description": self.description().to_wire(),
             }
@@ -271,6 +361,16 @@ class Agent:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await channel.close()
+
+    async def _leave(self) -> None:
+        """This node was removed from the cluster: its tasks now run elsewhere, stop them."""
+        log.warning("agent.removed_from_cluster", tasks=len(self.runners))
+        for task_id in list(self.runners):
+            runner = self.runners.pop(task_id)
+            await runner.remove()
+        for runtime, handle in self.recovered.values():
+            await _discard(runtime, handle)
+        self.recovered.clear()
 
     def _learn(self, managers: list[str]) -> None:
         """The managers a manager told us about first, then the ones we were given."""

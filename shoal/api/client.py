@@ -5,31 +5,31 @@ Each method wraps one Control RPC and returns the payload in its wire shape
 those dicts as they are for ``-o json|yaml``, and reading them keeps a newer
 client usable against an older manager (an unknown field is not an error here).
 
-Finding the manager is the CLI's most common failure, so it is resolved in one
-place with a fixed order: an explicit address (``--server``), then
-``$SHOAL_SERVER``, then the endpoint file of a local ``shoal up`` in the default
-state directory, then ``DEFAULT_ADDRESS``. A manager that cannot be reached is
-reported as ``ApiError("UNAVAILABLE", ...)`` naming the address and how to
-change it, as opposed to a store outage on a reachable manager, which also
-arrives as UNAVAILABLE but from the server.
+Finding the manager and the credentials to show it is resolved in one place
+(``shoal.security.contexts.resolve``): ``--context``, a local ``shoal up``'s
+admin bundle, the config file's current context; ``--server``/``$SHOAL_SERVER``
+(comma lists) override the addresses. ``open_control`` tries each address in
+turn, giving each ``CONNECT_TIMEOUT`` to complete its TLS handshake, so a
+manager that is down or paused costs seconds, not a hung command; when none
+answers, the ``ApiError("UNAVAILABLE", ...)`` says which were tried, what
+happened at each and what to check. A store outage on a reachable manager also
+arrives as UNAVAILABLE, but from the server, with its own message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
-import json
-import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
 
-from shoal.api.transport import CONTROL_SERVICE, DEFAULT_ADDRESS, Client, Payload, open_channel
+from shoal.api.transport import CONTROL_SERVICE, Client, Payload, open_channel
 from shoal.errors import ApiError
-from shoal.paths import default_state_dir, endpoint_candidates
+from shoal.security.contexts import CredentialsError, resolve
 
 if TYPE_CHECKING:
     from shoal.models import Service
@@ -38,54 +38,33 @@ if TYPE_CHECKING:
 UNAVAILABLE = "UNAVAILABLE"
 
 
-def resolve_server(
-    explicit: str | None,
-    env: Mapping[str, str] | None = None,
-    state_dir: Path | None = None,
-) -> str:
-    """The manager address to use; see the module docstring for the order."""
-    env = os.environ if env is None else env
-    if explicit:
-        return explicit
-    from_env = env.get("SHOAL_SERVER")
-    if from_env:
-        return from_env
-    for path in endpoint_candidates(state_dir or default_state_dir(env)):
-        address = _read_endpoint(path)
-        if address:
-            return address
-    return DEFAULT_ADDRESS
+CONNECT_TIMEOUT = 3.0
 
 
-def _read_endpoint(path: Path) -> str | None:
-    """The address in a manager's endpoint file, unless the file is stale or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("address"), str):
-        return None
-    pid = data.get("pid")
-    if isinstance(pid, int) and not _alive(pid):
-        return None  # left behind by a manager that was killed
-    return str(data["address"])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def unreachable_message(address: str) -> str:
+def unreachable_message(tried: list[tuple[str, str]]) -> str:
+    attempts = "; ".join(f"{address} ({why})" for address, why in tried)
     return (
-        f"cannot reach the shoal manager at {address}: is `shoal up` running? "
-        "(use --server or SHOAL_SERVER)"
+        f"cannot reach a shoal manager: tried {attempts}. Check that a manager runs there "
+        "(`shoal up` or `shoal manager`) and that these credentials are for its cluster, "
+        "or pick others with --server, --context or `shoal context use`"
     )
+
+
+async def _ready(channel: grpc.aio.Channel, timeout: float) -> str | None:
+    """None once the channel is connected (TLS done), else why it is not."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            return "connection refused, or the TLS handshake failed"
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return f"no answer within {timeout:g}s: down, paused or unreachable"
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+        state = channel.get_state(try_to_connect=True)
+    return None
 
 
 class ControlClient:
@@ -103,7 +82,7 @@ class ControlClient:
         state = self._channel.get_state(try_to_connect=False)
         if state == grpc.ChannelConnectivity.READY:
             return exc
-        return ApiError(UNAVAILABLE, unreachable_message(self.address))
+        return ApiError(UNAVAILABLE, unreachable_message([(self.address, "connection lost")]))
 
     async def _call(self, method: str, request: Payload, timeout: float | None = 30.0) -> Payload:
         try:
@@ -232,9 +211,13 @@ class ControlClient:
         except ApiError as exc:
             raise self._remap(exc) from exc
 
-    async def token(self, role: str = "worker") -> str:
-        response = await self._call("Token", {"role": role})
+    async def token(self, role: str = "worker", rotate: bool = False) -> str:
+        response = await self._call("Token", {"role": role, "rotate": rotate})
         return str(response["token"])
+
+    async def call(self, method: str, request: Payload, timeout: float | None = 30.0) -> Payload:
+        """Any Control method by name (the identity verbs use this)."""
+        return await self._call(method, request, timeout)
 
     async def cluster_status(self) -> Payload:
         """``{managers: [{id, address, leader, self, startedAt}], leader, answeredBy,
@@ -247,15 +230,28 @@ class ControlClient:
 
 
 @contextlib.asynccontextmanager
-async def open_control(server: str | None = None) -> AsyncIterator[ControlClient]:
-    """A ``ControlClient`` on a channel of its own, closed on exit.
+async def open_control(
+    server: str | None = None, context: str | None = None
+) -> AsyncIterator[ControlClient]:
+    """A ``ControlClient`` on the first manager that answers, closed on exit.
 
-    Opening does not connect: the first call does, and fails fast with an
-    ``ApiError`` when nothing listens at the address.
+    ``server`` is an address or a comma list; ``context`` a context name (see
+    ``shoal.security.contexts.resolve``).
     """
-    address = resolve_server(server)
-    channel = open_channel(address)
     try:
-        yield ControlClient(channel, address)
-    finally:
+        target = resolve(server, context)
+    except CredentialsError as exc:
+        raise ApiError("UNAUTHENTICATED", str(exc)) from exc
+    tried: list[tuple[str, str]] = []
+    for address in target.servers:
+        channel = open_channel(address, target)
+        why = await _ready(channel, CONNECT_TIMEOUT)
+        if why is None:
+            try:
+                yield ControlClient(channel, address)
+            finally:
+                await channel.close()
+            return
+        tried.append((address, why))
         await channel.close()
+    raise ApiError(UNAVAILABLE, unreachable_message(tried))

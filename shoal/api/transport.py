@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -220,9 +220,56 @@ class Client:
             raise map_rpc_error(exc) from exc
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    """An insecure channel to ``HOST:PORT`` (TLS arrives with the security issue)."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+class TlsCredentials(Protocol):
+    """What a mutual-TLS channel needs (``shoal.security.credentials.TlsIdentity``)."""
+
+    @property
+    def ca_pem(self) -> bytes: ...
+    @property
+    def cert_pem(self) -> bytes: ...
+    @property
+    def key_pem(self) -> bytes: ...
+
+
+# Managers are verified by this name (a SAN of every manager certificate), not by
+# the address dialled: a manager may be reached at any address.
+MANAGER_NAME = "shoal-manager"
+
+
+def open_channel(address: str, tls: TlsCredentials) -> grpc.aio.Channel:
+    """A mutual-TLS channel to the manager at ``HOST:PORT`` (or a comma list of them)."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem
+    )
+    return grpc.aio.secure_channel(
+        address,
+        credentials,
+        options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", MANAGER_NAME)],
+    )
+
+
+def server_credentials(current: Callable[[], TlsCredentials]) -> grpc.ServerCredentials:
+    """Mutual TLS for a listener whose certificate ``current()`` may change (renewal):
+    each new connection is served with the certificate current at its handshake."""
+
+    def configuration(tls: TlsCredentials) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_pem
+        )
+
+    served = current()
+
+    def fetch() -> Any:
+        nonlocal served
+        latest = current()
+        if latest is served:
+            return None  # unchanged
+        served = latest
+        return configuration(latest)
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(served), fetch, require_client_authentication=True
+    )
 
 
 CONTROL_SERVICE = "shoal.v1.Control"

@@ -21,7 +21,7 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     from shoal.api.client import open_control
 
     async def ask() -> dict[str, Any]:
-        async with open_control(args.server) as control:
+        async with open_control(args.server, getattr(args, "context", None)) as control:
             return await control.cluster_status()
 
     status = asyncio.run(ask())

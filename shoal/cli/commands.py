@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace, work: Callable[[ControlClient], Awaitable[T]]
     from shoal.api.client import open_control
 
     async def session() -> T:
-        async with open_control(args.server) as control:
+        async with open_control(args.server, getattr(args, "context", None)) as control:
             return await work(control)
 
     return asyncio.run(session())
@@ -258,12 +258,6 @@ def cmd_node_update(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------- token
-
-
-def cmd_token(args: argparse.Namespace) -> int:
-    _out(_run(args, lambda control: control.token(args.role)))
-    return 0
 
 
 # ------------------------------------------------------ the verbs' arguments
@@ -407,6 +401,9 @@ def configure_node(parser: argparse.ArgumentParser) -> None:
     server_option(ls)
     ls.add_argument("name", metavar="NAME", nargs="?", help="only this node")
     output_option(ls)
+    from shoal.cli.identity import add_node_rm
+
+    add_node_rm(group)
     update = add_subcommand(
         group,
         "update",
@@ -435,7 +432,3 @@ def configure_node(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def configure_token(parser: argparse.ArgumentParser) -> None:
-    command(parser, cmd_token)
-    server_option(parser)
-    parser.add_argument("role", choices=["worker"], nargs="?", default="worker")

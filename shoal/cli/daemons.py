@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -71,6 +72,35 @@ def _node_identity(parser: argparse.ArgumentParser, name_help: str) -> None:
     )
 
 
+def _identity_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--join-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="where agents without a certificate join (default: --listen's port + 1)",
+    )
+    parser.add_argument(
+        "--cert-expiry",
+        type=duration,
+        default=90 * 24 * 3600.0,
+        metavar="DURATION",
+        help="validity of node certificates (default 90 days, i.e. 2160h); nodes renew "
+        "theirs at a random 50-80%% of it",
+    )
+
+
+def _read_token(args: argparse.Namespace) -> str:
+    """--token, else --token-file, else $SHOAL_TOKEN (so it need not show in ps)."""
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        try:
+            return Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise AuthError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from exc
+    return os.environ.get("SHOAL_TOKEN", "").strip()
+
+
 def configure_up(up: argparse.ArgumentParser) -> None:
     up.description = (
         "Run a manager and one local agent in one process, with the embedded "
@@ -79,6 +109,7 @@ def configure_up(up: argparse.ArgumentParser) -> None:
     _common(up)
     _node_identity(up, "node name of the local agent (default: hostname)")
     up.add_argument("--heartbeat-period", type=duration, default=2.0, help=argparse.SUPPRESS)
+    _identity_options(up)
     command(up, lambda args: _run(_up(args)))
 
 
@@ -123,13 +154,26 @@ def configure_manager(manager: argparse.ArgumentParser) -> None:
         "required with etcd: give every manager the same file (default with SQLite: "
         "STATE_DIR/datakey)",
     )
+    _identity_options(manager)
     command(manager, lambda args: _run(_manager(args)))
 
 
 def configure_agent(agent: argparse.ArgumentParser) -> None:
     agent.description = "Run an agent: join a manager and run the tasks it assigns to this node."
     agent.add_argument("--manager", required=True, metavar="HOST:PORT[,HOST:PORT...]")
-    agent.add_argument("--token", required=True, help="worker join token (shoal token worker)")
+    agent.add_argument(
+        "--token",
+        default=None,
+        help="join token (shoal token worker), used once when the agent has no certificate "
+        "yet; prefer --token-file or SHOAL_TOKEN, which do not show in ps",
+    )
+    agent.add_argument("--token-file", default=None, metavar="FILE", help="read the token here")
+    agent.add_argument(
+        "--join",
+        default=None,
+        metavar="HOST:PORT",
+        help="the manager's join listener (default: the first --manager's port + 1)",
+    )
     _node_identity(agent, "node name (default: hostname)")
     agent.add_argument(
         "--sim-nodes",
@@ -198,13 +242,17 @@ async def _up(args: argparse.Namespace) -> int:
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         heartbeat_period=args.heartbeat_period,
+        join_listen=args.join_listen,
+        cert_expiry=args.cert_expiry,
     )
     async with open_manager(settings) as manager:
+        name = args.name or socket.gethostname()
         agent_settings = AgentSettings(
             managers=[manager.address],
-            token=manager.worker_token,
+            token="",
+            identity=await manager.security.local_node(name),
             state_dir=state_dir / "agent",
-            name=args.name or socket.gethostname(),
+            name=name,
             labels=dict(args.label),
         )
         async with open_agent(agent_settings) as agent:
@@ -232,9 +280,16 @@ async def _manager(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl,
         advertise=args.advertise,
         data_key_file=args.data_key_file.resolve() if args.data_key_file else None,
+        join_listen=args.join_listen,
+        cert_expiry=args.cert_expiry,
     )
     async with open_manager(settings) as manager:
-        print(f"shoal manager listening on {manager.address}", file=sys.stderr, flush=True)
+        print(
+            f"shoal manager listening on {manager.address} (join on {manager.join_address}), "
+            f"admin credentials in {manager.admin_bundle}",
+            file=sys.stderr,
+            flush=True,
+        )
         await asyncio.Event().wait()
     return 0
 
@@ -248,7 +303,8 @@ async def _agent(args: argparse.Namespace) -> int:
     state_dir = (args.state_dir or default_state_dir() / "agents" / name).resolve()
     settings = AgentSettings(
         managers=managers,
-        token=args.token,
+        token=_read_token(args),
+        join=args.join,
         state_dir=state_dir,
         name=name,
         labels=dict(args.label),

@@ -67,8 +67,13 @@ def server_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         metavar="HOST:PORT",
-        help="manager address (default: $SHOAL_SERVER, else the manager of a local "
-        "`shoal up`, else 127.0.0.1:7420)",
+        help="manager address, or several comma-separated, tried in order (default: "
+        "$SHOAL_SERVER, else the context's or the local `shoal up`'s managers)",
+    )
+    parser.add_argument(
+        "--context",
+        metavar="NAME",
+        help="use this context's credentials and managers (see `shoal context ls`)",
     )
 
 

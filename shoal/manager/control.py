@@ -84,7 +84,6 @@ class Control:
         dispatcher: Dispatcher,
         events: EventRecorder,
         reports: Reports,
-        worker_token: str,
         runtimes: Mapping[str, bool],
         secret_store: SecretStore | None = None,
     ) -> None:
@@ -93,7 +92,6 @@ class Control:
         self.events = events
         # The orchestrator's notes and outcomes per service (a read model).
         self.reports = reports
-        self.worker_token = worker_token
         self.secret_store = secret_store
         self.rollouts = RolloutControl(informer, events)
         self.jobs = JobControl(informer, events)
@@ -112,7 +110,6 @@ class Control:
             "Scale": Unary(self.scale),
             "UpdateNode": Unary(self.update_node),
             "Logs": ServerStream(self.logs),
-            "Token": Unary(self.token),
             "Version": Unary(self.version),
         }
 
@@ -422,12 +419,6 @@ class Control:
                 }
         finally:
             self.dispatcher.end_logs(subscription, list(by_node))
-
-    async def token(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
-        role = str(request.get("role", "worker"))
-        if role != "worker":
-            raise ValueError(f"unknown token role {role!r} (only 'worker' exists)")
-        return {"role": role, "token": self.worker_token}
 
     async def version(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
         await asyncio.sleep(0)

@@ -1,7 +1,7 @@
 """The Dispatcher service: the manager's side of every agent session.
 
 An agent opens one ``Session`` stream. Its first request registers the node
-(join token checked, node description written, node ``ready``); the stream
+(the caller's node certificate must name it, node description written, node ``ready``); the stream
 then carries, in order:
 
 1. ``{"type": "session", "sessionId", "heartbeatPeriod"}``;
@@ -35,7 +35,7 @@ import structlog
 
 from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary
 from shoal.batching import Flusher
-from shoal.errors import AuthError, ShoalError
+from shoal.errors import ShoalError
 from shoal.manager.statuswriter import StatusWriter
 from shoal.models import (
     Node,
@@ -104,14 +104,12 @@ class Dispatcher:
         informer: Informer,
         heartbeats: HeartbeatTracker,
         events: EventRecorder,
-        worker_token: str,
         heartbeat_period: float,
         deliveries: Callable[[list[Task]], Payload | None] | None = None,
     ) -> None:
         self.informer = informer
         self.heartbeats = heartbeats
         self.events = events
-        self.worker_token = worker_token
         self.heartbeat_period = heartbeat_period
         # The secret and config bytes of tasks about to start (shoal.manager.secretstore):
         # they ride in the assignment message, never in the task record.
@@ -165,8 +163,7 @@ class Dispatcher:
     async def session(
         self, request: Payload, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Payload]:
-        if not secrets.compare_digest(str(request.get("token", "")), self.worker_token):
-            raise AuthError("join token refused: run 'shoal token worker' on the manager")
+        # The node's certificate names it (checked by shoal.security.authz): no token here.
         node_id = str(request["nodeId"])
         description = NodeDescription.from_wire(request["description"])
         await self._register(node_id, description, str(context.peer()))

@@ -19,7 +19,7 @@ given one address learns the others.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -30,6 +30,7 @@ from shoal.api.transport import (
     Method,
     Payload,
     ServerStream,
+    TlsCredentials,
     Unary,
     decode,
     encode,
@@ -38,6 +39,7 @@ from shoal.api.transport import (
 )
 from shoal.errors import ApiError
 from shoal.manager.election import Election
+from shoal.security.authz import forward_metadata
 from shoal.store.base import Store
 
 FORWARDED = "x-shoal-forwarded"
@@ -68,13 +70,16 @@ def _forwarded(context: grpc.aio.ServicerContext) -> bool:
 class Router:
     """Wraps a manager's Control and Dispatcher methods for leader/follower duty."""
 
-    def __init__(self, election: Election, store: Store) -> None:
+    def __init__(
+        self, election: Election, store: Store, identity: Callable[[], TlsCredentials]
+    ) -> None:
         self.election = election
         self.store = store
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.identity = identity  # this manager's certificate: forwarding wants one
+        self._channels: dict[str, tuple[grpc.aio.Channel, TlsCredentials]] = {}
 
     async def aclose(self) -> None:
-        for channel in self._channels.values():
+        for channel, _ in self._channels.values():
             await channel.close()
         self._channels.clear()
 
@@ -106,10 +111,15 @@ class Router:
         leader = self.election.leader
         if _forwarded(context) or leader is None or leader.id == self.election.me.id:
             raise self.election.not_leader()
-        channel = self._channels.get(leader.address)
-        if channel is None:
-            channel = self._channels[leader.address] = open_channel(leader.address)
-        return channel
+        identity = self.identity()
+        cached = self._channels.get(leader.address)
+        if cached is None or cached[1] is not identity:  # new leader, or our cert was renewed
+            # An old channel is left to its calls in flight; it closes when collected.
+            cached = self._channels[leader.address] = (
+                open_channel(leader.address, identity),
+                identity,
+            )
+        return cached[0]
 
     def _unary(self, name: str, local: Unary) -> Any:
         async def handler(request: Payload, context: grpc.aio.ServicerContext) -> Payload:
@@ -122,7 +132,9 @@ class Router:
             )
             try:
                 reply: Payload = await stub(
-                    request, timeout=FORWARD_TIMEOUT, metadata=((FORWARDED, "1"),)
+                    request,
+                    timeout=FORWARD_TIMEOUT,
+                    metadata=((FORWARDED, "1"), *forward_metadata()),
                 )
             except grpc.aio.AioRpcError as exc:
                 await _relay(context, map_rpc_error(exc))
@@ -144,7 +156,7 @@ class Router:
                 request_serializer=encode,
                 response_deserializer=decode,
             )
-            call = stub(request, metadata=((FORWARDED, "1"),))
+            call = stub(request, metadata=((FORWARDED, "1"), *forward_metadata()))
             try:
                 async for item in call:
                     yield item

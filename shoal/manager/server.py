@@ -21,6 +21,7 @@ import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc.aio
@@ -51,6 +52,7 @@ from shoal.reconciler.reports import Reports
 from shoal.reconciler.scheduler import Scheduler
 from shoal.runtimes.registry import runtime_catalogue
 from shoal.security.datakey import DataKey, verify_against_store
+from shoal.security.manager import ManagerSecurity
 from shoal.store import open_store
 from shoal.store.typed import ClusterConfig, Object, TypedStore
 from shoal.supervise import RestartsCollector
@@ -81,6 +83,17 @@ class ManagerSettings:
     # The data key secrets are encrypted with (shoal.security.datakey). Default: the
     # state dir's ``datakey`` (created on first start); etcd needs one file for all managers.
     data_key_file: Path | None = None
+    # Where agents without a certificate join (default: --listen's port + 1).
+    join_listen: str | None = None
+    # Node and user certificates' validity (renewed at 50-80 % of it).
+    cert_expiry: float = 90 * 24 * 3600.0
+
+    @property
+    def join_address(self) -> str:
+        if self.join_listen:
+            return self.join_listen
+        host, port = split_host_port(self.listen)
+        return f"{host}:{port + 1 if port else 0}"
 
     @property
     def grace(self) -> float:
@@ -131,12 +144,17 @@ class Manager:
             self.election = SoleElection(manager_info(""))
             typed = TypedStore(store)
         config = await typed.get_config() or await typed.create_config(
-            ClusterConfig(
-                worker_token=f"SHOAL-1-{secrets.token_urlsafe(24)}",
-                cluster_id=secrets.token_hex(8),
-            )
+            ClusterConfig(cluster_id=secrets.token_hex(8))
         )
-        self.worker_token = config.worker_token
+        self.security = ManagerSecurity(
+            store,
+            settings.state_dir,
+            self.election.me.id,
+            timedelta(seconds=settings.cert_expiry),
+            self.data_key,
+        )
+        await self.security.start(config.cluster_id)
+        self._stack.push_async_callback(self.security.aclose)
         self.informer = Informer(store, typed, self.restarts)
         await self.informer.start()
         self._stack.push_async_callback(self.informer.aclose)
@@ -162,33 +180,43 @@ class Manager:
             self.informer,
             self.heartbeats,
             self.events,
-            self.worker_token,
             settings.heartbeat_period,
             deliveries=self.secret_store.deliveries,
         )
+        # A removed node's session ends at once (its next calls are refused anyway).
+        self.security.state.on_revoked(self._revoked)
         self.control = Control(
             self.informer,
             self.dispatcher,
             self.events,
             self.reports,
-            self.worker_token,
             runtimes,
             secret_store=self.secret_store,
         )
-        router = Router(self.election, store)
+        router = Router(self.election, store, lambda: self.security.identity)
         self._stack.push_async_callback(router.aclose)
+        security = self.security
         server = grpc.aio.server(options=SERVER_OPTIONS)
+        control_methods = router.control(
+            {**self.control.methods(), **self.secret_store.methods()}
+        )
         server.add_generic_rpc_handlers(
             (
                 service_handler(
                     CONTROL_SERVICE,
-                    router.control({**self.control.methods(), **self.secret_store.methods()}),
+                    security.control(control_methods, self.informer, router.manager_addresses),
                 ),
-                service_handler(DISPATCHER_SERVICE, router.dispatcher(self.dispatcher.methods())),
+                service_handler(
+                    DISPATCHER_SERVICE,
+                    security.nodes(
+                        DISPATCHER_SERVICE, router.dispatcher(self.dispatcher.methods())
+                    ),
+                ),
+                security.certificate_handler(),
             )
         )
         host, _ = split_host_port(settings.listen)
-        port = server.add_insecure_port(settings.listen)
+        port = server.add_secure_port(settings.listen, security.server_credentials())
         if port == 0:
             raise OSError(f"cannot listen on {settings.listen}")
         await server.start()
@@ -197,6 +225,7 @@ class Manager:
         self.election.me = self.election.me.model_copy(
             update={"address": settings.advertise or self.address}
         )
+        self.join_address = await security.serve_join(settings.join_address)
         await self.election.start(self._elected, self._deposed)
         self._stack.push_async_callback(self.election.aclose)
         Gauge(
@@ -218,9 +247,14 @@ class Manager:
         tmp.write_text(json.dumps({"address": self.address, "pid": os.getpid()}))
         tmp.replace(endpoint)
         self._stack.callback(endpoint.unlink, missing_ok=True)
+        self.admin_bundle = await security.write_admin_bundle(
+            list(dict.fromkeys([self.election.me.address, *router.manager_addresses()]))
+        )
         log.info(
             "manager.started",
             address=self.address,
+            join=self.join_address,
+            ca=security.ca.digest,
             store=settings.store_url,
             metrics_port=self.metrics_port,
             nodes=len(self.informer.nodes),
@@ -245,6 +279,11 @@ class Manager:
         if created:
             log.info("manager.data_key_created", path=str(path), key_id=key.key_id)
         return key
+
+    def _revoked(self, kind: str, name: str) -> None:
+        session = self.dispatcher.sessions.get(name) if kind == "node" else None
+        if session is not None:
+            session.close()
 
     def _new_runners(self) -> list[ControllerRunner]:
         period = self.settings.resync_period

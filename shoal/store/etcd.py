@@ -48,7 +48,10 @@ import ipaddress
 import math
 import socket
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -122,8 +125,56 @@ _RETRYABLE = {
 }
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """Client TLS for etcd: the CA that signed the members' certificates, and the
+    client certificate and key etcd's ``--client-cert-auth`` asks for."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = field(default=None, repr=False)
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise StoreUnavailableError(f"cannot read the etcd {what} {path}: {exc.strerror}") from exc
+
+
+def parse_etcd_tls(url: str) -> EtcdTLS | None:
+    """TLS settings from the URL's query: ``?ca=FILE&cert=FILE&key=FILE[&server-name=N]``."""
+    _, _, query = url.partition("?")
+    if not query:
+        return None
+    options = dict(urllib.parse.parse_qsl(query, strict_parsing=False))
+    unknown = sorted(set(options) - {"ca", "cert", "key", "server-name"})
+    if unknown:
+        raise ValueError(
+            f"unknown etcd URL option(s) {', '.join(unknown)} in {url!r}: "
+            "use ?ca=FILE&cert=FILE&key=FILE[&server-name=NAME]"
+        )
+    if "ca" not in options:
+        raise ValueError(f"etcd TLS needs ?ca=FILE (the CA of the members) in {url!r}")
+    if ("cert" in options) != ("key" in options):
+        raise ValueError(f"etcd client TLS needs both cert= and key= in {url!r}")
+    return EtcdTLS(
+        ca=_read(options["ca"], "CA"),
+        cert=_read(options["cert"], "client certificate") if "cert" in options else None,
+        key=_read(options["key"], "client key") if "key" in options else None,
+        server_name=options.get("server-name"),
+    )
+
+
 def parse_etcd_url(url: str) -> tuple[list[tuple[str, int]], str]:
-    """``etcd://h1:p1,h2:p2/prefix`` → ([(h1, p1), (h2, p2)], "/prefix")."""
+    """``etcd://h1:p1,h2:p2/prefix[?tls options]`` → ([(h1, p1), (h2, p2)], "/prefix")."""
+    url = url.partition("?")[0]
     scheme, sep, rest = url.partition("://")
     if scheme != "etcd" or not sep:
         raise ValueError(f"not an etcd URL: {url!r}")
@@ -185,6 +236,7 @@ class EtcdStore(Store):
         prefix: str,
         target: str,
         timeout: float = DEFAULT_TIMEOUT,
+        tls: EtcdTLS | None = None,
     ) -> None:
         """Not connected yet: use ``await EtcdStore.open(url)``."""
         self.url = url
@@ -194,7 +246,10 @@ class EtcdStore(Store):
         self.max_txn_ops = MAX_TXN_OPS
         self.max_txn_bytes = MAX_TXN_BYTES
         self._ns = prefix.encode()
-        self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._tls = tls
+        # Members are verified by the name in the URL (its first host), or server-name=.
+        self._tls_name = (tls.server_name if tls else None) or endpoints[0][0]
+        self._channel = self._open_channel(target)
         self._kv = rpc.KVStub(self._channel)
         self._leases = rpc.LeaseStub(self._channel)
         self._watches = rpc.WatchStub(self._channel)
@@ -206,13 +261,20 @@ class EtcdStore(Store):
     async def open(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> EtcdStore:
         """Connect to the cluster ``url`` names; fails if no member answers within ``timeout``."""
         endpoints, prefix = parse_etcd_url(url)
-        store = cls(url, endpoints, prefix, await _grpc_target(endpoints), timeout)
+        tls = parse_etcd_tls(url)
+        store = cls(url, endpoints, prefix, await _grpc_target(endpoints), timeout, tls)
         try:
             await store.revision()
         except BaseException:
             await store.aclose()
             raise
         return store
+
+    def _open_channel(self, target: str) -> grpc.aio.Channel:
+        if self._tls is None:
+            return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", self._tls_name)]
+        return grpc.aio.secure_channel(target, self._tls.credentials(), options=options)
 
     # -- keys and errors -----------------------------------------------------
 
@@ -515,7 +577,7 @@ class EtcdStore(Store):
         return list(await asyncio.gather(*(self._member_health(e) for e in self.endpoints)))
 
     async def _member_health(self, endpoint: str) -> EndpointHealth:
-        channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+        channel = self._open_channel(endpoint)
         try:
             status = await rpc.MaintenanceStub(channel).Status(
                 rpc.StatusRequest(), timeout=min(self.timeout, 2.0)

@@ -7,8 +7,9 @@ Key layout (every backend, every version of shoal must agree on it):
     /nodes/<id>          Node
     /secrets/<name>      Secret (its bytes sealed with the data key)
     /configs/<name>      Config (the same)
-    /cluster/config      ClusterConfig (join tokens)
+    /cluster/config      ClusterConfig (cluster id)
     /cluster/datakey     the data key's check value (shoal.security.datakey)
+    /security/...        the CA, tokens, users, revocations (shoal.security.state)
 
 Writes are batches of ``Change``s. Each change carries the ``mod_revision``
 it was computed from (optimistic concurrency): ``expect=0`` means "must not
@@ -68,8 +69,9 @@ class Fence(Protocol):
 
 
 class ClusterConfig(Model):
-    worker_token: str
     cluster_id: str
+    # Before cluster identity, the join token lived here (now in /security/tokens).
+    worker_token: str | None = None
 
 
 def key_of(obj: Object) -> str:

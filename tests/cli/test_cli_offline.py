@@ -15,17 +15,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 import shoal
+from shoal.security.ca import CertificateAuthority
 
 UNREACHABLE = "127.0.0.1:1"
 
 
+def write_admin_bundle(state: Path) -> None:
+    """The credentials a local manager leaves in its state dir (from a CA of our own)."""
+    ca = CertificateAuthority.create("offline")
+    cert, key = ca.issue_pair("admin", "admin")
+    bundle = {
+        "name": "local",
+        "servers": [],
+        "ca": ca.cert_pem.decode(),
+        "cert": cert.decode(),
+        "key": key.decode(),
+    }
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "admin.yaml").write_text(yaml.safe_dump(bundle))
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """An environment with no manager configured: empty state dir, no SHOAL_SERVER."""
+    """An environment with credentials but no manager: a state dir holding only an admin
+    bundle, no SHOAL_SERVER, no config file."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
     clean["SHOAL_STATE_DIR"] = str(tmp_path / "state")
+    clean["SHOAL_CONFIG"] = str(tmp_path / "config.yaml")
+    write_admin_bundle(tmp_path / "state")
     return clean
 
 
@@ -101,9 +121,27 @@ def test_version_unreachable_server(env: dict[str, str]) -> None:
     assert_clean_failure(result, 1)
     assert f"Client Version: {shoal.__version__}" in result.stdout
     assert result.stderr.strip() == (
-        f"error: cannot reach the shoal manager at {UNREACHABLE}: is `shoal up` running? "
-        "(use --server or SHOAL_SERVER)"
+        f"error: cannot reach a shoal manager: tried {UNREACHABLE} (connection refused, or "
+        "the TLS handshake failed). Check that a manager runs there (`shoal up` or "
+        "`shoal manager`) and that these credentials are for its cluster, or pick others "
+        "with --server, --context or `shoal context use`"
     )
+
+
+def test_no_credentials_says_where_they_come_from(env: dict[str, str]) -> None:
+    (Path(env["SHOAL_STATE_DIR"]) / "admin.yaml").unlink()
+    env["XDG_STATE_HOME"] = env["SHOAL_STATE_DIR"]  # no default state dir bundle either
+    result = shoal_cmd(env, "get", "nodes", "--server", UNREACHABLE)
+    assert_clean_failure(result, 1)
+    assert "no credentials for a shoal cluster" in result.stderr
+    assert "shoal context import FILE" in result.stderr
+
+
+def test_every_manager_of_a_list_is_tried_and_named(env: dict[str, str]) -> None:
+    result = shoal_cmd(env, "get", "nodes", "--server", f"{UNREACHABLE},127.0.0.1:2")
+    assert_clean_failure(result, 1)
+    assert f"tried {UNREACHABLE} (connection refused" in result.stderr
+    assert "; 127.0.0.1:2 (connection refused" in result.stderr
 
 
 def test_version_client_only_needs_no_server(env: dict[str, str]) -> None:
@@ -129,23 +167,23 @@ def test_every_client_command_reports_unreachable(env: dict[str, str], argv: lis
     env["SHOAL_SERVER"] = UNREACHABLE
     result = shoal_cmd(env, *argv)
     assert_clean_failure(result, 1)
-    assert f"cannot reach the shoal manager at {UNREACHABLE}" in result.stderr
+    assert f"cannot reach a shoal manager: tried {UNREACHABLE} (" in result.stderr
 
 
 def test_server_flag_beats_environment(env: dict[str, str]) -> None:
     env["SHOAL_SERVER"] = "127.0.0.1:2"
     result = shoal_cmd(env, "get", "nodes", "--server", UNREACHABLE)
-    assert f"at {UNREACHABLE}:" in result.stderr
+    assert f"tried {UNREACHABLE} (" in result.stderr
+    assert "127.0.0.1:2" not in result.stderr
 
 
 def test_endpoint_file_of_local_manager_is_used(env: dict[str, str]) -> None:
     state = Path(env["SHOAL_STATE_DIR"])
-    state.mkdir()
     # pid of this test process: alive, so the file is not stale
     (state / "manager.json").write_text(f'{{"address": "127.0.0.1:3", "pid": {os.getpid()}}}')
     result = shoal_cmd(env, "get", "nodes")
     assert_clean_failure(result, 1)
-    assert "at 127.0.0.1:3:" in result.stderr
+    assert "tried 127.0.0.1:3 (" in result.stderr
 
 
 # ------------------------------------------------------------------ apply

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,6 @@ from typing import Any
 import pytest
 import yaml
 
-from shoal.api.client import resolve_server
-from shoal.api.transport import DEFAULT_ADDRESS
 from shoal.cli.output import (
     dump,
     format_age,
@@ -137,20 +134,3 @@ def test_rollout_state() -> None:
 )
 def test_default_state_dir(env: dict[str, str], expected: Path) -> None:
     assert default_state_dir(env) == expected
-
-
-def test_resolve_server_order(tmp_path: Path) -> None:
-    env = {"SHOAL_SERVER": "env:1"}
-    assert resolve_server("flag:1", env, tmp_path) == "flag:1"
-    assert resolve_server(None, env, tmp_path) == "env:1"
-    assert resolve_server(None, {}, tmp_path) == DEFAULT_ADDRESS
-    (tmp_path / "manager.json").write_text(json.dumps({"address": "up:1", "pid": os.getpid()}))
-    assert resolve_server(None, {}, tmp_path) == "up:1"
-
-
-def test_resolve_server_skips_stale_endpoint(tmp_path: Path) -> None:
-    dead = 2**22 + 12345  # above the default pid_max: no such process
-    (tmp_path / "manager.json").write_text(json.dumps({"address": "up:1", "pid": dead}))
-    assert resolve_server(None, {}, tmp_path) == DEFAULT_ADDRESS
-    (tmp_path / "manager.json").write_text("{not json")
-    assert resolve_server(None, {}, tmp_path) == DEFAULT_ADDRESS

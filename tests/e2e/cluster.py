@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+from shoal.security.contexts import Context, load_bundle
 
 HEARTBEAT = 0.5  # seconds; a node is down after 3 missed heartbeats
 
@@ -110,13 +111,24 @@ class Cluster:
 
     root: Path
     port: int = field(default_factory=free_port)
+    join_port: int = field(default_factory=free_port)
     manager: Daemon | None = None
     agents: dict[str, Daemon] = field(default_factory=dict)
     token: str = ""
+    manager_args: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def join_address(self) -> str:
+        return f"127.0.0.1:{self.join_port}"
+
+    @property
+    def credentials(self) -> Context:
+        """The admin bundle the manager wrote into its state dir (what the CLI uses)."""
+        return load_bundle(self.root / "manager" / "admin.yaml")
 
     def start_manager(self) -> None:
         self.manager = Daemon(
@@ -129,13 +141,23 @@ class Cluster:
                 str(self.root / "manager"),
                 "--listen",
                 self.address,
+                "--join-listen",
+                self.join_address,
                 "--heartbeat-period",
                 f"{int(HEARTBEAT * 1000)}ms",
+                *self.manager_args,
             ),
             self.root / "manager.log",
         )
         self.manager.start()
-        wait_for(lambda: self.try_call("Version", {}) is not None, 20, "manager to listen")
+        wait_for(
+            lambda: (
+                (self.root / "manager" / "admin.yaml").exists()
+                and self.try_call("Version", {}) is not None
+            ),
+            20,
+            "manager to listen",
+        )
         if not self.token:
             self.token = self.cli("token", "worker").stdout.strip()
 
@@ -144,6 +166,8 @@ class Cluster:
             "agent",
             "--manager",
             self.address,
+            "--join",
+            self.join_address,
             "--token",
             self.token,
             "--name",
@@ -184,6 +208,7 @@ class Cluster:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=self.cli_env(),
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -191,9 +216,13 @@ class Cluster:
             )
         return result
 
+    def cli_env(self) -> dict[str, str]:
+        """The CLI finds the manager's admin bundle the way it finds a local `shoal up`'s."""
+        return {**os.environ, "SHOAL_STATE_DIR": str(self.root / "manager")}
+
     def call(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
         async def go() -> dict[str, Any]:
-            channel = open_channel(self.address)
+            channel = open_channel(self.address, self.credentials)
             try:
                 return await Client(channel, CONTROL_SERVICE).call(method, request, timeout=10)
             finally:
@@ -278,12 +307,19 @@ def service_yaml(
 
 
 @contextlib.contextmanager
-def cluster_at(root: Path) -> Iterator[Cluster]:
-    cluster = Cluster(root)
+def cluster_at(root: Path, manager_args: Sequence[str] = ()) -> Iterator[Cluster]:
+    cluster = Cluster(root, manager_args=tuple(manager_args))
+    # CLI processes a test starts itself find the admin bundle through this.
+    previous = os.environ.get("SHOAL_STATE_DIR")
+    os.environ["SHOAL_STATE_DIR"] = str(root / "manager")
     try:
         cluster.start_manager()
         yield cluster
     finally:
+        if previous is None:
+            os.environ.pop("SHOAL_STATE_DIR", None)
+        else:
+            os.environ["SHOAL_STATE_DIR"] = previous
         cluster.stop_all()
         # Tasks outlive agents by design; a test must not leak them to the next one.
         for pid in processes_with_env("E2E_RUN", str(root)):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.security.contexts import Context, load_bundle
 from tests.e2e.cluster import (
     HEARTBEAT,
     Daemon,
@@ -39,6 +40,7 @@ class HACluster:
     etcd: EtcdCluster
     managers: dict[str, Daemon] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    join_ports: dict[str, int] = field(default_factory=dict)
     agents: dict[str, Daemon] = field(default_factory=dict)
     token: str = ""
 
@@ -49,8 +51,21 @@ class HACluster:
     def addresses(self) -> list[str]:
         return [self.address(name) for name in self.managers]
 
+    def join_address(self, manager: str) -> str:
+        return f"127.0.0.1:{self.join_ports[manager]}"
+
+    @property
+    def credentials(self) -> Context:
+        """An admin bundle: every manager writes one, all for the same CA."""
+        for name in self.managers:
+            path = self.root / name / "admin.yaml"
+            if path.exists():
+                return load_bundle(path)
+        raise AssertionError("no manager wrote an admin bundle")
+
     def start_manager(self, name: str) -> Daemon:
         port = self.ports.setdefault(name, free_port())
+        join_port = self.join_ports.setdefault(name, free_port())
         daemon = self.managers.get(name) or Daemon(
             name,
             # debug: the managers log every fenced write with its revision and term
@@ -67,6 +82,11 @@ class HACluster:
                     str(self.root / "datakey"),
                     "--listen",
                     f"127.0.0.1:{port}",
+                    "--join-listen",
+                    f"127.0.0.1:{join_port}",
+                    # every manager of one cluster is given the same data key
+                    "--data-key",
+                    str(self.root / "datakey"),
                     "--heartbeat-period",
                     f"{int(HEARTBEAT * 1000)}ms",
                     "--lease-ttl",
@@ -85,6 +105,8 @@ class HACluster:
             "agent",
             "--manager",
             self.address(manager),
+            "--join",
+            self.join_address(manager),
             "--token",
             self.token,
             "--name",
@@ -103,7 +125,7 @@ class HACluster:
         from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 
         async def go() -> dict[str, Any]:
-            channel = open_channel(self.address(manager))
+            channel = open_channel(self.address(manager), self.credentials)
             try:
                 return await Client(channel, CONTROL_SERVICE).call(method, request, timeout=10)
             finally:
@@ -136,6 +158,7 @@ class HACluster:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env={**os.environ, "SHOAL_STATE_DIR": str(self.root / next(iter(self.managers)))},
         )
 
     def apply(self, manager: str, name: str, replicas: int, tag: str = "") -> bool:

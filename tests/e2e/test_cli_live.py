@@ -319,13 +319,17 @@ def test_paused_node_keeps_its_tasks_and_takes_no_new_ones(cluster: Cluster) -> 
 
 
 def test_agent_with_wrong_token_exits_1_and_never_joins(cluster: Cluster) -> None:
+    # Well formed and pinned to the right CA: only the secret is wrong.
+    digest = cluster.token.split("-")[2]
     result = subprocess.run(
         shoal_cmd(
             "agent",
             "--manager",
             cluster.address,
+            "--join",
+            cluster.join_address,
             "--token",
-            "SHOAL-1-not-the-token",
+            f"SHOAL-1-{digest}-{'0' * 32}",
             "--name",
             "cl-intruder",
             "--state-dir",

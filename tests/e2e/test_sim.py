@@ -31,6 +31,8 @@ def start_fleet(cluster: Cluster, name: str, count: int) -> Daemon:
             "agent",
             "--manager",
             cluster.address,
+            "--join",
+            cluster.join_address,
             "--token",
             cluster.token,
             "--name",

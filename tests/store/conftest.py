@@ -37,11 +37,19 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
         yield cluster
 
 
+@pytest.fixture(scope="session")
+def etcd_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A cluster that serves TLS only and requires client certificates."""
+    with etcd_cluster(tmp_path_factory.mktemp("etcd-tls"), tls=True) as cluster:
+        yield cluster
+
+
 @pytest.fixture(
     params=[
         pytest.param("memory", id="memory"),
         pytest.param("sqlite", id="sqlite"),
         pytest.param("etcd", id="etcd"),
+        pytest.param("etcd-tls", id="etcd-tls"),
     ]
 )
 def backend(request: pytest.FixtureRequest) -> str:
@@ -52,7 +60,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def lease_timing(backend: str) -> LeaseTiming:
     # etcd grants whole seconds and checks expiry every 500 ms.
-    return LeaseTiming(1.0, 1.0) if backend == "etcd" else LeaseTiming(0.3, 0.5)
+    return LeaseTiming(1.0, 1.0) if backend.startswith("etcd") else LeaseTiming(0.3, 0.5)
 
 
 @pytest.fixture
@@ -62,8 +70,8 @@ async def make_store(
     """Open stores of the parametrized backend (``history=`` passes through); closes them."""
     opened: list[Store] = []
     cluster: EtcdCluster | None = None
-    if backend == "etcd":
-        cluster = request.getfixturevalue("etcd")
+    if backend.startswith("etcd"):
+        cluster = request.getfixturevalue(backend.replace("-", "_"))
 
     async def make(history: int = DEFAULT_HISTORY) -> Store:
         store: Store
