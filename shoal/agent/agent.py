@@ -58,6 +58,7 @@ HEARTBEAT_FAILURES = 3
 # gRPC codes of a call that may well succeed if simply made again.
 TRANSIENT = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"})
 LOG_BATCH = 0.1
+LOG_QUEUE_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,15 +530,19 @@ async def _log_batches(
     subscription: str, runners: list[TaskRunner], follow: bool, tail: int | None
 ) -> AsyncIterator[Payload]:
     """Merge the logs of several tasks into batched PublishLogs messages."""
-    queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue()
+    # Bounded: a task that prints faster than the manager takes its lines waits.
+    queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue(maxsize=LOG_QUEUE_LIMIT)
 
     async def pump(runner: TaskRunner) -> None:
         try:
             if runner.handle is not None:
                 async for line in runner.runtime.logs(runner.handle, follow=follow, tail=tail):
-                    queue.put_nowait({"taskId": runner.task.id, "line": line})
-        finally:
-            queue.put_nowait(None)
+                    await queue.put({"taskId": runner.task.id, "line": line})
+        except Exception:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+            raise
+        await queue.put(None)
 
     pumps = [asyncio.create_task(pump(r)) for r in runners]
     remaining = len(pumps)

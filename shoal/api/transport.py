@@ -115,19 +115,116 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     await context.abort(code, message)
 
 
-def _wrap(method: Method) -> grpc.RpcMethodHandler:
+# What one request may weigh, by method name (every service): above it the call is
+# refused with RESOURCE_EXHAUSTED before it is decoded. The channel-wide
+# MAX_MESSAGE only bounds what gRPC accepts at all.
+DEFAULT_REQUEST_LIMIT = 1024 * 1024
+REQUEST_LIMITS = {
+    "Apply": 32 * 1024 * 1024,  # many services at once
+    "UpdateTaskStatus": 16 * 1024 * 1024,  # a busy node's status batch
+    "PublishLogs": 8 * 1024 * 1024,  # one batch of up to 500 log lines
+}
+# Calls one connection may have in flight at once (streams included); a peer that
+# opens more gets RESOURCE_EXHAUSTED instead of exhausting the manager.
+MAX_CALLS_PER_PEER = 256
+
+
+class Rejected(dict[str, Any]):
+    """A request refused while decoding; the handler answers with ``code`` and ``message``."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__()
+        self.code = code
+        self.message = message
+
+
+def _decoder(method: str) -> Callable[[bytes], Payload]:
+    limit = REQUEST_LIMITS.get(method, DEFAULT_REQUEST_LIMIT)
+
+    def decode_request(data: bytes) -> Payload:
+        if len(data) > limit:
+            return Rejected(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request of {len(data)} bytes is over {method}'s limit of {limit} bytes",
+            )
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            return Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"request: not JSON ({exc})")
+        if not isinstance(value, dict):
+            return Rejected(grpc.StatusCode.INVALID_ARGUMENT, "request: must be a JSON object")
+        return value
+
+    return decode_request
+
+
+def _malformed(exc: Exception) -> ValueError:
+    """A handler tripped over the request's shape: say which field, as INVALID_ARGUMENT."""
+    if isinstance(exc, KeyError):
+        return ValueError(f"{exc.args[0] if exc.args else '?'}: required field is missing")
+    return ValueError(f"malformed request: {exc}")
+
+
+MALFORMED = (KeyError, TypeError, AttributeError, IndexError)
+
+
+class _PeerCalls:
+    """Calls in flight per connection (``context.peer()``)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def enter(self, peer: str) -> bool:
+        count = self.counts.get(peer, 0)
+        if count >= MAX_CALLS_PER_PEER:
+            return False
+        self.counts[peer] = count + 1
+        return True
+
+    def leave(self, peer: str) -> None:
+        count = self.counts.get(peer, 1) - 1
+        if count <= 0:
+            self.counts.pop(peer, None)
+        else:
+            self.counts[peer] = count
+
+
+_PEERS = _PeerCalls()
+
+
+async def _admit(context: grpc.aio.ServicerContext, request: Payload | None) -> str:
+    """Refuse a rejected request or a peer over its cap; else count the call in."""
+    if isinstance(request, Rejected):
+        await context.abort(request.code, request.message)
+    peer = str(context.peer())
+    if not _PEERS.enter(peer):
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many calls in flight on this connection (the limit is {MAX_CALLS_PER_PEER})",
+        )
+    return peer
+
+
+def _wrap(name: str, method: Method) -> grpc.RpcMethodHandler:
+    decode_request = _decoder(name)
     if isinstance(method, Unary):
         unary = method.handler
 
         async def unary_call(request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+            peer = await _admit(context, request)
             try:
                 return await unary(request, context)
             except (ShoalError, ValueError) as exc:
                 await _abort(context, exc)
                 raise  # unreachable: abort raises
+            except MALFORMED as exc:
+                await _abort(context, _malformed(exc))
+                raise
+            finally:
+                _PEERS.leave(peer)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_call, request_deserializer=decode, response_serializer=encode
+            unary_call, request_deserializer=decode_request, response_serializer=encode
         )
     if isinstance(method, ServerStream):
         streaming = method.handler
@@ -135,34 +232,51 @@ def _wrap(method: Method) -> grpc.RpcMethodHandler:
         async def stream_call(
             request: Payload, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Payload]:
+            peer = await _admit(context, request)
             try:
                 async for item in streaming(request, context):
                     yield item
             except (ShoalError, ValueError) as exc:
                 await _abort(context, exc)
+            except MALFORMED as exc:
+                await _abort(context, _malformed(exc))
+            finally:
+                _PEERS.leave(peer)
 
         return grpc.unary_stream_rpc_method_handler(
-            stream_call, request_deserializer=decode, response_serializer=encode
+            stream_call, request_deserializer=decode_request, response_serializer=encode
         )
     client_streaming = method.handler
+
+    async def checked(requests: AsyncIterator[Payload]) -> AsyncIterator[Payload]:
+        async for request in requests:
+            if isinstance(request, Rejected):
+                raise ValueError(request.message)
+            yield request
 
     async def client_stream_call(
         requests: AsyncIterator[Payload], context: grpc.aio.ServicerContext
     ) -> Payload:
+        peer = await _admit(context, None)
         try:
-            return await client_streaming(requests, context)
+            return await client_streaming(checked(requests), context)
         except (ShoalError, ValueError) as exc:
             await _abort(context, exc)
             raise
+        except MALFORMED as exc:
+            await _abort(context, _malformed(exc))
+            raise
+        finally:
+            _PEERS.leave(peer)
 
     return grpc.stream_unary_rpc_method_handler(
-        client_stream_call, request_deserializer=decode, response_serializer=encode
+        client_stream_call, request_deserializer=decode_request, response_serializer=encode
     )
 
 
 def service_handler(service: str, methods: Mapping[str, Method]) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
-        service, {name: _wrap(method) for name, method in methods.items()}
+        service, {name: _wrap(name, method) for name, method in methods.items()}
     )
 
 

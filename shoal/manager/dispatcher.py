@@ -25,6 +25,7 @@ through ``PublishLogs`` and are routed to the waiting ``shoal logs`` call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,12 @@ from shoal.store.typed import Change, Object
 
 log = structlog.get_logger(__name__)
 
+# Messages waiting for one agent; lines waiting for one log reader.
+OUTBOX_LIMIT = 10_000
+LOG_QUEUE_LIMIT = 10_000
+# How long an agent's log batch may wait for a reader that does not read.
+LOG_PUT_TIMEOUT = 30.0
+
 
 class SessionError(ShoalError):
     """The agent's session is unknown or expired; it must register again."""
@@ -62,27 +69,46 @@ class SessionError(ShoalError):
 
 @dataclass(eq=False)  # identity: sessions live in sets
 class AgentSession:
-    """One connected agent: what to send it, and what it was sent."""
+    """One connected agent: what to send it, and what it was sent.
+
+    The outbox is bounded: an agent that does not read its stream (stuck, or
+    hostile) cannot make the manager queue without end. When the outbox is full
+    the session is closed; the agent registers again and receives the full
+    assignment set, which is exactly what it missed.
+    """
 
     id: str
     node_id: str
-    outbox: asyncio.Queue[Payload | None] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[Payload | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=OUTBOX_LIMIT)
+    )
     dirty: set[str] = field(default_factory=set)
     sent: dict[str, tuple[str, bool]] = field(default_factory=dict)
     closed: bool = False
 
     def send(self, message: Payload) -> None:
-        self.outbox.put_nowait(message)
+        if self.closed:
+            return
+        try:
+            self.outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            log.warning("agent.outbox_full", node=self.node_id, limit=OUTBOX_LIMIT)
+            self.closed = True  # the stream ends at its next message; the agent re-registers
 
     def close(self) -> None:
         self.closed = True
-        self.outbox.put_nowait(None)
+        with contextlib.suppress(asyncio.QueueFull):  # full: the stream sees ``closed``
+            self.outbox.put_nowait(None)
 
 
 @dataclass
 class LogSubscription:
+    """Lines on their way to one ``shoal logs`` call; bounded, so agents wait for it."""
+
     id: str
-    queue: asyncio.Queue[Payload | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Payload | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=LOG_QUEUE_LIMIT)
+    )
 
 
 def _placed(task: Task) -> bool:
@@ -282,10 +308,17 @@ class Dispatcher:
             subscription = self.subscriptions.get(str(message.get("subscriptionId")))
             if subscription is None:
                 break  # the reader went away
-            for line in message.get("lines", ()):
-                subscription.queue.put_nowait(line)
+            lines = message.get("lines", ())
+            if not isinstance(lines, list):
+                raise ValueError("lines: must be a list")
+            try:
+                for line in lines:  # backpressure: a slow reader slows the agent down
+                    await asyncio.wait_for(subscription.queue.put(line), LOG_PUT_TIMEOUT)
+            except TimeoutError:
+                return {}  # the reader stopped reading; it will never see the end marker
         if subscription is not None:
-            subscription.queue.put_nowait(None)  # this node is finished
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(subscription.queue.put(None), LOG_PUT_TIMEOUT)
         return {}
 
     # ------------------------------------------------------------ log routing

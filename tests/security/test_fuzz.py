@@ -1,0 +1,126 @@
+"""Property-based tests: no input makes shoal fail in a way a user cannot act on.
+
+* the spec loader: every text either loads or is refused with ``FILE:LINE:``
+  problems (``SpecError``), never another exception;
+* every Control and Dispatcher method of a real manager (real gRPC, mutual TLS):
+  any request bytes get a definite answer, never ``UNKNOWN`` or ``INTERNAL``.
+
+Seeded (``derandomize``) and bounded, so CI runs the same cases in seconds;
+``bench/fuzz_api.py`` runs many more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from shoal.api.transport import CONTROL_SERVICE, DISPATCHER_SERVICE
+from shoal.errors import SpecError
+from shoal.manifest import load_text
+from tests.fuzzing import RAW, Served, call_raw, secure_channel, serve_manager, spec_texts
+
+BOUNDED = settings(
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+CONTROL_UNARY = [
+    "Get", "Describe", "Delete", "Scale", "UpdateNode", "Apply", "Token", "UserAdd",
+    "UserList", "UserRemove", "NodeRemove", "Version", "ClusterStatus",
+]  # fmt: skip
+DISPATCHER_UNARY = ["Heartbeat", "UpdateTaskStatus"]
+NEVER = {"UNKNOWN", "INTERNAL"}
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(spec_texts)
+def test_spec_loader_loads_or_names_file_and_line(text: str) -> None:
+    try:
+        load_text(text, "fuzz.yaml")
+    except SpecError as exc:
+        assert exc.problems
+        assert all(p.startswith("fuzz.yaml:") for p in exc.problems), exc.problems
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with serve_manager(tmp_path_factory.mktemp("fuzz")) as running:
+        yield running
+
+
+@pytest.mark.parametrize("method", CONTROL_UNARY)
+def test_control_answers_every_payload_definitely(
+    served: Served, method: str, tmp_path: Path
+) -> None:
+    channel = secure_channel(served.address, served.admin)
+
+    @BOUNDED
+    @given(RAW)
+    def check(body: bytes) -> None:
+        code = call_raw(channel, f"/{CONTROL_SERVICE}/{method}", body)
+        assert code not in NEVER, (method, body)
+
+    try:
+        check()
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("method", DISPATCHER_UNARY)
+def test_dispatcher_answers_every_payload_definitely(served: Served, method: str) -> None:
+    channel = secure_channel(served.address, served.node)
+
+    @BOUNDED
+    @given(RAW)
+    def check(body: bytes) -> None:
+        code = call_raw(channel, f"/{DISPATCHER_SERVICE}/{method}", body)
+        assert code not in NEVER, (method, body)
+
+    try:
+        check()
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "as_node"),
+    [
+        pytest.param(CONTROL_SERVICE, "Logs", False, id="Logs"),
+        pytest.param(DISPATCHER_SERVICE, "Session", True, id="Session"),
+    ],
+)
+def test_streams_answer_every_payload_definitely(
+    served: Served, service: str, method: str, as_node: bool
+) -> None:
+    channel = secure_channel(served.address, served.node if as_node else served.admin)
+
+    @BOUNDED
+    @given(RAW)
+    def check(body: bytes) -> None:
+        code = call_raw(channel, f"/{service}/{method}", body, stream=True)
+        assert code not in NEVER, (method, body)
+
+    try:
+        check()
+    finally:
+        channel.close()
+
+
+def test_a_missing_field_is_named(served: Served) -> None:
+    channel = secure_channel(served.address, served.admin)
+    try:
+        import grpc
+
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(f"/{CONTROL_SERVICE}/UpdateNode")(b"{}", timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "name" in (caught.value.details() or "")
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(f"/{CONTROL_SERVICE}/Get")(b"x" * (2 * 1024 * 1024), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        channel.close()
