@@ -78,7 +78,7 @@ class AgentSettings:
     # Where tasks' secrets and configs are written (a tmpfs per task; never the
     # state dir). None: shoal.agent.taskfiles.default_runtime_dir.
     runtime_dir: Path | None = None
-    # The join listener (default: the first manager's port + 1); used once, without a cert.
+    # The join listener (default: the first manager's port + 2); used once, without a cert.
     join: str | None = None
     # A certificate given by whoever starts the agent (``shoal up``), instead of joining.
     identity: TlsIdentity | None = None
@@ -88,7 +88,7 @@ class AgentSettings:
         if self.join:
             return self.join
         host, _, port = self.managers[0].rpartition(":")
-        return f"{host}:{int(port) + 1}"
+        return f"{host}:{int(port) + 2}"
 
 
 def _memory_bytes() -> int:

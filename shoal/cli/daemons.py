@@ -77,7 +77,7 @@ def _identity_options(parser: argparse.ArgumentParser) -> None:
         "--join-listen",
         default=None,
         metavar="HOST:PORT",
-        help="where agents without a certificate join (default: --listen's port + 1)",
+        help="where agents without a certificate join (default: --listen's port + 2)",
     )
     parser.add_argument(
         "--cert-expiry",
@@ -172,7 +172,7 @@ def configure_agent(agent: argparse.ArgumentParser) -> None:
         "--join",
         default=None,
         metavar="HOST:PORT",
-        help="the manager's join listener (default: the first --manager's port + 1)",
+        help="the manager's join listener (default: the first --manager's port + 2)",
     )
     _node_identity(agent, "node name (default: hostname)")
     agent.add_argument(

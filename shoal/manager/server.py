@@ -83,7 +83,8 @@ class ManagerSettings:
     # The data key secrets are encrypted with (shoal.security.datakey). Default: the
     # state dir's ``datakey`` (created on first start); etcd needs one file for all managers.
     data_key_file: Path | None = None
-    # Where agents without a certificate join (default: --listen's port + 1).
+    # Where agents without a certificate join (default: --listen's port + 2; + 1 is
+    # where the README suggests metrics).
     join_listen: str | None = None
     # Node and user certificates' validity (renewed at 50-80 % of it).
     cert_expiry: float = 90 * 24 * 3600.0
@@ -93,7 +94,7 @@ class ManagerSettings:
         if self.join_listen:
             return self.join_listen
         host, port = split_host_port(self.listen)
-        return f"{host}:{port + 1 if port else 0}"
+        return f"{host}:{port + 2 if port else 0}"
 
     @property
     def grace(self) -> float:

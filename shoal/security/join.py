@@ -3,7 +3,7 @@
 grpcio cannot ask for a client certificate without requiring one (there is no
 "verify it if given" mode), so the calls a node makes before it has a
 certificate cannot share the mutual-TLS port. They have a listener of their own,
-the **join listener** (``--join-listen``, by default the main port + 1), serving
+the **join listener** (``--join-listen``, by default the main port + 2), serving
 only ``shoal.v1.Join/IssueCertificate``. It is TLS, but server-authenticated
 only, and its server certificate is the cluster CA's own certificate:
 
