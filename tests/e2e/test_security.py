@@ -365,3 +365,35 @@ def test_short_certificates_are_renewed_without_losing_anything(tmp_path: Path) 
         assert [e["reason"] for e in events].count("NodeReady") == 1
         # New connections still work: the manager's own certificate was renewed too.
         assert cluster.node_state("r1") == "ready"
+
+
+# ---------------------------------------------------------------- failover
+
+
+def test_cli_moves_past_a_manager_that_does_not_answer(cluster: Cluster) -> None:
+    # A listener that accepts connections and never speaks, as a paused (SIGSTOP) manager does.
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        dead = f"127.0.0.1:{silent.getsockname()[1]}"
+        ok = subprocess.run(
+            shoal_cmd("get", "nodes", "-o", "json", "--server", f"{dead},{cluster.address}"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cluster.cli_env(),
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert {n["id"] for n in json.loads(ok.stdout)["items"]} == {"n1", "n2"}
+        refused = subprocess.run(
+            shoal_cmd("get", "nodes", "--server", f"{dead},127.0.0.1:1"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cluster.cli_env(),
+        )
+    assert refused.returncode == 1
+    assert f"tried {dead} (no answer within 3s: down, paused or unreachable)" in refused.stderr
+    assert "127.0.0.1:1 (connection refused" in refused.stderr
