@@ -84,9 +84,6 @@ class HACluster:
                     f"127.0.0.1:{port}",
                     "--join-listen",
                     f"127.0.0.1:{join_port}",
-                    # every manager of one cluster is given the same data key
-                    "--data-key",
-                    str(self.root / "datakey"),
                     "--heartbeat-period",
                     f"{int(HEARTBEAT * 1000)}ms",
                     "--lease-ttl",

@@ -8,6 +8,7 @@ listens on its port.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -26,9 +27,13 @@ def _manager(store: str, root: Path, port: int, *extra: str) -> list[str]:
     ) + list(extra)
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, state: Path) -> bool:
+    """The manager answers, asked with the admin bundle a manager wrote into ``state``."""
     result = subprocess.run(
-        shoal_cmd("version", "--server", f"127.0.0.1:{port}"), capture_output=True, timeout=30
+        shoal_cmd("version", "--server", f"127.0.0.1:{port}"),
+        capture_output=True,
+        timeout=30,
+        env={**os.environ, "SHOAL_STATE_DIR": str(state)},
     )
     return result.returncode == 0
 
@@ -46,7 +51,7 @@ def test_sqlite_manager_refuses_another_data_key(tmp_path: Path) -> None:
     first = Daemon("m", _manager(store, tmp_path / "m", port), tmp_path / "m.log")
     first.start()
     try:
-        wait_for(lambda: _answers(port), 30, "manager to answer")
+        wait_for(lambda: _answers(port, tmp_path / "m"), 30, "manager to answer")
     finally:
         first.stop()
     own_key = tmp_path / "m" / "datakey"
@@ -56,13 +61,13 @@ def test_sqlite_manager_refuses_another_data_key(tmp_path: Path) -> None:
     stderr = _refused(_manager(store, tmp_path / "m", port, "--data-key-file", other.source))
     assert f"the data key from {other.source} (id {other.key_id})" in stderr
     assert "is not the key this store's secrets are encrypted with" in stderr
-    assert not _answers(port)
+    assert not _answers(port, tmp_path / "m")
 
     # Its own key (the default file in the state dir) still opens the store.
     again = Daemon("m", _manager(store, tmp_path / "m", port), tmp_path / "m.log")
     again.start()
     try:
-        wait_for(lambda: _answers(port), 30, "manager to answer with its own key")
+        wait_for(lambda: _answers(port, tmp_path / "m"), 30, "manager to answer with its own key")
     finally:
         again.stop()
 
@@ -79,7 +84,7 @@ def test_etcd_managers_need_one_shared_data_key(tmp_path: Path) -> None:
         )
         first.start()
         try:
-            wait_for(lambda: _answers(port), 30, "first manager to answer")
+            wait_for(lambda: _answers(port, tmp_path / "m1"), 30, "first manager to answer")
             assert shared.stat().st_mode & 0o777 == 0o600
 
             stderr = _refused(_manager(store, tmp_path / "m2", free_port()))
@@ -100,7 +105,11 @@ def test_etcd_managers_need_one_shared_data_key(tmp_path: Path) -> None:
             )
             second.start()
             try:
-                wait_for(lambda: _answers(port2), 30, "second manager with the shared key")
+                wait_for(
+                    lambda: _answers(port2, tmp_path / "m1"),
+                    30,
+                    "second manager with the shared key",
+                )
             finally:
                 second.stop()
         finally:
