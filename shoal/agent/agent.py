@@ -370,7 +370,7 @@ class Agent:
             runner = self.runners.pop(task_id)
             await runner.remove()
         for runtime, handle in self.recovered.values():
-            await _discard(runtime, handle)
+            await _discard(runtime, handle, self.files)
         self.recovered.clear()
 
     def _learn(self, managers: list[str]) -> None:

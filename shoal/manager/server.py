@@ -198,9 +198,7 @@ class Manager:
         self._stack.push_async_callback(router.aclose)
         security = self.security
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        control_methods = router.control(
-            {**self.control.methods(), **self.secret_store.methods()}
-        )
+        control_methods = router.control({**self.control.methods(), **self.secret_store.methods()})
         server.add_generic_rpc_handlers(
             (
                 service_handler(
