@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from shoal.errors import AuthError
 from shoal.manager.dispatcher import Dispatcher
 from shoal.models import DesiredState, Task, TaskState, TaskStatus
 from shoal.reconciler.nodemonitor import HeartbeatTracker
@@ -22,8 +21,6 @@ from shoal.store.typed import TASKS, Change
 from tests.reconciler.world import World, node, open_world, service
 
 pytestmark = pytest.mark.looptime
-
-TOKEN = "SHOAL-1-test"
 
 
 class Peer:
@@ -55,12 +52,11 @@ async def world() -> AsyncIterator[World]:
 
 @pytest.fixture
 def dispatcher(world: World) -> Dispatcher:
-    return Dispatcher(world.informer, HeartbeatTracker(), world.events, TOKEN, 1.0)
+    return Dispatcher(world.informer, HeartbeatTracker(), world.events, 1.0)
 
 
 async def open_session(dispatcher: Dispatcher, node_id: str) -> Session:
     request = {
-        "token": TOKEN,
         "nodeId": node_id,
         "description": node(node_id).description.to_wire(),
     }
@@ -177,12 +173,6 @@ async def test_a_burst_of_changes_reaches_the_agent_in_few_messages(
     session.pump.cancel()
 
 
-async def test_a_wrong_join_token_is_refused(dispatcher: Dispatcher) -> None:
-    request = {"token": "nope", "nodeId": "n1", "description": node("n1").description.to_wire()}
-    with pytest.raises(AuthError, match="join token refused"):
-        await dispatcher.session(request, Peer()).__anext__()  # type: ignore[arg-type]
-
-
 async def test_secret_bytes_go_only_to_the_node_of_a_task_about_to_start(world: World) -> None:
     from shoal.manager.secretstore import SecretStore
     from shoal.security.datakey import DataKey
@@ -190,7 +180,7 @@ async def test_secret_bytes_go_only_to_the_node_of_a_task_about_to_start(world: 
     store = SecretStore(world.informer, DataKey.generate(), world.events)
     await world.informer.commit([Change.put(store.seal("secret", "db", b"hunter2", {}), 0)])
     dispatcher = Dispatcher(
-        world.informer, HeartbeatTracker(), world.events, TOKEN, 1.0, deliveries=store.deliveries
+        world.informer, HeartbeatTracker(), world.events, 1.0, deliveries=store.deliveries
     )
     user = service(secrets=[{"source": "db"}]).spec.template
 

@@ -52,7 +52,6 @@ class Harness:
             None,  # type: ignore[arg-type]
             self.events,
             Reports(),
-            "token",
             runtime_catalogue(),
             secret_store=self.secrets,
         )
