@@ -59,6 +59,8 @@ LEADER_UNARY = (
     "RemoveSecret",
     "CreateConfig",
     "RemoveConfig",
+    # a node's removal deletes the node, a fenced write (shoal.security.service)
+    "NodeRemove",
 )
 LEADER_STREAMS = ("Logs",)
 

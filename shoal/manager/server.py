@@ -198,12 +198,18 @@ class Manager:
         self._stack.push_async_callback(router.aclose)
         security = self.security
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        control_methods = router.control({**self.control.methods(), **self.secret_store.methods()})
+        control_methods = router.control(
+            {
+                **self.control.methods(),
+                **self.secret_store.methods(),
+                **security.control_methods(self.informer, router.manager_addresses),
+            }
+        )
         server.add_generic_rpc_handlers(
             (
                 service_handler(
                     CONTROL_SERVICE,
-                    security.control(control_methods, self.informer, router.manager_addresses),
+                    security.control(control_methods),
                 ),
                 service_handler(
                     DISPATCHER_SERVICE,

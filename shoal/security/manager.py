@@ -99,14 +99,16 @@ class ManagerSecurity:
     def server_credentials(self) -> grpc.ServerCredentials:
         return server_credentials(lambda: self.identity)
 
-    def control(
-        self, methods: Mapping[str, Method], informer: Informer, servers: Callable[[], list[str]]
+    def control_methods(
+        self, informer: Informer, servers: Callable[[], list[str]]
     ) -> dict[str, Method]:
-        """The Control methods with the identity ones added, audited and authorized."""
-        self.control_methods = SecurityControl(self.ca, self.state, informer, USER_EXPIRY, servers)
-        return self.authorizer.control(
-            self.audit.wrap({**methods, **self.control_methods.methods()})
-        )
+        """The identity methods of the Control service (tokens, users, node rm)."""
+        self.identity_control = SecurityControl(self.ca, self.state, informer, USER_EXPIRY, servers)
+        return self.identity_control.methods()
+
+    def control(self, methods: Mapping[str, Method]) -> dict[str, Method]:
+        """The Control service's methods, audited and authorized."""
+        return self.authorizer.control(self.audit.wrap(methods))
 
     def nodes(self, service: str, methods: Mapping[str, Method]) -> dict[str, Method]:
         return self.authorizer.nodes(service, methods)
@@ -133,7 +135,7 @@ class ManagerSecurity:
         path = self.state_dir / ADMIN_BUNDLE
         if not self._bundle_current(path):
             await self.state.add_user(ADMIN_USER, ROLE_ADMIN)
-            bundle = self.control_methods.bundle(ADMIN_USER, ROLE_ADMIN)
+            bundle = self.identity_control.bundle(ADMIN_USER, ROLE_ADMIN)
             bundle["servers"] = servers
             bundle["name"] = "local"
             write_private(path, yaml.safe_dump(bundle, sort_keys=False).encode())
