@@ -121,7 +121,7 @@ class SecurityState:
             raise DataKeyError(
                 f"this manager's data key{where} is key {self.data_key.key_id}, but the "
                 f"cluster's data is sealed with key {stored_id}: give this manager the same "
-                "key file as the other managers (--data-key)"
+                "key file as the other managers (--data-key-file)"
             )
         key_pem = self.data_key.open(base64.b64decode(record["key"]), CA_CONTEXT)
         return CertificateAuthority(str(record["cert"]).encode(), load_key(key_pem))
