@@ -200,6 +200,9 @@ def _report(error: ShoalError) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code is returned, never raised."""
+    # gRPC's own INFO lines (a refused TLS handshake, say) would land in the middle of
+    # our one-line errors and in the daemons' JSON logs; shoal says it in its own words.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     words = sys.argv[1:] if argv is None else argv
     parser = build_parser(words)
     try:
