@@ -287,6 +287,9 @@ def test_etcd_keyspace_holds_no_secret_bytes(tmp_path: Path) -> None:
     with etcd_cluster(tmp_path / "etcd", size=1) as etcd:
         port = free_port()
         address = f"127.0.0.1:{port}"
+        join = f"127.0.0.1:{free_port()}"
+        # The CLI finds the manager's admin bundle in its state dir.
+        cli_env = {**os.environ, "SHOAL_STATE_DIR": str(tmp_path / "m")}
         manager = Daemon(
             "manager",
             shoal_cmd(
@@ -299,6 +302,8 @@ def test_etcd_keyspace_holds_no_secret_bytes(tmp_path: Path) -> None:
                 str(tmp_path / "m"),
                 "--listen",
                 address,
+                "--join-listen",
+                join,
                 "--heartbeat-period",
                 "500ms",
             ),
@@ -309,7 +314,11 @@ def test_etcd_keyspace_holds_no_secret_bytes(tmp_path: Path) -> None:
 
         def cli(*args: str) -> str:
             result = subprocess.run(
-                shoal_cmd(*args, "--server", address), capture_output=True, text=True, timeout=60
+                shoal_cmd(*args, "--server", address),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=cli_env,
             )
             assert result.returncode == 0, result.stderr
             return result.stdout + result.stderr
@@ -318,7 +327,9 @@ def test_etcd_keyspace_holds_no_secret_bytes(tmp_path: Path) -> None:
             wait_for(
                 lambda: (
                     subprocess.run(
-                        shoal_cmd("version", "--server", address), capture_output=True
+                        shoal_cmd("version", "--server", address),
+                        capture_output=True,
+                        env=cli_env,
                     ).returncode
                     == 0
                 ),
@@ -332,6 +343,8 @@ def test_etcd_keyspace_holds_no_secret_bytes(tmp_path: Path) -> None:
                     "agent",
                     "--manager",
                     address,
+                    "--join",
+                    join,
                     "--token",
                     token,
                     "--name",
