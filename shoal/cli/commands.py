@@ -258,8 +258,6 @@ def cmd_node_update(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 # ------------------------------------------------------ the verbs' arguments
 #
 # ``shoal.cli.main`` lists the verbs and calls one of these with the parser of
@@ -430,5 +428,3 @@ def configure_node(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="remove a label an operator added (repeatable)",
     )
-
-
