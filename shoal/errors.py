@@ -4,6 +4,8 @@
     ├── SpecError                 a spec document is malformed (file, line, field path)
     ├── NotFoundError             the named object does not exist
     ├── ConflictError             an optimistic-concurrency compare failed (lost the race)
+    ├── ApplySetError             an apply set refused the apply (owned elsewhere, prune to empty)
+    ├── SourceError               a Sync could not fetch its source (git, missing directory)
     ├── StoreError
     │   ├── StoreUnavailableError the store cannot be reached or refused the operation
     │   │   └── NotLeaderError    this manager does not (or no longer) hold the leadership
@@ -40,6 +42,15 @@ class NotFoundError(ShoalError):
 
 class ConflictError(ShoalError):
     """A compare-on-revision failed: somebody else changed the object first."""
+
+
+class ApplySetError(ShoalError):
+    """An apply set refused the apply: an object belongs to another set, or the
+    apply would prune every object of the set without ``allow empty``."""
+
+
+class SourceError(ShoalError):
+    """A Sync's source could not be fetched: git failed, a directory is missing."""
 
 
 class StoreError(ShoalError):

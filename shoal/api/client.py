@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -34,6 +34,7 @@ from shoal.paths import default_state_dir, endpoint_candidates
 if TYPE_CHECKING:
     from shoal.models import Service
     from shoal.models.secret import ConfigDocument
+    from shoal.models.sync import Sync
 
 UNAVAILABLE = "UNAVAILABLE"
 
@@ -113,19 +114,22 @@ class ControlClient:
 
     async def apply(
         self,
-        services: Sequence[Service],
+        documents: Sequence[Service | Sync | ConfigDocument],
         dry_run: bool = False,
-        configs: Sequence[ConfigDocument] = (),
+        apply_set: Mapping[str, Any] | None = None,
         cause: str = "",
     ) -> Payload:
-        """``{"results": [{"name", "action", "revision", "warnings"}], "dryRun", "revision"}``;
-        action is ``created``, ``configured`` or ``unchanged``; configs' results have
-        ``kind: Config``; a service's ``revision`` is its template revision, and ``cause``
-        is recorded with a new one."""
+        """``{"results": [{"kind", "name", "action", "changed", "revision", "warnings"}],
+        "dryRun", "revision"}``; action is ``created``, ``configured``, ``unchanged`` or
+        ``pruned``; a service's ``revision`` is its template revision, and ``cause`` is
+        recorded with a new one. ``apply_set``: ``{"set", "prune", "allowEmpty",
+        "source"}``. Configs go as ``configs``, the other documents as ``documents``."""
+        configs = [d for d in documents if d.kind == "Config"]
         request: Payload = {
-            "services": [s.to_wire() for s in services],
+            "documents": [d.to_wire() for d in documents if d.kind != "Config"],
             "dryRun": dry_run,
             "cause": cause,
+            **(apply_set or {}),
         }
         if configs:
             request["configs"] = [c.to_wire() for c in configs]

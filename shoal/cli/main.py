@@ -81,6 +81,7 @@ VERBS: tuple[Verb, ...] = (
     Verb(
         "apply", "create or update services from YAML specs", "shoal.cli.commands:configure_apply"
     ),
+    Verb("diff", "show what apply would change, as a unified diff", "shoal.cli.diff:configure"),
     Verb("get", "list services, tasks or nodes", "shoal.cli.commands:configure_get"),
     Verb(
         "describe",
