@@ -50,7 +50,14 @@ class ApplySetError(ShoalError):
 
 
 class SourceError(ShoalError):
-    """A Sync's source could not be fetched: git failed, a directory is missing."""
+    """A Sync's source could not be fetched: git failed, a directory is missing.
+
+    ``revision`` is set when the source was reached but its content is unusable.
+    """
+
+    def __init__(self, message: str, revision: str | None = None) -> None:
+        self.revision = revision
+        super().__init__(message)
 
 
 class StoreError(ShoalError):

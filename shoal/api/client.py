@@ -236,6 +236,21 @@ class ControlClient:
         except ApiError as exc:
             raise self._remap(exc) from exc
 
+    async def sync_now(self, name: str) -> str:
+        """Ask for a run of Sync ``name``; the ``requestedAt`` stamp its status will echo
+        as ``lastHandledRequest`` once the run is done."""
+        response = await self._call("SyncNow", {"name": name})
+        return str(response["requestedAt"])
+
+    async def sync_suspend(self, name: str, suspend: bool) -> bool:
+        """Suspend or resume Sync ``name``; False when it already was."""
+        response = await self._call("SyncSuspend", {"name": name, "suspend": suspend})
+        return bool(response.get("changed"))
+
+    async def describe_sync(self, name: str) -> Payload:
+        """``{sync, set, events}``: the Sync, the apply set it owns, the leader's events."""
+        return await self._call("DescribeSync", {"name": name})
+
     async def token(self, role: str = "worker") -> str:
         response = await self._call("Token", {"role": role})
         return str(response["token"])

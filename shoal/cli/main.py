@@ -94,6 +94,11 @@ VERBS: tuple[Verb, ...] = (
     Verb("rollout", "follow and steer the rollout of a service", "shoal.cli.rollout:configure"),
     Verb("job", "run jobs and see their runs", "shoal.cli.jobs:configure"),
     Verb("node", "list and update nodes", "shoal.cli.commands:configure_node"),
+    Verb(
+        "sync",
+        "keep the cluster in line with a directory or git repository",
+        "shoal.cli.sync:configure",
+    ),
     Verb("token", "print the token agents join with", "shoal.cli.commands:configure_token"),
     Verb("version", "print the client and server versions", "shoal.cli.version:configure"),
     Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),

@@ -25,6 +25,7 @@ from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.jobs import JobControl
 from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
+from shoal.manager.syncapi import SyncApi
 from shoal.manifest import validation_problems
 from shoal.models import (
     Availability,
@@ -144,6 +145,7 @@ class Control:
             "RunJob": Unary(self.jobs.run_job),
             "Apply": Unary(self.apply),
             "GetApplySet": Unary(self.apply_set),
+            **SyncApi(self.informer, self.events).methods(),
             "Get": Unary(self.get),
             "Describe": Unary(self.describe),
             "Delete": Unary(self.delete),

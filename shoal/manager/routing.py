@@ -57,6 +57,9 @@ LEADER_UNARY = (
     "RemoveSecret",
     "CreateConfig",
     "RemoveConfig",
+    "SyncNow",
+    "SyncSuspend",
+    "DescribeSync",
 )
 LEADER_STREAMS = ("Logs",)
 

@@ -49,6 +49,8 @@ from shoal.reconciler.nodemonitor import HeartbeatTracker, NodeMonitor
 from shoal.reconciler.orchestrator import Orchestrator
 from shoal.reconciler.reports import Reports
 from shoal.reconciler.scheduler import Scheduler
+from shoal.reconciler.sources import SourceFetcher
+from shoal.reconciler.sync import SyncController
 from shoal.runtimes.registry import runtime_catalogue
 from shoal.security.datakey import DataKey, verify_against_store
 from shoal.store import open_store
@@ -145,7 +147,10 @@ class Manager:
         self.orchestrator = Orchestrator(self.informer, self.events, reports=self.reports)
         scheduler = Scheduler(self.informer, self.events)
         monitor = NodeMonitor(self.informer, self.events, self.heartbeats, settings.grace)
-        self.controllers = (self.orchestrator, scheduler, monitor)
+        syncs = SyncController(
+            self.informer, self.events, SourceFetcher(settings.state_dir / "sync")
+        )
+        self.controllers = (self.orchestrator, scheduler, monitor, syncs)
         # Runners run only while this manager leads (see _elected / _deposed).
         self.runners = []
 
