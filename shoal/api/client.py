@@ -247,6 +247,11 @@ class ControlClient:
         response = await self._call("SyncSuspend", {"name": name, "suspend": suspend})
         return bool(response.get("changed"))
 
+    async def delete_sync(self, name: str) -> list[str]:
+        """Delete Sync ``name``; returns the services it leaves running (``service/x``)."""
+        response = await self._call("SyncDelete", {"name": name})
+        return [str(ref) for ref in response.get("kept", [])]
+
     async def describe_sync(self, name: str) -> Payload:
         """``{sync, set, events}``: the Sync, the apply set it owns, the leader's events."""
         return await self._call("DescribeSync", {"name": name})

@@ -1,4 +1,4 @@
-"""``shoal sync ls|status|now|suspend|resume``: the Syncs that keep the cluster in line.
+"""``shoal sync ls|status|now|suspend|resume|delete``: the Syncs that keep the cluster in line.
 
 A Sync is created with ``shoal apply -f sync.yaml`` like any document; these
 verbs show and steer it. ``status`` exits 0 when the Sync is Ready and 1
@@ -220,6 +220,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _suspend(args, False)
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    from shoal.api.client import open_control
+
+    async def ask() -> list[str]:
+        async with open_control(args.server) as control:
+            return await control.delete_sync(args.name)
+
+    kept = asyncio.run(ask())
+    print(f"sync/{args.name} deleted" + (f"; still running: {', '.join(kept)}" if kept else ""))
+    return 0
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Syncs are created with `shoal apply -f sync.yaml`; see docs/gitops.md.\n\n"
@@ -266,6 +278,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for name, func, summary in (
         ("suspend", cmd_suspend, "stop fetching, applying and correcting drift"),
         ("resume", cmd_resume, "start again (runs at once)"),
+        ("delete", cmd_delete, "delete a Sync; the services it applied keep running"),
     ):
         verb = add_subcommand(group, name, func, summary)
         server_option(verb)

@@ -60,6 +60,7 @@ LEADER_UNARY = (
     "SyncNow",
     "SyncSuspend",
     "DescribeSync",
+    "SyncDelete",
 )
 LEADER_STREAMS = ("Logs",)
 

@@ -5,9 +5,10 @@ Syncs are created, changed and deleted like every other document (``Apply``,
 ``metadata.requestedAt``, which the Sync controller answers with a run and
 records in ``status.lastHandledRequest`` (so the CLI can wait for exactly its
 own request). ``SyncSuspend`` sets ``spec.suspend`` (a new generation, as an
-apply would). ``DescribeSync`` adds the events the leader recorded and the
-apply set the Sync owns. Each retries a few times when the controller writes
-the status in between (a lost compare-on-revision).
+apply would). ``SyncDelete`` deletes the Sync and leaves its services running
+(the controller then drops its apply set). ``DescribeSync`` adds the events
+the leader recorded and the apply set the Sync owns. Each retries a few times
+when the controller writes the status in between (a lost compare-on-revision).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from shoal.errors import ConflictError, NotFoundError, ShoalError
 from shoal.models.sync import Sync, sync_set_name
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
-from shoal.store.typed import Change
+from shoal.store.typed import SYNCS, Change
 
 ATTEMPTS = 5
 
@@ -39,6 +40,7 @@ class SyncApi:
             "SyncNow": Unary(self.sync_now),
             "SyncSuspend": Unary(self.suspend),
             "DescribeSync": Unary(self.describe),
+            "SyncDelete": Unary(self.delete),
         }
 
     def _get(self, name: str) -> Sync:
@@ -101,6 +103,16 @@ class SyncApi:
             verb = "Suspended" if wanted else "Resumed"
             self.events.record(f"sync/{name}", verb, verb.lower() + " by hand")
         return {"suspend": wanted, "changed": changed}
+
+    async def delete(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        """Delete a Sync; the services it applied keep running, owned by no set."""
+        name = str(request.get("name", ""))
+        entry = self.informer.syncs.get(name)
+        if entry is None:
+            raise NotFoundError(f"sync {name!r} not found")
+        await self.informer.commit([Change.delete(SYNCS + name, entry.revision)])
+        inventory = entry.obj.status.inventory if entry.obj.status else []
+        return {"deleted": name, "kept": inventory}
 
     async def describe(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
         name = str(request.get("name", ""))

@@ -96,7 +96,13 @@ class SyncController(Controller):
         self._owners = {}
         for name, entry in self.informer.syncs.items():
             self._index(name, entry.obj)
-        return list(self.informer.syncs)
+        # The records of Syncs deleted while no manager led are cleaned up too.
+        orphans = {
+            name.removeprefix("sync.")
+            for name in self.informer.applysets
+            if name.startswith("sync.") and name.removeprefix("sync.") not in self.informer.syncs
+        }
+        return [*self.informer.syncs, *sorted(orphans)]
 
     def _index(self, name: str, sync: Sync | None, old: Sync | None = None) -> None:
         for ref in old.status.inventory if old is not None and old.status else ():

@@ -448,3 +448,11 @@ async def test_unreachable_git_and_missing_path_apply_nothing(
     assert "path 'deploy' is not a directory in" in ready[2]
     assert condition(world, "Stalled", "nopath")[0] == "True"
     assert world.informer.services == {}
+
+
+def test_the_example_sync_loads() -> None:
+    from shoal.manifest import load_paths
+
+    (example,) = load_paths([Path(__file__).resolve().parents[2] / "examples" / "sync.yaml"])
+    assert isinstance(example, Sync)
+    assert example.spec.source.path == "/srv/shoal/specs" and example.spec.prune
