@@ -161,7 +161,9 @@ class SyncController(Controller):
             await self._write(sync, entry.revision, updated)
             return Requeue(min(sync.spec.interval, DEPENDENCY_RECHECK))
         updated = await self._attempt(sync, status, now)
-        await self._write(sync, self.informer.syncs[key].revision, updated)
+        # Compared on the revision read before the run: if the Sync changed
+        # meanwhile the write fails and the next reconcile runs on the new spec.
+        await self._write(sync, entry.revision, updated)
         return Requeue(self._next_wake(sync, updated, now, sync.spec.interval))
 
     def _due(self, sync: Sync, status: SyncStatus, now: datetime) -> float:

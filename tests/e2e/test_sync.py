@@ -290,6 +290,17 @@ def test_directory_sync_works_the_same_way(cluster: Cluster, tmp_path: Path) -> 
     assert b_ids  # it did run before
     wait_for(lambda: condition(cluster, "local", "Ready").get("status") == "True", WAIT, "Ready")
 
+    # Deleting the Sync leaves its services running, owned by no set any more.
+    a_ids = ids(cluster, "ds-a")
+    deleted = cluster.cli("sync", "delete", "local")
+    assert deleted.stdout == "sync/local deleted; still running: service/ds-a\n"
+    wait_for(
+        lambda: cluster.call("GetApplySet", {"name": "sync.local"})["set"] is None,
+        WAIT,
+        "the Sync's apply set to be dropped",
+    )
+    assert ids(cluster, "ds-a") == a_ids
+
 
 @pytest.mark.parametrize(
     ("interval", "problem"),
