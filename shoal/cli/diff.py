@@ -114,7 +114,7 @@ def diff_text(args: argparse.Namespace) -> str:
         if model is None:  # a config: its bytes are not shown
             parts.append(f"# {key[0].lower()}/{key[1]} would be {result['action']}\n")
             continue
-        before = model.model_validate(live[key]) if key in live else None
+        before = model.from_wire(live[key]) if key in live else None
         after = wanted.get(key) if result["action"] != "pruned" else None
         parts.append(unified(before, after))
     return "".join(parts)

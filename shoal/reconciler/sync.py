@@ -256,7 +256,7 @@ class SyncController(Controller):
             failed = _failed(status, now, "ApplyFailed", message, stalled=True)
             return self._with_health(sync, failed, now)
         if plan.changes:
-            await self.informer.commit(plan.changes)
+            await self.informer.commit(plan.changes, atomic=True)
         self._report(sync, status, plan, revision)
         record = self.informer.applysets.get(sync_set_name(name))
         inventory = [f"service/{m.name}" for m in record.obj.members] if record else []
