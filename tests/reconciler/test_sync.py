@@ -456,3 +456,25 @@ def test_the_example_sync_loads() -> None:
     (example,) = load_paths([Path(__file__).resolve().parents[2] / "examples" / "sync.yaml"])
     assert isinstance(example, Sync)
     assert example.spec.source.path == "/srv/shoal/specs" and example.spec.prune
+
+
+async def test_task_changes_of_synced_services_wake_their_sync(
+    world: World, controller: SyncController, specs: Path
+) -> None:
+    await put(world, sync(source={"path": str(specs)}))
+    await controller.reconcile("prod")
+    stored = world.informer.syncs["prod"].obj
+    controller.keys_for(None, stored)  # as the informer's listener would see the write
+    orchestrator = Orchestrator(world.informer, world.events, clock=world.clock)
+    await orchestrator.reconcile("web")
+    (task,) = world.live("web")
+    running = task.model_copy(
+        update={"status": task.status.model_copy(update={"state": TaskState.RUNNING})}
+    )
+    assert set(controller.keys_for(task, running)) == {"prod"}
+    assert set(controller.keys_for(task, task)) == set()  # nothing that matters moved
+    other = running.model_copy(update={"service": "elsewhere"})
+    assert (
+        set(controller.keys_for(other, other.model_copy(update={"desired_state": "shutdown"})))
+        == set()
+    )
