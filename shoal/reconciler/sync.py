@@ -223,10 +223,12 @@ class SyncController(Controller):
             )
             services = [d for d in documents if isinstance(d, Service)]
             if len(services) != len(documents):
-                extra = sorted(f"sync/{d.name}" for d in documents if not isinstance(d, Service))
+                extra = sorted(
+                    f"{d.kind.lower()}/{d.name}" for d in documents if not isinstance(d, Service)
+                )
                 raise SpecError(
                     [
-                        f"{', '.join(extra)}: a Sync's source holds services only; apply Syncs "
+                        f"{', '.join(extra)}: a Sync's source holds services only; apply those "
                         "with `shoal apply`"
                     ]
                 )
