@@ -147,8 +147,14 @@ class Manager:
         self.orchestrator = Orchestrator(self.informer, self.events, reports=self.reports)
         scheduler = Scheduler(self.informer, self.events)
         monitor = NodeMonitor(self.informer, self.events, self.heartbeats, settings.grace)
+        self.secret_store = SecretStore(self.informer, self.data_key, self.events)
         syncs = SyncController(
-            self.informer, self.events, SourceFetcher(settings.state_dir / "sync")
+            self.informer,
+            self.events,
+            SourceFetcher(settings.state_dir / "sync"),
+            check_references=lambda services: self.secret_store.reference_problems(
+                list(services), []
+            ),
         )
         self.controllers = (self.orchestrator, scheduler, monitor, syncs)
         # Runners run only while this manager leads (see _elected / _deposed).
@@ -162,7 +168,6 @@ class Manager:
         self.informer.subscribe(route)
         self._stack.push_async_callback(self._stop_runners)
 
-        self.secret_store = SecretStore(self.informer, self.data_key, self.events)
         self.dispatcher = Dispatcher(
             self.informer,
             self.heartbeats,

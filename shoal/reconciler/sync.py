@@ -38,7 +38,7 @@ help). Status is written only when it changes, and only by the leader.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -56,6 +56,9 @@ from shoal.reconciler.sources import SourceFetcher
 from shoal.store.typed import APPLYSETS, Change, Object
 
 log = structlog.get_logger(__name__)
+
+# Problems with the secrets and configs the services refer to ([] when none).
+ReferenceCheck = Callable[[Sequence[Service]], list[str]]
 
 # While a Sync waits for a dependency, look again this often at the latest.
 DEPENDENCY_RECHECK = 5.0
@@ -82,11 +85,15 @@ class SyncController(Controller):
         events: EventRecorder,
         fetcher: SourceFetcher,
         clock: Clock = SYSTEM_CLOCK,
+        check_references: ReferenceCheck | None = None,
     ) -> None:
         self.informer = informer
         self.events = events
         self.fetcher = fetcher
         self.clock = clock
+        # The manager's check that every secret and config a service names exists
+        # (``shoal.manager.secretstore``), as ``shoal apply`` does it.
+        self.check_references = check_references
         # service name -> the Syncs whose inventory holds it (for health updates)
         self._owners: dict[str, set[str]] = {}
 
@@ -232,6 +239,8 @@ class SyncController(Controller):
                         "with `shoal apply`"
                     ]
                 )
+            if self.check_references is not None and (problems := self.check_references(services)):
+                raise SpecError(problems)
             plan = plan_apply(
                 self.informer,
                 services,

@@ -478,3 +478,30 @@ async def test_task_changes_of_synced_services_wake_their_sync(
         set(controller.keys_for(other, other.model_copy(update={"desired_state": "shutdown"})))
         == set()
     )
+
+
+async def test_a_service_naming_a_missing_secret_applies_nothing(
+    world: World, tmp_path: Path, specs: Path
+) -> None:
+    from shoal.manager.secretstore import SecretStore
+    from shoal.security.datakey import DataKey
+
+    secrets = SecretStore(world.informer, DataKey.generate(), world.events)
+    controller = SyncController(
+        world.informer,
+        world.events,
+        SourceFetcher(tmp_path / "cache"),
+        clock=world.clock,
+        check_references=lambda services: secrets.reference_problems(list(services), []),
+    )
+    (specs / "web.yaml").write_text(
+        service_text("web").replace(
+            "    runtime: sim\n", "    runtime: sim\n    secrets: [{source: db-password}]\n"
+        )
+    )
+    await put(world, sync(source={"path": str(specs)}))
+    await controller.reconcile("prod")
+    assert world.informer.services == {}
+    stalled = condition(world, "Stalled")
+    assert stalled[:2] == ("True", "ValidationFailed")
+    assert "no secret named 'db-password'" in stalled[2]
