@@ -250,6 +250,7 @@ class SyncController(Controller):
                     allow_empty=sync.spec.allow_empty,
                     source=sync.spec.source.describe(),
                     revision=revision,
+                    cause=f"sync/{name} {revision}",
                 ),
                 now,
             )
