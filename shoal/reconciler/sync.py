@@ -64,6 +64,9 @@ ReferenceCheck = Callable[[Sequence[Service]], list[str]]
 DEPENDENCY_RECHECK = 5.0
 # Ready reasons of a failed attempt: health alone does not clear them.
 ATTEMPT_FAILURES = ("FetchFailed", "ValidationFailed", "ApplyFailed", "DependencyNotReady")
+# Rollout states (status.update.state) in which the applied spec will not run by itself.
+STOPPED_ROLLOUTS = ("paused", "rollback_paused", "rollback_completed")
+MOVING_ROLLOUTS = ("updating", "rollback_started", "awaiting_promotion")
 # Problems listed in a Stalled message (the rest are counted).
 MAX_PROBLEMS = 10
 
@@ -336,11 +339,18 @@ class SyncController(Controller):
 
     def _health(self, sync: Sync, status: SyncStatus, now: datetime) -> tuple[HealthState, str]:
         waiting = []
+        failed = []
         names = [ref.removeprefix("service/") for ref in status.inventory]
         for name in names:
-            problem = self._service_problem(name)
+            rollout = self._rollout_problem(name)
+            if rollout is not None:
+                failed.append(f"service/{name}: {rollout}")
+                continue
+            problem = self._rolling(name) or self._service_problem(name)
             if problem:
                 waiting.append(f"service/{name}: {problem}")
+        if failed:
+            return "Degraded", "; ".join(failed[:5])
         if not waiting:
             return "Healthy", f"{len(names)} service(s) running their specs"
         started = status.last_applied_at or now
@@ -351,6 +361,28 @@ class SyncController(Controller):
         if elapsed > sync.spec.timeout:
             return "Degraded", f"not rolled out after {sync.spec.timeout:g}s: {detail}"
         return "Progressing", f"waiting for {detail}"
+
+    def _rollout_problem(self, name: str) -> str | None:
+        """A rollout that stopped short of the spec (paused, rolled back), else None.
+
+        ``updating``, ``rollback_started`` and ``awaiting_promotion`` are still
+        moving (Progressing, judged from the tasks and the timeout); ``paused``,
+        ``rollback_paused`` and ``rollback_completed`` wait for a person: the
+        applied spec does not run, so the Sync is Degraded at once.
+        """
+        entry = self.informer.service(name)
+        update = entry.obj.status.update if entry and entry.obj.status else None
+        if update is None or update.state not in STOPPED_ROLLOUTS:
+            return None
+        return f"rollout {update.state}" + (f": {update.message}" if update.message else "")
+
+    def _rolling(self, name: str) -> str | None:
+        """``rollout updating`` while a rollout is under way (not yet completed)."""
+        entry = self.informer.service(name)
+        update = entry.obj.status.update if entry and entry.obj.status else None
+        if update is None or update.state not in MOVING_ROLLOUTS:
+            return None
+        return f"rollout {update.state} ({update.updated}/{update.total} slots)"
 
     def _service_problem(self, name: str) -> str | None:
         """Why a service does not yet run what its spec asks (None when it does)."""

@@ -303,7 +303,10 @@ async def test_degraded_after_timeout_and_a_newer_revision_is_not_held_up(
     assert world.informer.services["web"].obj.spec.template.command == ["fixed"]
     assert status(world).health == "Progressing"
     await run_everything(world)
+    world.clock.advance(10)  # past the rollout's monitor window: the update completes
+    await run_everything(world)
     await controller.reconcile("prod")
+    assert world.informer.services["web"].obj.status.update.state == "completed"  # type: ignore[union-attr]
     assert status(world).health == "Healthy"
 
 
@@ -505,3 +508,38 @@ async def test_a_service_naming_a_missing_secret_applies_nothing(
     stalled = condition(world, "Stalled")
     assert stalled[:2] == ("True", "ValidationFailed")
     assert "no secret named 'db-password'" in stalled[2]
+
+
+@pytest.mark.parametrize(
+    ("state", "health"),
+    [
+        pytest.param("paused", "Degraded", id="paused"),
+        pytest.param("rollback_completed", "Degraded", id="rolled-back"),
+        pytest.param("updating", "Progressing", id="updating"),
+        pytest.param("completed", "Healthy", id="completed"),
+    ],
+)
+async def test_rollout_states_map_to_health(
+    world: World, controller: SyncController, specs: Path, state: str, health: str
+) -> None:
+    from shoal.models.rollout import UpdateStatus
+
+    await put(world, sync(source={"path": str(specs)}))
+    await controller.reconcile("prod")
+    await run_everything(world)
+    entry = world.informer.services["web"]
+    service = entry.obj
+    update = UpdateStatus.model_validate(
+        {"state": state, "revision": 1, "startedAt": world.clock.now(), "message": "why"}
+    )
+    current_status = service.status
+    assert current_status is not None
+    moved = service.model_copy(
+        update={"status": current_status.model_copy(update={"update": update})}
+    )
+    await world.informer.commit([Change.put(moved, entry.revision)])
+    await controller.reconcile("prod")
+    assert status(world).health == health
+    if health == "Degraded":
+        assert condition(world, "Ready")[:2] == ("False", "HealthCheckFailed")
+        assert f"service/web: rollout {state}: why" in status(world).health_message
