@@ -109,6 +109,14 @@ def configure_manager(manager: argparse.ArgumentParser) -> None:
         help="etcd: the leader's lease (default 5s); a dead leader is replaced within about this",
     )
     manager.add_argument(
+        "--disruption-threshold",
+        type=float,
+        default=0.55,
+        metavar="SHARE",
+        help="when more than this share of the nodes is silent at once, orphan none of "
+        "their tasks (default 0.55; 1 turns the guard off)",
+    )
+    manager.add_argument(
         "--advertise",
         default=None,
         metavar="HOST:PORT",
@@ -232,6 +240,7 @@ async def _manager(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl,
         advertise=args.advertise,
         data_key_file=args.data_key_file.resolve() if args.data_key_file else None,
+        disruption_threshold=args.disruption_threshold,
     )
     async with open_manager(settings) as manager:
         print(f"shoal manager listening on {manager.address}", file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ given one address learns the others.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -72,9 +72,15 @@ def _forwarded(context: grpc.aio.ServicerContext) -> bool:
 class Router:
     """Wraps a manager's Control and Dispatcher methods for leader/follower duty."""
 
-    def __init__(self, election: Election, store: Store) -> None:
+    def __init__(
+        self,
+        election: Election,
+        store: Store,
+        conditions: Callable[[], list[dict[str, Any]]] = list,
+    ) -> None:
         self.election = election
         self.store = store
+        self.conditions = conditions
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def aclose(self) -> None:
@@ -188,6 +194,7 @@ class Router:
             "answeredBy": election.me.address,
             "electionError": election.last_error,
             "store": {"url": self.store.url, "endpoints": endpoints},
+            "conditions": self.conditions(),
         }
 
     # -------------------------------------------------------- Dispatcher

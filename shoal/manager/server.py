@@ -14,6 +14,7 @@ answer reads and forward the rest (``shoal.manager.routing``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import grpc.aio
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from shoal.api.address import split_host_port
 from shoal.api.transport import (
@@ -45,7 +46,15 @@ from shoal.paths import ENDPOINT_FILE
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.loop import ControllerRunner, LoopMetrics
-from shoal.reconciler.nodemonitor import HeartbeatTracker, NodeMonitor
+from shoal.reconciler.nodemonitor import (
+    CLUSTER_OBJECT,
+    GuardState,
+    HeartbeatTracker,
+    MonitorSettings,
+    NodeMonitor,
+    guard_from_nodes,
+    probe_stalls,
+)
 from shoal.reconciler.orchestrator import Orchestrator
 from shoal.reconciler.reports import Reports
 from shoal.reconciler.scheduler import Scheduler
@@ -83,6 +92,9 @@ class ManagerSettings:
     # The data key secrets are encrypted with (shoal.security.datakey). Default: the
     # state dir's ``datakey`` (created on first start); etcd needs one file for all managers.
     data_key_file: Path | None = None
+    # More than this share of the nodes silent at once: the node monitor orphans
+    # nothing (shoal.reconciler.nodemonitor); 1.0 turns the guard off.
+    disruption_threshold: float = 0.55
 
     @property
     def grace(self) -> float:
@@ -146,7 +158,14 @@ class Manager:
         self._loop_metrics = LoopMetrics(self.registry)
         self.orchestrator = Orchestrator(self.informer, self.events, reports=self.reports)
         scheduler = Scheduler(self.informer, self.events)
-        monitor = NodeMonitor(self.informer, self.events, self.heartbeats, settings.grace)
+        self.monitor = NodeMonitor(
+            self.informer,
+            self.events,
+            self.heartbeats,
+            MonitorSettings(
+                grace=settings.grace, disruption_threshold=settings.disruption_threshold
+            ),
+        )
         self.secret_store = SecretStore(self.informer, self.data_key, self.events)
         syncs = SyncController(
             self.informer,
@@ -156,7 +175,7 @@ class Manager:
                 list(services), []
             ),
         )
-        self.controllers = (self.orchestrator, scheduler, monitor, syncs)
+        self.controllers = (self.orchestrator, scheduler, self.monitor, syncs)
         # Runners run only while this manager leads (see _elected / _deposed).
         self.runners = []
 
@@ -185,9 +204,11 @@ class Manager:
             runtimes,
             secret_store=self.secret_store,
         )
-        router = Router(self.election, store)
+        router = Router(self.election, store, self.conditions)
         self._stack.push_async_callback(router.aclose)
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        # gRPC sets SO_REUSEPORT by default, and then a second manager on a port
+        # already taken starts "fine" and the kernel splits the clients between them.
+        server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers(
             (
                 service_handler(
@@ -198,9 +219,19 @@ class Manager:
             )
         )
         host, _ = split_host_port(settings.listen)
-        port = server.add_insecure_port(settings.listen)
+        try:
+            port = server.add_insecure_port(settings.listen)
+        except RuntimeError as exc:
+            port = 0
+            cause: Exception | None = exc
+        else:
+            cause = None
         if port == 0:
-            raise OSError(f"cannot listen on {settings.listen}")
+            raise OSError(
+                f"cannot listen on {settings.listen}: the address is in use (another shoal "
+                "manager or another program listens there) or not this machine's; "
+                "choose another with --listen"
+            ) from cause
         await server.start()
         self._stack.push_async_callback(server.stop, 1.0)
         self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
@@ -215,6 +246,24 @@ class Manager:
             registry=self.registry,
         ).set_function(lambda: float(self.election.is_leader))
 
+        Gauge(
+            "shoal_disruption_guard_engaged",
+            "1 while more nodes than the disruption threshold are silent and nothing is "
+            "orphaned, else 0.",
+            registry=self.registry,
+        ).set_function(lambda: float(self.guard().engaged))
+        Gauge(
+            "shoal_nodes_silent_share",
+            "Share of the nodes in service that are silent (what the disruption guard judges).",
+            registry=self.registry,
+        ).set_function(lambda: self.guard().share)
+        self._stalls = Counter(
+            "shoal_manager_stall_seconds",
+            "Seconds this manager could not receive heartbeats (event loop held, process "
+            "paused); node silence is measured without them.",
+            registry=self.registry,
+        )
+        self._start_probe()
         self.registry.register(ClusterCollector(self.informer))
         self.registry.register(RestartsCollector(self.restarts))
         if settings.metrics_listen:
@@ -255,6 +304,43 @@ class Manager:
         if created:
             log.info("manager.data_key_created", path=str(path), key_id=key.key_id)
         return key
+    def _start_probe(self) -> None:
+        def on_stall(seconds: float) -> None:
+            self._stalls.inc(seconds)
+            if seconds >= 0.5:
+                log.warning("manager.stalled", seconds=round(seconds, 3))
+
+        probe = asyncio.create_task(probe_stalls(self.heartbeats, on_stall), name="stall-probe")
+
+        def died(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("manager.stall_probe_died", error=repr(task.exception()))
+                self._start_probe()
+
+        probe.add_done_callback(died)
+
+        async def stop() -> None:
+            probe.remove_done_callback(died)
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+
+        self._stack.push_async_callback(stop)
+
+    def guard(self) -> GuardState:
+        """The disruption guard: the node monitor's own view while leading, else the store's."""
+        if self.election.is_leader:
+            return self.monitor.guard
+        return guard_from_nodes(
+            (e.obj for e in list(self.informer.nodes.values())),
+            self.settings.disruption_threshold,
+        )
+
+    def conditions(self) -> list[dict[str, object]]:
+        """Cluster-wide conditions for ``shoal cluster status``, with their recent events."""
+        guard = self.guard().to_wire()
+        guard["events"] = [e.to_wire() for e in self.events.for_object(CLUSTER_OBJECT)][-5:]
+        return [guard]
 
     def _new_runners(self) -> list[ControllerRunner]:
         period = self.settings.resync_period

@@ -106,6 +106,11 @@ class Scheduler(Controller):
         self._loads: dict[str, NodeLoad] = defaultdict(NodeLoad)
         self._indexed = False
 
+    def starting(self) -> None:
+        # While this manager followed, no change reached ``keys_for``: the
+        # indexes miss what was created, placed and ended meanwhile.
+        self._indexed = False
+
     def all_keys(self) -> Iterable[str]:
         return (KEY,)
 

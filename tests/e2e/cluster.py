@@ -118,7 +118,7 @@ class Cluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start_manager(self) -> None:
+    def start_manager(self, extra_args: Sequence[str] = ()) -> None:
         self.manager = Daemon(
             "manager",
             shoal_cmd(
@@ -131,6 +131,7 @@ class Cluster:
                 self.address,
                 "--heartbeat-period",
                 f"{int(HEARTBEAT * 1000)}ms",
+                *extra_args,
             ),
             self.root / "manager.log",
         )
