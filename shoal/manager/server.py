@@ -304,6 +304,7 @@ class Manager:
         if created:
             log.info("manager.data_key_created", path=str(path), key_id=key.key_id)
         return key
+
     def _start_probe(self) -> None:
         def on_stall(seconds: float) -> None:
             self._stalls.inc(seconds)
