@@ -15,6 +15,7 @@
     │   └── TaskRejectedError     the task can never start here (bad executable, workdir, ...)
     ├── AuthError                 a join token or credential was refused
     ├── DataKeyError              the data key is unreadable, or not the one data was sealed with
+    ├── BusyError                 the manager sheds this call: too busy to serve it in time
     └── ApiError                  a remote call failed; carries the mapped code
 
 Backend errors (sqlite3, gRPC, OS errors from runtimes) are mapped to the most
@@ -99,6 +100,10 @@ class AuthError(ShoalError):
 
 class DataKeyError(ShoalError):
     """The data key cannot be read, or does not decrypt what it is asked to."""
+
+
+class BusyError(ShoalError):
+    """The manager is too busy to serve the call now; the caller should retry after a backoff."""
 
 
 class ApiError(ShoalError):

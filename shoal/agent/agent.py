@@ -2,8 +2,12 @@
 
 ``open_agent(settings)`` starts the runtimes, recovers what they still run from
 an earlier life of this agent, and keeps one session with the leading manager
-(trying each address in turn, backing off between attempts; a follower
-redirects to the leader, and every session brings the current manager list). Per session it
+(trying each address in turn, with jittered backoff between attempts; a
+follower redirects to the leader, and the session's first message and every
+heartbeat reply bring the current manager list, so the agent knows every
+manager, including ones that joined or came back later). A manager that does
+not open the session within ``SESSION_OPEN_TIMEOUT`` (paused, wedged) or
+stops answering heartbeats is left for the next one. Per session it
 heartbeats, applies assignments to ``TaskRunner``s, flushes status reports and
 answers log requests. Losing the manager never stops running tasks; a new
 session simply receives the full assignment set again.
@@ -19,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import random
 import socket
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -36,6 +41,7 @@ from shoal.api.address import split_host_port
 from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channel
 from shoal.errors import ApiError, AuthError, RuntimeBackendError
 from shoal.models import NodeDescription, RuntimeInfo, Task, TaskState, TaskStatus
+from shoal.models.node import DEFAULT_MAX_TASKS
 from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle
 from shoal.runtimes.registry import available_runtime_classes
 
@@ -47,6 +53,14 @@ HEARTBEAT_FAILURES = 3
 # gRPC codes of a call that may well succeed if simply made again.
 TRANSIENT = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"})
 LOG_BATCH = 0.1
+# A manager that has not opened the session by then is paused or wedged: try another.
+SESSION_OPEN_TIMEOUT = 15.0
+# Reconnecting: full jitter over an exponential backoff (0.5 s doubling to 15 s),
+# so agents that lose their sessions together come back spread out.
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 15.0
+# The most manager addresses remembered (managers told of first, then earlier ones).
+KNOWN_MANAGERS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +80,8 @@ class AgentSettings:
     # Where tasks' secrets and configs are written (a tmpfs per task; never the
     # state dir). None: shoal.agent.taskfiles.default_runtime_dir.
     runtime_dir: Path | None = None
+    # The most tasks this node takes (None: DEFAULT_MAX_TASKS); the scheduler honours it.
+    max_tasks: int | None = None
 
 
 def _memory_bytes() -> int:
@@ -119,6 +135,7 @@ class Agent:
         # Manager addresses to try, learned in sessions; a redirect to the leader goes first.
         self.managers = list(settings.managers)
         self.redirect: str | None = None
+        self._jitter = random.Random()
         self.metrics.running.set_function(lambda: len(self.runners))
         self.files = TaskFileStore(
             settings.runtime_dir or default_runtime_dir(settings.name, settings.state_dir)
@@ -187,22 +204,31 @@ class Agent:
             cpus=float(os.cpu_count() or 1),
             memory=_memory_bytes(),
             agent_version=shoal.__version__,
+            max_tasks=self.settings.max_tasks or DEFAULT_MAX_TASKS,
         )
 
     # -------------------------------------------------------------- sessions
 
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait before attempt ``failures`` + 1: full jitter, capped."""
+        return self._jitter.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1)))
+
+    def _next_manager(self, previous: str | None) -> str:
+        """The manager after ``previous`` in the known list (the first one to begin with)."""
+        if previous in self.managers:
+            return self.managers[(self.managers.index(previous) + 1) % len(self.managers)]
+        return self.managers[0]
+
     async def _sessions(self) -> None:
-        delay = 0.2
-        attempt = 0
+        failures = 0
+        address: str | None = None
         while True:
             # A follower's redirect names the leader: go there next.
-            address, self.redirect = self.redirect, None
-            if address is None:
-                address = self.managers[attempt % len(self.managers)]
-                attempt += 1
+            target, self.redirect = self.redirect, None
+            address = target or self._next_manager(address)
             try:
-                await self._session(address)
-                delay = 0.2
+                if await self._session(address):
+                    failures = 0
             except AuthError as exc:
                 self.fatal = exc
                 log.error("agent.refused", manager=address, error=str(exc))
@@ -215,10 +241,11 @@ class Agent:
                 log.warning("agent.session_lost", manager=address, error=exc.message)
             self.connected.clear()
             if self.redirect is None:  # a redirect to the leader is followed at once
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                failures += 1
+                await asyncio.sleep(self.backoff(failures))
 
-    async def _session(self, address: str) -> None:
+    async def _session(self, address: str) -> bool:
+        """One session with ``address``; True if it was established (and then ended)."""
         channel = open_channel(address)
         client = Client(channel, DISPATCHER_SERVICE)
         helpers: list[asyncio.Task[Any]] = []
@@ -235,15 +262,24 @@ class Agent:
             stream = client.stream("Session", request)
             reconnect = asyncio.create_task(ended.wait())
             helpers.append(reconnect)
+            opened = False
+
+            async def open_timeout() -> None:
+                await asyncio.sleep(SESSION_OPEN_TIMEOUT)
+                if not opened:
+                    ended.set()
+
+            helpers.append(asyncio.create_task(open_timeout()))
             async for message in _until(stream, reconnect):
                 kind = message.get("type")
+                opened = True
                 if kind == "redirect":
                     self._learn(message.get("managers", []))
                     self.redirect = message.get("leader")
                     log.info("agent.redirected", manager=address, leader=self.redirect)
                     if self.redirect is None:  # an election is on: wait a moment
                         await asyncio.sleep(0.5)
-                    return
+                    return False
                 if kind == "session":
                     self._learn(message.get("managers", []))
                     session_id = str(message["sessionId"])
@@ -271,12 +307,17 @@ class Agent:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await channel.close()
+        if not opened:
+            raise ApiError(
+                "UNAVAILABLE", f"no session within {SESSION_OPEN_TIMEOUT:.0f}s (manager paused?)"
+            )
+        return True
 
     def _learn(self, managers: list[str]) -> None:
-        """The managers a manager told us about first, then the ones we were given."""
+        """The managers a manager told us about first, then earlier ones, then our seeds."""
         if managers:
-            known = [*managers, *self.settings.managers]
-            self.managers = list(dict.fromkeys(str(m) for m in known))
+            known = [*managers, *self.managers, *self.settings.managers]
+            self.managers = list(dict.fromkeys(str(m) for m in known))[:KNOWN_MANAGERS]
 
     async def _heartbeat(self, client: Client, session_id: str, period: float) -> None:
         """Heartbeat until the session is refused or heartbeats keep failing.
@@ -302,6 +343,7 @@ class Agent:
                 continue
             failures = 0
             period = float(reply.get("heartbeatPeriod", period))
+            self._learn(reply.get("managers", []))
 
     async def _probe(self) -> None:
         """Re-check the runtimes; re-register when what works here changed."""

@@ -23,6 +23,7 @@ import orjson
 from shoal.errors import (
     ApiError,
     AuthError,
+    BusyError,
     ConflictError,
     NotFoundError,
     ShoalError,
@@ -97,6 +98,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (ConflictError, grpc.StatusCode.ABORTED),
     (AuthError, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (BusyError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (ShoalError, grpc.StatusCode.FAILED_PRECONDITION),
 ]

@@ -33,6 +33,16 @@ def _label(value: str) -> tuple[str, str]:
     return key, val
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return number
+
+
 def _runtime_opt(value: str) -> tuple[str, str, str]:
     target, sep, val = value.partition("=")
     runtime, dot, key = target.partition(".")
@@ -61,6 +71,13 @@ def _common(parser: argparse.ArgumentParser, listen: bool = True) -> None:
 
 def _node_identity(parser: argparse.ArgumentParser, name_help: str) -> None:
     parser.add_argument("--name", default=None, help=name_help)
+    parser.add_argument(
+        "--max-tasks",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="the most tasks this node takes; the rest wait pending (default 256)",
+    )
     parser.add_argument(
         "--label",
         type=_label,
@@ -214,6 +231,7 @@ async def _up(args: argparse.Namespace) -> int:
             state_dir=state_dir / "agent",
             name=args.name or socket.gethostname(),
             labels=dict(args.label),
+            max_tasks=args.max_tasks,
         )
         async with open_agent(agent_settings) as agent:
             # One process, one /metrics: the agent's metrics join the manager's.
@@ -267,6 +285,7 @@ async def _agent(args: argparse.Namespace) -> int:
             + ([("process", "user", args.process_user)] if args.process_user else [])
         ),
         probe_period=args.probe_period,
+        max_tasks=args.max_tasks,
     )
     if args.sim_nodes:
         async with open_sim_fleet(settings, args.sim_nodes) as fleet:

@@ -46,6 +46,9 @@ from shoal.reconciler.reports import Reports
 from shoal.store.retry import retry_on_conflict
 from shoal.store.typed import SERVICES, Change
 
+# ``describe service`` lists at most this many tasks (and says how many it left out).
+DESCRIBE_TASKS = 200
+
 KINDS = {
     "service": "services",
     "services": "services",
@@ -395,7 +398,9 @@ class Control:
         )
         return {
             "service": self._service_view(entry.obj),
-            "tasks": [self._task_view(t) for t in tasks],
+            # A service of 100,000 replicas is described, not dumped: `get tasks` lists them all.
+            "tasks": [self._task_view(t) for t in tasks[:DESCRIBE_TASKS]],
+            "tasksOmitted": max(0, len(tasks) - DESCRIBE_TASKS),
             "notes": self.reports.notes(name),
             "events": [e.to_wire() for e in self.events.for_object(f"service/{name}")],
         }

@@ -13,8 +13,9 @@ instead of bouncing a call between them.
 Agents keep their sessions with the leader only (its node monitor needs their
 heartbeats). A follower answers ``Session`` with one ``redirect`` message
 naming the leader (or none, during an election) and the managers; the leader's
-first ``session`` message carries the manager list too, so an agent that was
-given one address learns the others.
+first ``session`` message and every heartbeat reply carry the manager list too,
+so an agent that was given one address learns the others, and keeps learning
+them for as long as its session lasts.
 """
 
 from __future__ import annotations
@@ -221,6 +222,16 @@ class Router:
                 yield message
 
         routed["Session"] = ServerStream(gated)
+        heartbeat = methods["Heartbeat"]
+        assert isinstance(heartbeat, Unary)
+
+        async def beat(request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+            # Every heartbeat brings the current manager list, so an agent knows
+            # managers that joined or came back since its session began.
+            reply = await heartbeat.handler(request, context)
+            return {**reply, "managers": self.manager_addresses()}
+
+        routed["Heartbeat"] = Unary(beat)
         return routed
 
 

@@ -36,6 +36,7 @@ from shoal.api.transport import (
     service_handler,
 )
 from shoal.errors import DataKeyError
+from shoal.manager.admission import Admission, AdmissionCollector
 from shoal.manager.control import Control
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election, LeaseElection, SoleElection, manager_info
@@ -209,13 +210,15 @@ class Manager:
         # gRPC sets SO_REUSEPORT by default, and then a second manager on a port
         # already taken starts "fine" and the kernel splits the clients between them.
         server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
+        self.admission = Admission()
+        control_methods = self.admission.control(
+            router.control({**self.control.methods(), **self.secret_store.methods()})
+        )
+        dispatcher_methods = self.admission.dispatcher(router.dispatcher(self.dispatcher.methods()))
         server.add_generic_rpc_handlers(
             (
-                service_handler(
-                    CONTROL_SERVICE,
-                    router.control({**self.control.methods(), **self.secret_store.methods()}),
-                ),
-                service_handler(DISPATCHER_SERVICE, router.dispatcher(self.dispatcher.methods())),
+                service_handler(CONTROL_SERVICE, control_methods),
+                service_handler(DISPATCHER_SERVICE, dispatcher_methods),
             )
         )
         host, _ = split_host_port(settings.listen)
@@ -266,6 +269,7 @@ class Manager:
         self._start_probe()
         self.registry.register(ClusterCollector(self.informer))
         self.registry.register(RestartsCollector(self.restarts))
+        self.registry.register(AdmissionCollector(self.admission))
         if settings.metrics_listen:
             metrics_host, metrics_port = split_host_port(settings.metrics_listen)
             http_server, _thread = start_http_server(metrics_port, metrics_host, self.registry)
