@@ -55,10 +55,11 @@ TRANSIENT = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"})
 LOG_BATCH = 0.1
 # A manager that has not opened the session by then is paused or wedged: try another.
 SESSION_OPEN_TIMEOUT = 15.0
-# Reconnecting: full jitter over an exponential backoff (0.5 s doubling to 15 s),
-# so agents that lose their sessions together come back spread out.
+# Reconnecting: full jitter over an exponential backoff (0.5 s doubling to 5 s),
+# so agents that lose their sessions together come back spread out; the cap
+# stays well inside the grace a manager gives nodes when it starts leading.
 BACKOFF_BASE = 0.5
-BACKOFF_CAP = 15.0
+BACKOFF_CAP = 5.0
 # The most manager addresses remembered (managers told of first, then earlier ones).
 KNOWN_MANAGERS = 32
 

@@ -85,8 +85,8 @@ class ManagerSettings:
     resync_period: float = 30.0
     # etcd only: the leader's lease; a dead leader is replaced within about this long.
     lease_ttl: float = 5.0
-    # After a leader change, nodes get this long to find the new leader before
-    # being declared down; default grace + 2 lease ttls + 5 s.
+    # After a manager starts leading (a start, a leader change), nodes get this
+    # long to find it before being declared down; default grace + 2 lease ttls + 5 s.
     failover_grace: float | None = None
     # The address other managers and agents reach this one at (default: the bound one).
     advertise: str | None = None
@@ -361,13 +361,12 @@ class Manager:
 
     async def _elected(self) -> None:
         """This manager leads: catch the cache up, then run the controllers."""
-        if isinstance(self.election, SoleElection):
-            self.heartbeats.restart()
-        else:
+        if not isinstance(self.election, SoleElection):
             # Every write of an earlier term is below our term's revision: see it first.
             await self.informer.catch_up()
-            # Agents were with the old leader; give them time to find this one.
-            self.heartbeats.restart(self.settings.failover - self.settings.grace)
+        # Agents were with the old leader, or backing off while no manager ran:
+        # give them time to find this one.
+        self.heartbeats.restart(self.settings.failover - self.settings.grace)
         self.runners = self._new_runners()
         for runner in self.runners:
             runner.start()

@@ -30,9 +30,9 @@ Overload must degrade, never collapse, so the rule has three guards:
   outage is therefore handled in one pass, a large one in a steady stream
   that the rest of the cluster can absorb.
 
-After a manager starts, every node gets a fresh ``grace`` (nobody could have
-heartbeated to a manager that was not running); after a leader change, a
-longer one, so agents have time to find the new leader.
+Each time a manager starts leading (at its start, or after a leader change)
+every node gets a fresh, longer grace: nobody could heartbeat to a manager
+that was not leading, and agents need time to find it.
 """
 
 from __future__ import annotations

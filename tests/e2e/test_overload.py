@@ -236,6 +236,40 @@ def test_killing_10_percent_of_the_nodes_replaces_their_tasks(
     assert not guard_condition(cluster)["engaged"]
 
 
+def test_a_manager_restart_brings_every_session_back_and_moves_nothing(
+    metered: tuple[Cluster, int],
+) -> None:
+    cluster, _ = metered
+    start_fleet(cluster, "herd", 300)
+    cluster.apply(sim_service(cluster, "ov-herd", 300))
+    cluster.wait_running("ov-herd", 300, timeout=60)
+    before = task_history(cluster, "ov-herd")
+    registered = {str(n["id"]): n["status"]["updatedAt"] for n in nodes(cluster)}
+    assert cluster.manager is not None
+
+    # 300 sessions are lost at once; the agents must find the new manager
+    # without overrunning it and before their grace is out.
+    cluster.manager.kill()
+    cluster.start_manager()
+
+    def all_back() -> bool:
+        current = {str(n["id"]): n for n in nodes(cluster)}
+        return all(
+            current[name]["status"]["state"] == "ready"
+            and current[name]["status"]["updatedAt"] != registered[name]
+            for name in registered
+        )
+
+    wait_for(all_back, 60, "every node to register with the new manager")
+    watch(4 * GRACE, lambda: None)
+    assert set(node_states(cluster).values()) == {"ready"}
+    assert task_history(cluster, "ov-herd") == before
+
+
+def nodes(cluster: Cluster) -> list[dict[str, Any]]:
+    return list(cluster.call("Get", {"kind": "nodes"})["items"])
+
+
 # ---------------------------------------------------------- a port in use
 
 
