@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -249,6 +250,7 @@ class Agent:
         """One session with ``address``; True if it was established (and then ended)."""
         channel = open_channel(address)
         client = Client(channel, DISPATCHER_SERVICE)
+        beat_channel: grpc.aio.Channel | None = None
         helpers: list[asyncio.Task[Any]] = []
         # Set by any helper that ends (a failed call, changed runtimes): the
         # session is then over. One event per session, so a late callback of
@@ -285,8 +287,12 @@ class Agent:
                     self._learn(message.get("managers", []))
                     session_id = str(message["sessionId"])
                     period = float(message["heartbeatPeriod"])
+                    beats = client
+                    if message.get("heartbeatAddress"):  # the manager's heartbeat listener
+                        beat_channel = open_channel(str(message["heartbeatAddress"]))
+                        beats = Client(beat_channel, DISPATCHER_SERVICE)
                     for helper_job in (
-                        self._heartbeat(client, session_id, period),
+                        self._heartbeat(beats, client, session_id, period),
                         self.reporter.run(client, session_id),
                         self._probe(),
                     ):
@@ -308,6 +314,8 @@ class Agent:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await channel.close()
+            if beat_channel is not None:
+                await beat_channel.close()
         if not opened:
             raise ApiError(
                 "UNAVAILABLE", f"no session within {SESSION_OPEN_TIMEOUT:.0f}s (manager paused?)"
@@ -320,8 +328,14 @@ class Agent:
             known = [*managers, *self.managers, *self.settings.managers]
             self.managers = list(dict.fromkeys(str(m) for m in known))[:KNOWN_MANAGERS]
 
-    async def _heartbeat(self, client: Client, session_id: str, period: float) -> None:
+    async def _heartbeat(
+        self, client: Client, fallback: Client, session_id: str, period: float
+    ) -> None:
         """Heartbeat until the session is refused or heartbeats keep failing.
+
+        Heartbeats go to the manager's heartbeat listener (``client``); one
+        that cannot reach it (``UNAVAILABLE``) is sent on the session's own
+        channel (``fallback``) instead.
 
         A slow answer is not a dead manager: a heartbeat may take up to the
         node's grace to arrive and still be in time, and one that timed out is
@@ -335,7 +349,12 @@ class Agent:
         while True:
             await asyncio.sleep(period)
             try:
-                reply = await client.call("Heartbeat", request, timeout=3 * period)
+                try:
+                    reply = await client.call("Heartbeat", request, timeout=3 * period)
+                except ApiError as exc:
+                    if exc.code != "UNAVAILABLE" or client is fallback:
+                        raise
+                    reply = await fallback.call("Heartbeat", request, timeout=3 * period)
             except ApiError as exc:
                 failures += 1
                 log.warning("agent.heartbeat_failed", error=exc.message, in_a_row=failures)

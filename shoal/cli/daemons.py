@@ -126,6 +126,13 @@ def configure_manager(manager: argparse.ArgumentParser) -> None:
         help="etcd: the leader's lease (default 5s); a dead leader is replaced within about this",
     )
     manager.add_argument(
+        "--heartbeat-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="where agents' heartbeats are heard, on threads of their own (default: the "
+        "--listen host, any free port; agents learn it in their session)",
+    )
+    manager.add_argument(
         "--disruption-threshold",
         type=float,
         default=0.55,
@@ -259,6 +266,7 @@ async def _manager(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         data_key_file=args.data_key_file.resolve() if args.data_key_file else None,
         disruption_threshold=args.disruption_threshold,
+        heartbeat_listen=args.heartbeat_listen,
     )
     async with open_manager(settings) as manager:
         print(f"shoal manager listening on {manager.address}", file=sys.stderr, flush=True)

@@ -78,10 +78,12 @@ class Router:
         election: Election,
         store: Store,
         conditions: Callable[[], list[dict[str, Any]]] = list,
+        heartbeat_address: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.election = election
         self.store = store
         self.conditions = conditions
+        self.heartbeat_address = heartbeat_address
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def aclose(self) -> None:
@@ -219,6 +221,9 @@ class Router:
             async for message in session.handler(request, context):
                 if message.get("type") == "session":
                     message = {**message, "managers": self.manager_addresses()}
+                    heartbeats = self.heartbeat_address()
+                    if heartbeats:  # heartbeats go to a listener of their own
+                        message["heartbeatAddress"] = heartbeats
                 yield message
 
         routed["Session"] = ServerStream(gated)

@@ -40,6 +40,7 @@ from shoal.manager.admission import Admission, AdmissionCollector
 from shoal.manager.control import Control
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election, LeaseElection, SoleElection, manager_info
+from shoal.manager.heartbeats import HeartbeatListener
 from shoal.manager.metrics import ClusterCollector
 from shoal.manager.routing import Router
 from shoal.manager.secretstore import SecretStore
@@ -93,6 +94,9 @@ class ManagerSettings:
     # The data key secrets are encrypted with (shoal.security.datakey). Default: the
     # state dir's ``datakey`` (created on first start); etcd needs one file for all managers.
     data_key_file: Path | None = None
+    # Where heartbeats are heard, on threads of their own (default: the --listen
+    # host, any free port; agents learn it in their session).
+    heartbeat_listen: str | None = None
     # More than this share of the nodes silent at once: the node monitor orphans
     # nothing (shoal.reconciler.nodemonitor); 1.0 turns the guard off.
     disruption_threshold: float = 0.55
@@ -205,7 +209,8 @@ class Manager:
             runtimes,
             secret_store=self.secret_store,
         )
-        router = Router(self.election, store, self.conditions)
+        self.heartbeat_address: str | None = None
+        router = Router(self.election, store, self.conditions, lambda: self.heartbeat_address)
         self._stack.push_async_callback(router.aclose)
         # gRPC sets SO_REUSEPORT by default, and then a second manager on a port
         # already taken starts "fine" and the kernel splits the clients between them.
@@ -238,6 +243,12 @@ class Manager:
         await server.start()
         self._stack.push_async_callback(server.stop, 1.0)
         self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        listener = HeartbeatListener(self.dispatcher, router.manager_addresses)
+        any_port = f"[{host}]:0" if ":" in host else f"{host}:0"
+        heartbeat_port = listener.start(settings.heartbeat_listen or any_port)
+        self._stack.callback(listener.stop)
+        advertised_host, _ = split_host_port(settings.advertise or self.address)
+        self.heartbeat_address = f"{advertised_host}:{heartbeat_port}"
         self.election.me = self.election.me.model_copy(
             update={"address": settings.advertise or self.address}
         )
