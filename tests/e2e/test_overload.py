@@ -8,6 +8,8 @@ here reads the daemons' logs.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -25,6 +27,7 @@ from tests.e2e.cluster import (
     Daemon,
     cluster_at,
     free_port,
+    processes_with_env,
     shoal_cmd,
     task_processes,
     tasks_in_process_table,
@@ -159,6 +162,9 @@ def metered(tmp_path: Path) -> Iterator[tuple[Cluster, int]]:
         yield cluster, port
     finally:
         cluster.stop_all()
+        for pid in processes_with_env("E2E_RUN", str(tmp_path)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def guard_condition(cluster: Cluster) -> dict[str, Any]:
