@@ -23,6 +23,9 @@ Overload must degrade, never collapse, so the rule has three guards:
   alone), an event and a metric say so, ``shoal cluster status`` shows the
   condition, and nothing is orphaned until the share drops. Nodes in service
   are the ``ready`` and ``unknown`` ones; a node ``down`` has been dealt with.
+  When the share drops again (the nodes come back one by one), every node
+  still silent gets a fresh grace before it may be declared down, as the
+  Kubernetes node lifecycle controller resets its timestamps.
 * **Rate-limited orphaning.** Below the threshold, silent nodes are declared
   down and their tasks orphaned at once up to a burst of 10 % of the nodes in
   service (at least 10 nodes); beyond that, at 1 % of them (at least one) per
@@ -108,6 +111,10 @@ class HeartbeatTracker:
 
     def beat(self, node_id: str) -> None:
         self._seen[node_id] = self.awake()
+
+    def forgive(self, node_id: str) -> None:
+        """Start ``node_id``'s grace afresh, as if it had just been heard from."""
+        self.beat(node_id)
 
     def silent_for(self, node_id: str) -> float:
         return self.awake() - self._seen.get(node_id, self.started)
@@ -267,7 +274,15 @@ class NodeMonitor(Controller):
             elif state == NodeState.DOWN:
                 changes.extend(self._orphan_tasks(node, now))  # tasks that raced the marking
         in_service = ready + len(held)
+        was_engaged = self.guard.engaged
         self._judge(len(silent) + len(held), in_service, now)
+        if was_engaged and not self.guard.engaged:
+            # The disruption is ending, and its nodes come back one by one: each
+            # still silent gets a fresh grace before it may be declared down.
+            for entry in [*held, *(e for e, _ in silent)]:
+                self.heartbeats.forgive(entry.obj.id)
+            silent = []
+            next_check = grace if next_check is None else min(next_check, grace)
         if self.guard.engaged:
             for entry, quiet in silent:
                 message = f"no heartbeat for {quiet:.1f}s; {self.guard.message()}"

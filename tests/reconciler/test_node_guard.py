@@ -260,9 +260,26 @@ async def test_when_the_share_drops_the_held_nodes_go_down(rig10: Rig) -> None:
 
     await rig10.monitor.reconcile("nodes")
 
+    # Released: the four still silent get a fresh grace (the rest may be on the way).
+    assert not rig10.monitor.guard.engaged
+    assert {n for n, s in (await rig10.states()).items() if s == "unknown"} == names(4, start=6)
+    assert await rig10.orphaned() == set()
+
+    # Two more come back within it; the last two do not.
+    rig10.run(1.0, beating=names(6))
+    for node_id in ("n006", "n007"):
+        entry = rig10.informer.nodes[node_id]
+        back = entry.obj.model_copy(update={"status": NodeStatus(state=NodeState.READY)})
+        await rig10.informer.commit([Change.put(back, entry.revision)])
+        rig10.tracker.beat(node_id)
+    await rig10.monitor.reconcile("nodes")
+    assert await rig10.orphaned() == set()
+    rig10.run(GRACE, beating=names(8))
+    await rig10.monitor.reconcile("nodes")
+
     states = await rig10.states()
-    assert {n for n, s in states.items() if s == "down"} == names(4, start=6)
-    assert await rig10.orphaned() == names(4, start=6)
+    assert {n for n, s in states.items() if s == "down"} == {"n008", "n009"}
+    assert await rig10.orphaned() == {"n008", "n009"}
 
 
 @pytest.mark.parametrize(
