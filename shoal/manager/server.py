@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc.aio
+import prometheus_client
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from shoal.api.address import split_host_port
 from shoal.api.transport import (
@@ -271,7 +272,7 @@ class Manager:
             "Share of the nodes in service that are silent (what the disruption guard judges).",
             registry=self.registry,
         ).set_function(lambda: self.guard().share)
-        self._stalls = Counter(
+        self._stalls = prometheus_client.Counter(
             "shoal_manager_stall_seconds",
             "Seconds this manager could not receive heartbeats (event loop held, process "
             "paused); node silence is measured without them.",
