@@ -50,9 +50,9 @@ def test_prune_removes_only_what_the_set_created_and_left_the_files(
 
     first = cluster.cli("apply", "-f", str(specs), "--prune")
     assert sorted(first.stdout.split("\n")[:-1]) == [
-        "service/as-a created",
-        "service/as-b created",
-        "service/as-c created",
+        "service/as-a created (revision 1)",
+        "service/as-b created (revision 1)",
+        "service/as-c created (revision 1)",
     ]
     for name in ("as-a", "as-b", "as-c", "as-outsider"):
         cluster.wait_running(name, 1)
