@@ -32,9 +32,9 @@ import sys
 import time
 from typing import Any
 
-from harness import free_port, open_shoal_up
+from harness import bench_channel, free_port, open_shoal_up
 
-from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
+from shoal.api.transport import CONTROL_SERVICE, Client
 
 IMAGE = "shoal-test/busybox:latest"
 
@@ -67,7 +67,7 @@ async def _state(client: Client, name: str) -> tuple[str, int]:
 
 
 async def shoal_round(address: str, replicas: int, runtime: str, timeout: float) -> float:
-    channel = open_channel(address)
+    channel = bench_channel(address)
     client = Client(channel, CONTROL_SERVICE)
     name = f"bench-{secrets.token_hex(3)}"
     try:

@@ -4,6 +4,8 @@
     ├── SpecError                 a spec document is malformed (file, line, field path)
     ├── NotFoundError             the named object does not exist
     ├── ConflictError             an optimistic-concurrency compare failed (lost the race)
+    ├── ApplySetError             an apply set refused the apply (owned elsewhere, prune to empty)
+    ├── SourceError               a Sync could not fetch its source (git, missing directory)
     ├── StoreError
     │   ├── StoreUnavailableError the store cannot be reached or refused the operation
     │   │   └── NotLeaderError    this manager does not (or no longer) hold the leadership
@@ -13,6 +15,7 @@
     │   └── TaskRejectedError     the task can never start here (bad executable, workdir, ...)
     ├── AuthError                 a join token or credential was refused
     ├── DataKeyError              the data key is unreadable, or not the one data was sealed with
+    ├── BusyError                 the manager sheds this call: too busy to serve it in time
     └── ApiError                  a remote call failed; carries the mapped code
 
 Backend errors (sqlite3, gRPC, OS errors from runtimes) are mapped to the most
@@ -40,6 +43,22 @@ class NotFoundError(ShoalError):
 
 class ConflictError(ShoalError):
     """A compare-on-revision failed: somebody else changed the object first."""
+
+
+class ApplySetError(ShoalError):
+    """An apply set refused the apply: an object belongs to another set, or the
+    apply would prune every object of the set without ``allow empty``."""
+
+
+class SourceError(ShoalError):
+    """A Sync's source could not be fetched: git failed, a directory is missing.
+
+    ``revision`` is set when the source was reached but its content is unusable.
+    """
+
+    def __init__(self, message: str, revision: str | None = None) -> None:
+        self.revision = revision
+        super().__init__(message)
 
 
 class StoreError(ShoalError):
@@ -81,6 +100,10 @@ class AuthError(ShoalError):
 
 class DataKeyError(ShoalError):
     """The data key cannot be read, or does not decrypt what it is asked to."""
+
+
+class BusyError(ShoalError):
+    """The manager is too busy to serve the call now; the caller should retry after a backoff."""
 
 
 class ApiError(ShoalError):

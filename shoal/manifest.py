@@ -18,10 +18,16 @@ expand into an exponentially large structure once something walks it. The
 composer below never resolves an alias to its anchored node, so the tree stays
 a small tree whatever the input.
 
-``_KINDS`` maps a kind to its model (``Service``, and ``Config`` for configs
-written as documents); a new kind is one more entry there. ``kind: Secret`` is
-refused with a pointer to ``shoal secret create``: a secret's bytes have no
-place in a spec directory or a git repository.
+``_KINDS`` maps a kind (``Service``, ``Sync``, and ``Config`` for configs
+written as documents) to its model; a new kind is one more entry there.
+``kind: Secret`` is refused with a pointer to ``shoal secret create``: a
+secret's bytes have no place in a spec directory or a git repository. A
+document may also be a list, ``items: [...]`` (optionally with ``kind:
+List``), which is what ``shoal get -o yaml`` prints: each item is checked as
+a document of its own, its problems located at ``items[N]....``. Fields the
+manager writes (``status``, ``metadata.generation`` and the times) are
+accepted and ignored by apply, so ``get -o yaml`` output can be applied back
+unchanged.
 """
 
 from __future__ import annotations
@@ -45,13 +51,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from shoal.errors import SpecError
 from shoal.models.secret import ConfigDocument
 from shoal.models.service import API_VERSION, Service
+from shoal.models.sync import Sync
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
 YAML_SUFFIXES = (".yaml", ".yml")
 
 # A document of a spec file, and kind -> the model that validates it (all share API_VERSION).
-Document = Service | ConfigDocument
-_KINDS: dict[str, type[Document]] = {"Service": Service, "Config": ConfigDocument}
+Document = Service | ConfigDocument | Sync
+DocumentModel = type[Service] | type[ConfigDocument] | type[Sync]
+_KINDS: dict[str, DocumentModel] = {"Service": Service, "Config": ConfigDocument, "Sync": Sync}
 _REFUSED_KINDS = {
     "Secret": "secrets are not written in spec files (their bytes would sit in the clear); "
     "create them with: shoal secret create NAME -f FILE",
@@ -62,27 +70,37 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-def load_paths(paths: list[Path]) -> list[Document]:
+def load_paths(
+    paths: list[Path], relative_to: Path | None = None, allow_empty_dir: bool = False
+) -> list[Document]:
     """Load every document of every file; directories are searched recursively for YAML.
 
     Raises ``SpecError`` listing every problem found; nothing is returned unless
-    all documents are valid.
+    all documents are valid. With ``relative_to``, files are named relative to
+    it in messages (a git checkout names ``services/web.yaml``, not its cache
+    path). A directory without YAML files is a problem unless ``allow_empty_dir``.
     """
     load = _Load()
-    services: list[Document] = []
-    for path in _expand(paths, load.problems):
+    documents: list[Document] = []
+    for path in _expand(paths, load.problems, allow_empty_dir):
+        shown = str(path.relative_to(relative_to)) if relative_to is not None else str(path)
         try:
             text = path.read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             line = exc.object[: exc.start].count(b"\n") + 1
-            load.problems.append(f"{path}:{line}: file is not valid UTF-8")
+            load.problems.append(f"{shown}:{line}: file is not valid UTF-8")
             continue
         except OSError as exc:
-            load.problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+            load.problems.append(f"{shown}: cannot read: {exc.strerror or exc}")
             continue
-        services.extend(load.file(text, str(path)))
+        documents.extend(load.file(text, shown))
     load.raise_problems()
-    return services
+    return documents
+
+
+def yaml_files(path: Path) -> list[Path]:
+    """The YAML files under a directory, recursively, in a stable order."""
+    return sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
 
 
 def load_text(text: str, filename: str) -> list[Document]:
@@ -93,7 +111,7 @@ def load_text(text: str, filename: str) -> list[Document]:
     return services
 
 
-def dump_services(services: Iterable[Service]) -> str:
+def dump_services(services: Iterable[Document]) -> str:
     """Multi-document YAML in wire form; ``load_text`` reads it back to equal models."""
     return yaml.safe_dump_all(
         [service.to_wire() for service in services],
@@ -105,12 +123,12 @@ def dump_services(services: Iterable[Service]) -> str:
     )
 
 
-def _expand(paths: list[Path], problems: list[str]) -> list[Path]:
+def _expand(paths: list[Path], problems: list[str], allow_empty_dir: bool) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
-            if not found:
+            found = yaml_files(path)
+            if not found and not allow_empty_dir:
                 problems.append(f"{path}: no *.yaml or *.yml files in this directory")
             files.extend(found)
         elif path.exists():
@@ -180,9 +198,7 @@ class _Load:
                     break
                 if node is None or (isinstance(node, ScalarNode) and node.tag == _NULL_TAG):
                     continue  # an empty document
-                checked = _Document(filename, node, composer, text, found).check()
-                if checked is not None:
-                    services.append(checked)
+                services.extend(_Document(filename, node, composer, text, found).check())
         finally:
             composer.dispose()
         self.problems.extend(problem for _, problem in sorted(found, key=lambda item: item[0]))
@@ -219,8 +235,8 @@ class _Document:
         prefix = f"{self.filename}:{line}: "
         self.found.append((line, prefix + (f"{path}: {message}" if path else message)))
 
-    def check(self) -> tuple[Document, int] | None:
-        """The valid model and the line of its name, or None after reporting problems."""
+    def check(self) -> list[tuple[Document, int]]:
+        """The valid models and the lines of their names; problems are reported."""
         start = self.composer.document_start or self.root.start_mark
         start_line = start.line + 1
         size = len(self.text[start.index : self.root.end_mark.index].encode())
@@ -228,7 +244,7 @@ class _Document:
             self.report(
                 start_line, "", f"document is {size} bytes; the limit is 1 MiB per document"
             )
-            return None
+            return []
         sound = True
         for mark in self.composer.aliases:
             self.report(
@@ -243,9 +259,52 @@ class _Document:
                 "",
                 f"document is {shape}; expected a mapping with apiVersion, kind, metadata and spec",
             )
-            return None
+            return []
         sound = self._walk(root, []) and sound
-        model = self._kind(root)
+        items = self._items(root)
+        if items is None:
+            checked = self._check_one(root, [], sound)
+            return [checked] if checked is not None else []
+        documents: list[tuple[Document, int]] = []
+        for index, item in enumerate(items):
+            where: list[str | int] = ["items", index]
+            if not isinstance(item, MappingNode):
+                self.report(
+                    item.start_mark.line + 1,
+                    _format_path(where),
+                    "expected a mapping with apiVersion, kind, metadata and spec",
+                )
+                continue
+            checked = self._check_one(item, where, sound)
+            if checked is not None:
+                documents.append(checked)
+        return documents
+
+    def _items(self, root: MappingNode) -> list[Node] | None:
+        """The items of a list document (``items:``, maybe ``kind: List``), else None."""
+        entry = _child(root, "items")
+        kind = _child(root, "kind")
+        if entry is None or _child(root, "spec") is not None:
+            return None
+        if kind is not None and not (isinstance(kind[1], ScalarNode) and kind[1].value == "List"):
+            return None
+        for key, _ in root.value:
+            if isinstance(key, ScalarNode) and key.value not in ("items", "kind", "apiVersion"):
+                self.report(
+                    key.start_mark.line + 1,
+                    key.value,
+                    "unknown field in a list document (allowed: apiVersion, kind, items)",
+                )
+        if not isinstance(entry[1], SequenceNode):
+            self.report(entry[0].start_mark.line + 1, "items", "expected a list of documents")
+            return []
+        return list(entry[1].value)
+
+    def _check_one(
+        self, root: MappingNode, where: list[str | int], sound: bool
+    ) -> tuple[Document, int] | None:
+        """One object's model and the line of its name, or None after reporting problems."""
+        model = self._kind(root, where)
         if model is None or not sound:
             return None
         try:
@@ -254,13 +313,13 @@ class _Document:
             self.found.append(_syntax_problem(exc, self.filename))
             return None
         try:
-            service = model.model_validate(data)
+            document = model.model_validate(data)
         except ValidationError as exc:
             for error in exc.errors():
                 line, path = _locate(root, error["loc"])
-                self.report(line, path, _message(error, model))
+                self.report(line, _join(where, path), _message(error, model))
             return None
-        return service, _locate(root, ("metadata", "name"))[0]
+        return document, _locate(root, ("metadata", "name"))[0]
 
     def _walk(self, node: Node, path: list[str | int]) -> bool:
         """Refuse duplicate keys, merge keys and non-scalar keys anywhere in the tree."""
@@ -293,35 +352,43 @@ class _Document:
                 sound = self._walk(value, here) and sound
         return sound
 
-    def _kind(self, root: MappingNode) -> type[Document] | None:
+    def _kind(self, root: MappingNode, where: list[str | int]) -> DocumentModel | None:
         root_line = root.start_mark.line + 1
         version = _child(root, "apiVersion")
         kind = _child(root, "kind")
         expected_kinds = ", ".join(sorted(_KINDS))
-        model: type[Document] | None = None
+        model: DocumentModel | None = None
         if kind is None:
-            self.report(root_line, "kind", f"required field is missing; expected {expected_kinds}")
+            self.report(
+                root_line,
+                _join(where, "kind"),
+                f"required field is missing; expected {expected_kinds}",
+            )
         elif isinstance(kind[1], ScalarNode) and kind[1].value in _REFUSED_KINDS:
-            self.report(kind[0].start_mark.line + 1, "kind", _REFUSED_KINDS[kind[1].value])
+            self.report(
+                kind[0].start_mark.line + 1, _join(where, "kind"), _REFUSED_KINDS[kind[1].value]
+            )
         elif not isinstance(kind[1], ScalarNode) or kind[1].value not in _KINDS:
             shown = kind[1].value if isinstance(kind[1], ScalarNode) else "a collection"
             self.report(
                 kind[0].start_mark.line + 1,
-                "kind",
+                _join(where, "kind"),
                 f"unknown kind {shown!r}; expected {expected_kinds}",
             )
         else:
             model = _KINDS[kind[1].value]
         if version is None:
             self.report(
-                root_line, "apiVersion", f"required field is missing; expected {API_VERSION!r}"
+                root_line,
+                _join(where, "apiVersion"),
+                f"required field is missing; expected {API_VERSION!r}",
             )
             return None
         if not isinstance(version[1], ScalarNode) or version[1].value != API_VERSION:
             shown = version[1].value if isinstance(version[1], ScalarNode) else "a collection"
             self.report(
                 version[0].start_mark.line + 1,
-                "apiVersion",
+                _join(where, "apiVersion"),
                 f"unsupported apiVersion {shown!r}; expected {API_VERSION!r}",
             )
             return None
@@ -401,6 +468,14 @@ def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[st
         message = _message(error, model)
         problems.append(f"{path}: {message}" if path else message)
     return problems
+
+
+def _join(where: list[str | int], path: str) -> str:
+    """``items[2]`` + ``spec.replicas`` → ``items[2].spec.replicas``."""
+    prefix = _format_path(where)
+    if not prefix or not path:
+        return prefix or path
+    return prefix + (path if path.startswith("[") else "." + path)
 
 
 def _format_path(path: list[str | int]) -> str:

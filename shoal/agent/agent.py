@@ -2,8 +2,12 @@
 
 ``open_agent(settings)`` starts the runtimes, recovers what they still run from
 an earlier life of this agent, and keeps one session with the leading manager
-(trying each address in turn, backing off between attempts; a follower
-redirects to the leader, and every session brings the current manager list). Per session it
+(trying each address in turn, with jittered backoff between attempts; a
+follower redirects to the leader, and the session's first message and every
+heartbeat reply bring the current manager list, so the agent knows every
+manager, including ones that joined or came back later). A manager that does
+not open the session within ``SESSION_OPEN_TIMEOUT`` (paused, wedged) or
+stops answering heartbeats is left for the next one. Per session it
 heartbeats, applies assignments to ``TaskRunner``s, flushes status reports and
 answers log requests. Losing the manager never stops running tasks; a new
 session simply receives the full assignment set again.
@@ -26,6 +30,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import random
 import socket
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc.aio
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -44,6 +50,7 @@ from shoal.api.address import split_host_port
 from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channel
 from shoal.errors import ApiError, AuthError, RuntimeBackendError
 from shoal.models import NodeDescription, RuntimeInfo, Task, TaskState, TaskStatus
+from shoal.models.node import DEFAULT_MAX_TASKS
 from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle
 from shoal.runtimes.registry import available_runtime_classes
 from shoal.security.ca import renew_at
@@ -59,6 +66,15 @@ HEARTBEAT_FAILURES = 3
 TRANSIENT = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"})
 LOG_BATCH = 0.1
 LOG_QUEUE_LIMIT = 10_000
+# A manager that has not opened the session by then is paused or wedged: try another.
+SESSION_OPEN_TIMEOUT = 15.0
+# Reconnecting: full jitter over an exponential backoff (0.5 s doubling to 5 s),
+# so agents that lose their sessions together come back spread out; the cap
+# stays well inside the grace a manager gives nodes when it starts leading.
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 5.0
+# The most manager addresses remembered (managers told of first, then earlier ones).
+KNOWN_MANAGERS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +94,8 @@ class AgentSettings:
     # Where tasks' secrets and configs are written (a tmpfs per task; never the
     # state dir). None: shoal.agent.taskfiles.default_runtime_dir.
     runtime_dir: Path | None = None
+    # The most tasks this node takes (None: DEFAULT_MAX_TASKS); the scheduler honours it.
+    max_tasks: int | None = None
     # The join listener (default: the first manager's port + 2); used once, without a cert.
     join: str | None = None
     # A certificate given by whoever starts the agent (``shoal up``), instead of joining.
@@ -144,6 +162,7 @@ class Agent:
         self.redirect: str | None = None
         self.identity: TlsIdentity | None = settings.identity
         self.manager_address: str | None = None  # of the current session
+        self._jitter = random.Random()
         self.metrics.running.set_function(lambda: len(self.runners))
         self.files = TaskFileStore(
             settings.runtime_dir or default_runtime_dir(settings.name, settings.state_dir)
@@ -217,9 +236,20 @@ class Agent:
             cpus=float(os.cpu_count() or 1),
             memory=_memory_bytes(),
             agent_version=shoal.__version__,
+            max_tasks=self.settings.max_tasks or DEFAULT_MAX_TASKS,
         )
 
     # -------------------------------------------------------------- sessions
+
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait before attempt ``failures`` + 1: full jitter, capped."""
+        return self._jitter.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1)))
+
+    def _next_manager(self, previous: str | None) -> str:
+        """The manager after ``previous`` in the known list (the first one to begin with)."""
+        if previous in self.managers:
+            return self.managers[(self.managers.index(previous) + 1) % len(self.managers)]
+        return self.managers[0]
 
     async def _join(self) -> TlsIdentity:
         """Join with the token until it works or is refused (AuthError)."""
@@ -229,14 +259,14 @@ class Agent:
                 f"no certificate in {settings.state_dir / IDENTITY_DIR} and no join token: "
                 "give the agent --token, --token-file or SHOAL_TOKEN"
             )
-        delay = 0.2
+        failures = 0
         while True:
             try:
                 identity = await join(settings.join_address, settings.token, settings.name)
             except ApiError as exc:
                 log.warning("agent.join_failed", join=settings.join_address, error=exc.message)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                failures += 1
+                await asyncio.sleep(self.backoff(failures))
                 continue
             identity.save(settings.state_dir / IDENTITY_DIR)
             log.info("agent.joined", node=settings.name, role=identity.info.role)
@@ -280,17 +310,15 @@ class Agent:
             renewal.cancel()
 
     async def _session_loop(self) -> None:
-        delay = 0.2
-        attempt = 0
+        failures = 0
+        address: str | None = None
         while True:
             # A follower's redirect names the leader: go there next.
-            address, self.redirect = self.redirect, None
-            if address is None:
-                address = self.managers[attempt % len(self.managers)]
-                attempt += 1
+            target, self.redirect = self.redirect, None
+            address = target or self._next_manager(address)
             try:
-                await self._session(address)
-                delay = 0.2
+                if await self._session(address):
+                    failures = 0
             except AuthError as exc:
                 self.fatal = exc
                 log.error("agent.refused", manager=address, error=str(exc))
@@ -305,14 +333,16 @@ class Agent:
                 log.warning("agent.session_lost", manager=address, error=exc.message)
             self.connected.clear()
             if self.redirect is None:  # a redirect to the leader is followed at once
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                failures += 1
+                await asyncio.sleep(self.backoff(failures))
 
-    async def _session(self, address: str) -> None:
+    async def _session(self, address: str) -> bool:
+        """One session with ``address``; True if it was established (and then ended)."""
         assert self.identity is not None
         channel = open_channel(address, self.identity)
         self.manager_address = address
         client = Client(channel, DISPATCHER_SERVICE)
+        beat_channel: grpc.aio.Channel | None = None
         helpers: list[asyncio.Task[Any]] = []
         # Set by any helper that ends (a failed call, changed runtimes): the
         # session is then over. One event per session, so a late callback of
@@ -326,21 +356,34 @@ class Agent:
             stream = client.stream("Session", request)
             reconnect = asyncio.create_task(ended.wait())
             helpers.append(reconnect)
+            opened = False
+
+            async def open_timeout() -> None:
+                await asyncio.sleep(SESSION_OPEN_TIMEOUT)
+                if not opened:
+                    ended.set()
+
+            helpers.append(asyncio.create_task(open_timeout()))
             async for message in _until(stream, reconnect):
                 kind = message.get("type")
+                opened = True
                 if kind == "redirect":
                     self._learn(message.get("managers", []))
                     self.redirect = message.get("leader")
                     log.info("agent.redirected", manager=address, leader=self.redirect)
                     if self.redirect is None:  # an election is on: wait a moment
                         await asyncio.sleep(0.5)
-                    return
+                    return False
                 if kind == "session":
                     self._learn(message.get("managers", []))
                     session_id = str(message["sessionId"])
                     period = float(message["heartbeatPeriod"])
+                    beats = client
+                    if message.get("heartbeatAddress"):  # the manager's heartbeat listener
+                        beat_channel = open_channel(str(message["heartbeatAddress"]), self.identity)
+                        beats = Client(beat_channel, DISPATCHER_SERVICE)
                     for helper_job in (
-                        self._heartbeat(client, session_id, period),
+                        self._heartbeat(beats, client, session_id, period),
                         self.reporter.run(client, session_id),
                         self._probe(),
                     ):
@@ -362,6 +405,13 @@ class Agent:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await channel.close()
+            if beat_channel is not None:
+                await beat_channel.close()
+        if not opened:
+            raise ApiError(
+                "UNAVAILABLE", f"no session within {SESSION_OPEN_TIMEOUT:.0f}s (manager paused?)"
+            )
+        return True
 
     async def _leave(self) -> None:
         """This node was removed from the cluster: its tasks now run elsewhere, stop them."""
@@ -374,13 +424,19 @@ class Agent:
         self.recovered.clear()
 
     def _learn(self, managers: list[str]) -> None:
-        """The managers a manager told us about first, then the ones we were given."""
+        """The managers a manager told us about first, then earlier ones, then our seeds."""
         if managers:
-            known = [*managers, *self.settings.managers]
-            self.managers = list(dict.fromkeys(str(m) for m in known))
+            known = [*managers, *self.managers, *self.settings.managers]
+            self.managers = list(dict.fromkeys(str(m) for m in known))[:KNOWN_MANAGERS]
 
-    async def _heartbeat(self, client: Client, session_id: str, period: float) -> None:
+    async def _heartbeat(
+        self, client: Client, fallback: Client, session_id: str, period: float
+    ) -> None:
         """Heartbeat until the session is refused or heartbeats keep failing.
+
+        Heartbeats go to the manager's heartbeat listener (``client``); one
+        that cannot reach it (``UNAVAILABLE``) is sent on the session's own
+        channel (``fallback``) instead.
 
         A slow answer is not a dead manager: a heartbeat may take up to the
         node's grace to arrive and still be in time, and one that timed out is
@@ -394,7 +450,12 @@ class Agent:
         while True:
             await asyncio.sleep(period)
             try:
-                reply = await client.call("Heartbeat", request, timeout=3 * period)
+                try:
+                    reply = await client.call("Heartbeat", request, timeout=3 * period)
+                except ApiError as exc:
+                    if exc.code != "UNAVAILABLE" or client is fallback:
+                        raise
+                    reply = await fallback.call("Heartbeat", request, timeout=3 * period)
             except ApiError as exc:
                 failures += 1
                 log.warning("agent.heartbeat_failed", error=exc.message, in_a_row=failures)
@@ -403,6 +464,7 @@ class Agent:
                 continue
             failures = 0
             period = float(reply.get("heartbeatPeriod", period))
+            self._learn(reply.get("managers", []))
 
     async def _probe(self) -> None:
         """Re-check the runtimes; re-register when what works here changed."""

@@ -22,7 +22,7 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -34,6 +34,7 @@ from shoal.security.contexts import CredentialsError, resolve
 if TYPE_CHECKING:
     from shoal.models import Service
     from shoal.models.secret import ConfigDocument
+    from shoal.models.sync import Sync
 
 UNAVAILABLE = "UNAVAILABLE"
 
@@ -92,19 +93,22 @@ class ControlClient:
 
     async def apply(
         self,
-        services: Sequence[Service],
+        documents: Sequence[Service | Sync | ConfigDocument],
         dry_run: bool = False,
-        configs: Sequence[ConfigDocument] = (),
+        apply_set: Mapping[str, Any] | None = None,
         cause: str = "",
     ) -> Payload:
-        """``{"results": [{"name", "action", "revision", "warnings"}], "dryRun", "revision"}``;
-        action is ``created``, ``configured`` or ``unchanged``; configs' results have
-        ``kind: Config``; a service's ``revision`` is its template revision, and ``cause``
-        is recorded with a new one."""
+        """``{"results": [{"kind", "name", "action", "changed", "revision", "warnings"}],
+        "dryRun", "revision"}``; action is ``created``, ``configured``, ``unchanged`` or
+        ``pruned``; a service's ``revision`` is its template revision, and ``cause`` is
+        recorded with a new one. ``apply_set``: ``{"set", "prune", "allowEmpty",
+        "source"}``. Configs go as ``configs``, the other documents as ``documents``."""
+        configs = [d for d in documents if d.kind == "Config"]
         request: Payload = {
-            "services": [s.to_wire() for s in services],
+            "documents": [d.to_wire() for d in documents if d.kind != "Config"],
             "dryRun": dry_run,
             "cause": cause,
+            **(apply_set or {}),
         }
         if configs:
             request["configs"] = [c.to_wire() for c in configs]
@@ -210,6 +214,26 @@ class ControlClient:
                 yield item
         except ApiError as exc:
             raise self._remap(exc) from exc
+
+    async def sync_now(self, name: str) -> str:
+        """Ask for a run of Sync ``name``; the ``requestedAt`` stamp its status will echo
+        as ``lastHandledRequest`` once the run is done."""
+        response = await self._call("SyncNow", {"name": name})
+        return str(response["requestedAt"])
+
+    async def sync_suspend(self, name: str, suspend: bool) -> bool:
+        """Suspend or resume Sync ``name``; False when it already was."""
+        response = await self._call("SyncSuspend", {"name": name, "suspend": suspend})
+        return bool(response.get("changed"))
+
+    async def delete_sync(self, name: str) -> list[str]:
+        """Delete Sync ``name``; returns the services it leaves running (``service/x``)."""
+        response = await self._call("SyncDelete", {"name": name})
+        return [str(ref) for ref in response.get("kept", [])]
+
+    async def describe_sync(self, name: str) -> Payload:
+        """``{sync, set, events}``: the Sync, the apply set it owns, the leader's events."""
+        return await self._call("DescribeSync", {"name": name})
 
     async def token(self, role: str = "worker", rotate: bool = False) -> str:
         response = await self._call("Token", {"role": role, "rotate": rotate})

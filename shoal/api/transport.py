@@ -23,6 +23,7 @@ import orjson
 from shoal.errors import (
     ApiError,
     AuthError,
+    BusyError,
     ConflictError,
     NotFoundError,
     ShoalError,
@@ -97,6 +98,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (ConflictError, grpc.StatusCode.ABORTED),
     (AuthError, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (BusyError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (ShoalError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
@@ -138,7 +140,9 @@ class Rejected(dict[str, Any]):
         self.message = message
 
 
-def _decoder(method: str) -> Callable[[bytes], Payload]:
+def request_decoder(method: str) -> Callable[[bytes], Payload]:
+    """Decodes ``method``'s requests: over its size limit, not JSON or not an object
+    gives a ``Rejected`` for the handler to answer with."""
     limit = REQUEST_LIMITS.get(method, DEFAULT_REQUEST_LIMIT)
 
     def decode_request(data: bytes) -> Payload:
@@ -206,7 +210,7 @@ async def _admit(context: grpc.aio.ServicerContext, request: Payload | None) -> 
 
 
 def _wrap(name: str, method: Method) -> grpc.RpcMethodHandler:
-    decode_request = _decoder(name)
+    decode_request = request_decoder(name)
     if isinstance(method, Unary):
         unary = method.handler
 

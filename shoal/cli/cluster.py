@@ -3,8 +3,10 @@
 Any manager answers (a follower as well as the leader), from its own view of
 the store: the live managers are the ones announced under a lease, the leader
 is whoever holds the leader key, and every store endpoint (each etcd member,
-or the one database file) is asked directly. Exit code 0 when there is a
-leader and every endpoint is healthy, 1 otherwise, so scripts can wait on it.
+or the one database file) is asked directly. Conditions follow: the
+disruption guard (engaged when too many nodes are silent at once, see
+``shoal.reconciler.nodemonitor``). Exit code 0 when there is a leader, every
+endpoint is healthy and no guard is engaged, 1 otherwise, so scripts can wait on it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     else:
         print(render_status(status))
     endpoints = status.get("store", {}).get("endpoints", [])
-    healthy = status.get("leader") and all(e.get("healthy") for e in endpoints)
+    engaged = any(c.get("engaged") for c in status.get("conditions", []))
+    healthy = status.get("leader") and all(e.get("healthy") for e in endpoints) and not engaged
     return 0 if healthy else 1
 
 
@@ -62,6 +65,17 @@ def render_status(status: dict[str, Any]) -> str:
         for e in store.get("endpoints", [])
     ]
     lines.append(render_table(["ENDPOINT", "HEALTH", "REVISION", "DETAIL"], endpoints))
+    conditions = status.get("conditions", [])
+    if conditions:
+        rows = [
+            [
+                str(c.get("type", "-")),
+                "ENGAGED" if c.get("engaged") else "ok",
+                str(c.get("message", "")),
+            ]
+            for c in conditions
+        ]
+        lines += ["", render_table(["CONDITION", "STATUS", "DETAIL"], rows)]
     return "\n".join(lines)
 
 
@@ -72,8 +86,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "status",
         cmd_cluster_status,
         "managers, which one leads, store endpoints and their health",
-        description="Managers, which one leads, store endpoints and their health. Exit code 0\n"
-        "when a leader exists and every store endpoint is healthy, else 1.",
+        description="Managers, which one leads, store endpoints and their health, and cluster\n"
+        "conditions (the disruption guard). Exit code 0 when a leader exists, every\n"
+        "store endpoint is healthy and no guard is engaged, else 1.",
     )
     server_option(status)
     output_option(status, help="table (default), yaml or json")

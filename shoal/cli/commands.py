@@ -38,6 +38,7 @@ from shoal.errors import NotFoundError, ShoalError
 if TYPE_CHECKING:
     from shoal.api.client import ControlClient
     from shoal.manifest import Document
+    from shoal.models import Service
 
 T = TypeVar("T")
 
@@ -74,29 +75,37 @@ def _out(text: str) -> None:
 # --------------------------------------------------------------------- apply
 
 
-def _load(filenames: list[str]) -> list[Document]:
+def load_documents(filenames: list[str], allow_empty_dir: bool = False) -> list[Document]:
     from shoal.manifest import load_paths, load_text
 
     if "-" in filenames:
         if len(filenames) > 1:
             raise UsageError("-f - (standard input) cannot be combined with other files")
         return load_text(sys.stdin.read(), "<stdin>")
-    return load_paths([Path(name) for name in filenames])
+    return load_paths([Path(name) for name in filenames], allow_empty_dir=allow_empty_dir)
+
+
+def _load(filenames: list[str]) -> list[Service]:
+    from shoal.models import Service
+
+    return [d for d in load_documents(filenames) if isinstance(d, Service)]
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    documents = _load(args.filename)  # every local problem is raised before connecting
-    if not documents:
-        raise ShoalError(f"nothing to apply: no documents in {', '.join(args.filename)}")
-    from shoal.models import Service
-    from shoal.models.secret import ConfigDocument
+    from shoal.cli.applysets import set_request
 
-    services = [d for d in documents if isinstance(d, Service)]
-    configs = [d for d in documents if isinstance(d, ConfigDocument)]
+    apply_set = set_request(args)
+    # Every local problem is raised before connecting. A pruning apply may be
+    # empty: the manager refuses to empty a set unless --allow-empty.
+    documents = load_documents(args.filename, allow_empty_dir=bool(args.prune))
+    if not documents and not args.prune:
+        raise ShoalError(f"nothing to apply: no documents in {', '.join(args.filename)}")
     cause = args.annotation or f"apply -f {' '.join(args.filename)}"
     response = _run(
         args,
-        lambda control: control.apply(services, dry_run=args.dry_run, configs=configs, cause=cause),
+        lambda control: control.apply(
+            documents, dry_run=args.dry_run, apply_set=apply_set, cause=cause
+        ),
     )
     suffix = " (dry run)" if response.get("dryRun") else ""
     for result in response.get("results", []):
@@ -285,6 +294,9 @@ def configure_apply(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help="why: recorded with a new revision (default: the command and its files)",
     )
+    from shoal.cli.applysets import add_set_options
+
+    add_set_options(parser)
 
 
 def configure_get(parser: argparse.ArgumentParser) -> None:

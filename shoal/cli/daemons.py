@@ -34,6 +34,16 @@ def _label(value: str) -> tuple[str, str]:
     return key, val
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return number
+
+
 def _runtime_opt(value: str) -> tuple[str, str, str]:
     target, sep, val = value.partition("=")
     runtime, dot, key = target.partition(".")
@@ -62,6 +72,13 @@ def _common(parser: argparse.ArgumentParser, listen: bool = True) -> None:
 
 def _node_identity(parser: argparse.ArgumentParser, name_help: str) -> None:
     parser.add_argument("--name", default=None, help=name_help)
+    parser.add_argument(
+        "--max-tasks",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="the most tasks this node takes; the rest wait pending (default 256)",
+    )
     parser.add_argument(
         "--label",
         type=_label,
@@ -138,6 +155,21 @@ def configure_manager(manager: argparse.ArgumentParser) -> None:
         default=5.0,
         metavar="DURATION",
         help="etcd: the leader's lease (default 5s); a dead leader is replaced within about this",
+    )
+    manager.add_argument(
+        "--heartbeat-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="where agents' heartbeats are heard, on threads of their own (default: the "
+        "--listen host, any free port; agents learn it in their session)",
+    )
+    manager.add_argument(
+        "--disruption-threshold",
+        type=float,
+        default=0.55,
+        metavar="SHARE",
+        help="when more than this share of the nodes is silent at once, orphan none of "
+        "their tasks (default 0.55; 1 turns the guard off)",
     )
     manager.add_argument(
         "--advertise",
@@ -254,6 +286,7 @@ async def _up(args: argparse.Namespace) -> int:
             state_dir=state_dir / "agent",
             name=name,
             labels=dict(args.label),
+            max_tasks=args.max_tasks,
         )
         async with open_agent(agent_settings) as agent:
             # One process, one /metrics: the agent's metrics join the manager's.
@@ -282,6 +315,8 @@ async def _manager(args: argparse.Namespace) -> int:
         data_key_file=args.data_key_file.resolve() if args.data_key_file else None,
         join_listen=args.join_listen,
         cert_expiry=args.cert_expiry,
+        disruption_threshold=args.disruption_threshold,
+        heartbeat_listen=args.heartbeat_listen,
     )
     async with open_manager(settings) as manager:
         print(
@@ -314,6 +349,7 @@ async def _agent(args: argparse.Namespace) -> int:
             + ([("process", "user", args.process_user)] if args.process_user else [])
         ),
         probe_period=args.probe_period,
+        max_tasks=args.max_tasks,
     )
     if args.sim_nodes:
         async with open_sim_fleet(settings, args.sim_nodes) as fleet:

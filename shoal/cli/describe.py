@@ -187,7 +187,13 @@ def describe_service(payload: dict[str, Any]) -> str:
     else:
         rollout = _rollout(status)
         lines += _section("Rollout", _fields(rollout) if rollout else [], empty="<no update yet>")
-    lines += _section("Tasks", _tasks(payload.get("tasks", []), by_node=False))
+    task_lines = _tasks(payload.get("tasks", []), by_node=False)
+    if payload.get("tasksOmitted"):
+        task_lines.append(
+            f"... and {payload['tasksOmitted']} more "
+            f"(shoal get tasks --service {metadata.get('name', 'NAME')})"
+        )
+    lines += _section("Tasks", task_lines)
     lines += _section("Notes", _notes(payload.get("notes", {})))
     lines += _section("Events", _events(payload.get("events", [])))
     return "\n".join(lines)

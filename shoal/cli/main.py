@@ -81,6 +81,7 @@ VERBS: tuple[Verb, ...] = (
     Verb(
         "apply", "create or update services from YAML specs", "shoal.cli.commands:configure_apply"
     ),
+    Verb("diff", "show what apply would change, as a unified diff", "shoal.cli.diff:configure"),
     Verb("get", "list services, tasks or nodes", "shoal.cli.commands:configure_get"),
     Verb(
         "describe",
@@ -93,6 +94,11 @@ VERBS: tuple[Verb, ...] = (
     Verb("rollout", "follow and steer the rollout of a service", "shoal.cli.rollout:configure"),
     Verb("job", "run jobs and see their runs", "shoal.cli.jobs:configure"),
     Verb("node", "list and update nodes", "shoal.cli.commands:configure_node"),
+    Verb(
+        "sync",
+        "keep the cluster in line with a directory or git repository",
+        "shoal.cli.sync:configure",
+    ),
     Verb("token", "print (or rotate) a join token", "shoal.cli.identity:configure_token"),
     Verb("user", "add, list and remove users", "shoal.cli.identity:configure_user"),
     Verb(

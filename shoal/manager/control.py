@@ -25,6 +25,7 @@ from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.jobs import JobControl
 from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
+from shoal.manager.syncapi import SyncApi
 from shoal.manifest import validation_problems
 from shoal.models import (
     Availability,
@@ -37,12 +38,16 @@ from shoal.models import (
     TaskState,
 )
 from shoal.models.secret import ConfigDocument
+from shoal.models.sync import ApplySet, Sync
+from shoal.reconciler.applyset import ApplyOptions, Document, plan_apply
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.reports import Reports
-from shoal.reconciler.rollout import new_revision_status
 from shoal.store.retry import retry_on_conflict
 from shoal.store.typed import SERVICES, Change
+
+# ``describe service`` lists at most this many tasks (and says how many it left out).
+DESCRIBE_TASKS = 200
 
 KINDS = {
     "service": "services",
@@ -52,14 +57,50 @@ KINDS = {
     "tasks": "tasks",
     "node": "nodes",
     "nodes": "nodes",
+    "sync": "syncs",
+    "syncs": "syncs",
 }
+
+
+def parse_documents(raw: list[Any], validation: dict[str, Any] | None = None) -> list[Document]:
+    """Validate wire documents (Service or Sync); every problem is raised as one SpecError."""
+    problems: list[str] = []
+    documents: list[Document] = []
+    seen: set[tuple[str, str]] = set()
+    models: dict[str, type[Service] | type[Sync]] = {"Service": Service, "Sync": Sync}
+    for index, doc in enumerate(raw):
+        kind = doc.get("kind", "Service") if isinstance(doc, dict) else None
+        model = models.get(str(kind))
+        if model is None:
+            problems.append(f"document {index + 1}: kind: unknown kind {kind!r}")
+            continue
+        try:
+            document = model.model_validate(doc, context=validation)
+        except ValidationError as exc:
+            name = doc.get("metadata", {}).get("name") if isinstance(doc, dict) else None
+            where = f"document {index + 1}" + (f" ({name})" if isinstance(name, str) else "")
+            problems += [f"{where}: {p}" for p in validation_problems(exc, model)]
+            continue
+        key = (document.kind, document.name)
+        if key in seen:
+            problems.append(
+                f"document {index + 1}: metadata.name: duplicate {document.kind} name "
+                f"{document.name!r}"
+            )
+        seen.add(key)
+        documents.append(document)
+    if problems:
+        raise SpecError(problems)
+    return documents
 
 
 def _kind(name: str) -> str:
     try:
         return KINDS[name]
     except KeyError:
-        raise ValueError(f"unknown resource type {name!r} (use services, tasks or nodes)") from None
+        raise ValueError(
+            f"unknown resource type {name!r} (use services, tasks, nodes or syncs)"
+        ) from None
 
 
 def _parse_configs(raw: list[dict[str, Any]]) -> list[ConfigDocument]:
@@ -104,6 +145,8 @@ class Control:
             "Rollout": Unary(self.rollouts.rollout),
             "RunJob": Unary(self.jobs.run_job),
             "Apply": Unary(self.apply),
+            "GetApplySet": Unary(self.apply_set),
+            **SyncApi(self.informer, self.events).methods(),
             "Get": Unary(self.get),
             "Describe": Unary(self.describe),
             "Delete": Unary(self.delete),
@@ -116,110 +159,79 @@ class Control:
     # ----------------------------------------------------------------- writes
 
     async def apply(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
-        services = self._parse_services(request.get("services", []))
+        """Create or update documents in one transaction.
+
+        Request: ``documents`` (Services and Syncs; ``services`` from older
+        clients), ``configs`` (``kind: Config`` documents), ``dryRun``,
+        ``cause`` (recorded with a new template revision), and for an apply
+        set ``set``, ``prune``, ``allowEmpty``, ``source``. Response:
+        ``results`` [{kind, name, action, changed, revision, warnings}] with
+        action created, configured, unchanged or pruned; ``dryRun``; ``revision``.
+        """
+        raw = request.get("documents")
+        if raw is None:
+            raw = request.get("services", [])
+        if not isinstance(raw, list):
+            raise ValueError("documents: expected a list of documents")
+        documents = parse_documents(raw, self.validation)
         dry_run = bool(request.get("dryRun"))
-        cause = str(request.get("cause") or "apply")
+        set_name = request.get("set")
+        options = ApplyOptions(
+            set_name=str(set_name) if set_name else None,
+            prune=bool(request.get("prune")),
+            allow_empty=bool(request.get("allowEmpty")),
+            source=str(request.get("source", "")),
+            cause=str(request.get("cause") or "apply"),
+        )
+        if options.prune and options.set_name is None:
+            raise ValueError("prune needs an apply set: give 'set'")
+        if options.set_name is not None:
+            ApplySet(name=options.set_name)  # a bad name is an INVALID_ARGUMENT here
         # The orchestrator may write a rollout status meanwhile: recompute then.
         return await retry_on_conflict(
-            lambda: self._apply(request, services, dry_run, cause), "the services"
+            lambda: self._apply(request, documents, options, dry_run), "the services"
         )
 
     async def _apply(
-        self, request: Payload, services: list[Service], dry_run: bool, cause: str
+        self, request: Payload, documents: list[Document], options: ApplyOptions, dry_run: bool
     ) -> Payload:
-        now = datetime.now(UTC)
-        changes: list[Change] = []
-        results: list[dict[str, Any]] = []
+        config_changes: list[Change] = []
+        config_results: list[dict[str, Any]] = []
         if self.secret_store is not None:  # configs first: services may reference them
             configs = _parse_configs(request.get("configs", []))
-            changes, config_results, problems = self.secret_store.config_changes(configs)
-            results += config_results
+            config_changes, config_results, problems = self.secret_store.config_changes(configs)
+            services = [d for d in documents if isinstance(d, Service)]
             problems += self.secret_store.reference_problems(services, configs)
             if problems:
                 raise SpecError(problems)
-        for service in services:
-            entry = self.informer.service(service.name)
-            warnings = apply_warnings(service.spec)
-            if entry is None:
-                status = new_revision_status(None, service.spec, cause, now)
-                stored = service.model_copy(
-                    update={
-                        "metadata": service.metadata.model_copy(
-                            update={"generation": 1, "created_at": now, "updated_at": now}
-                        ),
-                        "status": status,
-                    }
-                )
-                changes.append(Change.put(stored, 0))
-                results.append(
-                    {"name": service.name, "action": "created", "revision": 1, "warnings": warnings}
-                )
-                continue
-            current = entry.obj
-            current_revision = current.status.revision if current.status else None
-            if current.spec == service.spec and current.metadata.labels == service.metadata.labels:
-                results.append(
-                    {"name": service.name, "action": "unchanged", "revision": current_revision}
-                )
-                continue
-            if current.spec.mode != service.spec.mode:
-                raise ValueError(
-                    f"service {service.name!r}: spec.mode cannot change "
-                    f"({current.spec.mode} → {service.spec.mode}); delete and create it again"
-                )
-            status = new_revision_status(current, service.spec, cause, now) or current.status
-            stored = current.model_copy(
-                update={
-                    "spec": service.spec,
-                    "status": status,
-                    "metadata": current.metadata.model_copy(
-                        update={
-                            "labels": service.metadata.labels,
-                            "generation": (current.metadata.generation or 0) + 1,
-                            "updated_at": now,
-                        }
-                    ),
-                }
-            )
-            changes.append(Change.put(stored, entry.revision))
-            results.append(
-                {
-                    "name": service.name,
-                    "action": "configured",
-                    "revision": status.revision if status else None,
-                    "warnings": warnings,
-                }
-            )
+        plan = plan_apply(self.informer, documents, options, datetime.now(UTC))
         revision = self.informer.revision
-        if changes and not dry_run:
-            revision = await self.informer.commit(changes, atomic=True)
-            for result in results:
-                if result["action"] != "unchanged":
-                    kind = result.get("kind", "Service").lower()
-                    self.events.record(f"{kind}/{result['name']}", "Applied", result["action"])
-        return {"results": results, "dryRun": dry_run, "revision": revision}
+        if (plan.changes or config_changes) and not dry_run:
+            revision = await self.informer.commit([*config_changes, *plan.changes], atomic=True)
+            for config in config_results:
+                if config["action"] != "unchanged":
+                    self.events.record(f"config/{config['name']}", "Applied", config["action"])
+            for result in plan.changed:
+                reason = "Pruned" if result.action == "pruned" else "Applied"
+                message = result.action
+                if result.changed:
+                    message += ": " + "; ".join(result.changed)
+                if options.set_name:
+                    message += f" (apply set {options.set_name})"
+                self.events.record(result.ref, reason, message)
+        specs = {d.name: d.spec for d in documents if isinstance(d, Service)}
+        results = []
+        for result in plan.results:
+            wire = result.to_wire()
+            if result.kind == "Service" and result.action in ("created", "configured"):
+                wire["warnings"] = apply_warnings(specs[result.name])
+            results.append(wire)
+        return {"results": [*config_results, *results], "dryRun": dry_run, "revision": revision}
 
-    def _parse_services(self, raw: list[dict[str, Any]]) -> list[Service]:
-        problems: list[str] = []
-        services: list[Service] = []
-        seen: set[str] = set()
-        for index, doc in enumerate(raw):
-            try:
-                service = Service.model_validate(doc, context=self.validation)
-            except ValidationError as exc:
-                name = doc.get("metadata", {}).get("name") if isinstance(doc, dict) else None
-                where = f"document {index + 1}" + (f" ({name})" if isinstance(name, str) else "")
-                problems += [f"{where}: {p}" for p in validation_problems(exc, Service)]
-                continue
-            if service.name in seen:
-                problems.append(
-                    f"document {index + 1}: metadata.name: duplicate name {service.name!r}"
-                )
-            seen.add(service.name)
-            services.append(service)
-        if problems:
-            raise SpecError(problems)
-        return services
+    async def apply_set(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        """``{"set": ApplySet | None}`` for ``name``: what the set owns now."""
+        entry = self.informer.applysets.get(str(request.get("name", "")))
+        return {"set": entry.obj.to_wire() if entry is not None else None}
 
     async def delete(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
         if _kind(str(request.get("kind", "services"))) != "services":
@@ -345,6 +357,12 @@ class Control:
                 ]
             tasks.sort(key=lambda t: (t.service, t.slot, t.node_id or "", t.created_at))
             items = [self._task_view(t) for t in tasks]
+        elif kind == "syncs":
+            items = [
+                e.obj.to_wire() for n, e in sorted(self.informer.syncs.items()) if name in (None, n)
+            ]
+            if name and not items:
+                raise NotFoundError(f"sync {name!r} not found")
         else:
             items = [
                 e.obj.to_wire() for n, e in sorted(self.informer.nodes.items()) if name in (None, n)
@@ -377,7 +395,9 @@ class Control:
         )
         return {
             "service": self._service_view(entry.obj),
-            "tasks": [self._task_view(t) for t in tasks],
+            # A service of 100,000 replicas is described, not dumped: `get tasks` lists them all.
+            "tasks": [self._task_view(t) for t in tasks[:DESCRIBE_TASKS]],
+            "tasksOmitted": max(0, len(tasks) - DESCRIBE_TASKS),
             "notes": self.reports.notes(name),
             "events": [e.to_wire() for e in self.events.for_object(f"service/{name}")],
         }

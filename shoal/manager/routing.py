@@ -13,8 +13,9 @@ instead of bouncing a call between them.
 Agents keep their sessions with the leader only (its node monitor needs their
 heartbeats). A follower answers ``Session`` with one ``redirect`` message
 naming the leader (or none, during an election) and the managers; the leader's
-first ``session`` message carries the manager list too, so an agent that was
-given one address learns the others.
+first ``session`` message and every heartbeat reply carry the manager list too,
+so an agent that was given one address learns the others, and keeps learning
+them for as long as its session lasts.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ LEADER_UNARY = (
     "RemoveConfig",
     # a node's removal deletes the node, a fenced write (shoal.security.service)
     "NodeRemove",
+    "SyncNow",
+    "SyncSuspend",
+    "DescribeSync",
+    "SyncDelete",
 )
 LEADER_STREAMS = ("Logs",)
 
@@ -73,11 +78,18 @@ class Router:
     """Wraps a manager's Control and Dispatcher methods for leader/follower duty."""
 
     def __init__(
-        self, election: Election, store: Store, identity: Callable[[], TlsCredentials]
+        self,
+        election: Election,
+        store: Store,
+        identity: Callable[[], TlsCredentials],
+        conditions: Callable[[], list[dict[str, Any]]] = list,
+        heartbeat_address: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.election = election
         self.store = store
         self.identity = identity  # this manager's certificate: forwarding wants one
+        self.conditions = conditions
+        self.heartbeat_address = heartbeat_address
         self._channels: dict[str, tuple[grpc.aio.Channel, TlsCredentials]] = {}
 
     async def aclose(self) -> None:
@@ -198,6 +210,7 @@ class Router:
             "answeredBy": election.me.address,
             "electionError": election.last_error,
             "store": {"url": self.store.url, "endpoints": endpoints},
+            "conditions": self.conditions(),
         }
 
     # -------------------------------------------------------- Dispatcher
@@ -221,9 +234,22 @@ class Router:
             async for message in session.handler(request, context):
                 if message.get("type") == "session":
                     message = {**message, "managers": self.manager_addresses()}
+                    heartbeats = self.heartbeat_address()
+                    if heartbeats:  # heartbeats go to a listener of their own
+                        message["heartbeatAddress"] = heartbeats
                 yield message
 
         routed["Session"] = ServerStream(gated)
+        heartbeat = methods["Heartbeat"]
+        assert isinstance(heartbeat, Unary)
+
+        async def beat(request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+            # Every heartbeat brings the current manager list, so an agent knows
+            # managers that joined or came back since its session began.
+            reply = await heartbeat.handler(request, context)
+            return {**reply, "managers": self.manager_addresses()}
+
+        routed["Heartbeat"] = Unary(beat)
         return routed
 
 

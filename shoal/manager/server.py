@@ -14,6 +14,7 @@ answer reads and forward the rest (``shoal.manager.routing``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -25,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc.aio
+import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
@@ -36,9 +38,11 @@ from shoal.api.transport import (
     service_handler,
 )
 from shoal.errors import DataKeyError
+from shoal.manager.admission import Admission, AdmissionCollector
 from shoal.manager.control import Control
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election, LeaseElection, SoleElection, manager_info
+from shoal.manager.heartbeats import HeartbeatListener
 from shoal.manager.metrics import ClusterCollector
 from shoal.manager.routing import Router
 from shoal.manager.secretstore import SecretStore
@@ -46,10 +50,20 @@ from shoal.paths import ENDPOINT_FILE
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.loop import ControllerRunner, LoopMetrics
-from shoal.reconciler.nodemonitor import HeartbeatTracker, NodeMonitor
+from shoal.reconciler.nodemonitor import (
+    CLUSTER_OBJECT,
+    GuardState,
+    HeartbeatTracker,
+    MonitorSettings,
+    NodeMonitor,
+    guard_from_nodes,
+    probe_stalls,
+)
 from shoal.reconciler.orchestrator import Orchestrator
 from shoal.reconciler.reports import Reports
 from shoal.reconciler.scheduler import Scheduler
+from shoal.reconciler.sources import SourceFetcher
+from shoal.reconciler.sync import SyncController
 from shoal.runtimes.registry import runtime_catalogue
 from shoal.security.datakey import DataKey, verify_against_store
 from shoal.security.manager import ManagerSecurity
@@ -75,8 +89,8 @@ class ManagerSettings:
     resync_period: float = 30.0
     # etcd only: the leader's lease; a dead leader is replaced within about this long.
     lease_ttl: float = 5.0
-    # After a leader change, nodes get this long to find the new leader before
-    # being declared down; default grace + 2 lease ttls + 5 s.
+    # After a manager starts leading (a start, a leader change), nodes get this
+    # long to find it before being declared down; default grace + 2 lease ttls + 5 s.
     failover_grace: float | None = None
     # The address other managers and agents reach this one at (default: the bound one).
     advertise: str | None = None
@@ -88,6 +102,12 @@ class ManagerSettings:
     join_listen: str | None = None
     # Node and user certificates' validity (renewed at 50-80 % of it).
     cert_expiry: float = 90 * 24 * 3600.0
+    # Where heartbeats are heard, on threads of their own (default: the --listen
+    # host, any free port; agents learn it in their session).
+    heartbeat_listen: str | None = None
+    # More than this share of the nodes silent at once: the node monitor orphans
+    # nothing (shoal.reconciler.nodemonitor); 1.0 turns the guard off.
+    disruption_threshold: float = 0.55
 
     @property
     def join_address(self) -> str:
@@ -163,8 +183,24 @@ class Manager:
         self._loop_metrics = LoopMetrics(self.registry)
         self.orchestrator = Orchestrator(self.informer, self.events, reports=self.reports)
         scheduler = Scheduler(self.informer, self.events)
-        monitor = NodeMonitor(self.informer, self.events, self.heartbeats, settings.grace)
-        self.controllers = (self.orchestrator, scheduler, monitor)
+        self.monitor = NodeMonitor(
+            self.informer,
+            self.events,
+            self.heartbeats,
+            MonitorSettings(
+                grace=settings.grace, disruption_threshold=settings.disruption_threshold
+            ),
+        )
+        self.secret_store = SecretStore(self.informer, self.data_key, self.events)
+        syncs = SyncController(
+            self.informer,
+            self.events,
+            SourceFetcher(settings.state_dir / "sync"),
+            check_references=lambda services: self.secret_store.reference_problems(
+                list(services), []
+            ),
+        )
+        self.controllers = (self.orchestrator, scheduler, self.monitor, syncs)
         # Runners run only while this manager leads (see _elected / _deposed).
         self.runners = []
 
@@ -176,7 +212,6 @@ class Manager:
         self.informer.subscribe(route)
         self._stack.push_async_callback(self._stop_runners)
 
-        self.secret_store = SecretStore(self.informer, self.data_key, self.events)
         self.dispatcher = Dispatcher(
             self.informer,
             self.heartbeats,
@@ -194,39 +229,74 @@ class Manager:
             runtimes,
             secret_store=self.secret_store,
         )
-        router = Router(self.election, store, lambda: self.security.identity)
+        self.heartbeat_address: str | None = None
+        router = Router(
+            self.election,
+            store,
+            lambda: self.security.identity,
+            self.conditions,
+            lambda: self.heartbeat_address,
+        )
         self._stack.push_async_callback(router.aclose)
         security = self.security
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        control_methods = router.control(
-            {
-                **self.control.methods(),
-                **self.secret_store.methods(),
-                **security.control_methods(self.informer, router.manager_addresses),
-            }
+        # gRPC sets SO_REUSEPORT by default, and then a second manager on a port
+        # already taken starts "fine" and the kernel splits the clients between them.
+        server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
+        # Outside in: the per-connection cap and size limits (transport), who may
+        # call what (authz: a refused caller takes no admission slot), admission
+        # (shed when busy), the audit log, leader routing, the handlers.
+        self.admission = Admission()
+        control_methods = security.control(
+            router.control(
+                {
+                    **self.control.methods(),
+                    **self.secret_store.methods(),
+                    **security.control_methods(self.informer, router.manager_addresses),
+                }
+            ),
+            admit=self.admission.control,
+        )
+        dispatcher_methods = security.nodes(
+            DISPATCHER_SERVICE,
+            self.admission.dispatcher(router.dispatcher(self.dispatcher.methods())),
         )
         server.add_generic_rpc_handlers(
             (
-                service_handler(
-                    CONTROL_SERVICE,
-                    security.control(control_methods),
-                ),
-                service_handler(
-                    DISPATCHER_SERVICE,
-                    security.nodes(
-                        DISPATCHER_SERVICE, router.dispatcher(self.dispatcher.methods())
-                    ),
-                ),
+                service_handler(CONTROL_SERVICE, control_methods),
+                service_handler(DISPATCHER_SERVICE, dispatcher_methods),
                 security.certificate_handler(),
             )
         )
         host, _ = split_host_port(settings.listen)
-        port = server.add_secure_port(settings.listen, security.server_credentials())
+        try:
+            port = server.add_secure_port(settings.listen, security.server_credentials())
+        except RuntimeError as exc:
+            port = 0
+            cause: Exception | None = exc
+        else:
+            cause = None
         if port == 0:
-            raise OSError(f"cannot listen on {settings.listen}")
+            raise OSError(
+                f"cannot listen on {settings.listen}: the address is in use (another shoal "
+                "manager or another program listens there) or not this machine's; "
+                "choose another with --listen"
+            ) from cause
         await server.start()
         self._stack.push_async_callback(server.stop, 1.0)
         self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        listener = HeartbeatListener(
+            self.dispatcher,
+            router.manager_addresses,
+            security.server_credentials(),
+            lambda request, context: security.authorizer.node_caller(
+                DISPATCHER_SERVICE, "Heartbeat", request, context
+            ),
+        )
+        any_port = f"[{host}]:0" if ":" in host else f"{host}:0"
+        heartbeat_port = listener.start(settings.heartbeat_listen or any_port)
+        self._stack.callback(listener.stop)
+        advertised_host, _ = split_host_port(settings.advertise or self.address)
+        self.heartbeat_address = f"{advertised_host}:{heartbeat_port}"
         self.election.me = self.election.me.model_copy(
             update={"address": settings.advertise or self.address}
         )
@@ -239,8 +309,27 @@ class Manager:
             registry=self.registry,
         ).set_function(lambda: float(self.election.is_leader))
 
+        Gauge(
+            "shoal_disruption_guard_engaged",
+            "1 while more nodes than the disruption threshold are silent and nothing is "
+            "orphaned, else 0.",
+            registry=self.registry,
+        ).set_function(lambda: float(self.guard().engaged))
+        Gauge(
+            "shoal_nodes_silent_share",
+            "Share of the nodes in service that are silent (what the disruption guard judges).",
+            registry=self.registry,
+        ).set_function(lambda: self.guard().share)
+        self._stalls = prometheus_client.Counter(
+            "shoal_manager_stall_seconds",
+            "Seconds this manager could not receive heartbeats (event loop held, process "
+            "paused); node silence is measured without them.",
+            registry=self.registry,
+        )
+        self._start_probe()
         self.registry.register(ClusterCollector(self.informer))
         self.registry.register(RestartsCollector(self.restarts))
+        self.registry.register(AdmissionCollector(self.admission))
         if settings.metrics_listen:
             metrics_host, metrics_port = split_host_port(settings.metrics_listen)
             http_server, _thread = start_http_server(metrics_port, metrics_host, self.registry)
@@ -290,6 +379,44 @@ class Manager:
         if session is not None:
             session.close()
 
+    def _start_probe(self) -> None:
+        def on_stall(seconds: float) -> None:
+            self._stalls.inc(seconds)
+            if seconds >= 0.5:
+                log.warning("manager.stalled", seconds=round(seconds, 3))
+
+        probe = asyncio.create_task(probe_stalls(self.heartbeats, on_stall), name="stall-probe")
+
+        def died(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("manager.stall_probe_died", error=repr(task.exception()))
+                self._start_probe()
+
+        probe.add_done_callback(died)
+
+        async def stop() -> None:
+            probe.remove_done_callback(died)
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+
+        self._stack.push_async_callback(stop)
+
+    def guard(self) -> GuardState:
+        """The disruption guard: the node monitor's own view while leading, else the store's."""
+        if self.election.is_leader:
+            return self.monitor.guard
+        return guard_from_nodes(
+            (e.obj for e in list(self.informer.nodes.values())),
+            self.settings.disruption_threshold,
+        )
+
+    def conditions(self) -> list[dict[str, object]]:
+        """Cluster-wide conditions for ``shoal cluster status``, with their recent events."""
+        guard = self.guard().to_wire()
+        guard["events"] = [e.to_wire() for e in self.events.for_object(CLUSTER_OBJECT)][-5:]
+        return [guard]
+
     def _new_runners(self) -> list[ControllerRunner]:
         period = self.settings.resync_period
         return [
@@ -304,13 +431,12 @@ class Manager:
 
     async def _elected(self) -> None:
         """This manager leads: catch the cache up, then run the controllers."""
-        if isinstance(self.election, SoleElection):
-            self.heartbeats.restart()
-        else:
+        if not isinstance(self.election, SoleElection):
             # Every write of an earlier term is below our term's revision: see it first.
             await self.informer.catch_up()
-            # Agents were with the old leader; give them time to find this one.
-            self.heartbeats.restart(self.settings.failover - self.settings.grace)
+        # Agents were with the old leader, or backing off while no manager ran:
+        # give them time to find this one.
+        self.heartbeats.restart(self.settings.failover - self.settings.grace)
         self.runners = self._new_runners()
         for runner in self.runners:
             runner.start()

@@ -9,6 +9,9 @@ from pydantic import Field
 
 from shoal.models.base import Model
 
+# What one machine carries unless its agent says otherwise (``--max-tasks``).
+DEFAULT_MAX_TASKS = 256
+
 
 class Availability(StrEnum):
     ACTIVE = "active"
@@ -38,6 +41,8 @@ class NodeDescription(Model):
     cpus: float = 0.0
     memory: int = 0
     agent_version: str = ""
+    # The most tasks the agent takes (``shoal agent --max-tasks``); None: no limit.
+    max_tasks: int | None = None
 
     def runtime_available(self, name: str) -> bool:
         return any(r.name == name and r.available for r in self.runtimes)

@@ -1,5 +1,6 @@
-"""The informer: an in-memory, always-current copy of every service, task and node
-(and of the secrets and configs, their bytes still sealed).
+"""The informer: an in-memory, always-current copy of every object in the store:
+services, tasks and nodes, the secrets and configs (their bytes still sealed),
+and the GitOps objects (syncs, apply sets).
 
 Reconcilers read only from here, never from the store, so a reconcile costs no
 I/O until it writes. The cache is fed two ways:
@@ -38,12 +39,15 @@ from pydantic import ValidationError
 from shoal.errors import CompactedError, StoreError
 from shoal.models import Node, Service, Task
 from shoal.models.secret import Config, Secret
+from shoal.models.sync import ApplySet, Sync
 from shoal.store.base import EventType, KeyValue, Store
 from shoal.store.typed import (
+    APPLYSETS,
     CONFIGS,
     NODES,
     SECRETS,
     SERVICES,
+    SYNCS,
     TASKS,
     Change,
     Object,
@@ -54,7 +58,7 @@ from shoal.supervise import supervise
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T", Service, Task, Node, Secret, Config)
+T = TypeVar("T", Service, Task, Node, Secret, Config, Sync, ApplySet)
 Listener = Callable[[Object | None, Object | None], None]
 
 
@@ -79,6 +83,8 @@ class Informer:
         self.nodes: dict[str, Entry[Node]] = {}
         self.secrets: dict[str, Entry[Secret]] = {}
         self.configs: dict[str, Entry[Config]] = {}
+        self.syncs: dict[str, Entry[Sync]] = {}
+        self.applysets: dict[str, Entry[ApplySet]] = {}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
         self._applied: dict[str, int] = {}
@@ -188,6 +194,8 @@ class Informer:
             + [NODES + k for k in self.nodes]
             + [SECRETS + k for k in self.secrets]
             + [CONFIGS + k for k in self.configs]
+            + [SYNCS + k for k in self.syncs]
+            + [APPLYSETS + k for k in self.applysets]
         )
 
     async def _follow(self, start: int) -> None:
@@ -234,6 +242,10 @@ class Informer:
             return key[len(SECRETS) :] in self.secrets
         if key.startswith(CONFIGS):
             return key[len(CONFIGS) :] in self.configs
+        if key.startswith(SYNCS):
+            return key[len(SYNCS) :] in self.syncs
+        if key.startswith(APPLYSETS):
+            return key[len(APPLYSETS) :] in self.applysets
         return key[len(NODES) :] in self.nodes
 
     def _apply(self, key: str, obj: Object | None, revision: int) -> None:
@@ -266,6 +278,18 @@ class Informer:
             old = prev_config.obj if prev_config else None
             if isinstance(obj, Config):
                 self.configs[obj.name] = Entry(obj, revision)
+        elif key.startswith(SYNCS):
+            name = key[len(SYNCS) :]
+            prev_sync = self.syncs.pop(name, None)
+            old = prev_sync.obj if prev_sync else None
+            if isinstance(obj, Sync):
+                self.syncs[name] = Entry(obj, revision)
+        elif key.startswith(APPLYSETS):
+            name = key[len(APPLYSETS) :]
+            prev_set = self.applysets.pop(name, None)
+            old = prev_set.obj if prev_set else None
+            if isinstance(obj, ApplySet):
+                self.applysets[name] = Entry(obj, revision)
         else:
             return
         for listener in self._listeners:

@@ -77,6 +77,14 @@ class Controller(abc.ABC):
     def keys_for(self, old: Object | None, new: Object | None) -> Iterable[str]:
         """The keys a store change (``old`` → ``new``) may affect; cheap, no I/O."""
 
+    def starting(self) -> None:
+        """Called each time a runner starts this controller (each term this manager leads).
+
+        Changes are routed to a controller only while it runs, so anything it
+        derived from them in an earlier term is stale: rebuild it from the informer.
+        """
+        return None
+
 
 class WorkQueue:
     """Keys to reconcile; each key queued at most once and processed by one worker."""
@@ -185,6 +193,7 @@ class ControllerRunner:
 
     def start(self) -> None:
         name = self.controller.name
+        self.controller.starting()
         for index in range(self.controller.workers):
             self._tasks.append(asyncio.create_task(self._work(), name=f"{name}-worker-{index}"))
         self._tasks.append(asyncio.create_task(self._resync(), name=f"{name}-resync"))

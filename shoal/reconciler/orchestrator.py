@@ -297,12 +297,10 @@ class Orchestrator(Controller):
             entries = by_node.pop(node_id, [])
             if node_id in eligible:
                 self._slot(service, 0, node_id, entries, plan, now, notes, update)
-            elif (
-                node.spec.availability == Availability.PAUSE
-                and node.status.state == NodeState.READY
-                and node_matches(node, service.spec.template, service.spec.placement)
+            elif _keeps_tasks(node) and node_matches(
+                node, service.spec.template, service.spec.placement
             ):
-                continue  # paused: keep what runs, place nothing new
+                continue  # paused, or silent and not yet down: keep what runs, place nothing new
             else:
                 self._retire(entries, plan, now, f"node {node_id} is not eligible")
         for node_id, entries in by_node.items():
@@ -466,6 +464,15 @@ def _matters(old: Task, new: Task) -> bool:
         or old.node_id != new.node_id
         # A task that starts running (healthy) moves a rolling update on.
         or (new.status.state == TaskState.RUNNING) != (old.status.state == TaskState.RUNNING)
+    )
+
+
+def _keeps_tasks(node: Node) -> bool:
+    """A paused node, or a silent one the node monitor has not declared down (``unknown``)."""
+    if node.spec.availability == Availability.DRAIN:
+        return False
+    return node.status.state == NodeState.UNKNOWN or (
+        node.spec.availability == Availability.PAUSE and node.status.state == NodeState.READY
     )
 
 

@@ -12,8 +12,10 @@ the task's runtime works there; the reservations fit in what the node has
 left. Among the nodes that pass, spread: fewest live tasks of this service,
 then fewest live tasks in total, then node id for a stable order.
 
-A task that fits nowhere stays ``pending`` with a message saying why (per
-reason, how many nodes), updated only when the reason changes.
+A node takes at most the tasks its agent advertised (``--max-tasks``). A task
+that fits nowhere stays ``pending`` with a message saying why (per reason, how
+many nodes), updated only when the reason changes; the service gets one
+``Unschedulable`` event per reason and pass in which tasks newly wait for it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class NodeLoad:
 
 
 def fits(node: Node, load: NodeLoad, task: Task) -> str | None:
+    limit = node.description.max_tasks
+    if limit is not None and load.tasks >= limit:
+        return f"task limit reached (--max-tasks {limit})"
     reservations = task.template.resources.reservations
     if reservations.cpus and load.cpus + reservations.cpus > node.description.cpus + 1e-9:
         return "insufficient cpus"
@@ -104,6 +109,11 @@ class Scheduler(Controller):
         # each node already carries. Built from the informer on first use.
         self._pending: set[str] = set()
         self._loads: dict[str, NodeLoad] = defaultdict(NodeLoad)
+        self._indexed = False
+
+    def starting(self) -> None:
+        # While this manager followed, no change reached ``keys_for``: the
+        # indexes miss what was created, placed and ended meanwhile.
         self._indexed = False
 
     def all_keys(self) -> Iterable[str]:
@@ -208,6 +218,9 @@ class Scheduler(Controller):
         heaps: dict[Shape, list[tuple[int, int, str]]] = {}
         unschedulable: dict[Shape, str] = {}
         changes: list[Change] = []
+        # Per reason: how many tasks wait, and whether any is new to it (worth an event).
+        waiting: Counter[str] = Counter()
+        news: set[str] = set()
         for entry in entries:
             await pace()
             task = entry.obj
@@ -251,13 +264,12 @@ class Scheduler(Controller):
                     )
                     message = unschedulable[shape] = _no_node_message(task, reasons, len(nodes))
             if chosen is None:
+                waiting[message] += 1
                 if task.status.message != message:
+                    news.add(message)
                     status = task.status.model_copy(update={"message": message, "timestamp": now})
                     changes.append(
                         Change.put(task.model_copy(update={"status": status}), entry.revision)
-                    )
-                    self.events.record(
-                        f"service/{name}", "Unschedulable", f"{task.name}: {message}", True
                     )
                 continue
             loads.add(chosen.id, task)
@@ -270,6 +282,16 @@ class Scheduler(Controller):
                 }
             )
             changes.append(Change.put(assigned, entry.revision))
+        # One event per service and reason, not one per task: 100,000 tasks that
+        # cannot be placed are one line in ``describe`` and in the log.
+        for message in sorted(news):
+            count = waiting[message]
+            self.events.record(
+                f"service/{name}",
+                "Unschedulable",
+                f"{count} task{'s' if count != 1 else ''} pending: {message}",
+                True,
+            )
         return changes
 
 

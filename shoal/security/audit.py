@@ -27,20 +27,30 @@ AUDIT_FILE = "audit.log"
 def _names(request: Payload) -> dict[str, Any]:
     """The objects a request names, for the log (not its contents)."""
     summary: dict[str, Any] = {}
-    for key in ("name", "names", "kind", "role", "rotate", "dryRun", "service"):
+    for key in (
+        *("name", "names", "kind", "role", "rotate", "dryRun", "service", "action"),
+        *("toRevision", "set", "prune", "suspend", "force"),
+    ):
         if key in request and isinstance(request[key], str | bool | list | int):
             value = request[key]
             summary[key] = value[:50] if isinstance(value, list) else value
-    services = request.get("services")
-    if isinstance(services, list):
-        summary["services"] = [
-            str((doc.get("metadata") or {}).get("name", "?")) if isinstance(doc, dict) else "?"
-            for doc in services[:50]
-        ]
+    for key in ("services", "documents", "configs"):
+        documents = request.get(key)
+        if isinstance(documents, list):
+            summary[key] = [_document_name(doc) for doc in documents[:50]]
     replicas = request.get("replicas")
     if isinstance(replicas, dict):
         summary["replicas"] = {str(k): v for k, v in list(replicas.items())[:50]}
     return summary
+
+
+def _document_name(doc: object) -> str:
+    """``kind/name`` of one document in a request (``Service`` when it names no kind)."""
+    if not isinstance(doc, dict):
+        return "?"
+    metadata = doc.get("metadata")
+    name = metadata.get("name", "?") if isinstance(metadata, dict) else "?"
+    return f"{doc.get('kind') or 'Service'}/{name}"
 
 
 class AuditLog:

@@ -24,10 +24,11 @@ audit log (``shoal.security.audit``) records mutating Control calls with it.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Callable, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import grpc.aio
 from cryptography import x509
@@ -85,25 +86,33 @@ def is_read(method: str) -> bool:
     return method in VIEWER_METHODS or method.startswith(READ_PREFIXES)
 
 
+class PeerContext(Protocol):
+    """What the checks read of a call: its TLS auth context (grpc and grpc.aio alike)."""
+
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
+
+
 class PeerCache:
     """Parsed client certificates, by their PEM bytes (a bounded cache)."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
         self._cache: dict[bytes, CertInfo] = {}
+        # The heartbeat listener's threads share the cache with the event loop.
+        self._lock = threading.Lock()
 
-    def info(self, context: grpc.aio.ServicerContext) -> CertInfo:
+    def info(self, context: PeerContext) -> CertInfo:
         auth = context.auth_context() or {}
-        pems = auth.get("x509_pem_cert") or []
-        if not pems:
+        pem = next(iter(auth.get("x509_pem_cert") or ()), None)
+        if pem is None:
             raise AuthError("this call carries no client certificate")
-        pem = pems[0]
         info = self._cache.get(pem)
         if info is None:
             info = cert_info(x509.load_pem_x509_certificate(pem))
-            if len(self._cache) >= self.size:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[pem] = info
+            with self._lock:
+                if len(self._cache) >= self.size:
+                    self._cache.pop(next(iter(self._cache)), None)
+                self._cache[pem] = info
         return info
 
 
@@ -122,7 +131,7 @@ class Authorizer:
         # Told of every refused mutating Control call: (method, reason, request).
         self.denied = denied
 
-    def _holder(self, context: grpc.aio.ServicerContext) -> CertInfo:
+    def _holder(self, context: PeerContext) -> CertInfo:
         info = self.peers.info(context)
         if info.cluster_id != self.cluster_id:
             raise AuthError(f"certificate of {info.common_name} is for another cluster")
@@ -165,7 +174,7 @@ class Authorizer:
         return caller
 
     def node_caller(
-        self, service: str, method: str, request: Payload | None, context: grpc.aio.ServicerContext
+        self, service: str, method: str, request: Payload | None, context: PeerContext
     ) -> Caller:
         info = self._holder(context)
         if info.role not in NODE_ROLES:

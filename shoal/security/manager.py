@@ -106,9 +106,15 @@ class ManagerSecurity:
         self.identity_control = SecurityControl(self.ca, self.state, informer, USER_EXPIRY, servers)
         return self.identity_control.methods()
 
-    def control(self, methods: Mapping[str, Method]) -> dict[str, Method]:
-        """The Control service's methods, audited and authorized."""
-        return self.authorizer.control(self.audit.wrap(methods))
+    def control(
+        self,
+        methods: Mapping[str, Method],
+        admit: Callable[[dict[str, Method]], dict[str, Method]] = dict,
+    ) -> dict[str, Method]:
+        """The Control service's methods, audited and authorized; ``admit`` (the
+        manager's admission gate) wraps them between the two, so a caller that is
+        refused takes no admission slot and a call that is shed is still audited."""
+        return self.authorizer.control(admit(self.audit.wrap(methods)))
 
     def nodes(self, service: str, methods: Mapping[str, Method]) -> dict[str, Method]:
         return self.authorizer.nodes(service, methods)

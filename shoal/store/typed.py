@@ -7,6 +7,8 @@ Key layout (every backend, every version of shoal must agree on it):
     /nodes/<id>          Node
     /secrets/<name>      Secret (its bytes sealed with the data key)
     /configs/<name>      Config (the same)
+    /syncs/<name>        Sync (GitOps source; status written by its controller)
+    /applysets/<name>    ApplySet (what `apply --prune` and each Sync own)
     /cluster/config      ClusterConfig (cluster id)
     /cluster/datakey     the data key's check value (shoal.security.datakey)
     /security/...        the CA, tokens, users, revocations (shoal.security.state)
@@ -40,6 +42,7 @@ from shoal.errors import ConflictError, StoreError
 from shoal.models import Node, Service, Task
 from shoal.models.base import Model
 from shoal.models.secret import Config, Secret
+from shoal.models.sync import ApplySet, Sync
 from shoal.store.base import Compare, Delete, KeyValue, Op, Put, Store
 
 SERVICES = "/services/"
@@ -47,6 +50,8 @@ TASKS = "/tasks/"
 NODES = "/nodes/"
 SECRETS = "/secrets/"
 CONFIGS = "/configs/"
+SYNCS = "/syncs/"
+APPLYSETS = "/applysets/"
 CLUSTER_CONFIG = "/cluster/config"
 
 log = structlog.get_logger(__name__)
@@ -55,7 +60,7 @@ log = structlog.get_logger(__name__)
 # encoding and applying this many objects takes a few milliseconds.
 CHUNK = 250
 
-Object = Service | Task | Node | Secret | Config
+Object = Service | Task | Node | Secret | Config | Sync | ApplySet
 
 
 class Fence(Protocol):
@@ -83,6 +88,10 @@ def key_of(obj: Object) -> str:
         return SECRETS + obj.metadata.name
     if isinstance(obj, Config):
         return CONFIGS + obj.metadata.name
+    if isinstance(obj, Sync):
+        return SYNCS + obj.metadata.name
+    if isinstance(obj, ApplySet):
+        return APPLYSETS + obj.name
     return NODES + obj.id
 
 
@@ -98,6 +107,10 @@ def decode(kv: KeyValue) -> Object | None:
         return Secret.from_wire(kv.value)
     if kv.key.startswith(CONFIGS):
         return Config.from_wire(kv.value)
+    if kv.key.startswith(SYNCS):
+        return Sync.from_wire(kv.value)
+    if kv.key.startswith(APPLYSETS):
+        return ApplySet.from_wire(kv.value)
     return None
 
 

@@ -130,7 +130,7 @@ class Cluster:
         """The admin bundle the manager wrote into its state dir (what the CLI uses)."""
         return load_bundle(self.root / "manager" / "admin.yaml")
 
-    def start_manager(self) -> None:
+    def start_manager(self, extra_args: Sequence[str] = ()) -> None:
         self.manager = Daemon(
             "manager",
             shoal_cmd(
@@ -146,6 +146,7 @@ class Cluster:
                 "--heartbeat-period",
                 f"{int(HEARTBEAT * 1000)}ms",
                 *self.manager_args,
+                *extra_args,
             ),
             self.root / "manager.log",
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import cluster as cluster_module
 from tests.e2e.cluster import HEARTBEAT, Cluster, cluster_at, task_processes, wait_for
 
 pytestmark = pytest.mark.slow
@@ -22,6 +23,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with cluster_at(tmp_path) as running:
+        for name in ("n1", "n2", "n3"):
+            running.start_agent(name, f"zone={'a' if name != 'n3' else 'b'}")
+        yield running
+
+
+@pytest.fixture
+def slow_heartbeat_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """Heartbeats every 2 s (down after 6 s): a SIGKILLed agent started again
+    takes about 1.5 s to import and register here, as long as the usual 1.5 s
+    grace, so with it the node would be declared down before it could adopt."""
+    monkeypatch.setattr(cluster_module, "HEARTBEAT", 2.0)
     with cluster_at(tmp_path) as running:
         for name in ("n1", "n2", "n3"):
             running.start_agent(name, f"zone={'a' if name != 'n3' else 'b'}")
@@ -102,7 +115,8 @@ def test_stopped_agent_tasks_run_elsewhere_after_heartbeat_grace(cluster: Cluste
     assert len(cluster.running("ft-lost")) == 3
 
 
-def test_agent_sigkill_and_restart_adopts_running_tasks(cluster: Cluster) -> None:
+def test_agent_sigkill_and_restart_adopts_running_tasks(slow_heartbeat_cluster: Cluster) -> None:
+    cluster = slow_heartbeat_cluster
     cluster.apply(cluster.service("ft-adopt", ["sleep", "300"], replicas=3))
     running = cluster.wait_running("ft-adopt", 3)
     before = {t["id"]: t["status"]["pid"] for t in running}
@@ -112,7 +126,7 @@ def test_agent_sigkill_and_restart_adopts_running_tasks(cluster: Cluster) -> Non
     agent = cluster.agents["n1"]
     agent.kill()  # SIGKILL: no chance to clean up
     cluster.start_agent("n1", "zone=a")
-    time.sleep(4 * HEARTBEAT)  # time enough to (wrongly) restart anything
+    time.sleep(4 * cluster_module.HEARTBEAT)  # past the grace: time to (wrongly) restart anything
 
     after = {t["id"]: t["status"]["pid"] for t in cluster.running("ft-adopt")}
     assert after == before

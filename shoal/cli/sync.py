@@ -1,0 +1,285 @@
+"""``shoal sync ls|status|now|suspend|resume|delete``: the Syncs that keep the cluster in line.
+
+A Sync is created with ``shoal apply -f sync.yaml`` like any document; these
+verbs show and steer it. ``status`` exits 0 when the Sync is Ready and 1
+otherwise, so scripts can check it; ``now`` asks for a run, waits for the
+controller to answer exactly that request, and exits 1 when the run failed
+(the reason and message are printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from shoal.cli import output
+from shoal.cli.options import (
+    DEFAULT_TIMEOUT,
+    add_subcommand,
+    duration,
+    output_option,
+    server_option,
+    subcommands,
+)
+from shoal.errors import NotFoundError, ShoalError
+
+POLL_INTERVAL = 0.2
+
+
+def _condition(sync: dict[str, Any], kind: str) -> dict[str, Any]:
+    for condition in (sync.get("status") or {}).get("conditions", []):
+        if condition.get("type") == kind:
+            return dict(condition)
+    return {}
+
+
+def _source(sync: dict[str, Any]) -> str:
+    source = sync.get("spec", {}).get("source", {})
+    git = source.get("git")
+    if git:
+        return f"{git.get('url')}@{git.get('ref', 'main')}:{git.get('path', '.')}"
+    return str(source.get("path", "-"))
+
+
+def _short_revision(revision: str | None) -> str:
+    if not revision:
+        return "-"
+    prefix, _, digest = revision.rpartition(":")
+    return f"{prefix}:{digest[:12]}" if prefix else revision[:20]
+
+
+def sync_table(items: list[dict[str, Any]]) -> str:
+    rows = []
+    for sync in items:
+        status = sync.get("status") or {}
+        ready = _condition(sync, "Ready")
+        rows.append(
+            [
+                str(sync.get("metadata", {}).get("name", "-")),
+                output.truncate(_source(sync), output.COMMAND_WIDTH),
+                str(ready.get("status", "-")),
+                str(ready.get("reason", "-")),
+                str(status.get("health") or "-"),
+                _short_revision(status.get("lastAppliedRevision")),
+                "yes" if sync.get("spec", {}).get("suspend") else "no",
+                output.age_since(status.get("lastAttemptedAt")),
+            ]
+        )
+    headers = ["NAME", "SOURCE", "READY", "REASON", "HEALTH", "REVISION", "SUSPENDED", "LAST RUN"]
+    return output.render_table(headers, rows)
+
+
+def describe_sync(payload: dict[str, Any]) -> str:
+    sync = payload.get("sync", {})
+    spec = sync.get("spec", {})
+    status = sync.get("status") or {}
+    lines = [
+        f"Name:                   {sync.get('metadata', {}).get('name', '-')}",
+        f"Source:                 {_source(sync)}",
+        f"Interval:               {spec.get('interval', '-')}",
+        f"Prune:                  {spec.get('prune', False)}",
+        f"Suspended:              {spec.get('suspend', False)}",
+        f"Timeout:                {spec.get('timeout', '-')}",
+        "Depends on:             "
+        + (", ".join(d.get("name", "?") for d in spec.get("dependsOn", [])) or "-"),
+        f"Last applied revision:  {status.get('lastAppliedRevision') or '-'}",
+        f"Last attempted revision: {status.get('lastAttemptedRevision') or '-'}",
+        f"Last run:               {output.age_since(status.get('lastAttemptedAt'))} ago",
+        f"Health:                 {status.get('health') or '-'}"
+        + (f" ({status['healthMessage']})" if status.get("healthMessage") else ""),
+        "Conditions:",
+    ]
+    for condition in status.get("conditions", []):
+        message = str(condition.get("message", "")).splitlines() or [""]
+        lines.append(
+            f"  {condition.get('type', '?'):<12} {condition.get('status', '?'):<8} "
+            f"{condition.get('reason', '')}: {message[0]}"
+        )
+        lines += [f"      {more}" for more in message[1:]]
+    inventory = status.get("inventory", [])
+    lines.append(f"Inventory ({len(inventory)}):" + ("" if inventory else " -"))
+    lines += [f"  {ref}" for ref in inventory]
+    events = payload.get("events", [])
+    lines.append("Events:" + ("" if events else " -"))
+    for event in events[-15:]:
+        first = str(event.get("message", "")).splitlines() or [""]
+        lines.append(
+            f"  {output.age_since(event.get('time')):>4}  {event.get('type', ''):<8} "
+            f"{event.get('reason', ''):<16} {first[0]}"
+        )
+    return "\n".join(lines)
+
+
+def _ready(sync: dict[str, Any]) -> bool:
+    return _condition(sync, "Ready").get("status") == "True"
+
+
+# ----------------------------------------------------------------- commands
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from shoal.api.client import open_control
+
+    async def ask() -> list[dict[str, Any]]:
+        async with open_control(args.server) as control:
+            return await control.get("syncs")
+
+    items = asyncio.run(ask())
+    if args.output in ("json", "yaml"):
+        print(output.dump({"items": items}, args.output))
+    elif items:
+        print(sync_table(items))
+    else:
+        print("No syncs found.", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from shoal.api.client import open_control
+
+    async def ask() -> dict[str, Any]:
+        async with open_control(args.server) as control:
+            return await control.describe_sync(args.name)
+
+    payload = asyncio.run(ask())
+    if args.output in ("json", "yaml"):
+        print(output.dump(payload["sync"], args.output))
+    else:
+        print(describe_sync(payload))
+    return 0 if _ready(payload["sync"]) else 1
+
+
+def cmd_now(args: argparse.Namespace) -> int:
+    from shoal.api.client import open_control
+
+    async def run() -> dict[str, Any] | None:
+        async with open_control(args.server) as control:
+            requested = await control.sync_now(args.name)
+            if not args.wait:
+                return None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + args.timeout
+            progress = output.Progress()
+            try:
+                while True:
+                    items = await control.get("syncs", name=args.name)
+                    if not items:
+                        raise NotFoundError(f"sync {args.name!r} not found")
+                    sync = items[0]
+                    if (sync.get("status") or {}).get("lastHandledRequest") == requested:
+                        return sync
+                    if loop.time() > deadline:
+                        raise ShoalError(
+                            f"timed out after {output.format_age(args.timeout)} waiting for "
+                            f"sync/{args.name} to run (is a manager leading?)"
+                        )
+                    progress.update(f"sync/{args.name}: waiting for the run")
+                    await asyncio.sleep(POLL_INTERVAL)
+            finally:
+                progress.clear()
+
+    sync = asyncio.run(run())
+    if sync is None:
+        print(f"sync/{args.name} run requested")
+        return 0
+    status = sync.get("status") or {}
+    ready = _condition(sync, "Ready")
+    stalled = _condition(sync, "Stalled")
+    if ready.get("reason") in ("FetchFailed", "ValidationFailed", "ApplyFailed") or (
+        stalled.get("status") == "True"
+    ):
+        raise ShoalError(f"sync/{args.name}: {ready.get('reason')}: {ready.get('message', '')}")
+    revision = status.get("lastAppliedRevision") or "-"
+    print(
+        f"sync/{args.name} applied revision {revision}: Ready={ready.get('status', '-')} "
+        f"health={status.get('health') or '-'}"
+    )
+    return 0
+
+
+def _suspend(args: argparse.Namespace, wanted: bool) -> int:
+    from shoal.api.client import open_control
+
+    async def ask() -> bool:
+        async with open_control(args.server) as control:
+            return await control.sync_suspend(args.name, wanted)
+
+    changed = asyncio.run(ask())
+    verb = "suspended" if wanted else "resumed"
+    print(f"sync/{args.name} {verb}" + ("" if changed else " (already)"))
+    return 0
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    return _suspend(args, True)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _suspend(args, False)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from shoal.api.client import open_control
+
+    async def ask() -> list[str]:
+        async with open_control(args.server) as control:
+            return await control.delete_sync(args.name)
+
+    kept = asyncio.run(ask())
+    print(f"sync/{args.name} deleted" + (f"; still running: {', '.join(kept)}" if kept else ""))
+    return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Syncs are created with `shoal apply -f sync.yaml`; see docs/gitops.md.\n\n"
+        "examples:\n  shoal sync ls\n  shoal sync status prod\n  shoal sync now prod"
+    )
+    group = subcommands(parser, "sync_command")
+    ls = add_subcommand(group, "ls", cmd_ls, "list Syncs with their state")
+    server_option(ls)
+    output_option(ls, ("table", "yaml", "json"), "table (default), yaml or json")
+
+    status = add_subcommand(
+        group,
+        "status",
+        cmd_status,
+        "show a Sync: revisions, conditions, health, inventory, events",
+        epilog="Exit code 0 when the Sync is Ready, 1 otherwise.",
+    )
+    server_option(status)
+    status.add_argument("name", metavar="NAME")
+    output_option(status, ("table", "yaml", "json"), "table (default), yaml or json")
+
+    now = add_subcommand(
+        group,
+        "now",
+        cmd_now,
+        "fetch and apply at once instead of at the next interval",
+        epilog="Waits for the run and exits 1 if it failed (--no-wait returns at once).",
+    )
+    server_option(now)
+    now.add_argument("name", metavar="NAME")
+    now.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for the run's outcome (default)",
+    )
+    now.add_argument(
+        "--timeout",
+        type=duration,
+        default=DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help="how long to wait for the run (default 60s)",
+    )
+    for name, func, summary in (
+        ("suspend", cmd_suspend, "stop fetching, applying and correcting drift"),
+        ("resume", cmd_resume, "start again (runs at once)"),
+        ("delete", cmd_delete, "delete a Sync; the services it applied keep running"),
+    ):
+        verb = add_subcommand(group, name, func, summary)
+        server_option(verb)
+        verb.add_argument("name", metavar="NAME")

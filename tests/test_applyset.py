@@ -1,0 +1,136 @@
+"""The apply planner and apply sets on the memory store: what is created, kept, pruned."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from shoal.errors import ApplySetError, SpecError
+from shoal.manifest import load_text
+from shoal.models import Service
+from shoal.models.sync import Sync
+from shoal.reconciler.applyset import ApplyOptions, plan_apply
+from shoal.reconciler.informer import Informer
+from shoal.specdiff import changed_fields, unified
+from shoal.store import open_store
+from shoal.store.typed import TypedStore
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def service(name: str, **spec: object) -> Service:
+    return Service.model_validate(
+        {"metadata": {"name": name}, "spec": {"template": {"command": ["sleep", "9"]}, **spec}}
+    )
+
+
+@pytest.fixture
+async def informer() -> AsyncIterator[Informer]:
+    store = await open_store("memory://")
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    yield informer
+    await informer.aclose()
+    await store.aclose()
+
+
+async def apply(
+    informer: Informer, docs: list[Service | Sync], **options: object
+) -> dict[str, str]:
+    plan = plan_apply(informer, docs, ApplyOptions(**options), NOW)  # type: ignore[arg-type]
+    await informer.commit(plan.changes)
+    return {r.name: r.action for r in plan.results}
+
+
+async def test_prune_deletes_only_members_the_files_dropped(informer: Informer) -> None:
+    await apply(informer, [service("loose")])
+    first = await apply(informer, [service("a"), service("b")], set_name="s", prune=True)
+    assert first == {"a": "created", "b": "created"}
+    second = await apply(informer, [service("b")], set_name="s", prune=True)
+    assert second == {"b": "unchanged", "a": "pruned"}
+    assert sorted(informer.services) == ["b", "loose"]
+    assert [m.name for m in informer.applysets["s"].obj.members] == ["b"]
+
+
+async def test_without_prune_the_set_keeps_owning_what_it_had(informer: Informer) -> None:
+    await apply(informer, [service("a"), service("b")], set_name="s")
+    await apply(informer, [service("b")], set_name="s")
+    assert sorted(informer.services) == ["a", "b"]
+    assert await apply(informer, [service("b")], set_name="s", prune=True) == {
+        "b": "unchanged",
+        "a": "pruned",
+    }
+
+
+async def test_emptying_a_set_needs_allow_empty(informer: Informer) -> None:
+    await apply(informer, [service("a")], set_name="s", prune=True)
+    with pytest.raises(ApplySetError, match="allow an empty set"):
+        plan_apply(informer, [], ApplyOptions(set_name="s", prune=True), NOW)
+    assert await apply(informer, [], set_name="s", prune=True, allow_empty=True) == {"a": "pruned"}
+
+
+async def test_a_service_of_another_set_is_refused(informer: Informer) -> None:
+    await apply(informer, [service("a")], set_name="one")
+    with pytest.raises(ApplySetError, match="service/a belongs to apply set 'one'"):
+        plan_apply(informer, [service("a")], ApplyOptions(set_name="two"), NOW)
+    # A plain apply (no set) may still update it; it stays in its set.
+    assert await apply(informer, [service("a", replicas=3)]) == {"a": "configured"}
+    assert informer.applysets["one"].obj.owns("Service", "a")
+
+
+async def test_unchanged_apply_writes_nothing(informer: Informer) -> None:
+    await apply(informer, [service("a")], set_name="s", prune=True)
+    plan = plan_apply(informer, [service("a")], ApplyOptions(set_name="s", prune=True), NOW)
+    assert plan.changes == []
+
+
+async def test_defaults_written_out_are_no_difference(informer: Informer) -> None:
+    await apply(informer, [service("a")])
+    explicit = service(
+        "a",
+        replicas=1,
+        mode="replicated",
+        restartPolicy={"condition": "any", "delay": "1s"},
+        template={"command": "sleep 9", "stopGracePeriod": "10s", "runtime": "process"},
+    )
+    assert await apply(informer, [explicit]) == {"a": "unchanged"}
+    stored = informer.services["a"].obj
+    assert unified(stored, explicit) == ""
+    changed = service("a", replicas=4)
+    assert changed_fields(stored, changed) == ["spec.replicas: 1 → 4"]
+
+
+async def test_sync_dependency_cycles_are_refused(informer: Informer) -> None:
+    def sync(name: str, *deps: str) -> Sync:
+        return Sync.model_validate(
+            {
+                "metadata": {"name": name},
+                "spec": {"source": {"path": "/srv"}, "dependsOn": [{"name": d} for d in deps]},
+            }
+        )
+
+    await apply(informer, [sync("a", "b")])
+    with pytest.raises(SpecError, match="dependency cycle b → a → b"):
+        plan_apply(informer, [sync("b", "a")], ApplyOptions(), NOW)
+    with pytest.raises(SpecError, match="cycle c → c"):
+        plan_apply(informer, [sync("c", "c")], ApplyOptions(), NOW)
+    assert await apply(informer, [sync("b")]) == {"b": "created"}
+
+
+def test_get_yaml_lists_load_as_documents() -> None:
+    text = (
+        "items:\n"
+        "- apiVersion: shoal/v1\n  kind: Service\n  metadata: {name: a, generation: 3}\n"
+        "  spec: {template: {command: [sleep, '1']}}\n  status: {desiredTasks: 1}\n"
+        "- apiVersion: shoal/v1\n  kind: Service\n  metadata: {name: b}\n"
+        "  spec: {replicas: -1, template: {command: [sleep, '1']}}\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_text(text, "list.yaml")
+    assert caught.value.problems == [
+        "list.yaml:10: items[1].spec.replicas: input should be greater than or equal to 0 (got -1)"
+    ]
+    docs = load_text(text.replace("replicas: -1, ", ""), "list.yaml")
+    assert [d.name for d in docs] == ["a", "b"]
