@@ -20,6 +20,7 @@ import grpc.aio
 
 from shoal.api.transport import Method, Payload, Unary, status_for
 from shoal.security.authz import current_caller, is_read
+from shoal.security.ca import CertInfo
 
 AUDIT_FILE = "audit.log"
 
@@ -63,13 +64,18 @@ class AuditLog:
         self._file = os.fdopen(fd, "a", buffering=1)
 
     def record(
-        self, method: str, request: Payload | None, outcome: str, reason: str | None = None
+        self,
+        method: str,
+        request: Payload | None,
+        outcome: str,
+        reason: str | None = None,
+        refused: CertInfo | None = None,
     ) -> None:
         caller = current_caller()
         entry: dict[str, Any] = {
             "time": datetime.now(UTC).isoformat(),
-            "user": caller.name if caller else None,
-            "role": caller.role if caller else None,
+            "user": caller.name if caller else refused.common_name if refused else None,
+            "role": caller.role if caller else refused.role if refused else None,
             "via": caller.via if caller else None,
             "method": method,
             "request": _names(request or {}),
@@ -79,9 +85,11 @@ class AuditLog:
             entry["reason"] = reason
         self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
-    def denied(self, method: str, reason: str, request: Payload | None) -> None:
-        """A call the authorizer refused (no caller was established: the reason names it)."""
-        self.record(method, request, "PERMISSION_DENIED", reason)
+    def denied(
+        self, method: str, reason: str, request: Payload | None, refused: CertInfo | None
+    ) -> None:
+        """A call the authorizer refused: ``refused`` is the certificate it came with."""
+        self.record(method, request, "PERMISSION_DENIED", reason, refused)
 
     def close(self) -> None:
         self._file.close()

@@ -123,12 +123,13 @@ class Authorizer:
         self,
         cluster_id: str,
         state: SecurityState,
-        denied: Callable[[str, str, Payload | None], None] | None = None,
+        denied: Callable[[str, str, Payload | None, CertInfo | None], None] | None = None,
     ) -> None:
         self.cluster_id = cluster_id
         self.state = state
         self.peers = PeerCache()
-        # Told of every refused mutating Control call: (method, reason, request).
+        # Told of every refused mutating Control call: (method, reason, request, and
+        # the refused certificate when the call carried one).
         self.denied = denied
 
     def _holder(self, context: PeerContext) -> CertInfo:
@@ -200,7 +201,11 @@ class Authorizer:
                     return self.control_caller(name, context)
                 except AuthError as exc:
                     if self.denied is not None and not is_read(name):
-                        self.denied(name, str(exc), request)
+                        try:
+                            holder: CertInfo | None = self.peers.info(context)
+                        except (AuthError, ValueError):
+                            holder = None
+                        self.denied(name, str(exc), request, holder)
                     raise
 
             return check

@@ -46,8 +46,11 @@ def fetch_presented_certificate(address: str, timeout: float = 5.0) -> bytes:
     return der
 
 
-async def join(address: str, token: str, node_id: str, timeout: float = 10.0) -> TlsIdentity:
-    """Join through the join listener at ``address``; see the module docstring."""
+async def _verified_channel(
+    address: str, token: str, timeout: float
+) -> tuple[bytes, grpc.aio.Channel]:
+    """The CA the join listener presents, checked against the token's digest, and a
+    channel to the listener that trusts exactly that CA."""
     parsed = parse_token(token)
     try:
         der = await asyncio.to_thread(fetch_presented_certificate, address, timeout)
@@ -64,12 +67,18 @@ async def join(address: str, token: str, node_id: str, timeout: float = 10.0) ->
             f"is for CA {parsed.ca_digest[:16]}… (another cluster, or something in between)"
         )
     ca_pem = ssl.DER_cert_to_PEM_cert(der).encode()
-    key = new_key()
     channel = grpc.aio.secure_channel(
         address,
         grpc.ssl_channel_credentials(root_certificates=ca_pem),
         options=[*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", CA_NAME)],
     )
+    return ca_pem, channel
+
+
+async def _issue(
+    channel: grpc.aio.Channel, ca_pem: bytes, token: str, node_id: str, timeout: float
+) -> TlsIdentity:
+    key = new_key()
     try:
         reply = await Client(channel, JOIN_SERVICE).call(
             "IssueCertificate",
@@ -80,9 +89,40 @@ async def join(address: str, token: str, node_id: str, timeout: float = 10.0) ->
         if exc.code == "PERMISSION_DENIED":
             raise AuthError(exc.message) from exc
         raise
+    return TlsIdentity(ca_pem, str(reply["cert"]).encode(), pem_of_key(key))
+
+
+async def join(address: str, token: str, node_id: str, timeout: float = 10.0) -> TlsIdentity:
+    """Join through the join listener at ``address``; see the module docstring."""
+    ca_pem, channel = await _verified_channel(address, token, timeout)
+    try:
+        return await _issue(channel, ca_pem, token, node_id, timeout)
     finally:
         await channel.close()
-    return TlsIdentity(ca_pem, str(reply["cert"]).encode(), pem_of_key(key))
+
+
+async def join_many(
+    address: str, token: str, node_ids: list[str], timeout: float = 30.0, concurrency: int = 32
+) -> dict[str, TlsIdentity | ApiError | AuthError]:
+    """Join several nodes at once (a simulated fleet): one CA check and one channel for
+    all of them, ``concurrency`` certificate requests in flight. Each node still gets
+    a key and a certificate of its own; a node whose request failed maps to its error."""
+    ca_pem, channel = await _verified_channel(address, token, timeout)
+    gate = asyncio.Semaphore(concurrency)
+    results: dict[str, TlsIdentity | ApiError | AuthError] = {}
+
+    async def one(node_id: str) -> None:
+        async with gate:
+            try:
+                results[node_id] = await _issue(channel, ca_pem, token, node_id, timeout)
+            except (ApiError, AuthError) as exc:  # e.g. a name another node holds
+                results[node_id] = exc
+
+    try:
+        await asyncio.gather(*(one(node_id) for node_id in node_ids))
+    finally:
+        await channel.close()
+    return results
 
 
 async def renew(address: str, identity: TlsIdentity, timeout: float = 10.0) -> TlsIdentity:

@@ -6,6 +6,8 @@ agent tolerates failing heartbeats, as one long reconcile pass would. The
 heartbeats go to the manager's heartbeat listener, on threads of their own,
 so the agent's session survives: it does not register again (the node's
 stored registration is the same one) and the node stays ready.
+
+The listener is mutual TLS and speaks only to the node a certificate names.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+import orjson
+
+from shoal.api.transport import DISPATCHER_SERVICE
 from shoal.manager.server import ManagerSettings, open_manager
 from shoal.models import NodeState
+from shoal.security.ca import MANAGER_NAME
+from shoal.security.contexts import load_bundle
+from shoal.security.credentials import TlsIdentity
 
 PERIOD = 0.5  # the agent gives up a session after 3 heartbeats of 1.5 s fail
 
@@ -75,3 +84,57 @@ async def test_a_held_event_loop_does_not_cost_the_agents_their_sessions(tmp_pat
         finally:
             agent.terminate()
             await agent.wait()
+
+
+def _beat(address: str, tls: TlsIdentity | None, node_id: str) -> str:
+    """The status code of one heartbeat sent to the heartbeat listener."""
+    if tls is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        channel = grpc.secure_channel(
+            address,
+            grpc.ssl_channel_credentials(tls.ca_pem, tls.key_pem, tls.cert_pem),
+            options=[("grpc.ssl_target_name_override", MANAGER_NAME)],
+        )
+    with channel:
+        stub = channel.unary_unary(
+            f"/{DISPATCHER_SERVICE}/Heartbeat",
+            request_serializer=orjson.dumps,
+            response_deserializer=orjson.loads,
+        )
+        try:
+            stub({"nodeId": node_id, "sessionId": "none"}, timeout=5)
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+    return "OK"
+
+
+async def test_the_heartbeat_listener_wants_the_nodes_own_certificate(tmp_path: Path) -> None:
+    settings = ManagerSettings(
+        store_url="memory://",
+        state_dir=tmp_path / "manager",
+        listen="127.0.0.1:0",
+        join_listen="127.0.0.1:0",
+    )
+    async with open_manager(settings) as manager:
+        address = manager.heartbeat_address
+        assert address is not None
+        n1 = await manager.security.local_node("n1")
+        admin = load_bundle(manager.admin_bundle)
+
+        def codes() -> dict[str, str]:
+            return {
+                "plaintext": _beat(address, None, "n1"),
+                "own name, no session": _beat(address, n1, "n1"),
+                "another node's name": _beat(address, n1, "n2"),
+                "user certificate": _beat(address, admin, "n1"),
+            }
+
+        assert await asyncio.to_thread(codes) == {
+            "plaintext": "UNAVAILABLE",
+            "own name, no session": "FAILED_PRECONDITION",  # authorized; must register first
+            "another node's name": "PERMISSION_DENIED",
+            "user certificate": "PERMISSION_DENIED",
+        }
+        await manager.security.state.remove("node", "n1")
+        assert await asyncio.to_thread(_beat, address, n1, "n1") == "PERMISSION_DENIED"
