@@ -176,7 +176,7 @@ class Manager:
         syncs = SyncController(
             self.informer,
             self.events,
-            SourceFetcher(settings.state_dir / "sync"),
+            SourceFetcher(settings.state_dir / "sync", secrets=self.secret_store.secret_bytes),
             check_references=lambda services: self.secret_store.reference_problems(
                 list(services), []
             ),

@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from shoal.models.base import Model
+from shoal.models.secret import NAME as SECRET_NAME
 from shoal.models.service import API_VERSION, DNS_LABEL, Metadata
 from shoal.models.units import Duration
 
@@ -74,6 +75,9 @@ class GitSource(Model):
     ref: str = "main"
     # The directory inside the repository to apply, relative to its root.
     path: str = "."
+    # A shoal secret holding ``USERNAME:PASSWORD`` (or a token as the password)
+    # for an ``https://`` or ``http://`` repository; see docs/gitops.md.
+    secret_ref: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -86,6 +90,22 @@ class GitSource(Model):
                 "or user@host:path"
             )
         return value
+
+    @field_validator("secret_ref")
+    @classmethod
+    def _secret_name(cls, value: str | None) -> str | None:
+        if value is not None and not SECRET_NAME.match(value):
+            raise ValueError(f"invalid secret name {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials_over_http(self) -> GitSource:
+        if self.secret_ref is not None and not self.url.startswith(("https://", "http://")):
+            raise ValueError(
+                "secretRef: credentials from a secret are given to https:// and http:// "
+                f"repositories only, not {self.url!r} (ssh:// uses the manager's own ssh setup)"
+            )
+        return self
 
     @field_validator("ref")
     @classmethod

@@ -23,6 +23,7 @@ from shoal.reconciler.orchestrator import Orchestrator
 from shoal.reconciler.sources import SourceFetcher
 from shoal.reconciler.sync import SyncController
 from shoal.store.typed import Change
+from tests.gitserver import git_http_server
 from tests.reconciler.world import World
 
 INTERVAL = 60.0
@@ -451,6 +452,60 @@ async def test_unreachable_git_and_missing_path_apply_nothing(
     assert "path 'deploy' is not a directory in" in ready[2]
     assert condition(world, "Stalled", "nopath")[0] == "True"
     assert world.informer.services == {}
+
+
+@pytest.fixture
+def served(repo: Path, tmp_path: Path) -> Path:
+    """A bare clone of ``repo`` under a directory the HTTP git server serves."""
+    bare = tmp_path / "served" / "ops.git"
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(repo), str(bare)], check=True, capture_output=True
+    )
+    return bare.parent
+
+
+async def test_private_git_over_http_uses_the_login_from_a_secret(
+    world: World, repo: Path, served: Path, tmp_path: Path
+) -> None:
+    secrets = {"git-login": b"ops:s3cret-pw\n", "wrong": b"ops:nope", "garbled": b"no colon here"}
+    fetcher = SourceFetcher(tmp_path / "cache", git_timeout=20, secrets=secrets.get)
+    controller = SyncController(world.informer, world.events, fetcher, clock=world.clock)
+    with git_http_server(served, "ops", "s3cret-pw") as (url, server):
+        git_source = {"url": f"{url}/ops.git", "path": "services"}
+        attempts = [
+            ("anon", None),
+            ("wrong", "wrong"),
+            ("garbled", "garbled"),
+            ("nosuch", "nosuch"),
+        ]
+        for name, secret in attempts:
+            await put(world, sync(name, source={"git": {**git_source, "secretRef": secret}}))
+            await controller.reconcile(name)
+            ready = condition(world, "Ready", name)
+            assert ready[:2] == ("False", "FetchFailed"), (name, ready)
+        assert "could not read Username" in condition(world, "Ready", "anon")[2]
+        assert "Authentication failed" in condition(world, "Ready", "wrong")[2]
+        assert "not one line USERNAME:PASSWORD (13 bytes" in condition(world, "Ready", "garbled")[2]
+        assert "no secret named 'nosuch'" in condition(world, "Ready", "nosuch")[2]
+        assert world.informer.services == {}
+        assert server.authenticated == 0
+
+        await put(world, sync(source={"git": {**git_source, "secretRef": "git-login"}}))
+        await controller.reconcile("prod")
+        assert status(world).last_applied_revision == f"main@sha1:{git(repo, 'rev-parse', 'HEAD')}"
+        assert list(world.informer.services) == ["web"]
+        assert server.authenticated > 0
+    # The password is in no status, event or file of the checkout.
+    assert "s3cret" not in repr([e.obj for e in world.informer.syncs.values()])
+    for name in ("anon", "wrong", "garbled", "nosuch", "prod"):
+        assert "s3cret" not in repr(world.events.for_object(f"sync/{name}"))
+    for path in (tmp_path / "cache").rglob("*"):
+        assert not path.is_file() or b"s3cret" not in path.read_bytes(), path
+
+
+def test_a_secret_ref_is_for_http_urls_only() -> None:
+    with pytest.raises(ValueError, match="https:// and http:// repositories only"):
+        sync(source={"git": {"url": "git://example.com/ops.git", "secretRef": "git-login"}})
 
 
 def test_the_example_sync_loads() -> None:
