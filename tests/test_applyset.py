@@ -119,6 +119,29 @@ async def test_sync_dependency_cycles_are_refused(informer: Informer) -> None:
     assert await apply(informer, [sync("b")]) == {"b": "created"}
 
 
+async def test_services_apply_in_dependency_order_and_cycles_are_refused(
+    informer: Informer,
+) -> None:
+    def needs(*deps: str) -> dict[str, object]:
+        return {"dependsOn": [{"service": d} for d in deps]}
+
+    plan = plan_apply(
+        informer,
+        [service("web", **needs("api")), service("api", **needs("db")), service("db")],
+        ApplyOptions(),
+        NOW,
+    )
+    assert [r.name for r in plan.results] == ["db", "api", "web"]
+    assert [c.obj.name for c in plan.changes if isinstance(c.obj, Service)] == ["db", "api", "web"]
+    await informer.commit(plan.changes)
+    # A cycle through a stored service is refused, whichever side is applied last.
+    with pytest.raises(SpecError, match=r"spec.dependsOn\[0\].service: dependency cycle db"):
+        plan_apply(informer, [service("db", **needs("web"))], ApplyOptions(), NOW)
+    assert informer.services["db"].obj.spec.depends_on == []
+    # A dependency nobody applied yet is no problem: the dependent waits for it.
+    assert await apply(informer, [service("db", **needs("later"))]) == {"db": "configured"}
+
+
 def test_get_yaml_lists_load_as_documents() -> None:
     text = (
         "items:\n"

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from shoal.dependencies import cycle_message, dependency_order, find_cycle
 from shoal.errors import ApplySetError, SpecError
 from shoal.models import Service
 from shoal.models.sync import ApplySet, ApplySetMember, Sync
@@ -108,11 +109,12 @@ def plan_apply(
     syncs = [d for d in documents if isinstance(d, Sync)]
     if syncs:
         check_dependencies(informer, syncs)
-    for doc in documents:
-        if isinstance(doc, Service):
-            _plan_service(informer, doc, options.cause, now, plan)
-        else:
-            _plan_sync(informer, doc, now, plan)
+    services = check_service_dependencies(informer, services)
+    # Dependencies first: the transaction, the results and the events list them so.
+    for service in services:
+        _plan_service(informer, service, options.cause, now, plan)
+    for sync in syncs:
+        _plan_sync(informer, sync, now, plan)
     if options.set_name is not None:
         _plan_set(informer, services, options, now, plan)
     return plan
@@ -197,7 +199,7 @@ def check_dependencies(informer: Informer, syncs: Sequence[Sync]) -> None:
     graph.update({s.name: [d.name for d in s.spec.depends_on] for s in syncs})
     problems = []
     for sync in syncs:
-        cycle = _cycle_from(graph, sync.name)
+        cycle = find_cycle(graph, sync.name)
         if cycle:
             problems.append(
                 f"sync/{sync.name}: spec.dependsOn: dependency cycle {' → '.join(cycle)}; "
@@ -207,19 +209,28 @@ def check_dependencies(informer: Informer, syncs: Sequence[Sync]) -> None:
         raise SpecError(problems)
 
 
-def _cycle_from(graph: dict[str, list[str]], start: str) -> list[str] | None:
-    """A path ``start → ... → start`` through ``graph``, if there is one."""
-    stack: list[tuple[str, list[str]]] = [(start, [start])]
-    seen: set[str] = set()
-    while stack:
-        node, path = stack.pop()
-        for dep in graph.get(node, []):
-            if dep == start:
-                return [*path, start]
-            if dep not in seen:
-                seen.add(dep)
-                stack.append((dep, [*path, dep]))
-    return None
+def check_service_dependencies(informer: Informer, services: Sequence[Service]) -> list[Service]:
+    """``services`` in dependency order; refuses ``dependsOn`` cycles among them and the
+    stored services (the new specs replacing the stored ones of the same name)."""
+    graph = {
+        name: [d.service for d in e.obj.spec.depends_on] for name, e in informer.services.items()
+    }
+    graph.update({s.name: [d.service for d in s.spec.depends_on] for s in services})
+    problems = []
+    reported: set[frozenset[str]] = set()
+    for service in services:
+        cycle = find_cycle(graph, service.name)
+        if cycle is None or frozenset(cycle) in reported:
+            continue
+        reported.add(frozenset(cycle))
+        index = graph[service.name].index(cycle[1])
+        problems.append(
+            f"service/{service.name}: spec.dependsOn[{index}].service: {cycle_message(cycle)}"
+        )
+    if problems:
+        raise SpecError(problems)
+    by_name = {s.name: s for s in services}
+    return [by_name[name] for name in dependency_order(list(by_name), graph)]
 
 
 def owner_of(informer: Informer, service: str) -> str | None:
