@@ -80,6 +80,8 @@ class ApplyPlan:
     results: list[Result] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     revision: str = ""
+    # The services the set owns after this apply (None when applied without a set).
+    members: list[str] | None = None
 
     @property
     def changed(self) -> list[Result]:
@@ -294,6 +296,7 @@ def _plan_set(
         # and a later prune must still find them.
         kept = {m.name for m in previous.members if informer.service(m.name) is not None}
         members = [ApplySetMember(name=name) for name in sorted(wanted | kept)]
+    plan.members = [m.name for m in members]
     record = ApplySet(
         name=options.set_name,
         source=options.source,

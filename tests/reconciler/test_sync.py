@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from shoal.models import Service, TaskState
-from shoal.models.sync import Sync, SyncStatus
+from shoal.models.sync import Sync, SyncSource, SyncStatus
 from shoal.reconciler.loop import Requeue
 from shoal.reconciler.orchestrator import Orchestrator
-from shoal.reconciler.sources import SourceFetcher
+from shoal.reconciler.sources import Fetched, SourceFetcher
 from shoal.reconciler.sync import SyncController
 from shoal.store.typed import Change
 from tests.gitserver import git_http_server
@@ -238,6 +238,27 @@ async def test_suspend_stops_applying_and_drift_correction_until_resumed(
     await edit(world, "prod", suspend=False)
     await controller.reconcile("prod")  # resumed: at once, not at the next interval
     assert replicas(world, "web") == 1 and "cache" in world.informer.services
+
+
+async def test_a_sync_suspended_during_its_fetch_applies_nothing(
+    world: World, specs: Path, tmp_path: Path
+) -> None:
+    class EditedWhileFetching(SourceFetcher):
+        async def fetch(self, name: str, source: SyncSource) -> Fetched:
+            fetched = await super().fetch(name, source)
+            await edit(world, name, suspend=True)  # a user's apply lands meanwhile
+            return fetched
+
+    fetcher = EditedWhileFetching(tmp_path / "cache")
+    controller = SyncController(world.informer, world.events, fetcher, clock=world.clock)
+    await put(world, sync(source={"path": str(specs)}))
+    outcome = await controller.reconcile("prod")
+    assert world.informer.services == {}
+    assert isinstance(outcome, Requeue) and outcome.after == 0
+    await controller.reconcile("prod")  # runs on the stored spec: suspended
+    assert world.informer.services == {}
+    assert condition(world, "Reconciling")[1] == "Suspended"
+    assert status(world).last_applied_revision is None
 
 
 @pytest.mark.parametrize("prune", [pytest.param(True, id="prune"), pytest.param(False, id="keep")])
