@@ -41,7 +41,8 @@ def sync_set_name(sync: str) -> str:
 
 
 class ApplySetMember(Model):
-    kind: Literal["Service"] = "Service"
+    # A Sync applied with a set is pruned like a service (its services stay).
+    kind: Literal["Service", "Sync"] = "Service"
     name: str
 
 

@@ -37,7 +37,7 @@ from shoal.models.sync import ApplySet, ApplySetMember, Sync
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.rollout import new_revision_status
 from shoal.specdiff import changed_fields, comparable, same
-from shoal.store.typed import SERVICES, Change
+from shoal.store.typed import SERVICES, SYNCS, Change
 
 Document = Service | Sync
 
@@ -106,9 +106,9 @@ def plan_apply(
     """What applying ``documents`` would change; raises ``ApplySetError`` when a set refuses."""
     plan = ApplyPlan(revision=options.revision or digest(documents))
     services = [d for d in documents if isinstance(d, Service)]
-    if options.set_name is not None:
-        _check_owners(informer, services, options.set_name)
     syncs = [d for d in documents if isinstance(d, Sync)]
+    if options.set_name is not None:
+        _check_owners(informer, [*services, *syncs], options.set_name)
     if syncs:
         check_dependencies(informer, syncs)
     services = check_service_dependencies(informer, services)
@@ -118,7 +118,7 @@ def plan_apply(
     for sync in syncs:
         _plan_sync(informer, sync, now, plan)
     if options.set_name is not None:
-        _plan_set(informer, services, options, now, plan)
+        _plan_set(informer, [*services, *syncs], options, now, plan)
     return plan
 
 
@@ -235,20 +235,20 @@ def check_service_dependencies(informer: Informer, services: Sequence[Service]) 
     return [by_name[name] for name in dependency_order(list(by_name), graph)]
 
 
-def owner_of(informer: Informer, service: str) -> str | None:
-    """The apply set that owns ``service``, if any."""
+def owner_of(informer: Informer, service: str, kind: str = "Service") -> str | None:
+    """The apply set that owns ``service`` (or the Sync of that name), if any."""
     for name, entry in informer.applysets.items():
-        if entry.obj.owns("Service", service):
+        if entry.obj.owns(kind, service):
             return name
     return None
 
 
-def _check_owners(informer: Informer, services: Sequence[Service], set_name: str) -> None:
+def _check_owners(informer: Informer, documents: Sequence[Document], set_name: str) -> None:
     problems = []
-    for service in services:
-        owner = owner_of(informer, service.name)
+    for doc in documents:
+        owner = owner_of(informer, doc.name, doc.kind)
         if owner is not None and owner != set_name:
-            problems.append(f"service/{service.name} belongs to apply set {_shown(owner)}")
+            problems.append(f"{doc.kind.lower()}/{doc.name} belongs to apply set {_shown(owner)}")
     if problems:
         raise ApplySetError(
             f"{'; '.join(problems)}; apply it with that set, or remove it from that set's "
@@ -262,9 +262,18 @@ def _shown(set_name: str) -> str:
     return repr(set_name)
 
 
+def _stored(informer: Informer, member: ApplySetMember) -> tuple[str, int] | None:
+    """The key and revision of a set member that still exists."""
+    if member.kind == "Sync":
+        sync = informer.syncs.get(member.name)
+        return (SYNCS + member.name, sync.revision) if sync is not None else None
+    service = informer.service(member.name)
+    return (SERVICES + member.name, service.revision) if service is not None else None
+
+
 def _plan_set(
     informer: Informer,
-    services: Sequence[Service],
+    documents: Sequence[Document],
     options: ApplyOptions,
     now: datetime,
     plan: ApplyPlan,
@@ -272,36 +281,35 @@ def _plan_set(
     assert options.set_name is not None
     entry = informer.applysets.get(options.set_name)
     previous = entry.obj if entry is not None else None
-    wanted = {s.name for s in services}
-    members = [ApplySetMember(name=name) for name in sorted(wanted)]
+    wanted = {ApplySetMember(kind=d.kind, name=d.name) for d in documents}
+    members = wanted
     if options.prune and previous is not None:
         gone = [
-            m.name
+            (m, stored)
             for m in previous.members
-            if m.name not in wanted and informer.service(m.name) is not None
+            if m not in wanted and (stored := _stored(informer, m)) is not None
         ]
         if gone and not wanted and not options.allow_empty:
+            refs = ", ".join(f"{m.kind.lower()}/{m.name}" for m, _ in gone)
             raise ApplySetError(
-                f"refusing to prune every service of apply set {_shown(options.set_name)} "
-                f"({', '.join(gone)}): the source holds none; allow an empty set to do that "
+                f"refusing to prune everything apply set {_shown(options.set_name)} owns "
+                f"({refs}): the source holds nothing; allow an empty set to do that "
                 "(apply --allow-empty, or allowEmpty: true on a Sync)"
             )
-        for name in gone:
-            service_entry = informer.service(name)
-            assert service_entry is not None
-            plan.changes.append(Change.delete(SERVICES + name, service_entry.revision))
-            plan.results.append(Result("Service", name, "pruned"))
+        for member, (key, revision) in gone:
+            plan.changes.append(Change.delete(key, revision))
+            plan.results.append(Result(member.kind, member.name, "pruned"))
     elif previous is not None:
-        # Without prune the set keeps what it owned: those services still run
+        # Without prune the set keeps what it owned: those objects still exist
         # and a later prune must still find them.
-        kept = {m.name for m in previous.members if informer.service(m.name) is not None}
-        members = [ApplySetMember(name=name) for name in sorted(wanted | kept)]
-    plan.members = [m.name for m in members]
+        members = wanted | {m for m in previous.members if _stored(informer, m) is not None}
+    ordered = sorted(members, key=lambda m: (m.kind, m.name))
+    plan.members = [m.name for m in ordered if m.kind == "Service"]
     record = ApplySet(
         name=options.set_name,
         source=options.source,
         revision=plan.revision,
-        members=members,
+        members=ordered,
         updated_at=now,
     )
     if previous is not None and (
