@@ -177,9 +177,7 @@ class Manager:
             self.informer,
             self.events,
             SourceFetcher(settings.state_dir / "sync", secrets=self.secret_store.secret_bytes),
-            check_references=lambda services: self.secret_store.reference_problems(
-                list(services), []
-            ),
+            configs=self.secret_store,
         )
         self.controllers = (self.orchestrator, scheduler, self.monitor, syncs)
         # Runners run only while this manager leads (see _elected / _deposed).

@@ -41,8 +41,9 @@ help). Status is written only when it changes, and only by the leader.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import structlog
 
@@ -50,6 +51,7 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import ApplySetError, ConflictError, SourceError, SpecError
 from shoal.manifest import load_paths
 from shoal.models import DesiredState, Service, Task, TaskState
+from shoal.models.secret import ConfigDocument
 from shoal.models.sync import Condition, HealthState, Sync, SyncStatus, sync_set_name
 from shoal.reconciler.applyset import ApplyOptions, ApplyPlan, plan_apply
 from shoal.reconciler.events import EventRecorder
@@ -60,8 +62,22 @@ from shoal.store.typed import APPLYSETS, Change, Object
 
 log = structlog.get_logger(__name__)
 
-# Problems with the secrets and configs the services refer to ([] when none).
-ReferenceCheck = Callable[[Sequence[Service]], list[str]]
+
+class ConfigStore(Protocol):
+    """The manager's configs (``shoal.manager.secretstore``), as ``shoal apply`` uses them."""
+
+    def reference_problems(
+        self, services: list[Service], configs: list[ConfigDocument]
+    ) -> list[str]:
+        """Each secret or config a service names that neither exists nor comes along."""
+        ...
+
+    def config_changes(
+        self, documents: list[ConfigDocument]
+    ) -> tuple[list[Change], list[dict[str, str]], list[str]]:
+        """Changes, per-document results and problems for ``kind: Config`` documents."""
+        ...
+
 
 # While a Sync waits for a dependency, look again this often at the latest.
 DEPENDENCY_RECHECK = 5.0
@@ -91,15 +107,15 @@ class SyncController(Controller):
         events: EventRecorder,
         fetcher: SourceFetcher,
         clock: Clock = SYSTEM_CLOCK,
-        check_references: ReferenceCheck | None = None,
+        configs: ConfigStore | None = None,
     ) -> None:
         self.informer = informer
         self.events = events
         self.fetcher = fetcher
         self.clock = clock
-        # The manager's check that every secret and config a service names exists
-        # (``shoal.manager.secretstore``), as ``shoal apply`` does it.
-        self.check_references = check_references
+        # Checks the secrets and configs services name, and takes the configs
+        # a source holds (``kind: Config``), as ``shoal apply`` does.
+        self.configs = configs
         # service name -> the Syncs whose inventory holds it (for health updates)
         self._owners: dict[str, set[str]] = {}
 
@@ -249,18 +265,24 @@ class SyncController(Controller):
                 load_paths, [fetched.root], fetched.relative_to, True
             )
             services = [d for d in documents if isinstance(d, Service)]
-            if len(services) != len(documents):
-                extra = sorted(
-                    f"{d.kind.lower()}/{d.name}" for d in documents if not isinstance(d, Service)
-                )
+            configs = [d for d in documents if isinstance(d, ConfigDocument)]
+            extra = sorted(f"sync/{d.name}" for d in documents if isinstance(d, Sync))
+            if extra:
                 raise SpecError(
                     [
-                        f"{', '.join(extra)}: a Sync's source holds services only; apply those "
-                        "with `shoal apply`"
+                        f"{', '.join(extra)}: a Sync's source holds services and configs, not "
+                        "Syncs; apply those with `shoal apply`"
                     ]
                 )
-            if self.check_references is not None and (problems := self.check_references(services)):
-                raise SpecError(problems)
+            config_changes: list[Change] = []
+            config_results: list[dict[str, str]] = []
+            if self.configs is not None:
+                config_changes, config_results, problems = self.configs.config_changes(configs)
+                problems += self.configs.reference_problems(services, configs)
+                if problems:
+                    raise SpecError(problems)
+            elif configs:
+                raise SpecError(["configs cannot be applied by this Sync (no config store)"])
             plan = plan_apply(
                 self.informer,
                 services,
@@ -298,11 +320,14 @@ class SyncController(Controller):
             }
         )
         status = _set(status, now, "Stalled", "False", "Applied", "")
-        if plan.changes:
+        if plan.changes or config_changes:
             # The Sync's status goes in the same transaction, compared on the
             # revision read before the fetch (see the docstring).
             guard = Change.put(sync.model_copy(update={"status": status}), revision_read)
-            await self.informer.commit([*plan.changes, guard], atomic=True)
+            await self.informer.commit([*config_changes, *plan.changes, guard], atomic=True)
+        for config in config_results:
+            if config["action"] == "created":
+                self.events.record(f"config/{config['name']}", "Applied", f"created by sync/{name}")
         self._report(sync, previous, plan, revision)
         return self._with_health(sync, status, now, applied=True)
 

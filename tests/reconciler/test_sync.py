@@ -571,7 +571,7 @@ async def test_a_service_naming_a_missing_secret_applies_nothing(
         world.events,
         SourceFetcher(tmp_path / "cache"),
         clock=world.clock,
-        check_references=lambda services: secrets.reference_problems(list(services), []),
+        configs=secrets,
     )
     (specs / "web.yaml").write_text(
         service_text("web").replace(
@@ -584,6 +584,55 @@ async def test_a_service_naming_a_missing_secret_applies_nothing(
     stalled = condition(world, "Stalled")
     assert stalled[:2] == ("True", "ValidationFailed")
     assert "no secret named 'db-password'" in stalled[2]
+
+
+async def test_configs_in_the_source_are_applied_with_the_services_that_use_them(
+    world: World, tmp_path: Path, specs: Path
+) -> None:
+    from shoal.manager.secretstore import SecretStore
+    from shoal.security.datakey import DataKey
+
+    store = SecretStore(world.informer, DataKey.generate(), world.events)
+    fetcher = SourceFetcher(tmp_path / "cache")
+    controller = SyncController(
+        world.informer, world.events, fetcher, clock=world.clock, configs=store
+    )
+    (specs / "web.yaml").write_text(
+        service_text("web").replace(
+            "    runtime: sim\n", "    runtime: sim\n    configs: [{source: web-conf}]\n"
+        )
+    )
+    (specs / "web-conf.yaml").write_text(
+        "apiVersion: shoal/v1\nkind: Config\nmetadata: {name: web-conf}\ndata: |\n  port 8080\n"
+    )
+    await put(world, sync(source={"path": str(specs)}))
+    await controller.reconcile("prod")
+    assert sorted(world.informer.services) == ["db", "web"]
+    assert store.open(world.informer.configs["web-conf"].obj) == b"port 8080\n"
+    assert condition(world, "Stalled")[0] == "False"
+
+    # Configs never change: an edited one stalls the Sync and applies nothing.
+    (specs / "web-conf.yaml").write_text(
+        "apiVersion: shoal/v1\nkind: Config\nmetadata: {name: web-conf}\ndata: port 9090\n"
+    )
+    (specs / "db.yaml").write_text(service_text("db", replicas=3))
+    world.clock.advance(INTERVAL)
+    await controller.reconcile("prod")
+    stalled = condition(world, "Stalled")
+    assert stalled[:2] == ("True", "ValidationFailed") and "configs never change" in stalled[2]
+    assert replicas(world, "db") == 1
+
+    # A Sync inside a Sync's source is refused.
+    (specs / "web-conf.yaml").unlink()
+    (specs / "inner.yaml").write_text(
+        "apiVersion: shoal/v1\nkind: Sync\nmetadata: {name: inner}\nspec: {source: {path: /srv}}\n"
+    )
+    world.clock.advance(INTERVAL)
+    await controller.reconcile("prod")
+    assert (
+        "sync/inner: a Sync's source holds services and configs" in condition(world, "Stalled")[2]
+    )
+    assert "inner" not in world.informer.syncs
 
 
 @pytest.mark.parametrize(
