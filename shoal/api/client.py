@@ -236,6 +236,18 @@ class ControlClient:
         except ApiError as exc:
             raise self._remap(exc) from exc
 
+    async def events(self, request: Payload) -> Payload:
+        """``{events, cursor}``: kept events matching ``request``'s filters (see eventsapi)."""
+        return await self._call("Events", request)
+
+    async def stream(self, method: str, request: Payload) -> AsyncIterator[Payload]:
+        """A server-streaming method by name (``WatchEvents``, ``Backup``)."""
+        try:
+            async for item in self._client.stream(method, request):
+                yield item
+        except ApiError as exc:
+            raise self._remap(exc) from exc
+
     async def sync_now(self, name: str) -> str:
         """Ask for a run of Sync ``name``; the ``requestedAt`` stamp its status will echo
         as ``lastHandledRequest`` once the run is done."""

@@ -21,7 +21,7 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc.aio
@@ -46,7 +46,7 @@ from shoal.manager.metrics import ClusterCollector
 from shoal.manager.routing import Router
 from shoal.manager.secretstore import SecretStore
 from shoal.paths import ENDPOINT_FILE
-from shoal.reconciler.events import EventRecorder
+from shoal.reconciler.events import EventRecorder, EventSettings, record_task_change
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.loop import ControllerRunner, LoopMetrics
 from shoal.reconciler.nodemonitor import (
@@ -101,6 +101,8 @@ class ManagerSettings:
     # More than this share of the nodes silent at once: the node monitor orphans
     # nothing (shoal.reconciler.nodemonitor); 1.0 turns the guard off.
     disruption_threshold: float = 0.55
+    # How many events are kept, and for how long (shoal.reconciler.events).
+    events: EventSettings = field(default_factory=EventSettings)
 
     @property
     def grace(self) -> float:
@@ -121,7 +123,7 @@ class Manager:
         self.address = ""
         self.metrics_port: int | None = None
         self.registry = CollectorRegistry()
-        self.events = EventRecorder()
+        self.events = EventRecorder(settings.events)
         # What the orchestrator says about each service, for the Control API.
         self.reports = Reports()
         self.heartbeats = HeartbeatTracker()
@@ -160,6 +162,14 @@ class Manager:
         self.informer = Informer(store, typed, self.restarts)
         await self.informer.start()
         self._stack.push_async_callback(self.informer.aclose)
+        await self.events.start(store, trims=lambda: self.election.is_leader)
+        self._stack.push_async_callback(self.events.aclose)
+
+        def task_events(old: Object | None, new: Object | None) -> None:
+            if self.election.is_leader:  # one manager tells each change
+                record_task_change(self.events, old, new)
+
+        self.informer.subscribe(task_events)
 
         self._loop_metrics = LoopMetrics(self.registry)
         self.orchestrator = Orchestrator(self.informer, self.events, reports=self.reports)
@@ -279,6 +289,7 @@ class Manager:
         self._start_probe()
         self.registry.register(ClusterCollector(self.informer))
         self.registry.register(RestartsCollector(self.restarts))
+        self.registry.register(self.events.collector())
         self.registry.register(AdmissionCollector(self.admission))
         if settings.metrics_listen:
             metrics_host, metrics_port = split_host_port(settings.metrics_listen)
@@ -365,6 +376,7 @@ class Manager:
                 self._loop_metrics,
                 period,
                 reports=self.reports if c is self.orchestrator else None,
+                events=self.events,
             )
             for c in self.controllers
         ]
