@@ -462,12 +462,21 @@ def _child(node: MappingNode, name: str | int) -> tuple[Node, Node] | None:
 
 
 def _locate(root: Node, loc: tuple[int | str, ...]) -> tuple[int, str]:
-    """The line and the user-spelled field path for a pydantic error location.
+    """The line and the user-spelled field path for a pydantic error location."""
+    _, line, path = locate_node(root, loc)
+    return line, path
+
+
+def locate_node(root: Node, loc: tuple[int | str, ...]) -> tuple[Node, int, str]:
+    """The node that marks the line (a key, or a list item), that line, and the
+    user-spelled field path for a pydantic error location.
 
     Follows ``loc`` down the node tree as far as it exists; a missing field is
-    reported at the line of the mapping that lacks it.
+    reported at the line of the mapping that lacks it. The node's mark names
+    its file, for loaders that merge several files into one tree
+    (``shoal.compose``).
     """
-    node = root
+    node = marker = root
     line = root.start_mark.line + 1
     path: list[str | int] = []
     for depth, element in enumerate(loc):
@@ -476,19 +485,20 @@ def _locate(root: Node, loc: tuple[int | str, ...]) -> tuple[int, str]:
         if isinstance(node, MappingNode) and (entry := _child(node, element)) is not None:
             key, node = entry
             path.append(key.value)
+            marker = key
             line = key.start_mark.line + 1
         elif (
             isinstance(node, SequenceNode)
             and isinstance(element, int)
             and 0 <= element < len(node.value)
         ):
-            node = node.value[element]
+            node = marker = node.value[element]
             path.append(element)
             line = node.start_mark.line + 1
         else:
             path.extend(e for e in loc[depth:] if e != "[key]")
             break
-    return line, _format_path(path)
+    return marker, line, _format_path(path)
 
 
 def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[str]:
@@ -578,3 +588,11 @@ def _nested_model(annotation: Any) -> Any:
             if isinstance(arg, type) and issubclass(arg, BaseModel):
                 return arg
     return None
+
+
+# The same marks and wording for other loaders of YAML (``shoal.compose``).
+format_path = _format_path
+error_message = _message
+syntax_problem = _syntax_problem
+unmarked_problem = _unmarked_problem
+child = _child

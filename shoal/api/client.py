@@ -136,13 +136,22 @@ class ControlClient:
         return await self._call("Apply", request)
 
     async def create_file(
-        self, kind: str, name: str, data: bytes, labels: Mapping[str, str] | None = None
+        self,
+        kind: str,
+        name: str,
+        data: bytes,
+        labels: Mapping[str, str] | None = None,
+        if_same: bool = False,
     ) -> Payload:
-        """Create a secret or config (``kind``); answers ``{kind: view}``, never the bytes."""
+        """Create a secret or config (``kind``); answers ``{kind: view}``, never the bytes.
+
+        ``if_same``: one that exists with these very bytes is no error (the answer
+        then has ``unchanged: true``); different bytes still are."""
         request = {
             "name": name,
             "data": base64.b64encode(data).decode(),
             "labels": dict(labels or {}),
+            "ifSame": if_same,
         }
         return await self._call(f"Create{kind.capitalize()}", request)
 

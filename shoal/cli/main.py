@@ -99,6 +99,7 @@ VERBS: tuple[Verb, ...] = (
         "keep the cluster in line with a directory or git repository",
         "shoal.cli.sync:configure",
     ),
+    Verb("stack", "deploy Compose files as stacks", "shoal.cli.stack:configure"),
     Verb("token", "print the token agents join with", "shoal.cli.commands:configure_token"),
     Verb("version", "print the client and server versions", "shoal.cli.version:configure"),
     Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),

@@ -120,7 +120,11 @@ class SecretStore:
                 raise SpecError([f"{kind} {request.get('name')!r}: {exc}"]) from exc
             data = _decode_data(request)
             name = metadata.name
-            if name in self._table(kind):
+            existing = self._table(kind).get(name)
+            if existing is not None and request.get("ifSame") and self.open(existing.obj) == data:
+                # A stack redeployed with the same file: nothing to do.
+                return {kind: existing.obj.view(), "unchanged": True}
+            if existing is not None:
                 raise ConflictError(
                     f"{kind} {name!r} already exists and {kind}s never change: create one "
                     f"under a new name and update the services that use it"

@@ -25,10 +25,10 @@ from shoal.models.secret import NAME as SECRET_NAME
 from shoal.models.service import API_VERSION, DNS_LABEL, Metadata
 from shoal.models.units import Duration
 
-# Names of apply sets: a DNS label for sets named on the command line, and
-# ``sync.<name>`` for the set of a Sync (a dot cannot appear in a DNS label,
-# so the two never collide).
-APPLY_SET_NAME = re.compile(r"^(sync\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Names of apply sets: a DNS label for sets named on the command line,
+# ``sync.<name>`` for the set of a Sync and ``stack.<name>`` for a Compose
+# stack (a dot cannot appear in a DNS label, so they never collide).
+APPLY_SET_NAME = re.compile(r"^((sync|stack)\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MIN_INTERVAL = 1.0
 
 HealthState = Literal["Healthy", "Progressing", "Degraded"]

@@ -259,6 +259,8 @@ def _check_owners(informer: Informer, documents: Sequence[Document], set_name: s
 def _shown(set_name: str) -> str:
     if set_name.startswith("sync."):
         return f"{set_name!r} (Sync {set_name.removeprefix('sync.')!r})"
+    if set_name.startswith("stack."):
+        return f"{set_name!r} (stack {set_name.removeprefix('stack.')!r})"
     return repr(set_name)
 
 

@@ -126,6 +126,20 @@ async def test_names_are_immutable_and_sizes_bounded(harness: Harness) -> None:
     assert sorted(harness.informer.secrets) == ["db-pass"]
 
 
+async def test_if_same_accepts_the_same_bytes_again_and_only_those(harness: Harness) -> None:
+    # What a stack redeploy does with the secrets of its files.
+    await harness.create("Secret", "app_pw", SECRET)
+    created = harness.informer.secrets["app_pw"].revision
+    encoded = base64.b64encode(SECRET).decode()
+    again = await harness.call("CreateSecret", name="app_pw", data=encoded, ifSame=True)
+    assert again["unchanged"] is True
+    assert harness.informer.secrets["app_pw"].revision == created
+    other = base64.b64encode(b"another password").decode()
+    with pytest.raises(ConflictError, match="never change"):
+        await harness.call("CreateSecret", name="app_pw", data=other, ifSame=True)
+    assert harness.secrets.open(harness.informer.secrets["app_pw"].obj) == SECRET
+
+
 async def test_remove_is_refused_while_a_service_uses_it(harness: Harness) -> None:
     await harness.create("Secret", "db-pass", SECRET)
     await harness.informer.commit([Change.put(web(secrets=[{"source": "db-pass"}]), 0)])
