@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc.aio
 import prometheus_client
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge
 
 from shoal.api.address import split_host_port
 from shoal.api.transport import (
@@ -37,13 +37,16 @@ from shoal.api.transport import (
     service_handler,
 )
 from shoal.errors import DataKeyError
+from shoal.exposition import reachable_address, serve_metrics
 from shoal.manager.admission import Admission, AdmissionCollector
 from shoal.manager.control import Control
+from shoal.manager.discovery import SD_PATH, discovery_route
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election, LeaseElection, SoleElection, manager_info
 from shoal.manager.heartbeats import HeartbeatListener
-from shoal.manager.metrics import ClusterCollector
+from shoal.manager.metrics import ClusterCollector, ElectionCollector
 from shoal.manager.routing import Router
+from shoal.manager.rpcmetrics import RpcMetrics
 from shoal.manager.secretstore import SecretStore
 from shoal.paths import ENDPOINT_FILE
 from shoal.reconciler.events import EventRecorder, EventSettings, record_task_change
@@ -66,6 +69,7 @@ from shoal.reconciler.sync import SyncController
 from shoal.runtimes.registry import runtime_catalogue
 from shoal.security.datakey import DataKey, verify_against_store
 from shoal.store import open_store
+from shoal.store.metered import MeteredStore, write_histogram
 from shoal.store.typed import ClusterConfig, Object, TypedStore
 from shoal.supervise import RestartsCollector
 
@@ -138,7 +142,7 @@ class Manager:
         runtimes = runtime_catalogue()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_key = self._load_data_key()
-        store = await open_store(settings.store_url)
+        store = MeteredStore(await open_store(settings.store_url), write_histogram(self.registry))
         self._stack.push_async_callback(store.aclose)
         self.store = store
         await verify_against_store(self.data_key, store)
@@ -223,7 +227,10 @@ class Manager:
         self._stack.push_async_callback(router.aclose)
         # gRPC sets SO_REUSEPORT by default, and then a second manager on a port
         # already taken starts "fine" and the kernel splits the clients between them.
-        server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)],
+            interceptors=[RpcMetrics(self.registry).interceptor()],
+        )
         self.admission = Admission()
         control_methods = self.admission.control(
             router.control({**self.control.methods(), **self.secret_store.methods()})
@@ -258,16 +265,15 @@ class Manager:
         self._stack.callback(listener.stop)
         advertised_host, _ = split_host_port(settings.advertise or self.address)
         self.heartbeat_address = f"{advertised_host}:{heartbeat_port}"
+        metrics_address = self._serve_metrics()
         self.election.me = self.election.me.model_copy(
-            update={"address": settings.advertise or self.address}
+            update={
+                "address": settings.advertise or self.address,
+                "metrics_address": metrics_address,
+            }
         )
         await self.election.start(self._elected, self._deposed)
         self._stack.push_async_callback(self.election.aclose)
-        Gauge(
-            "shoal_manager_leader",
-            "1 while this manager leads the cluster, else 0.",
-            registry=self.registry,
-        ).set_function(lambda: float(self.election.is_leader))
 
         Gauge(
             "shoal_disruption_guard_engaged",
@@ -276,7 +282,7 @@ class Manager:
             registry=self.registry,
         ).set_function(lambda: float(self.guard().engaged))
         Gauge(
-            "shoal_nodes_silent_share",
+            "shoal_nodes_silent_ratio",
             "Share of the nodes in service that are silent (what the disruption guard judges).",
             registry=self.registry,
         ).set_function(lambda: self.guard().share)
@@ -287,15 +293,9 @@ class Manager:
             registry=self.registry,
         )
         self._start_probe()
-        self.registry.register(ClusterCollector(self.informer))
         self.registry.register(RestartsCollector(self.restarts))
         self.registry.register(self.events.collector())
         self.registry.register(AdmissionCollector(self.admission))
-        if settings.metrics_listen:
-            metrics_host, metrics_port = split_host_port(settings.metrics_listen)
-            http_server, _thread = start_http_server(metrics_port, metrics_host, self.registry)
-            self.metrics_port = http_server.server_port
-            self._stack.callback(http_server.shutdown)
 
         endpoint = settings.state_dir / ENDPOINT_FILE
         tmp = endpoint.with_suffix(".tmp")
@@ -310,6 +310,30 @@ class Manager:
             nodes=len(self.informer.nodes),
             services=len(self.informer.services),
         )
+
+    def _serve_metrics(self) -> str:
+        """Start --metrics-listen (``/metrics``, ``/prometheus/sd``); the address to announce."""
+        self.registry.register(
+            ClusterCollector(
+                self.informer,
+                lambda: self.election.is_leader,
+                self.heartbeats,
+                self.orchestrator.restarts,
+            )
+        )
+        self.registry.register(ElectionCollector(self.election))
+        if not self.settings.metrics_listen:
+            return ""
+        managers = lambda: [self.election.me, *self.election.managers.values()]  # noqa: E731
+        listener = serve_metrics(
+            self.settings.metrics_listen,
+            self.registry,
+            {SD_PATH: discovery_route(self.informer, managers)},
+        )
+        self._stack.callback(listener.close)
+        self.metrics_port = listener.port
+        advertised_host, _ = split_host_port(self.settings.advertise or self.address)
+        return reachable_address(listener.address, advertised_host)
 
     def _load_data_key(self) -> DataKey:
         settings = self.settings

@@ -48,6 +48,9 @@ class NodeDescription(Model):
     generic_resources: dict[ResourceKind, list[ResourceUnit]] = Field(
         default_factory=dict, exclude_if=lambda v: not v
     )
+    # Where the agent serves /metrics (``--metrics-listen``, as bound); "" for none.
+    # Listed by the managers' Prometheus service discovery (shoal.manager.discovery).
+    metrics_address: str = Field(default="", exclude_if=lambda v: not v)
 
     def runtime_available(self, name: str) -> bool:
         return any(r.name == name and r.available for r in self.runtimes)
