@@ -116,6 +116,12 @@ class AgentMetrics:
             registry=registry,
         )
 
+    def runtime_ready(self, runtime: str) -> None:
+        """Export a runtime's counters from 0, so the first start or exit shows in rate()."""
+        self.starts.labels(runtime)
+        for outcome in ("complete", "failed", "shutdown"):
+            self.exits.labels(runtime, outcome)
+
 
 class Agent:
     """A running agent; see ``open_agent``."""
@@ -169,6 +175,8 @@ class Agent:
                 await self.files.release(task_id)
         self.runtime_info = [await r.describe() for r in self.runtimes.values()]
         for info in self.runtime_info:
+            if info.available:
+                self.metrics.runtime_ready(info.name)
             if not info.available:  # e.g. an engine that is not running: say why, once
                 log.warning("agent.runtime_unavailable", runtime=info.name, reason=info.message)
         if settings.metrics_listen:  # reported at registration, for service discovery

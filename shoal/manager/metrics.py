@@ -71,8 +71,11 @@ class ClusterCollector(Collector):
             "(restart policy, node down; not updates), by service.",
             labels=["service"],
         )
-        for service, count in sorted(list(self.restarts.items())):
-            restarts.add_metric([service], count)
+        # Every service from 0 (a counter that appears at its first increment hides
+        # that increment from rate()), and what was counted for one since deleted.
+        counts = dict(self.restarts)
+        for service in sorted({*counts, *list(self.informer.services)}):
+            restarts.add_metric([service], counts.get(service, 0))
         yield restarts
         if not self.leading():
             return
@@ -84,11 +87,14 @@ class ClusterCollector(Collector):
         by_state: Counter[str] = Counter()
         running: Counter[str] = Counter()
         live: Counter[str] = Counter()
+        active: Counter[str] = Counter()
         for entry in list(self.informer.tasks.values()):
             task = entry.obj
             by_state[task.status.state.value] += 1
             if task.desired_state == DesiredState.RUNNING:
                 live[task.service] += 1
+                if not task.status.state.terminal:
+                    active[task.service] += 1
                 if task.status.state == TaskState.RUNNING:
                     running[task.service] += 1
         tasks = GaugeMetricFamily("shoal_tasks", "Tasks in the store by state.", labels=["state"])
@@ -127,7 +133,12 @@ class ClusterCollector(Collector):
         for name, service_entry in sorted(list(self.informer.services.items())):
             service = service_entry.obj
             spec = service.spec
-            want = live[name] if spec.mode == "global" else spec.replica_count
+            if spec.is_job:  # a job wants its tasks of the current run, none once it ended
+                want = active[name]
+            elif spec.mode == "global":
+                want = live[name]
+            else:
+                want = spec.replica_count
             desired.add_metric([name], want)
             actual.add_metric([name], running[name])
             status = service.status
@@ -150,6 +161,16 @@ class ClusterCollector(Collector):
         for node_state in NodeState:
             family.add_metric([node_state.value], node_states[node_state.value])
         yield family
+        state = GaugeMetricFamily(
+            "shoal_node_state",
+            "1 for the node's state (ready, down, unknown), 0 for the others.",
+            labels=["node", "state"],
+        )
+        for entry in sorted(nodes, key=lambda e: e.obj.id):
+            for node_state in NodeState:
+                held = float(entry.obj.status.state == node_state)
+                state.add_metric([entry.obj.id, node_state.value], held)
+        yield state
         if self.heartbeats is None:
             return
         age = GaugeMetricFamily(

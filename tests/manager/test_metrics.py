@@ -81,7 +81,7 @@ async def test_task_restarts_are_counted_per_service_updates_are_not(
         await orch.reconcile("web")
     samples = scrape(collector)
     assert value(samples, "shoal_service_task_restarts_total", service="web") == 3.0
-    assert value(samples, "shoal_service_task_restarts_total", service="db") is None
+    assert value(samples, "shoal_service_task_restarts_total", service="db") == 0.0
 
     (current,) = world.live()
     await world.report(current, TaskState.RUNNING)
@@ -108,6 +108,8 @@ async def test_only_the_leader_exports_the_cluster_state(world: World) -> None:
     assert value(samples, "shoal_service_desired_tasks", service="web") == 3.0
     assert value(samples, "shoal_service_running_tasks", service="web") == 0.0
     assert value(samples, "shoal_nodes", state="ready") == 1.0
+    assert value(samples, "shoal_node_state", node="n1", state="ready") == 1.0
+    assert value(samples, "shoal_node_state", node="n1", state="down") == 0.0
 
 
 def with_rollout(base: Service, state: UpdateState, updated: int, total: int) -> Service:
