@@ -28,6 +28,10 @@ a document of its own, its problems located at ``items[N]....``. Fields the
 manager writes (``status``, ``metadata.generation`` and the times) are
 accepted and ignored by apply, so ``get -o yaml`` output can be applied back
 unchanged.
+
+The documents come back with every Service after the Services it names in
+``spec.dependsOn`` (``shoal.dependencies``); a cycle among them is a problem
+reported at the ``dependsOn`` entry of the first member, like any other.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from pydantic_core import ErrorDetails
 from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from shoal.dependencies import cycle_message, dependency_order, find_cycle
 from shoal.errors import SpecError
 from shoal.models.secret import ConfigDocument
 from shoal.models.service import API_VERSION, Service
@@ -95,7 +100,7 @@ def load_paths(
             continue
         documents.extend(load.file(text, shown))
     load.raise_problems()
-    return documents
+    return load.in_dependency_order(documents)
 
 
 def yaml_files(path: Path) -> list[Path]:
@@ -108,7 +113,7 @@ def load_text(text: str, filename: str) -> list[Document]:
     load = _Load()
     services = load.file(text, filename)
     load.raise_problems()
-    return services
+    return load.in_dependency_order(services)
 
 
 def dump_services(services: Iterable[Document]) -> str:
@@ -168,14 +173,36 @@ class _Load:
 
     problems: list[str] = field(default_factory=list)
     seen: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Service name → "file:line" of each of its ``spec.dependsOn`` entries.
+    dependency_lines: dict[str, list[str]] = field(default_factory=dict)
 
     def raise_problems(self) -> None:
         if self.problems:
             raise SpecError(self.problems)
 
+    def in_dependency_order(self, documents: list[Document]) -> list[Document]:
+        """Services after the services they depend on (``shoal.dependencies``); a cycle
+        among them is a problem, reported at the entry that closes it."""
+        services = {d.name: d for d in documents if isinstance(d, Service)}
+        graph = {name: [dep.service for dep in s.spec.depends_on] for name, s in services.items()}
+        reported: set[frozenset[str]] = set()
+        for name in services:
+            cycle = find_cycle(graph, name)
+            if cycle is None or frozenset(cycle) in reported:
+                continue
+            reported.add(frozenset(cycle))
+            index = graph[name].index(cycle[1])
+            where = self.dependency_lines[name][index]
+            self.problems.append(
+                f"{where}: spec.dependsOn[{index}].service: {cycle_message(cycle)}"
+            )
+        self.raise_problems()
+        ordered = iter(services[n] for n in dependency_order(list(services), graph))
+        return [next(ordered) if isinstance(d, Service) else d for d in documents]
+
     def file(self, text: str, filename: str) -> list[Document]:
         found: list[tuple[int, str]] = []
-        services: list[tuple[Document, int]] = []
+        services: list[tuple[Document, int, list[int]]] = []
         try:
             composer = _Composer(text)  # checks that every character is allowed in YAML
         except yaml.YAMLError as exc:
@@ -204,9 +231,11 @@ class _Load:
         self.problems.extend(problem for _, problem in sorted(found, key=lambda item: item[0]))
         return self._unique(services, filename)
 
-    def _unique(self, services: list[tuple[Document, int]], filename: str) -> list[Document]:
+    def _unique(
+        self, services: list[tuple[Document, int, list[int]]], filename: str
+    ) -> list[Document]:
         unique: list[Document] = []
-        for service, name_line in services:
+        for service, name_line, dependency_lines in services:
             key = (service.kind, service.name)
             where = f"{filename}:{name_line}"
             first = self.seen.get(key)
@@ -217,6 +246,8 @@ class _Load:
                 )
                 continue
             self.seen[key] = where
+            if isinstance(service, Service):
+                self.dependency_lines[service.name] = [f"{filename}:{n}" for n in dependency_lines]
             unique.append(service)
         return unique
 
@@ -235,8 +266,9 @@ class _Document:
         prefix = f"{self.filename}:{line}: "
         self.found.append((line, prefix + (f"{path}: {message}" if path else message)))
 
-    def check(self) -> list[tuple[Document, int]]:
-        """The valid models and the lines of their names; problems are reported."""
+    def check(self) -> list[tuple[Document, int, list[int]]]:
+        """The valid models, the lines of their names and of their ``dependsOn`` entries;
+        problems are reported."""
         start = self.composer.document_start or self.root.start_mark
         start_line = start.line + 1
         size = len(self.text[start.index : self.root.end_mark.index].encode())
@@ -265,7 +297,7 @@ class _Document:
         if items is None:
             checked = self._check_one(root, [], sound)
             return [checked] if checked is not None else []
-        documents: list[tuple[Document, int]] = []
+        documents: list[tuple[Document, int, list[int]]] = []
         for index, item in enumerate(items):
             where: list[str | int] = ["items", index]
             if not isinstance(item, MappingNode):
@@ -302,8 +334,9 @@ class _Document:
 
     def _check_one(
         self, root: MappingNode, where: list[str | int], sound: bool
-    ) -> tuple[Document, int] | None:
-        """One object's model and the line of its name, or None after reporting problems."""
+    ) -> tuple[Document, int, list[int]] | None:
+        """One object's model, the lines of its name and its ``dependsOn`` entries, or None
+        after reporting problems."""
         model = self._kind(root, where)
         if model is None or not sound:
             return None
@@ -319,7 +352,9 @@ class _Document:
                 line, path = _locate(root, error["loc"])
                 self.report(line, _join(where, path), _message(error, model))
             return None
-        return document, _locate(root, ("metadata", "name"))[0]
+        dependencies = document.spec.depends_on if isinstance(document, Service) else []
+        lines = [_locate(root, ("spec", "dependsOn", i))[0] for i in range(len(dependencies))]
+        return document, _locate(root, ("metadata", "name"))[0], lines
 
     def _walk(self, node: Node, path: list[str | int]) -> bool:
         """Refuse duplicate keys, merge keys and non-scalar keys anywhere in the tree."""
@@ -427,12 +462,21 @@ def _child(node: MappingNode, name: str | int) -> tuple[Node, Node] | None:
 
 
 def _locate(root: Node, loc: tuple[int | str, ...]) -> tuple[int, str]:
-    """The line and the user-spelled field path for a pydantic error location.
+    """The line and the user-spelled field path for a pydantic error location."""
+    _, line, path = locate_node(root, loc)
+    return line, path
+
+
+def locate_node(root: Node, loc: tuple[int | str, ...]) -> tuple[Node, int, str]:
+    """The node that marks the line (a key, or a list item), that line, and the
+    user-spelled field path for a pydantic error location.
 
     Follows ``loc`` down the node tree as far as it exists; a missing field is
-    reported at the line of the mapping that lacks it.
+    reported at the line of the mapping that lacks it. The node's mark names
+    its file, for loaders that merge several files into one tree
+    (``shoal.compose``).
     """
-    node = root
+    node = marker = root
     line = root.start_mark.line + 1
     path: list[str | int] = []
     for depth, element in enumerate(loc):
@@ -441,19 +485,20 @@ def _locate(root: Node, loc: tuple[int | str, ...]) -> tuple[int, str]:
         if isinstance(node, MappingNode) and (entry := _child(node, element)) is not None:
             key, node = entry
             path.append(key.value)
+            marker = key
             line = key.start_mark.line + 1
         elif (
             isinstance(node, SequenceNode)
             and isinstance(element, int)
             and 0 <= element < len(node.value)
         ):
-            node = node.value[element]
+            node = marker = node.value[element]
             path.append(element)
             line = node.start_mark.line + 1
         else:
             path.extend(e for e in loc[depth:] if e != "[key]")
             break
-    return line, _format_path(path)
+    return marker, line, _format_path(path)
 
 
 def validation_problems(exc: ValidationError, model: type[BaseModel]) -> list[str]:
@@ -543,3 +588,11 @@ def _nested_model(annotation: Any) -> Any:
             if isinstance(arg, type) and issubclass(arg, BaseModel):
                 return arg
     return None
+
+
+# The same marks and wording for other loaders of YAML (``shoal.compose``).
+format_path = _format_path
+error_message = _message
+syntax_problem = _syntax_problem
+unmarked_problem = _unmarked_problem
+child = _child

@@ -10,8 +10,9 @@ restart under the job's name and runs the body again after a back-off
 ``healthy_after`` seconds). A body that returns is finished for good;
 cancelling the supervisor cancels the body.
 
-The counts are exported as ``shoal_background_restarts_total{job}`` by
-``RestartsCollector``; a rising counter is a bug to report.
+The counts are exported as ``shoal_background_restarts_total{background_job}``
+by ``RestartsCollector`` (not ``job``: Prometheus gives every target a ``job``
+label of its own); a rising counter is a bug to report.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class RestartsCollector(Collector):
         family = CounterMetricFamily(
             "shoal_background_restarts",
             "Background jobs restarted after an unexpected error, by job.",
-            labels=["job"],
+            labels=["background_job"],
         )
         for job, count in sorted(self.restarts.items()):
             family.add_metric([job], count)

@@ -80,6 +80,34 @@ async def test_a_service_of_another_set_is_refused(informer: Informer) -> None:
     assert informer.applysets["one"].obj.owns("Service", "a")
 
 
+def sync_doc(name: str) -> Sync:
+    return Sync.model_validate({"metadata": {"name": name}, "spec": {"source": {"path": "/srv"}}})
+
+
+async def test_syncs_are_members_too_and_pruned_like_services(informer: Informer) -> None:
+    """A directory of Syncs (one Sync per team, say) applied as a set: a removed file's
+    Sync is pruned; its services stay; another set cannot take a member Sync."""
+    both = [service("web"), sync_doc("team-a"), sync_doc("team-b")]
+    assert await apply(informer, both, set_name="root", prune=True) == {
+        "web": "created",
+        "team-a": "created",
+        "team-b": "created",
+    }
+    record = informer.applysets["root"].obj
+    assert record.owns("Sync", "team-a") and record.owns("Service", "web")
+    with pytest.raises(ApplySetError, match="sync/team-a belongs to apply set 'root'"):
+        plan_apply(informer, [sync_doc("team-a")], ApplyOptions(set_name="other"), NOW)
+    kept = [service("web"), sync_doc("team-a")]
+    assert await apply(informer, kept, set_name="root", prune=True) == {
+        "web": "unchanged",
+        "team-a": "unchanged",
+        "team-b": "pruned",
+    }
+    assert sorted(informer.syncs) == ["team-a"]
+    with pytest.raises(ApplySetError, match=r"owns \(service/web, sync/team-a\)"):
+        plan_apply(informer, [], ApplyOptions(set_name="root", prune=True), NOW)
+
+
 async def test_unchanged_apply_writes_nothing(informer: Informer) -> None:
     await apply(informer, [service("a")], set_name="s", prune=True)
     plan = plan_apply(informer, [service("a")], ApplyOptions(set_name="s", prune=True), NOW)
@@ -117,6 +145,29 @@ async def test_sync_dependency_cycles_are_refused(informer: Informer) -> None:
     with pytest.raises(SpecError, match="cycle c → c"):
         plan_apply(informer, [sync("c", "c")], ApplyOptions(), NOW)
     assert await apply(informer, [sync("b")]) == {"b": "created"}
+
+
+async def test_services_apply_in_dependency_order_and_cycles_are_refused(
+    informer: Informer,
+) -> None:
+    def needs(*deps: str) -> dict[str, object]:
+        return {"dependsOn": [{"service": d} for d in deps]}
+
+    plan = plan_apply(
+        informer,
+        [service("web", **needs("api")), service("api", **needs("db")), service("db")],
+        ApplyOptions(),
+        NOW,
+    )
+    assert [r.name for r in plan.results] == ["db", "api", "web"]
+    assert [c.obj.name for c in plan.changes if isinstance(c.obj, Service)] == ["db", "api", "web"]
+    await informer.commit(plan.changes)
+    # A cycle through a stored service is refused, whichever side is applied last.
+    with pytest.raises(SpecError, match=r"spec.dependsOn\[0\].service: dependency cycle db"):
+        plan_apply(informer, [service("db", **needs("web"))], ApplyOptions(), NOW)
+    assert informer.services["db"].obj.spec.depends_on == []
+    # A dependency nobody applied yet is no problem: the dependent waits for it.
+    assert await apply(informer, [service("db", **needs("later"))]) == {"db": "configured"}
 
 
 def test_get_yaml_lists_load_as_documents() -> None:

@@ -40,15 +40,15 @@ from typing import Any
 
 import grpc.aio
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 import shoal
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
 from shoal.agent.taskrunner import TaskRunner
-from shoal.api.address import split_host_port
 from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channel
 from shoal.errors import ApiError, AuthError, RuntimeBackendError
+from shoal.exposition import MetricsListener, serve_metrics
 from shoal.models import NodeDescription, RuntimeInfo, Task, TaskState, TaskStatus
 from shoal.models.node import DEFAULT_MAX_TASKS
 from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle
@@ -139,6 +139,12 @@ class AgentMetrics:
             registry=registry,
         )
 
+    def runtime_ready(self, runtime: str) -> None:
+        """Export a runtime's counters from 0, so the first start or exit shows in rate()."""
+        self.starts.labels(runtime)
+        for outcome in ("complete", "failed", "shutdown"):
+            self.exits.labels(runtime, outcome)
+
 
 class Agent:
     """A running agent; see ``open_agent``."""
@@ -164,6 +170,7 @@ class Agent:
         self.manager_address: str | None = None  # of the current session
         self._jitter = random.Random()
         self.metrics.running.set_function(lambda: len(self.runners))
+        self.metrics_listener: MetricsListener | None = None
         self.files = TaskFileStore(
             settings.runtime_dir or default_runtime_dir(settings.name, settings.state_dir)
         )
@@ -193,11 +200,12 @@ class Agent:
                 await self.files.release(task_id)
         self.runtime_info = [await r.describe() for r in self.runtimes.values()]
         for info in self.runtime_info:
+            if info.available:
+                self.metrics.runtime_ready(info.name)
             if not info.available:  # e.g. an engine that is not running: say why, once
                 log.warning("agent.runtime_unavailable", runtime=info.name, reason=info.message)
-        if settings.metrics_listen:
-            host, port = split_host_port(settings.metrics_listen)
-            start_http_server(port, host, self.registry)
+        if settings.metrics_listen:  # reported at registration, for service discovery
+            self.metrics_listener = serve_metrics(settings.metrics_listen, self.registry)
         log.info(
             "agent.started",
             node=settings.name,
@@ -227,6 +235,8 @@ class Agent:
             await runner.aclose()
         for runtime in self.runtimes.values():
             await runtime.aclose()
+        if self.metrics_listener is not None:
+            self.metrics_listener.close()
 
     def description(self) -> NodeDescription:
         return NodeDescription(
@@ -237,6 +247,7 @@ class Agent:
             memory=_memory_bytes(),
             agent_version=shoal.__version__,
             max_tasks=self.settings.max_tasks or DEFAULT_MAX_TASKS,
+            metrics_address=self.metrics_listener.address if self.metrics_listener else "",
         )
 
     # -------------------------------------------------------------- sessions

@@ -115,13 +115,22 @@ class ControlClient:
         return await self._call("Apply", request)
 
     async def create_file(
-        self, kind: str, name: str, data: bytes, labels: Mapping[str, str] | None = None
+        self,
+        kind: str,
+        name: str,
+        data: bytes,
+        labels: Mapping[str, str] | None = None,
+        if_same: bool = False,
     ) -> Payload:
-        """Create a secret or config (``kind``); answers ``{kind: view}``, never the bytes."""
+        """Create a secret or config (``kind``); answers ``{kind: view}``, never the bytes.
+
+        ``if_same``: one that exists with these very bytes is no error (the answer
+        then has ``unchanged: true``); different bytes still are."""
         request = {
             "name": name,
             "data": base64.b64encode(data).decode(),
             "labels": dict(labels or {}),
+            "ifSame": if_same,
         }
         return await self._call(f"Create{kind.capitalize()}", request)
 
@@ -211,6 +220,18 @@ class ControlClient:
             request["tail"] = tail
         try:
             async for item in self._client.stream("Logs", request):
+                yield item
+        except ApiError as exc:
+            raise self._remap(exc) from exc
+
+    async def events(self, request: Payload) -> Payload:
+        """``{events, cursor}``: kept events matching ``request``'s filters (see eventsapi)."""
+        return await self._call("Events", request)
+
+    async def stream(self, method: str, request: Payload) -> AsyncIterator[Payload]:
+        """A server-streaming method by name (``WatchEvents``, ``Backup``)."""
+        try:
+            async for item in self._client.stream(method, request):
                 yield item
         except ApiError as exc:
             raise self._remap(exc) from exc

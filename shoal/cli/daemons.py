@@ -19,7 +19,7 @@ from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoal.cli.options import command, duration
+from shoal.cli.options import command, duration, whole_number
 from shoal.errors import AuthError, ShoalError
 from shoal.paths import default_state_dir
 
@@ -172,6 +172,20 @@ def configure_manager(manager: argparse.ArgumentParser) -> None:
         "their tasks (default 0.55; 1 turns the guard off)",
     )
     manager.add_argument(
+        "--event-limit",
+        type=whole_number,
+        default=10_000,
+        metavar="N",
+        help="events kept in the store, newest first (default 10000)",
+    )
+    manager.add_argument(
+        "--event-ttl",
+        type=duration,
+        default=3600.0,
+        metavar="DURATION",
+        help="how long events are kept (default 1h)",
+    )
+    manager.add_argument(
         "--advertise",
         default=None,
         metavar="HOST:PORT",
@@ -303,6 +317,7 @@ async def _up(args: argparse.Namespace) -> int:
 
 async def _manager(args: argparse.Namespace) -> int:
     from shoal.manager.server import ManagerSettings, open_manager
+    from shoal.reconciler.events import EventSettings
 
     settings = ManagerSettings(
         store_url=args.store,
@@ -317,6 +332,7 @@ async def _manager(args: argparse.Namespace) -> int:
         cert_expiry=args.cert_expiry,
         disruption_threshold=args.disruption_threshold,
         heartbeat_listen=args.heartbeat_listen,
+        events=EventSettings(limit=args.event_limit, ttl=args.event_ttl),
     )
     async with open_manager(settings) as manager:
         print(

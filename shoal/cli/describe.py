@@ -98,11 +98,18 @@ def _events(events: list[dict[str, Any]]) -> list[str]:
             age_since(e.get("time")),
             str(e.get("type", "Normal")),
             str(e.get("reason", "")),
-            str(e.get("message", "")),
+            _about(e),
         ]
         for e in events
     ]
     return render_table(["AGE", "TYPE", "REASON", "MESSAGE"], rows).splitlines()
+
+
+def _about(event: dict[str, Any]) -> str:
+    """The message, naming the task when a task's event is shown under its service or node."""
+    message = str(event.get("message", ""))
+    obj = str(event.get("object", ""))
+    return f"{obj.removeprefix('task/')}: {message}" if obj.startswith("task/") else message
 
 
 def _notes(notes: dict[str, str]) -> list[str]:

@@ -99,6 +99,7 @@ VERBS: tuple[Verb, ...] = (
         "keep the cluster in line with a directory or git repository",
         "shoal.cli.sync:configure",
     ),
+    Verb("stack", "deploy Compose files as stacks", "shoal.cli.stack:configure"),
     Verb("token", "print (or rotate) a join token", "shoal.cli.identity:configure_token"),
     Verb("user", "add, list and remove users", "shoal.cli.identity:configure_user"),
     Verb(
@@ -108,6 +109,7 @@ VERBS: tuple[Verb, ...] = (
     ),
     Verb("version", "print the client and server versions", "shoal.cli.version:configure"),
     Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),
+    Verb("events", "what the cluster did and why (-w to follow)", "shoal.cli.events:configure"),
     Verb("secret", "manage secrets (encrypted at rest)", "shoal.cli.secrets:configure_secret"),
     Verb("config", "manage configs", "shoal.cli.secrets:configure_config"),
     Verb(

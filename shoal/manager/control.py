@@ -22,6 +22,7 @@ import shoal
 from shoal.api.transport import Method, Payload, ServerStream, Unary
 from shoal.errors import NotFoundError, SpecError
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.eventsapi import EventsApi
 from shoal.manager.jobs import JobControl
 from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
@@ -40,7 +41,7 @@ from shoal.models import (
 from shoal.models.secret import ConfigDocument
 from shoal.models.sync import ApplySet, Sync
 from shoal.reconciler.applyset import ApplyOptions, Document, plan_apply
-from shoal.reconciler.events import EventRecorder
+from shoal.reconciler.events import EventFilter, EventRecorder, node_update_event
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.reports import Reports
 from shoal.store.retry import retry_on_conflict
@@ -147,6 +148,7 @@ class Control:
             "Apply": Unary(self.apply),
             "GetApplySet": Unary(self.apply_set),
             **SyncApi(self.informer, self.events).methods(),
+            **EventsApi(self.events).methods(),
             "Get": Unary(self.get),
             "Describe": Unary(self.describe),
             "Delete": Unary(self.delete),
@@ -304,7 +306,7 @@ class Control:
             return node
 
         node = await retry_on_conflict(attempt, f"node {node_id!r}")
-        self.events.record(f"node/{node_id}", "NodeUpdated", f"spec is now {node.spec.to_wire()}")
+        self.events.record(f"node/{node_id}", *node_update_event(node))
         return {"node": node.to_wire()}
 
     # ------------------------------------------------------------------ reads
@@ -384,7 +386,7 @@ class Control:
             return {
                 "node": node_entry.obj.to_wire(),
                 "tasks": [self._task_view(t) for t in tasks],
-                "events": [e.to_wire() for e in self.events.for_object(f"node/{name}")],
+                "events": [e.to_wire() for e in self.events.events(EventFilter(node=name), 50)],
             }
         entry = self.informer.service(name)
         if entry is None:
@@ -399,7 +401,7 @@ class Control:
             "tasks": [self._task_view(t) for t in tasks[:DESCRIBE_TASKS]],
             "tasksOmitted": max(0, len(tasks) - DESCRIBE_TASKS),
             "notes": self.reports.notes(name),
-            "events": [e.to_wire() for e in self.events.for_object(f"service/{name}")],
+            "events": [e.to_wire() for e in self.events.events(EventFilter(service=name), 50)],
         }
 
     async def logs(

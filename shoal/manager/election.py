@@ -81,6 +81,8 @@ class ManagerInfo(Model):
     started_at: datetime
     pid: int = 0
     lease: int = 0
+    # Where its --metrics-listen serves /metrics ("" when it serves none).
+    metrics_address: str = ""
 
 
 class Election(abc.ABC):
@@ -93,6 +95,8 @@ class Election(abc.ABC):
         self.managers: dict[str, ManagerInfo] = {}
         self.last_error: str | None = None
         self.changed = asyncio.Event()  # set on every change of leader or managers
+        # Leadership terms seen to begin (the leader key created) since this start.
+        self.leader_changes = 0
 
     @abc.abstractmethod
     async def start(self, on_elected: Callback, on_deposed: Callback) -> None:
@@ -356,6 +360,9 @@ class LeaseElection(Election):
                 self._notify()
                 async for batch in self.store.watch(_CLUSTER, revision + 1):
                     for event in batch:
+                        created = event.type == EventType.PUT and event.kv.version == 1
+                        if event.kv.key == LEADER_KEY and created:
+                            self.leader_changes += 1
                         self._seen(
                             event.kv.key,
                             event.kv.value if event.type == EventType.PUT else None,

@@ -88,14 +88,24 @@ class SecretStore:
         prefix = SECRETS if isinstance(obj, Secret) else CONFIGS
         return self.data_key.open(base64.b64decode(obj.sealed), (prefix + obj.name).encode())
 
+    def secret_bytes(self, name: str) -> bytes | None:
+        """The clear bytes of secret ``name`` (a Sync's git login), None when there is none."""
+        entry = self.informer.secrets.get(name)
+        return self.open(entry.obj) if entry is not None else None
+
     def users(self, kind: str, name: str) -> list[str]:
-        """The services whose template references ``name``."""
+        """What references ``name``: ``service/NAME`` templates, ``sync/NAME`` git logins."""
         found = []
         for service_name, entry in sorted(self.informer.services.items()):
             template = entry.obj.spec.template
             refs = template.secrets if kind == "secret" else template.configs
             if any(ref.source == name for ref in refs):
-                found.append(service_name)
+                found.append(f"service/{service_name}")
+        if kind == "secret":
+            for sync_name, sync_entry in sorted(self.informer.syncs.items()):
+                git = sync_entry.obj.spec.source.git
+                if git is not None and git.secret_ref == name:
+                    found.append(f"sync/{sync_name}")
         return found
 
     # ---------------------------------------------------------------- RPCs
@@ -110,7 +120,11 @@ class SecretStore:
                 raise SpecError([f"{kind} {request.get('name')!r}: {exc}"]) from exc
             data = _decode_data(request)
             name = metadata.name
-            if name in self._table(kind):
+            existing = self._table(kind).get(name)
+            if existing is not None and request.get("ifSame") and self.open(existing.obj) == data:
+                # A stack redeployed with the same file: nothing to do.
+                return {kind: existing.obj.view(), "unchanged": True}
+            if existing is not None:
                 raise ConflictError(
                     f"{kind} {name!r} already exists and {kind}s never change: create one "
                     f"under a new name and update the services that use it"
@@ -153,8 +167,8 @@ class SecretStore:
             busy = [f"{n} (used by {', '.join(users)})" for n, users in in_use.items() if users]
             if busy:
                 raise ConflictError(
-                    f"cannot remove a {kind} services use: {'; '.join(busy)}; "
-                    "remove it from their templates first"
+                    f"cannot remove a {kind} in use: {'; '.join(busy)}; "
+                    "remove it from their specs first"
                 )
             changes = [Change.delete(_PREFIX[kind] + n, table[n].revision) for n in names]
             await self.informer.commit(changes)

@@ -21,14 +21,14 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import grpc.aio
 import prometheus_client
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge
 
 from shoal.api.address import split_host_port
 from shoal.api.transport import (
@@ -38,16 +38,19 @@ from shoal.api.transport import (
     service_handler,
 )
 from shoal.errors import DataKeyError
+from shoal.exposition import reachable_address, serve_metrics
 from shoal.manager.admission import Admission, AdmissionCollector
 from shoal.manager.control import Control
+from shoal.manager.discovery import SD_PATH, discovery_route
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election, LeaseElection, SoleElection, manager_info
 from shoal.manager.heartbeats import HeartbeatListener
-from shoal.manager.metrics import ClusterCollector
+from shoal.manager.metrics import ClusterCollector, ElectionCollector
 from shoal.manager.routing import Router
+from shoal.manager.rpcmetrics import RpcMetrics
 from shoal.manager.secretstore import SecretStore
 from shoal.paths import ENDPOINT_FILE
-from shoal.reconciler.events import EventRecorder
+from shoal.reconciler.events import EventRecorder, EventSettings, record_task_change
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.loop import ControllerRunner, LoopMetrics
 from shoal.reconciler.nodemonitor import (
@@ -68,6 +71,7 @@ from shoal.runtimes.registry import runtime_catalogue
 from shoal.security.datakey import DataKey, verify_against_store
 from shoal.security.manager import ManagerSecurity
 from shoal.store import open_store
+from shoal.store.metered import MeteredStore, write_histogram
 from shoal.store.typed import ClusterConfig, Object, TypedStore
 from shoal.supervise import RestartsCollector
 
@@ -108,6 +112,8 @@ class ManagerSettings:
     # More than this share of the nodes silent at once: the node monitor orphans
     # nothing (shoal.reconciler.nodemonitor); 1.0 turns the guard off.
     disruption_threshold: float = 0.55
+    # How many events are kept, and for how long (shoal.reconciler.events).
+    events: EventSettings = field(default_factory=EventSettings)
 
     @property
     def join_address(self) -> str:
@@ -135,7 +141,7 @@ class Manager:
         self.address = ""
         self.metrics_port: int | None = None
         self.registry = CollectorRegistry()
-        self.events = EventRecorder()
+        self.events = EventRecorder(settings.events)
         # What the orchestrator says about each service, for the Control API.
         self.reports = Reports()
         self.heartbeats = HeartbeatTracker()
@@ -150,7 +156,7 @@ class Manager:
         runtimes = runtime_catalogue()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_key = self._load_data_key()
-        store = await open_store(settings.store_url)
+        store = MeteredStore(await open_store(settings.store_url), write_histogram(self.registry))
         self._stack.push_async_callback(store.aclose)
         self.store = store
         await verify_against_store(self.data_key, store)
@@ -179,6 +185,14 @@ class Manager:
         self.informer = Informer(store, typed, self.restarts)
         await self.informer.start()
         self._stack.push_async_callback(self.informer.aclose)
+        await self.events.start(store, trims=lambda: self.election.is_leader)
+        self._stack.push_async_callback(self.events.aclose)
+
+        def task_events(old: Object | None, new: Object | None) -> None:
+            if self.election.is_leader:  # one manager tells each change
+                record_task_change(self.events, old, new)
+
+        self.informer.subscribe(task_events)
 
         self._loop_metrics = LoopMetrics(self.registry)
         self.orchestrator = Orchestrator(self.informer, self.events, reports=self.reports)
@@ -195,10 +209,8 @@ class Manager:
         syncs = SyncController(
             self.informer,
             self.events,
-            SourceFetcher(settings.state_dir / "sync"),
-            check_references=lambda services: self.secret_store.reference_problems(
-                list(services), []
-            ),
+            SourceFetcher(settings.state_dir / "sync", secrets=self.secret_store.secret_bytes),
+            configs=self.secret_store,
         )
         self.controllers = (self.orchestrator, scheduler, self.monitor, syncs)
         # Runners run only while this manager leads (see _elected / _deposed).
@@ -241,7 +253,10 @@ class Manager:
         security = self.security
         # gRPC sets SO_REUSEPORT by default, and then a second manager on a port
         # already taken starts "fine" and the kernel splits the clients between them.
-        server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)],
+            interceptors=[RpcMetrics(self.registry).interceptor()],
+        )
         # Outside in: the per-connection cap and size limits (transport), who may
         # call what (authz: a refused caller takes no admission slot), admission
         # (shed when busy), the audit log, leader routing, the handlers.
@@ -297,17 +312,16 @@ class Manager:
         self._stack.callback(listener.stop)
         advertised_host, _ = split_host_port(settings.advertise or self.address)
         self.heartbeat_address = f"{advertised_host}:{heartbeat_port}"
+        metrics_address = self._serve_metrics()
         self.election.me = self.election.me.model_copy(
-            update={"address": settings.advertise or self.address}
+            update={
+                "address": settings.advertise or self.address,
+                "metrics_address": metrics_address,
+            }
         )
         self.join_address = await security.serve_join(settings.join_address)
         await self.election.start(self._elected, self._deposed)
         self._stack.push_async_callback(self.election.aclose)
-        Gauge(
-            "shoal_manager_leader",
-            "1 while this manager leads the cluster, else 0.",
-            registry=self.registry,
-        ).set_function(lambda: float(self.election.is_leader))
 
         Gauge(
             "shoal_disruption_guard_engaged",
@@ -316,7 +330,7 @@ class Manager:
             registry=self.registry,
         ).set_function(lambda: float(self.guard().engaged))
         Gauge(
-            "shoal_nodes_silent_share",
+            "shoal_nodes_silent_ratio",
             "Share of the nodes in service that are silent (what the disruption guard judges).",
             registry=self.registry,
         ).set_function(lambda: self.guard().share)
@@ -327,14 +341,9 @@ class Manager:
             registry=self.registry,
         )
         self._start_probe()
-        self.registry.register(ClusterCollector(self.informer))
         self.registry.register(RestartsCollector(self.restarts))
+        self.registry.register(self.events.collector())
         self.registry.register(AdmissionCollector(self.admission))
-        if settings.metrics_listen:
-            metrics_host, metrics_port = split_host_port(settings.metrics_listen)
-            http_server, _thread = start_http_server(metrics_port, metrics_host, self.registry)
-            self.metrics_port = http_server.server_port
-            self._stack.callback(http_server.shutdown)
 
         endpoint = settings.state_dir / ENDPOINT_FILE
         tmp = endpoint.with_suffix(".tmp")
@@ -354,6 +363,30 @@ class Manager:
             nodes=len(self.informer.nodes),
             services=len(self.informer.services),
         )
+
+    def _serve_metrics(self) -> str:
+        """Start --metrics-listen (``/metrics``, ``/prometheus/sd``); the address to announce."""
+        self.registry.register(
+            ClusterCollector(
+                self.informer,
+                lambda: self.election.is_leader,
+                self.heartbeats,
+                self.orchestrator.restarts,
+            )
+        )
+        self.registry.register(ElectionCollector(self.election))
+        if not self.settings.metrics_listen:
+            return ""
+        managers = lambda: [self.election.me, *self.election.managers.values()]  # noqa: E731
+        listener = serve_metrics(
+            self.settings.metrics_listen,
+            self.registry,
+            {SD_PATH: discovery_route(self.informer, managers)},
+        )
+        self._stack.callback(listener.close)
+        self.metrics_port = listener.port
+        advertised_host, _ = split_host_port(self.settings.advertise or self.address)
+        return reachable_address(listener.address, advertised_host)
 
     def _load_data_key(self) -> DataKey:
         settings = self.settings
@@ -425,6 +458,7 @@ class Manager:
                 self._loop_metrics,
                 period,
                 reports=self.reports if c is self.orchestrator else None,
+                events=self.events,
             )
             for c in self.controllers
         ]

@@ -8,6 +8,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from shoal.models.base import Model
+from shoal.models.resources import ResourceKind, ResourceUnit
 
 # What one machine carries unless its agent says otherwise (``--max-tasks``).
 DEFAULT_MAX_TASKS = 256
@@ -43,6 +44,13 @@ class NodeDescription(Model):
     agent_version: str = ""
     # The most tasks the agent takes (``shoal agent --max-tasks``); None: no limit.
     max_tasks: int | None = None
+    # Generic resources (``shoal agent --resource``, discovery): kind → its units.
+    generic_resources: dict[ResourceKind, list[ResourceUnit]] = Field(
+        default_factory=dict, exclude_if=lambda v: not v
+    )
+    # Where the agent serves /metrics (``--metrics-listen``, as bound); "" for none.
+    # Listed by the managers' Prometheus service discovery (shoal.manager.discovery).
+    metrics_address: str = Field(default="", exclude_if=lambda v: not v)
 
     def runtime_available(self, name: str) -> bool:
         return any(r.name == name and r.available for r in self.runtimes)

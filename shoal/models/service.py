@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from shoal.models.base import Model
 from shoal.models.container import (
@@ -28,6 +29,7 @@ from shoal.models.container import (
     check_sysctl,
 )
 from shoal.models.job import JobSpec, JobStatus
+from shoal.models.resources import ResourceKind, check_distinct_env_names
 from shoal.models.rollout import RollbackConfig, UpdateConfig, UpdateStatus
 from shoal.models.secret import ConfigReference, SecretReference
 from shoal.models.units import Duration, Size
@@ -40,6 +42,7 @@ CONSTRAINT = re.compile(
     r"^\s*(node\.labels\.(?P<label>[A-Za-z0-9._/-]+)|node\.hostname|node\.role|node\.id)"
     r"\s*(?P<op>==|!=)\s*(?P<value>\S.*?)\s*$"
 )
+SPREAD = re.compile(r"^\s*node\.labels\.(?P<label>[A-Za-z0-9._/-]+)\s*$")
 SIGNALS = {
     "SIGHUP",
     "SIGINT",
@@ -115,12 +118,29 @@ def _check_constraint(expr: str) -> str:
     return expr
 
 
+def _check_spread(expr: str) -> str:
+    if not SPREAD.match(expr):
+        raise ValueError(f"invalid spread descriptor {expr!r}: use 'node.labels.KEY'")
+    return expr.strip()
+
+
+def _check_dns_label(value: str) -> str:
+    if not DNS_LABEL.match(value):
+        raise ValueError(
+            f"invalid name {value!r}: use lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
+    return value
+
+
 # Checked per key / per item (not per whole dict or list) so that a validation
 # error's location names the offending entry, which lets the manifest loader
 # point at its line.
 LabelKey = Annotated[str, AfterValidator(_check_label_key)]
 EnvName = Annotated[str, AfterValidator(_check_env_name)]
 Constraint = Annotated[str, AfterValidator(_check_constraint)]
+SpreadDescriptor = Annotated[str, AfterValidator(_check_spread)]
+ServiceName = Annotated[str, AfterValidator(_check_dns_label)]
 
 
 class Metadata(Model):
@@ -134,17 +154,23 @@ class Metadata(Model):
     @field_validator("name")
     @classmethod
     def _name_is_dns_label(cls, value: str) -> str:
-        if not DNS_LABEL.match(value):
-            raise ValueError(
-                f"invalid name {value!r}: use lower-case letters, digits and '-', "
-                "starting and ending with a letter or digit, at most 63 characters"
-            )
-        return value
+        return _check_dns_label(value)
 
 
 class Reservations(Model):
     cpus: float = Field(default=0.0, ge=0)
     memory: Size = 0
+    # Generic resources (``shoal.models.resources``): units of each kind the task
+    # needs on its node, e.g. ``{gpu: 1}``; the task is told which units it got.
+    generic: dict[ResourceKind, Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=dict, exclude_if=lambda v: not v
+    )
+
+    @field_validator("generic")
+    @classmethod
+    def _distinct_env_names(cls, value: dict[str, int]) -> dict[str, int]:
+        check_distinct_env_names(value)
+        return value
 
 
 class Resources(Model):
@@ -320,8 +346,40 @@ class RestartPolicy(Model):
     window: Duration = 0.0
 
 
+class PlacementPreference(Model):
+    """Swarm's placement preference: spread tasks evenly over a node label's values."""
+
+    spread: SpreadDescriptor
+
+    @property
+    def label(self) -> str:
+        """The node label spread over: ``node.labels.zone`` → ``zone``."""
+        match = SPREAD.match(self.spread)
+        assert match is not None  # validated
+        return match.group("label")
+
+
 class Placement(Model):
     constraints: list[Constraint] = Field(default_factory=list)
+    # Applied in order: spread over the first label's values, then within each
+    # of those groups over the second's, and so on. Nodes without the label
+    # count as one group of their own.
+    preferences: list[PlacementPreference] = Field(default_factory=list, exclude_if=lambda v: not v)
+    # At most this many live tasks of the service on one node; 0: no limit.
+    max_replicas_per_node: int = Field(default=0, ge=0, exclude_if=lambda v: not v)
+
+
+class Dependency(Model):
+    """``spec.dependsOn`` entry: hold this service's tasks until ``service`` meets ``condition``.
+
+    ``started``: the dependency runs its desired tasks; ``healthy``: they also
+    pass their health checks (no health check: running counts as healthy);
+    ``completed``: the dependency (a job, or a service whose tasks do not
+    restart) finished successfully.
+    """
+
+    service: ServiceName
+    condition: Literal["started", "healthy", "completed"] = "started"
 
 
 JOB_MODES = ("replicated-job", "global-job")
@@ -340,6 +398,23 @@ class ServiceSpec(Model):
     revision_history_limit: int = Field(default=10, ge=1, le=1000)
     # Jobs only (``mode: replicated-job | global-job``).
     job: JobSpec | None = None
+    # Services whose condition must hold before this one's tasks are created.
+    depends_on: list[Dependency] = Field(default_factory=list, exclude_if=lambda v: not v)
+
+    @field_validator("depends_on")
+    @classmethod
+    def _distinct_dependencies(cls, value: list[Dependency]) -> list[Dependency]:
+        seen: set[str] = set()
+        for index, dependency in enumerate(value):
+            if dependency.service in seen:
+                raise _located(
+                    "duplicate_dependency",
+                    f"{dependency.service!r} is listed twice",
+                    (index, "service"),
+                    dependency.service,
+                )
+            seen.add(dependency.service)
+        return value
 
     @field_validator("replicas")
     @classmethod
@@ -446,9 +521,33 @@ class Service(Model):
     spec: ServiceSpec
     status: ServiceStatus | None = None
 
+    @field_validator("spec")
+    @classmethod
+    def _not_its_own_dependency(cls, value: ServiceSpec, info: ValidationInfo) -> ServiceSpec:
+        metadata = info.data.get("metadata")
+        name = metadata.name if isinstance(metadata, Metadata) else None
+        for index, dependency in enumerate(value.depends_on):
+            if dependency.service == name:
+                raise _located(
+                    "self_dependency",
+                    "a service cannot depend on itself",
+                    ("dependsOn", index, "service"),
+                    name,
+                )
+        return value
+
     @property
     def name(self) -> str:
         return self.metadata.name
+
+
+def _located(kind: str, message: str, loc: tuple[int | str, ...], value: Any) -> ValidationError:
+    """An error at ``loc`` below the field being validated (pydantic prefixes the field),
+    so the manifest loader can point at the entry's own line."""
+    return ValidationError.from_exception_data(
+        "Service",
+        [InitErrorDetails(type=PydanticCustomError(kind, message), loc=loc, input=value)],
+    )
 
 
 def parse_constraint(expr: str) -> tuple[str, str, str]:

@@ -21,13 +21,14 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from shoal.models.base import Model
+from shoal.models.secret import NAME as SECRET_NAME
 from shoal.models.service import API_VERSION, DNS_LABEL, Metadata
 from shoal.models.units import Duration
 
-# Names of apply sets: a DNS label for sets named on the command line, and
-# ``sync.<name>`` for the set of a Sync (a dot cannot appear in a DNS label,
-# so the two never collide).
-APPLY_SET_NAME = re.compile(r"^(sync\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Names of apply sets: a DNS label for sets named on the command line,
+# ``sync.<name>`` for the set of a Sync and ``stack.<name>`` for a Compose
+# stack (a dot cannot appear in a DNS label, so they never collide).
+APPLY_SET_NAME = re.compile(r"^((sync|stack)\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MIN_INTERVAL = 1.0
 
 HealthState = Literal["Healthy", "Progressing", "Degraded"]
@@ -40,7 +41,8 @@ def sync_set_name(sync: str) -> str:
 
 
 class ApplySetMember(Model):
-    kind: Literal["Service"] = "Service"
+    # A Sync applied with a set is pruned like a service (its services stay).
+    kind: Literal["Service", "Sync"] = "Service"
     name: str
 
 
@@ -74,6 +76,9 @@ class GitSource(Model):
     ref: str = "main"
     # The directory inside the repository to apply, relative to its root.
     path: str = "."
+    # A shoal secret holding ``USERNAME:PASSWORD`` (or a token as the password)
+    # for an ``https://`` or ``http://`` repository; see docs/gitops.md.
+    secret_ref: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -86,6 +91,22 @@ class GitSource(Model):
                 "or user@host:path"
             )
         return value
+
+    @field_validator("secret_ref")
+    @classmethod
+    def _secret_name(cls, value: str | None) -> str | None:
+        if value is not None and not SECRET_NAME.match(value):
+            raise ValueError(f"invalid secret name {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials_over_http(self) -> GitSource:
+        if self.secret_ref is not None and not self.url.startswith(("https://", "http://")):
+            raise ValueError(
+                "secretRef: credentials from a secret are given to https:// and http:// "
+                f"repositories only, not {self.url!r} (ssh:// uses the manager's own ssh setup)"
+            )
+        return self
 
     @field_validator("ref")
     @classmethod

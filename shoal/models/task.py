@@ -88,6 +88,9 @@ class Task(Model):
     created_at: datetime
     # Jobs: the run this task belongs to (``SHOAL_JOB_RUN``).
     job_run: int | None = None
+    # Generic resource units the scheduler gave this task on its node, kind → units
+    # (``SHOAL_RESOURCE_<KIND>``); set with ``node_id``.
+    resources: dict[str, list[str]] = Field(default_factory=dict, exclude_if=lambda v: not v)
 
     @property
     def slot_key(self) -> str:

@@ -30,13 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from shoal.dependencies import cycle_message, dependency_order, find_cycle
 from shoal.errors import ApplySetError, SpecError
 from shoal.models import Service
 from shoal.models.sync import ApplySet, ApplySetMember, Sync
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.rollout import new_revision_status
 from shoal.specdiff import changed_fields, comparable, same
-from shoal.store.typed import SERVICES, Change
+from shoal.store.typed import SERVICES, SYNCS, Change
 
 Document = Service | Sync
 
@@ -79,6 +80,8 @@ class ApplyPlan:
     results: list[Result] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     revision: str = ""
+    # The services the set owns after this apply (None when applied without a set).
+    members: list[str] | None = None
 
     @property
     def changed(self) -> list[Result]:
@@ -103,18 +106,19 @@ def plan_apply(
     """What applying ``documents`` would change; raises ``ApplySetError`` when a set refuses."""
     plan = ApplyPlan(revision=options.revision or digest(documents))
     services = [d for d in documents if isinstance(d, Service)]
-    if options.set_name is not None:
-        _check_owners(informer, services, options.set_name)
     syncs = [d for d in documents if isinstance(d, Sync)]
+    if options.set_name is not None:
+        _check_owners(informer, [*services, *syncs], options.set_name)
     if syncs:
         check_dependencies(informer, syncs)
-    for doc in documents:
-        if isinstance(doc, Service):
-            _plan_service(informer, doc, options.cause, now, plan)
-        else:
-            _plan_sync(informer, doc, now, plan)
+    services = check_service_dependencies(informer, services)
+    # Dependencies first: the transaction, the results and the events list them so.
+    for service in services:
+        _plan_service(informer, service, options.cause, now, plan)
+    for sync in syncs:
+        _plan_sync(informer, sync, now, plan)
     if options.set_name is not None:
-        _plan_set(informer, services, options, now, plan)
+        _plan_set(informer, [*services, *syncs], options, now, plan)
     return plan
 
 
@@ -197,7 +201,7 @@ def check_dependencies(informer: Informer, syncs: Sequence[Sync]) -> None:
     graph.update({s.name: [d.name for d in s.spec.depends_on] for s in syncs})
     problems = []
     for sync in syncs:
-        cycle = _cycle_from(graph, sync.name)
+        cycle = find_cycle(graph, sync.name)
         if cycle:
             problems.append(
                 f"sync/{sync.name}: spec.dependsOn: dependency cycle {' → '.join(cycle)}; "
@@ -207,35 +211,44 @@ def check_dependencies(informer: Informer, syncs: Sequence[Sync]) -> None:
         raise SpecError(problems)
 
 
-def _cycle_from(graph: dict[str, list[str]], start: str) -> list[str] | None:
-    """A path ``start → ... → start`` through ``graph``, if there is one."""
-    stack: list[tuple[str, list[str]]] = [(start, [start])]
-    seen: set[str] = set()
-    while stack:
-        node, path = stack.pop()
-        for dep in graph.get(node, []):
-            if dep == start:
-                return [*path, start]
-            if dep not in seen:
-                seen.add(dep)
-                stack.append((dep, [*path, dep]))
-    return None
+def check_service_dependencies(informer: Informer, services: Sequence[Service]) -> list[Service]:
+    """``services`` in dependency order; refuses ``dependsOn`` cycles among them and the
+    stored services (the new specs replacing the stored ones of the same name)."""
+    graph = {
+        name: [d.service for d in e.obj.spec.depends_on] for name, e in informer.services.items()
+    }
+    graph.update({s.name: [d.service for d in s.spec.depends_on] for s in services})
+    problems = []
+    reported: set[frozenset[str]] = set()
+    for service in services:
+        cycle = find_cycle(graph, service.name)
+        if cycle is None or frozenset(cycle) in reported:
+            continue
+        reported.add(frozenset(cycle))
+        index = graph[service.name].index(cycle[1])
+        problems.append(
+            f"service/{service.name}: spec.dependsOn[{index}].service: {cycle_message(cycle)}"
+        )
+    if problems:
+        raise SpecError(problems)
+    by_name = {s.name: s for s in services}
+    return [by_name[name] for name in dependency_order(list(by_name), graph)]
 
 
-def owner_of(informer: Informer, service: str) -> str | None:
-    """The apply set that owns ``service``, if any."""
+def owner_of(informer: Informer, service: str, kind: str = "Service") -> str | None:
+    """The apply set that owns ``service`` (or the Sync of that name), if any."""
     for name, entry in informer.applysets.items():
-        if entry.obj.owns("Service", service):
+        if entry.obj.owns(kind, service):
             return name
     return None
 
 
-def _check_owners(informer: Informer, services: Sequence[Service], set_name: str) -> None:
+def _check_owners(informer: Informer, documents: Sequence[Document], set_name: str) -> None:
     problems = []
-    for service in services:
-        owner = owner_of(informer, service.name)
+    for doc in documents:
+        owner = owner_of(informer, doc.name, doc.kind)
         if owner is not None and owner != set_name:
-            problems.append(f"service/{service.name} belongs to apply set {_shown(owner)}")
+            problems.append(f"{doc.kind.lower()}/{doc.name} belongs to apply set {_shown(owner)}")
     if problems:
         raise ApplySetError(
             f"{'; '.join(problems)}; apply it with that set, or remove it from that set's "
@@ -246,12 +259,23 @@ def _check_owners(informer: Informer, services: Sequence[Service], set_name: str
 def _shown(set_name: str) -> str:
     if set_name.startswith("sync."):
         return f"{set_name!r} (Sync {set_name.removeprefix('sync.')!r})"
+    if set_name.startswith("stack."):
+        return f"{set_name!r} (stack {set_name.removeprefix('stack.')!r})"
     return repr(set_name)
+
+
+def _stored(informer: Informer, member: ApplySetMember) -> tuple[str, int] | None:
+    """The key and revision of a set member that still exists."""
+    if member.kind == "Sync":
+        sync = informer.syncs.get(member.name)
+        return (SYNCS + member.name, sync.revision) if sync is not None else None
+    service = informer.service(member.name)
+    return (SERVICES + member.name, service.revision) if service is not None else None
 
 
 def _plan_set(
     informer: Informer,
-    services: Sequence[Service],
+    documents: Sequence[Document],
     options: ApplyOptions,
     now: datetime,
     plan: ApplyPlan,
@@ -259,35 +283,35 @@ def _plan_set(
     assert options.set_name is not None
     entry = informer.applysets.get(options.set_name)
     previous = entry.obj if entry is not None else None
-    wanted = {s.name for s in services}
-    members = [ApplySetMember(name=name) for name in sorted(wanted)]
+    wanted = {ApplySetMember(kind=d.kind, name=d.name) for d in documents}
+    members = wanted
     if options.prune and previous is not None:
         gone = [
-            m.name
+            (m, stored)
             for m in previous.members
-            if m.name not in wanted and informer.service(m.name) is not None
+            if m not in wanted and (stored := _stored(informer, m)) is not None
         ]
         if gone and not wanted and not options.allow_empty:
+            refs = ", ".join(f"{m.kind.lower()}/{m.name}" for m, _ in gone)
             raise ApplySetError(
-                f"refusing to prune every service of apply set {_shown(options.set_name)} "
-                f"({', '.join(gone)}): the source holds none; allow an empty set to do that "
+                f"refusing to prune everything apply set {_shown(options.set_name)} owns "
+                f"({refs}): the source holds nothing; allow an empty set to do that "
                 "(apply --allow-empty, or allowEmpty: true on a Sync)"
             )
-        for name in gone:
-            service_entry = informer.service(name)
-            assert service_entry is not None
-            plan.changes.append(Change.delete(SERVICES + name, service_entry.revision))
-            plan.results.append(Result("Service", name, "pruned"))
+        for member, (key, revision) in gone:
+            plan.changes.append(Change.delete(key, revision))
+            plan.results.append(Result(member.kind, member.name, "pruned"))
     elif previous is not None:
-        # Without prune the set keeps what it owned: those services still run
+        # Without prune the set keeps what it owned: those objects still exist
         # and a later prune must still find them.
-        kept = {m.name for m in previous.members if informer.service(m.name) is not None}
-        members = [ApplySetMember(name=name) for name in sorted(wanted | kept)]
+        members = wanted | {m for m in previous.members if _stored(informer, m) is not None}
+    ordered = sorted(members, key=lambda m: (m.kind, m.name))
+    plan.members = [m.name for m in ordered if m.kind == "Service"]
     record = ApplySet(
         name=options.set_name,
         source=options.source,
         revision=plan.revision,
-        members=members,
+        members=ordered,
         updated_at=now,
     )
     if previous is not None and (

@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from shoal.store.typed import Object
 
 if TYPE_CHECKING:
+    from shoal.reconciler.events import EventRecorder
     from shoal.reconciler.reports import Reports
 
 log = structlog.get_logger(__name__)
@@ -176,8 +177,11 @@ class ControllerRunner:
         resync_period: float = 30.0,
         max_backoff: float = 30.0,
         reports: Reports | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self.controller = controller
+        # Where errors and permanent failures are told (``shoal events``).
+        self.events = events
         self.queue = WorkQueue()
         self.metrics = metrics
         self.resync_period = resync_period
@@ -236,6 +240,10 @@ class ControllerRunner:
                     error_type=type(exc).__name__,
                     retry_in=round(delay, 3),
                 )
+                if self.events is not None:
+                    self.events.record(
+                        f"controller/{name}", "ReconcileError", f"{key}: {exc}", warning=True
+                    )
                 self.queue.done(key)
                 self.queue.add(key, delay)
                 continue
@@ -252,6 +260,10 @@ class ControllerRunner:
             if isinstance(outcome, Failed):
                 self.metrics.outcomes.labels(name, "failed").inc()
                 log.error("reconcile.failed", controller=name, key=key, error=outcome.message)
+                if self.events is not None:
+                    self.events.record(
+                        f"controller/{name}", "ReconcileFailed", f"{key}: {outcome.message}", True
+                    )
             else:
                 self.metrics.outcomes.labels(name, "done").inc()
             self.queue.done(key)

@@ -25,7 +25,7 @@ and its changes go to the store in chunks (``Informer.commit``).
 from __future__ import annotations
 
 import secrets
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -72,6 +72,8 @@ class Plan:
 
     changes: list[Change] = field(default_factory=list)
     wake_after: float | None = None
+    # New tasks that replace an ended or lost task of their slot (not updates).
+    restarts: int = 0
 
     def wake(self, after: float) -> None:
         self.wake_after = after if self.wake_after is None else min(self.wake_after, after)
@@ -142,6 +144,9 @@ class Orchestrator(Controller):
         self.jobs = JobReconciler()
         # Why each finished slot is not restarted, for ``shoal describe``.
         self.reports = reports if reports is not None else Reports()
+        # Tasks restarted per service since this manager started leading or not
+        # (``shoal_service_task_restarts_total``); a deleted service is forgotten.
+        self.restarts: Counter[str] = Counter()
 
     def all_keys(self) -> Iterable[str]:
         return set(self.informer.services) | {
@@ -174,6 +179,7 @@ class Orchestrator(Controller):
         pace = Pacer()
         if entry is None:
             self.reports.forget(key)
+            self.restarts.pop(key, None)
             for first in range(0, len(tasks), RETIRE_SLICE):
                 self._retire(tasks[first : first + RETIRE_SLICE], plan, now, "service deleted")
                 await pace()
@@ -185,6 +191,8 @@ class Orchestrator(Controller):
             await self._replicated(entry, tasks, plan, now, pace)
         if plan.changes:
             await self.informer.commit(plan.changes)
+            if plan.restarts:
+                self.restarts[key] += plan.restarts
         if plan.wake_after is not None:
             return Requeue(plan.wake_after)
         return Done()
@@ -402,6 +410,8 @@ class Orchestrator(Controller):
             since = now - timedelta(seconds=policy.window)
             restarts = [at for at in previous.restarts if at >= since] + [now]
             restarts = restarts[-max(policy.max_attempts, 1) :]
+        if previous is not None and restart:
+            plan.restarts += 1
         task = Task(
             id=new_task_id(),
             service=service.name,

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from shoal.models import DesiredState, Node, Task, TaskState, TaskStatus
-from shoal.models.service import Reservations
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Entry, Informer
 from shoal.reconciler.loop import Controller, Done, Outcome, Requeue
@@ -93,7 +92,18 @@ def _loads_node(task: Task) -> bool:
 
 # What decides whether a task fits a node, beyond the service's constraints:
 # tasks of one shape compete for the same room, so they share one heap.
-Shape = tuple[str, Reservations, tuple[tuple[int, str], ...]]
+Shape = tuple[str, float, int, tuple[tuple[str, int], ...], tuple[tuple[int, str], ...]]
+
+
+def shape_of(task: Task) -> Shape:
+    reservations = task.template.resources.reservations
+    return (
+        task.template.runtime,
+        reservations.cpus,
+        reservations.memory,
+        tuple(sorted(reservations.generic.items())),
+        tuple(host_ports(task.template)),
+    )
 
 
 class Scheduler(Controller):
@@ -224,11 +234,7 @@ class Scheduler(Controller):
         for entry in entries:
             await pace()
             task = entry.obj
-            shape = (
-                task.template.runtime,
-                task.template.resources.reservations,
-                tuple(host_ports(task.template)),
-            )
+            shape = shape_of(task)
             chosen: Node | None = None
             message = unschedulable.get(shape, "")
             if task.node_id:  # a global service's task: its own node or nothing

@@ -11,9 +11,16 @@ forced detached checkout of the commit, and a clean, so the checkout holds
 exactly that commit. Its revision is ``<ref>@sha1:<commit>``.
 
 Every git call has a deadline (``GitSettings.timeout``), runs without a
-terminal prompt or credential helper (a password prompt on a manager would
-hang the controller), and its failure becomes a ``SourceError`` carrying the
-last lines git printed.
+terminal prompt or the host's credential helpers (a password prompt on a
+manager would hang the controller), and its failure becomes a
+``SourceError`` carrying the last lines git printed.
+
+A git source with ``secretRef`` names a shoal secret holding one line,
+``USERNAME:PASSWORD`` (a token goes where the password goes). Its bytes are
+asked for at each fetch (``SecretLookup``) and reach git only through the
+environment of that one ``git fetch``, answered by an inline credential
+helper: nothing is written to disk, nothing shows in ``ps``, and git's
+messages never carry the password.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +39,15 @@ from shoal.manifest import yaml_files
 from shoal.models.sync import SyncSource
 
 GIT_TIMEOUT = 60.0
+
+# A secret's bytes by name, None when there is no such secret.
+SecretLookup = Callable[[str], bytes | None]
+
+# Git's credential protocol, answered from the fetch's own environment.
+CREDENTIAL_HELPER = (
+    "!f() { test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' "
+    '"$SHOAL_GIT_USERNAME" "$SHOAL_GIT_PASSWORD"; }; f'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,21 +62,53 @@ class Fetched:
 class SourceFetcher:
     """Fetches sources into ``cache_dir`` (one checkout per Sync)."""
 
-    def __init__(self, cache_dir: Path, git_timeout: float = GIT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        git_timeout: float = GIT_TIMEOUT,
+        secrets: SecretLookup | None = None,
+    ) -> None:
         self.cache_dir = cache_dir
         self.git_timeout = git_timeout
+        self.secrets = secrets
 
     async def fetch(self, name: str, source: SyncSource) -> Fetched:
         if source.git is not None:
-            return await self._git(name, source.git.url, source.git.ref, source.git.path)
+            git = source.git
+            login = self._credentials(git.secret_ref) if git.secret_ref is not None else {}
+            return await self._git(name, git.url, git.ref, git.path, login)
         assert source.path is not None
         return await asyncio.to_thread(_directory, Path(source.path))
+
+    def _credentials(self, secret: str) -> dict[str, str]:
+        """The environment that answers git's credential helper (see the module docstring)."""
+        data = self.secrets(secret) if self.secrets is not None else None
+        if data is None:
+            raise SourceError(
+                f"secretRef: no secret named {secret!r} (create it: shoal secret create "
+                f"{secret} -f FILE, holding USERNAME:PASSWORD)"
+            )
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            text = ""
+        line = text.removesuffix("\n").removesuffix("\r")
+        username, colon, password = line.partition(":")
+        if not colon or not username or not password or any(c in line for c in "\r\n\0"):
+            # Never quote the bytes: they are a secret, whatever their shape.
+            raise SourceError(
+                f"secretRef: secret {secret!r} is not one line USERNAME:PASSWORD "
+                f"({len(data)} bytes; a token goes where the password goes)"
+            )
+        return {"SHOAL_GIT_USERNAME": username, "SHOAL_GIT_PASSWORD": password}
 
     def forget(self, name: str) -> None:
         """Remove the checkout of a Sync that was deleted."""
         shutil.rmtree(self.cache_dir / name, ignore_errors=True)
 
-    async def _git(self, name: str, url: str, ref: str, path: str) -> Fetched:
+    async def _git(
+        self, name: str, url: str, ref: str, path: str, login: dict[str, str]
+    ) -> Fetched:
         checkout = self.cache_dir / name
         if not (checkout / ".git").is_dir():
             shutil.rmtree(checkout, ignore_errors=True)
@@ -76,6 +125,7 @@ class SourceFetcher:
             url,
             f"+{ref}:refs/shoal/fetched",
             what=f"git fetch {url} {ref}",
+            login=login,
         )
         commit = (
             await self._run(checkout, "rev-parse", "--verify", "refs/shoal/fetched^{commit}")
@@ -90,15 +140,22 @@ class SourceFetcher:
             )
         return Fetched(revision, root, checkout)
 
-    async def _run(self, cwd: Path, *args: str, what: str = "") -> str:
+    async def _run(
+        self, cwd: Path, *args: str, what: str = "", login: dict[str, str] | None = None
+    ) -> str:
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
+            **{k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SHOAL_GIT_"))},
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_ASKPASS": "",
             "SSH_ASKPASS": "",
             "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+            **(login or {}),
         }
-        command = ["git", "-c", "credential.helper=", "-c", "core.hooksPath=/dev/null", *args]
+        # An empty helper first clears the host's helpers; ours answers only with a login.
+        helpers = ["-c", "credential.helper="]
+        if login:
+            helpers += ["-c", f"credential.helper={CREDENTIAL_HELPER}"]
+        command = ["git", *helpers, "-c", "core.hooksPath=/dev/null", *args]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *command,

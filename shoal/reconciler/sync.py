@@ -19,6 +19,9 @@ transaction. What happens:
   documents are gone, never anything else; emptying the set needs
   ``allowEmpty``.
 * **Suspend** stops fetching, applying and drift correction until resumed.
+* **An edit during a fetch wins**: the apply is one transaction with the
+  Sync's status, compared on the Sync as read before the fetch, so a Sync
+  suspended or re-pointed meanwhile applies nothing from that fetch.
 * **dependsOn**: a Sync applies only once every Sync it depends on is Ready;
   cycles are refused when the Syncs are applied.
 
@@ -38,15 +41,17 @@ help). Status is written only when it changes, and only by the leader.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import structlog
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.errors import ApplySetError, SourceError, SpecError
+from shoal.errors import ApplySetError, ConflictError, SourceError, SpecError
 from shoal.manifest import load_paths
 from shoal.models import DesiredState, Service, Task, TaskState
+from shoal.models.secret import ConfigDocument
 from shoal.models.sync import Condition, HealthState, Sync, SyncStatus, sync_set_name
 from shoal.reconciler.applyset import ApplyOptions, ApplyPlan, plan_apply
 from shoal.reconciler.events import EventRecorder
@@ -57,8 +62,22 @@ from shoal.store.typed import APPLYSETS, Change, Object
 
 log = structlog.get_logger(__name__)
 
-# Problems with the secrets and configs the services refer to ([] when none).
-ReferenceCheck = Callable[[Sequence[Service]], list[str]]
+
+class ConfigStore(Protocol):
+    """The manager's configs (``shoal.manager.secretstore``), as ``shoal apply`` uses them."""
+
+    def reference_problems(
+        self, services: list[Service], configs: list[ConfigDocument]
+    ) -> list[str]:
+        """Each secret or config a service names that neither exists nor comes along."""
+        ...
+
+    def config_changes(
+        self, documents: list[ConfigDocument]
+    ) -> tuple[list[Change], list[dict[str, str]], list[str]]:
+        """Changes, per-document results and problems for ``kind: Config`` documents."""
+        ...
+
 
 # While a Sync waits for a dependency, look again this often at the latest.
 DEPENDENCY_RECHECK = 5.0
@@ -88,15 +107,15 @@ class SyncController(Controller):
         events: EventRecorder,
         fetcher: SourceFetcher,
         clock: Clock = SYSTEM_CLOCK,
-        check_references: ReferenceCheck | None = None,
+        configs: ConfigStore | None = None,
     ) -> None:
         self.informer = informer
         self.events = events
         self.fetcher = fetcher
         self.clock = clock
-        # The manager's check that every secret and config a service names exists
-        # (``shoal.manager.secretstore``), as ``shoal apply`` does it.
-        self.check_references = check_references
+        # Checks the secrets and configs services name, and takes the configs
+        # a source holds (``kind: Config``), as ``shoal apply`` does.
+        self.configs = configs
         # service name -> the Syncs whose inventory holds it (for health updates)
         self._owners: dict[str, set[str]] = {}
 
@@ -170,10 +189,17 @@ class SyncController(Controller):
             updated = _set(updated, now, "Reconciling", "False", "DependencyNotReady", blocked)
             await self._write(sync, entry.revision, updated)
             return Requeue(min(sync.spec.interval, DEPENDENCY_RECHECK))
-        updated = await self._attempt(sync, status, now)
-        # Compared on the revision read before the run: if the Sync changed
-        # meanwhile the write fails and the next reconcile runs on the new spec.
-        await self._write(sync, entry.revision, updated)
+        try:
+            updated = await self._attempt(sync, entry.revision, status, now)
+        except ConflictError:
+            # The Sync (or a service it applies) changed while the source was
+            # fetched: nothing was applied; run again on what is stored now.
+            log.info("sync.superseded", sync=key)
+            return Requeue(0.0)
+        current = self.informer.syncs.get(key)
+        if current is None:
+            return Done()
+        await self._write(current.obj, current.revision, updated)
         return Requeue(self._next_wake(sync, updated, now, sync.spec.interval))
 
     def _due(self, sync: Sync, status: SyncStatus, now: datetime) -> float:
@@ -206,8 +232,15 @@ class SyncController(Controller):
                 waiting.append(f"sync/{dep.name} is not Ready")
         return "waiting for " + ", ".join(waiting) if waiting else None
 
-    async def _attempt(self, sync: Sync, status: SyncStatus, now: datetime) -> SyncStatus:
-        """Fetch, validate, apply: the new status (the caller writes it)."""
+    async def _attempt(
+        self, sync: Sync, revision_read: int, status: SyncStatus, now: datetime
+    ) -> SyncStatus:
+        """Fetch, validate, apply: the new status (the caller writes it).
+
+        The apply is compared on ``revision_read``, the Sync as it was before
+        the fetch: if it was edited meanwhile (suspended, pointed elsewhere)
+        nothing is applied and ``ConflictError`` is raised.
+        """
         name = sync.name
         status = status.model_copy(
             update={
@@ -232,18 +265,24 @@ class SyncController(Controller):
                 load_paths, [fetched.root], fetched.relative_to, True
             )
             services = [d for d in documents if isinstance(d, Service)]
-            if len(services) != len(documents):
-                extra = sorted(
-                    f"{d.kind.lower()}/{d.name}" for d in documents if not isinstance(d, Service)
-                )
+            configs = [d for d in documents if isinstance(d, ConfigDocument)]
+            extra = sorted(f"sync/{d.name}" for d in documents if isinstance(d, Sync))
+            if extra:
                 raise SpecError(
                     [
-                        f"{', '.join(extra)}: a Sync's source holds services only; apply those "
-                        "with `shoal apply`"
+                        f"{', '.join(extra)}: a Sync's source holds services and configs, not "
+                        "Syncs; apply those with `shoal apply`"
                     ]
                 )
-            if self.check_references is not None and (problems := self.check_references(services)):
-                raise SpecError(problems)
+            config_changes: list[Change] = []
+            config_results: list[dict[str, str]] = []
+            if self.configs is not None:
+                config_changes, config_results, problems = self.configs.config_changes(configs)
+                problems += self.configs.reference_problems(services, configs)
+                if problems:
+                    raise SpecError(problems)
+            elif configs:
+                raise SpecError(["configs cannot be applied by this Sync (no config store)"])
             plan = plan_apply(
                 self.informer,
                 services,
@@ -270,28 +309,33 @@ class SyncController(Controller):
             self.events.record(_ref(name), "ApplyFailed", message, warning=True)
             failed = _failed(status, now, "ApplyFailed", message, stalled=True)
             return self._with_health(sync, failed, now)
-        if plan.changes:
-            await self.informer.commit(plan.changes, atomic=True)
-        self._report(sync, status, plan, revision)
-        record = self.informer.applysets.get(sync_set_name(name))
-        inventory = [f"service/{m.name}" for m in record.obj.members] if record else []
+        previous = status.last_applied_revision
         status = status.model_copy(
             update={
                 "last_applied_revision": revision,
-                "inventory": inventory,
+                "inventory": [f"service/{member}" for member in plan.members or ()],
                 "last_applied_at": now
                 if plan.changed or status.last_applied_at is None
                 else status.last_applied_at,
             }
         )
         status = _set(status, now, "Stalled", "False", "Applied", "")
+        if plan.changes or config_changes:
+            # The Sync's status goes in the same transaction, compared on the
+            # revision read before the fetch (see the docstring).
+            guard = Change.put(sync.model_copy(update={"status": status}), revision_read)
+            await self.informer.commit([*config_changes, *plan.changes, guard], atomic=True)
+        for config in config_results:
+            if config["action"] == "created":
+                self.events.record(f"config/{config['name']}", "Applied", f"created by sync/{name}")
+        self._report(sync, previous, plan, revision)
         return self._with_health(sync, status, now, applied=True)
 
-    def _report(self, sync: Sync, status: SyncStatus, plan: ApplyPlan, revision: str) -> None:
+    def _report(self, sync: Sync, previous: str | None, plan: ApplyPlan, revision: str) -> None:
         """Events for what this run changed: a new revision, or drift put right."""
         name = sync.name
         changed = plan.changed
-        if revision != status.last_applied_revision:
+        if revision != previous:
             summary = ", ".join(f"{r.ref} {r.action}" for r in changed) or "nothing changed"
             self.events.record(_ref(name), "Applied", f"revision {revision}: {summary}")
         elif changed:

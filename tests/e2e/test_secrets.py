@@ -213,13 +213,13 @@ def test_secrets_and_configs_reach_their_tasks_and_nowhere_else(
         assert f"sha={digest}" in text and "config=listen 8080" in text
 
     busy = cli("secret", "rm", "db-pass", check=False)
-    assert busy.returncode == 1 and "used by" in busy.stderr and "reader" in busy.stderr
+    assert busy.returncode == 1 and "service/reader" in busy.stderr and "in use" in busy.stderr
     inspected = json.loads(cli("secret", "inspect", "db-pass", "-o", "json").stdout)
     assert inspected["size"] == len(secret) and inspected["metadata"]["labels"] == {"team": "db"}
     assert "sealed" not in inspected and set(inspected["usedBy"]) == {
-        "reader",
-        "docker-reader",
-        "podman-reader",
+        "service/reader",
+        "service/docker-reader",
+        "service/podman-reader",
     }
     for args in (
         ["secret", "ls"],

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.e2e.cluster import Cluster, cluster_at, free_port, task_processes, wait_for
+from tests.gitserver import git_http_server
 
 pytestmark = pytest.mark.slow
 
@@ -345,3 +346,41 @@ def test_unreachable_source_and_missing_path_apply_nothing(
     assert f"{tmp_path / 'missing'}: no such directory on this manager" in nowhere.stderr
     assert "Traceback" not in far.stderr + nowhere.stderr
     assert services(cluster) == set()
+
+
+def test_a_private_repository_is_fetched_with_the_login_of_a_secret(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    password = "pw-" + tmp_path.name[-12:] + "-never-shown"
+    repo = Repo(tmp_path)
+    first = repo.commit("web", {"web.yaml": service_yaml(cluster, "priv-web")})
+    login = tmp_path / "login"
+    login.write_text(f"ops:{password}\n")
+    with git_http_server(repo.bare.parent, "ops", password) as (url, server):
+        cluster.cli("secret", "create", "git-login", "-f", str(login))
+        login.unlink()
+        source = {"git": {"url": f"{url}/ops.git", "path": "services", "secretRef": "git-login"}}
+        cluster.apply(sync_yaml("private", source), "private.yaml")
+        cluster.wait_running("priv-web", 1)
+        assert server.authenticated > 0
+        wait_for(
+            lambda: (
+                sync_status(cluster, "private").get("lastAppliedRevision") == f"main@sha1:{first}"
+            ),
+            WAIT,
+            "the private commit",
+        )
+        # The secret cannot go while the Sync logs in with it.
+        busy = cluster.cli("secret", "rm", "git-login", check=False)
+        assert busy.returncode == 1 and "used by sync/private" in busy.stderr
+        outputs = [
+            cluster.cli("sync", "ls", "-o", "yaml").stdout,
+            cluster.cli("sync", "status", "private").stdout,
+            cluster.cli("sync", "status", "private", "-o", "json").stdout,
+            busy.stdout + busy.stderr,
+        ]
+    secret = password.encode()
+    assert not any(password in text for text in outputs)
+    stored = [p for p in (tmp_path / "manager").rglob("*") if p.is_file()]
+    assert stored and not any(secret in p.read_bytes() for p in stored)
+    assert secret not in (tmp_path / "manager.log").read_bytes()

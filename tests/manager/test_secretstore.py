@@ -14,6 +14,7 @@ from shoal.manager.control import Control
 from shoal.manager.secretstore import SecretStore
 from shoal.models import Service, Task, TaskState, TaskStatus
 from shoal.models.secret import ConfigDocument
+from shoal.models.sync import Sync
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.reports import Reports
@@ -124,15 +125,43 @@ async def test_names_are_immutable_and_sizes_bounded(harness: Harness) -> None:
     assert sorted(harness.informer.secrets) == ["db-pass"]
 
 
+async def test_if_same_accepts_the_same_bytes_again_and_only_those(harness: Harness) -> None:
+    # What a stack redeploy does with the secrets of its files.
+    await harness.create("Secret", "app_pw", SECRET)
+    created = harness.informer.secrets["app_pw"].revision
+    encoded = base64.b64encode(SECRET).decode()
+    again = await harness.call("CreateSecret", name="app_pw", data=encoded, ifSame=True)
+    assert again["unchanged"] is True
+    assert harness.informer.secrets["app_pw"].revision == created
+    other = base64.b64encode(b"another password").decode()
+    with pytest.raises(ConflictError, match="never change"):
+        await harness.call("CreateSecret", name="app_pw", data=other, ifSame=True)
+    assert harness.secrets.open(harness.informer.secrets["app_pw"].obj) == SECRET
+
+
 async def test_remove_is_refused_while_a_service_uses_it(harness: Harness) -> None:
     await harness.create("Secret", "db-pass", SECRET)
     await harness.informer.commit([Change.put(web(secrets=[{"source": "db-pass"}]), 0)])
-    with pytest.raises(ConflictError, match=r"db-pass \(used by web\)"):
+    with pytest.raises(ConflictError, match=r"db-pass \(used by service/web\)"):
         await harness.call("RemoveSecret", names=["db-pass"])
     with pytest.raises(NotFoundError, match="nope"):
         await harness.call("RemoveSecret", names=["nope"])
     entry = harness.informer.services["web"]
     await harness.informer.commit([Change.delete("/services/web", entry.revision)])
+    # A Sync's git login counts as a use too.
+    login = Sync.model_validate(
+        {
+            "metadata": {"name": "prod"},
+            "spec": {
+                "source": {"git": {"url": "https://git.example/ops.git", "secretRef": "db-pass"}}
+            },
+        }
+    )
+    await harness.informer.commit([Change.put(login, 0)])
+    with pytest.raises(ConflictError, match=r"db-pass \(used by sync/prod\)"):
+        await harness.call("RemoveSecret", names=["db-pass"])
+    entry = harness.informer.syncs["prod"]
+    await harness.informer.commit([Change.delete("/syncs/prod", entry.revision)])
     assert (await harness.call("RemoveSecret", names=["db-pass"]))["removed"] == ["db-pass"]
     assert await harness.store.get("/secrets/db-pass") is None
 

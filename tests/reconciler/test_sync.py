@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 from shoal.models import Service, TaskState
-from shoal.models.sync import Sync, SyncStatus
+from shoal.models.sync import Sync, SyncSource, SyncStatus
 from shoal.reconciler.loop import Requeue
 from shoal.reconciler.orchestrator import Orchestrator
-from shoal.reconciler.sources import SourceFetcher
+from shoal.reconciler.sources import Fetched, SourceFetcher
 from shoal.reconciler.sync import SyncController
 from shoal.store.typed import Change
+from tests.gitserver import git_http_server
 from tests.reconciler.world import World
 
 INTERVAL = 60.0
@@ -239,6 +240,27 @@ async def test_suspend_stops_applying_and_drift_correction_until_resumed(
     assert replicas(world, "web") == 1 and "cache" in world.informer.services
 
 
+async def test_a_sync_suspended_during_its_fetch_applies_nothing(
+    world: World, specs: Path, tmp_path: Path
+) -> None:
+    class EditedWhileFetching(SourceFetcher):
+        async def fetch(self, name: str, source: SyncSource) -> Fetched:
+            fetched = await super().fetch(name, source)
+            await edit(world, name, suspend=True)  # a user's apply lands meanwhile
+            return fetched
+
+    fetcher = EditedWhileFetching(tmp_path / "cache")
+    controller = SyncController(world.informer, world.events, fetcher, clock=world.clock)
+    await put(world, sync(source={"path": str(specs)}))
+    outcome = await controller.reconcile("prod")
+    assert world.informer.services == {}
+    assert isinstance(outcome, Requeue) and outcome.after == 0
+    await controller.reconcile("prod")  # runs on the stored spec: suspended
+    assert world.informer.services == {}
+    assert condition(world, "Reconciling")[1] == "Suspended"
+    assert status(world).last_applied_revision is None
+
+
 @pytest.mark.parametrize("prune", [pytest.param(True, id="prune"), pytest.param(False, id="keep")])
 async def test_prune_removes_a_deleted_files_service_only_when_asked(
     world: World, controller: SyncController, specs: Path, prune: bool
@@ -453,6 +475,60 @@ async def test_unreachable_git_and_missing_path_apply_nothing(
     assert world.informer.services == {}
 
 
+@pytest.fixture
+def served(repo: Path, tmp_path: Path) -> Path:
+    """A bare clone of ``repo`` under a directory the HTTP git server serves."""
+    bare = tmp_path / "served" / "ops.git"
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(repo), str(bare)], check=True, capture_output=True
+    )
+    return bare.parent
+
+
+async def test_private_git_over_http_uses_the_login_from_a_secret(
+    world: World, repo: Path, served: Path, tmp_path: Path
+) -> None:
+    secrets = {"git-login": b"ops:s3cret-pw\n", "wrong": b"ops:nope", "garbled": b"no colon here"}
+    fetcher = SourceFetcher(tmp_path / "cache", git_timeout=20, secrets=secrets.get)
+    controller = SyncController(world.informer, world.events, fetcher, clock=world.clock)
+    with git_http_server(served, "ops", "s3cret-pw") as (url, server):
+        git_source = {"url": f"{url}/ops.git", "path": "services"}
+        attempts = [
+            ("anon", None),
+            ("wrong", "wrong"),
+            ("garbled", "garbled"),
+            ("nosuch", "nosuch"),
+        ]
+        for name, secret in attempts:
+            await put(world, sync(name, source={"git": {**git_source, "secretRef": secret}}))
+            await controller.reconcile(name)
+            ready = condition(world, "Ready", name)
+            assert ready[:2] == ("False", "FetchFailed"), (name, ready)
+        assert "could not read Username" in condition(world, "Ready", "anon")[2]
+        assert "Authentication failed" in condition(world, "Ready", "wrong")[2]
+        assert "not one line USERNAME:PASSWORD (13 bytes" in condition(world, "Ready", "garbled")[2]
+        assert "no secret named 'nosuch'" in condition(world, "Ready", "nosuch")[2]
+        assert world.informer.services == {}
+        assert server.authenticated == 0
+
+        await put(world, sync(source={"git": {**git_source, "secretRef": "git-login"}}))
+        await controller.reconcile("prod")
+        assert status(world).last_applied_revision == f"main@sha1:{git(repo, 'rev-parse', 'HEAD')}"
+        assert list(world.informer.services) == ["web"]
+        assert server.authenticated > 0
+    # The password is in no status, event or file of the checkout.
+    assert "s3cret" not in repr([e.obj for e in world.informer.syncs.values()])
+    for name in ("anon", "wrong", "garbled", "nosuch", "prod"):
+        assert "s3cret" not in repr(world.events.for_object(f"sync/{name}"))
+    for path in (tmp_path / "cache").rglob("*"):
+        assert not path.is_file() or b"s3cret" not in path.read_bytes(), path
+
+
+def test_a_secret_ref_is_for_http_urls_only() -> None:
+    with pytest.raises(ValueError, match="https:// and http:// repositories only"):
+        sync(source={"git": {"url": "git://example.com/ops.git", "secretRef": "git-login"}})
+
+
 def test_the_example_sync_loads() -> None:
     from shoal.manifest import load_paths
 
@@ -495,7 +571,7 @@ async def test_a_service_naming_a_missing_secret_applies_nothing(
         world.events,
         SourceFetcher(tmp_path / "cache"),
         clock=world.clock,
-        check_references=lambda services: secrets.reference_problems(list(services), []),
+        configs=secrets,
     )
     (specs / "web.yaml").write_text(
         service_text("web").replace(
@@ -508,6 +584,55 @@ async def test_a_service_naming_a_missing_secret_applies_nothing(
     stalled = condition(world, "Stalled")
     assert stalled[:2] == ("True", "ValidationFailed")
     assert "no secret named 'db-password'" in stalled[2]
+
+
+async def test_configs_in_the_source_are_applied_with_the_services_that_use_them(
+    world: World, tmp_path: Path, specs: Path
+) -> None:
+    from shoal.manager.secretstore import SecretStore
+    from shoal.security.datakey import DataKey
+
+    store = SecretStore(world.informer, DataKey.generate(), world.events)
+    fetcher = SourceFetcher(tmp_path / "cache")
+    controller = SyncController(
+        world.informer, world.events, fetcher, clock=world.clock, configs=store
+    )
+    (specs / "web.yaml").write_text(
+        service_text("web").replace(
+            "    runtime: sim\n", "    runtime: sim\n    configs: [{source: web-conf}]\n"
+        )
+    )
+    (specs / "web-conf.yaml").write_text(
+        "apiVersion: shoal/v1\nkind: Config\nmetadata: {name: web-conf}\ndata: |\n  port 8080\n"
+    )
+    await put(world, sync(source={"path": str(specs)}))
+    await controller.reconcile("prod")
+    assert sorted(world.informer.services) == ["db", "web"]
+    assert store.open(world.informer.configs["web-conf"].obj) == b"port 8080\n"
+    assert condition(world, "Stalled")[0] == "False"
+
+    # Configs never change: an edited one stalls the Sync and applies nothing.
+    (specs / "web-conf.yaml").write_text(
+        "apiVersion: shoal/v1\nkind: Config\nmetadata: {name: web-conf}\ndata: port 9090\n"
+    )
+    (specs / "db.yaml").write_text(service_text("db", replicas=3))
+    world.clock.advance(INTERVAL)
+    await controller.reconcile("prod")
+    stalled = condition(world, "Stalled")
+    assert stalled[:2] == ("True", "ValidationFailed") and "configs never change" in stalled[2]
+    assert replicas(world, "db") == 1
+
+    # A Sync inside a Sync's source is refused.
+    (specs / "web-conf.yaml").unlink()
+    (specs / "inner.yaml").write_text(
+        "apiVersion: shoal/v1\nkind: Sync\nmetadata: {name: inner}\nspec: {source: {path: /srv}}\n"
+    )
+    world.clock.advance(INTERVAL)
+    await controller.reconcile("prod")
+    assert (
+        "sync/inner: a Sync's source holds services and configs" in condition(world, "Stalled")[2]
+    )
+    assert "inner" not in world.informer.syncs
 
 
 @pytest.mark.parametrize(

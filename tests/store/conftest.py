@@ -1,5 +1,8 @@
 """One fixture, every backend: each test here runs against memory, sqlite and etcd.
 
+``metered`` is the SQLite store inside ``MeteredStore`` (what a manager opens:
+its writes timed for ``/metrics``), which must keep the same contract.
+
 etcd is a real 3-member cluster on loopback ports, started once per test
 session; each store gets a key prefix of its own in it. Without the ``etcd``
 binary the etcd cases skip, or fail under ``SHOAL_REQUIRE_ENGINES=1``.
@@ -13,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from shoal.store import MemoryStore, SqliteStore, Store
 from shoal.store.etcd import EtcdStore
 from shoal.store.memory import DEFAULT_HISTORY
+from shoal.store.metered import MeteredStore, write_histogram
 from tests.etcdcluster import EtcdCluster, etcd_cluster
 
 StoreFactory = Callable[..., Awaitable[Store]]
@@ -50,6 +55,7 @@ def etcd_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
         pytest.param("sqlite", id="sqlite"),
         pytest.param("etcd", id="etcd"),
         pytest.param("etcd-tls", id="etcd-tls"),
+        pytest.param("metered", id="metered"),
     ]
 )
 def backend(request: pytest.FixtureRequest) -> str:
@@ -77,9 +83,11 @@ async def make_store(
         store: Store
         if backend == "memory":
             store = MemoryStore(history=history)
-        elif backend == "sqlite":
+        elif backend in ("sqlite", "metered"):
             path = tmp_path / f"db{len(opened)}" / "state.db"
             store = await SqliteStore.open(path, history=history)
+            if backend == "metered":
+                store = MeteredStore(store, write_histogram(CollectorRegistry()))
         else:
             assert cluster is not None
             store = await EtcdStore.open(cluster.url(f"conformance/{next(_prefixes)}"))
