@@ -28,18 +28,20 @@ from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from shoal.api.transport import CONTROL_SERVICE, DISPATCHER_SERVICE  # noqa: E402
 from shoal.errors import SpecError  # noqa: E402
 from shoal.manifest import load_text  # noqa: E402
-from tests.fuzzing import RAW, call_raw, secure_channel, serve_manager, spec_texts  # noqa: E402
+from tests.fuzzing import (  # noqa: E402
+    CONTROL_METHODS,
+    DISPATCHER_METHODS,
+    RAW,
+    call_raw,
+    secure_channel,
+    serve_manager,
+    spec_texts,
+)
 
 METHODS = [
-    *[(CONTROL_SERVICE, m, False, False) for m in (
-        "Get", "Describe", "Delete", "Scale", "UpdateNode", "Apply", "Token", "UserAdd",
-        "UserList", "UserRemove", "NodeRemove", "Version", "ClusterStatus",
-    )],
-    (CONTROL_SERVICE, "Logs", False, True),
-    (DISPATCHER_SERVICE, "Heartbeat", True, False),
-    (DISPATCHER_SERVICE, "UpdateTaskStatus", True, False),
-    (DISPATCHER_SERVICE, "Session", True, True),
-]  # fmt: skip
+    *[(CONTROL_SERVICE, m, False, stream) for m, stream in CONTROL_METHODS],
+    *[(DISPATCHER_SERVICE, m, True, stream) for m, stream in DISPATCHER_METHODS],
+]
 NEVER = {"UNKNOWN", "INTERNAL"}
 
 
@@ -82,6 +84,15 @@ def main() -> int:
             channel.close()
             total += sum(codes.values())
             print(f"{method:18} {sum(codes.values()):6} inputs  {dict(sorted(codes.items()))}")
+        channel = secure_channel(served.heartbeat, served.node)  # the heartbeat listener
+        codes, failed = fuzz_method(
+            channel, f"/{DISPATCHER_SERVICE}/Heartbeat", False, args.examples, args.seed
+        )
+        failures += failed
+        channel.close()
+        total += sum(codes.values())
+        listener = "Heartbeat@listener"
+        print(f"{listener:18} {sum(codes.values()):6} inputs  {dict(sorted(codes.items()))}")
     specs = collections.Counter[str]()
 
     @seed(args.seed)

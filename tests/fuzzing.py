@@ -22,15 +22,34 @@ import orjson
 import yaml
 from hypothesis import strategies as st
 
+from shoal.api.transport import Unary
 from shoal.manager.server import ManagerSettings, open_manager
 from shoal.security.contexts import load_bundle
 from shoal.security.credentials import TlsIdentity
+
+# Every method a manager serves, by service: (method, is a stream). The fuzz suites
+# cover each; tests/security/test_fuzz.py checks that this is all a manager serves.
+CONTROL_METHODS = [
+    ("Get", False), ("Describe", False), ("Delete", False), ("Scale", False),
+    ("UpdateNode", False), ("Apply", False), ("GetApplySet", False), ("Rollout", False),
+    ("RunJob", False), ("SyncNow", False), ("SyncSuspend", False), ("SyncDelete", False),
+    ("DescribeSync", False), ("Events", False), ("CreateSecret", False),
+    ("GetSecrets", False), ("RemoveSecret", False), ("CreateConfig", False),
+    ("GetConfigs", False), ("RemoveConfig", False), ("Token", False), ("UserAdd", False),
+    ("UserList", False), ("UserRemove", False), ("NodeRemove", False), ("Version", False),
+    ("ClusterStatus", False), ("Logs", True), ("WatchEvents", True),
+]  # fmt: skip
+DISPATCHER_METHODS = [("Heartbeat", False), ("UpdateTaskStatus", False), ("Session", True)]
+# PublishLogs is client-streaming: its messages are checked one by one (transport).
+CLIENT_STREAMS = ["PublishLogs"]
 
 FIELDS = [
     "kind", "name", "names", "service", "all", "services", "dryRun", "ignoreNotFound",
     "replicas", "availability", "labelAdd", "labelRemove", "follow", "tail", "role",
     "rotate", "csr", "force", "nodeId", "sessionId", "description", "updates", "taskId",
     "status", "token", "subscriptionId", "lines", "metadata", "spec", "apiVersion",
+    "documents", "configs", "set", "prune", "allowEmpty", "source", "suspend", "action",
+    "toRevision", "data", "since", "limit", "type", "object", "reason",
 ]  # fmt: skip
 
 json_scalars = (
@@ -93,6 +112,8 @@ class Served:
     admin: Any
     node: TlsIdentity
     node_name: str
+    heartbeat: str  # the heartbeat listener
+    methods: dict[str, dict[str, bool]]  # service -> method -> is a stream
 
 
 @contextlib.contextmanager
@@ -110,6 +131,11 @@ def serve_manager(root: Path) -> Iterator[Served]:
         )
         async with open_manager(settings) as manager:
             ready["node"] = await manager.security.local_node("fuzz-node")
+            ready["heartbeat"] = manager.heartbeat_address
+            ready["methods"] = {
+                service: {name: not isinstance(m, Unary) for name, m in methods.items()}
+                for service, methods in manager.served.items()
+            }
             ready["address"] = manager.address
             await asyncio.to_thread(stop.wait)
 
@@ -121,7 +147,14 @@ def serve_manager(root: Path) -> Iterator[Served]:
                 break
             stop.wait(0.05)
         assert "address" in ready, "the manager did not start"
-        yield Served(ready["address"], load_bundle(root / "admin.yaml"), ready["node"], "fuzz-node")
+        yield Served(
+            ready["address"],
+            load_bundle(root / "admin.yaml"),
+            ready["node"],
+            "fuzz-node",
+            ready["heartbeat"],
+            ready["methods"],
+        )
     finally:
         stop.set()
         thread.join(10)

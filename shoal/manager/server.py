@@ -35,6 +35,7 @@ from shoal.api.transport import (
     CONTROL_SERVICE,
     DISPATCHER_SERVICE,
     SERVER_OPTIONS,
+    Method,
     service_handler,
 )
 from shoal.errors import DataKeyError
@@ -275,6 +276,11 @@ class Manager:
             DISPATCHER_SERVICE,
             self.admission.dispatcher(router.dispatcher(self.dispatcher.methods())),
         )
+        # What this manager serves, by service (the API fuzz suites cover each method).
+        self.served: dict[str, dict[str, Method]] = {
+            CONTROL_SERVICE: control_methods,
+            DISPATCHER_SERVICE: dispatcher_methods,
+        }
         server.add_generic_rpc_handlers(
             (
                 service_handler(CONTROL_SERVICE, control_methods),

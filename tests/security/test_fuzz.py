@@ -20,7 +20,17 @@ from hypothesis import HealthCheck, given, settings
 from shoal.api.transport import CONTROL_SERVICE, DISPATCHER_SERVICE
 from shoal.errors import SpecError
 from shoal.manifest import load_text
-from tests.fuzzing import RAW, Served, call_raw, secure_channel, serve_manager, spec_texts
+from tests.fuzzing import (
+    CLIENT_STREAMS,
+    CONTROL_METHODS,
+    DISPATCHER_METHODS,
+    RAW,
+    Served,
+    call_raw,
+    secure_channel,
+    serve_manager,
+    spec_texts,
+)
 
 BOUNDED = settings(
     max_examples=40,
@@ -28,11 +38,8 @@ BOUNDED = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-CONTROL_UNARY = [
-    "Get", "Describe", "Delete", "Scale", "UpdateNode", "Apply", "Token", "UserAdd",
-    "UserList", "UserRemove", "NodeRemove", "Version", "ClusterStatus",
-]  # fmt: skip
-DISPATCHER_UNARY = ["Heartbeat", "UpdateTaskStatus"]
+CONTROL_UNARY = [m for m, stream in CONTROL_METHODS if not stream]
+DISPATCHER_UNARY = [m for m, stream in DISPATCHER_METHODS if not stream]
 NEVER = {"UNKNOWN", "INTERNAL"}
 
 
@@ -50,6 +57,15 @@ def test_spec_loader_loads_or_names_file_and_line(text: str) -> None:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with serve_manager(tmp_path_factory.mktemp("fuzz")) as running:
         yield running
+
+
+def test_the_suites_cover_every_method_a_manager_serves(served: Served) -> None:
+    """A method added to the API without fuzz coverage fails here."""
+    assert served.methods[CONTROL_SERVICE] == dict(CONTROL_METHODS)
+    dispatcher = {m: s for m, s in served.methods[DISPATCHER_SERVICE].items()}
+    for name in CLIENT_STREAMS:
+        dispatcher.pop(name)
+    assert dispatcher == dict(DISPATCHER_METHODS)
 
 
 @pytest.mark.parametrize("method", CONTROL_UNARY)
@@ -86,11 +102,30 @@ def test_dispatcher_answers_every_payload_definitely(served: Served, method: str
         channel.close()
 
 
+def test_the_heartbeat_listener_answers_every_payload_definitely(served: Served) -> None:
+    channel = secure_channel(served.heartbeat, served.node)
+
+    @BOUNDED
+    @given(RAW)
+    def check(body: bytes) -> None:
+        code = call_raw(channel, f"/{DISPATCHER_SERVICE}/Heartbeat", body)
+        assert code not in NEVER, body
+
+    try:
+        check()
+    finally:
+        channel.close()
+
+
 @pytest.mark.parametrize(
     ("service", "method", "as_node"),
     [
-        pytest.param(CONTROL_SERVICE, "Logs", False, id="Logs"),
-        pytest.param(DISPATCHER_SERVICE, "Session", True, id="Session"),
+        *(pytest.param(CONTROL_SERVICE, m, False, id=m) for m, stream in CONTROL_METHODS if stream),
+        *(
+            pytest.param(DISPATCHER_SERVICE, m, True, id=m)
+            for m, stream in DISPATCHER_METHODS
+            if stream
+        ),
     ],
 )
 def test_streams_answer_every_payload_definitely(
