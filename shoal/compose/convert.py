@@ -261,6 +261,14 @@ class Converter:
             put("init", service.init, "init")
         if service.privileged:
             put("privileged", True, "privileged")
+        if service.read_only:
+            put("readOnly", True, "read_only")
+        if service.ulimits:
+            put(
+                "ulimits",
+                {name: {"soft": u.soft, "hard": u.hard} for name, u in service.ulimits.items()},
+                "ulimits",
+            )
         if service.devices:
             put(
                 "devices",

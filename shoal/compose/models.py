@@ -259,8 +259,8 @@ def _short_device(value: Any) -> Any:
 
 
 class Ulimit(ComposeModel):
-    soft: int
-    hard: int
+    soft: int = Field(ge=-1)
+    hard: int = Field(ge=-1)
 
 
 def _ulimit(value: Any) -> Any:
@@ -386,6 +386,7 @@ class ComposeService(ComposeModel):
     stop_grace_period: Duration | None = None
     labels: Labels = Field(default_factory=dict)
     init: bool | None = None
+    read_only: bool = False
     privileged: bool = False
     devices: list[Annotated[Device, BeforeValidator(_short_device)]] = Field(default_factory=list)
     depends_on: Annotated[dict[str, Dependency], BeforeValidator(_names_to_mapping)] = Field(

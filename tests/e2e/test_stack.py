@@ -84,6 +84,9 @@ STACK = """\
         init: true
         stop_grace_period: 1s
         secrets: [token]
+        read_only: true
+        ulimits:
+          nofile: {{soft: 1024, hard: 2048}}
       ticker:
         command: ["sh", "-c", "exec sleep 300"]
         environment:
@@ -117,6 +120,13 @@ def test_deploy_redeploy_without_a_service_then_remove(
     assert set(containers(node, "shop-web")) == task_ids(cluster, "shop-web")
     assert set(containers(node, "shop-worker")) == task_ids(cluster, "shop-worker")
     assert tasks_in_process_table("shop-ticker") == task_ids(cluster, "shop-ticker")
+    # What the engine was asked for: the interpolated default, the limits, a read-only root.
+    (web_id, *_) = containers(node, "shop-web").values()
+    assert "GREETING=hello" in client("docker").containers.get(web_id).attrs["Config"]["Env"]
+    (worker_id,) = containers(node, "shop-worker").values()
+    host = client("docker").containers.get(worker_id).attrs["HostConfig"]
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
+    assert host["ReadonlyRootfs"] is True
     # The secret reached the container: the worker printed it.
     wait_for(
         lambda: "t0ken" in cluster.cli("logs", "shop-worker").stdout, 20, "the worker's output"
