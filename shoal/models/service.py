@@ -470,7 +470,12 @@ class ServiceSpec(Model):
                 raise ValueError("canary applies to replicated services only")
             count = 1 if replicas is None else replicas
             if value.canary > count:
-                raise ValueError(f"canary ({value.canary}) cannot exceed replicas ({count})")
+                raise _located(
+                    "value_error",
+                    f"canary ({value.canary}) cannot exceed replicas ({count})",
+                    ("canary",),
+                    value.canary,
+                )
         return value
 
     @property
