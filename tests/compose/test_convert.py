@@ -142,6 +142,20 @@ def test_later_files_override_earlier_ones() -> None:
     assert [p.label for p in cache.placement.preferences] == ["zone"]
 
 
+def test_override_tag_replaces_instead_of_merging(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "services:\n  web:\n    image: x\n    ports: ['8080:80', '8443:443']\n"
+        "    environment: {A: '1', B: '2'}\n"
+    )
+    (tmp_path / "over.yaml").write_text(
+        "services:\n  web:\n    ports: !override ['9090:90']\n    environment: {B: '3'}\n"
+    )
+    stack = load_stack([tmp_path / "base.yaml", tmp_path / "over.yaml"], "app", {})
+    (web,) = stack.services
+    assert [(p.published, p.target) for p in web.spec.template.ports] == [(9090, 90)]
+    assert web.spec.template.env == {"A": "1", "B": "3"}
+
+
 def test_x_shoal_runs_plain_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESSAGE", "hi")
     stack = load_stack([FILES / "processes" / "compose.yaml"], "procs", dict(os.environ))
