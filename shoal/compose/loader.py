@@ -215,9 +215,7 @@ def _variables(
         def report(line: int, message: str) -> None:
             problems.add_text(shown, line, f"{shown}:{line}: {message}")
 
-        for key, value in parse_env_file(text, lookup, environ, report).items():
-            seen[key] = value
-        values = seen
+        values = parse_env_file(text, lookup, environ, report, values=seen)
     return {**values, **environ}
 
 

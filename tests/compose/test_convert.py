@@ -142,6 +142,17 @@ def test_later_files_override_earlier_ones() -> None:
     assert [p.label for p in cache.placement.preferences] == ["zone"]
 
 
+def test_dot_env_lines_see_the_lines_above_and_the_environment_wins(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("HOST=db\nURL=postgres://${HOST}:5432\nTAG=1\n")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  web:\n    image: 'x:${TAG}'\n    environment: [URL=$URL]\n"
+    )
+    stack = load_stack([tmp_path / "compose.yaml"], "app", {"TAG": "2"})
+    (web,) = stack.services
+    assert web.spec.template.env == {"URL": "postgres://db:5432"}
+    assert web.spec.template.image == "x:2"
+
+
 def test_override_tag_replaces_instead_of_merging(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text(
         "services:\n  web:\n    image: x\n    ports: ['8080:80', '8443:443']\n"
