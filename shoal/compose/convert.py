@@ -28,7 +28,15 @@ from pydantic import ValidationError
 
 from shoal.compose import keys
 from shoal.compose.interpolate import parse_env_file
-from shoal.compose.models import ComposeFile, ComposeService, Deploy, FileRef, UpdateKeys, XShoal
+from shoal.compose.models import (
+    ComposeFile,
+    ComposeService,
+    Deploy,
+    FileRef,
+    UpdateKeys,
+    XShoal,
+    parse_bytes,
+)
 from shoal.models.container import BUILTIN_RUNTIMES
 from shoal.models.secret import ConfigDocument, check_name
 from shoal.models.service import API_VERSION, DNS_LABEL, Service
@@ -568,10 +576,8 @@ class Converter:
             for option in filter(None, options.split(",")):
                 key, _, value = option.partition("=")
                 if key == "size":
-                    from shoal.compose.models import _bytes
-
                     try:
-                        mount["size"] = _bytes(value)
+                        mount["size"] = parse_bytes(value)
                     except ValueError as exc:
                         self.problem((*here, "tmpfs", index), str(exc))
             origins[("spec", "template", "mounts", len(mounts))] = (*here, "tmpfs", index)

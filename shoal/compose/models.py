@@ -30,7 +30,7 @@ class ComposeModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _bytes(value: Any) -> Any:
+def parse_bytes(value: Any) -> Any:
     """Compose's byte values: ``512m``, ``1g``, ``2GB``, plain numbers (binary units, as Docker)."""
     if isinstance(value, str):
         match = _BYTES.match(value)
@@ -40,7 +40,7 @@ def _bytes(value: Any) -> Any:
     return value
 
 
-Bytes = Annotated[int, BeforeValidator(_bytes), Field(ge=0)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(ge=0)]
 
 
 def _text(value: Any) -> Any:
