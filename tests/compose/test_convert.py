@@ -140,6 +140,7 @@ def test_later_files_override_earlier_ones() -> None:
     cache = services["prod-cache"]
     assert (cache.mode, cache.placement.max_replicas_per_node) == ("global", 1)
     assert [p.label for p in cache.placement.preferences] == ["zone"]
+    assert cache.template.resources.reservations.generic == {"gpu": 1}
 
 
 def test_dot_env_lines_see_the_lines_above_and_the_environment_wins(tmp_path: Path) -> None:
