@@ -257,15 +257,16 @@ def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -
         pytest.param(
             "services:\n  web:\n    image: x\n    cap_add: [not a cap]\n",
             [
-                "compose.yaml:4: services.web.cap_add ([0]): invalid capability 'not a cap' "
-                "(e.g. NET_ADMIN, SYS_TIME, ALL)"
+                "compose.yaml:4: services.web.cap_add (spec.template.capAdd[0]): "
+                "invalid capability 'not a cap' (e.g. NET_ADMIN, SYS_TIME, ALL)"
             ],
             id="shoal-refuses-a-value",
         ),
         pytest.param(
             "services:\n  web:\n    image: x\n    x-shoal: {runtime: process}\n",
             [
-                "compose.yaml:2: services.web (command): runtime 'process' needs a command "
+                "compose.yaml:2: services.web (spec.template.command): runtime 'process' needs a "
+                "command "
                 "(a list of at least 1 item)",
                 "compose.yaml:3: services.web.image: 'image' only applies to container runtimes "
                 "(docker, podman), not runtime 'process' (got 'x')",
