@@ -11,6 +11,7 @@ Key layout (every backend, every version of shoal must agree on it):
     /applysets/<name>    ApplySet (what `apply --prune` and each Sync own)
     /cluster/config      ClusterConfig (join tokens)
     /cluster/datakey     the data key's check value (shoal.security.datakey)
+    /events/<id>         Event (shoal.reconciler.events: written and trimmed there, not here)
 
 Writes are batches of ``Change``s. Each change carries the ``mod_revision``
 it was computed from (optimistic concurrency): ``expect=0`` means "must not
