@@ -84,6 +84,8 @@ class AgentSettings:
     runtime_dir: Path | None = None
     # The most tasks this node takes (None: DEFAULT_MAX_TASKS); the scheduler honours it.
     max_tasks: int | None = None
+    # Generic resources, kind → units (shoal.agent.resources.node_resources).
+    resources: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _memory_bytes() -> int:
@@ -218,6 +220,7 @@ class Agent:
             agent_version=shoal.__version__,
             max_tasks=self.settings.max_tasks or DEFAULT_MAX_TASKS,
             metrics_address=self.metrics_listener.address if self.metrics_listener else "",
+            generic_resources=self.settings.resources,
         )
 
     # -------------------------------------------------------------- sessions

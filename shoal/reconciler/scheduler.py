@@ -103,7 +103,7 @@ def fits(node: Node, load: NodeLoad, task: Task, max_per_node: int = 0) -> str |
         return "insufficient cpus"
     if reservations.memory and load.memory + reservations.memory > node.description.memory:
         return "insufficient memory"
-    for kind, needed in sorted(reservations.generic.items()):
+    for kind, needed in sorted(reservations.generic.items()) if reservations.generic else ():
         free = len(load.free_units(node, kind))
         if free < needed:
             total = len(node.description.generic_resources.get(kind, []))
