@@ -44,8 +44,19 @@ def clean(cluster: Cluster) -> Iterator[Cluster]:
         cluster.cli("delete", "service", service)
 
 
-def processes(service: str) -> dict[int, dict[str, str]]:
-    return task_processes(service)
+def processes(service: str) -> dict[str, tuple[int, dict[str, str]]]:
+    """The live tasks of ``service`` in the process table: task id → (a pid, its environment).
+
+    A task may show as more than one process (the runtime's wrapper and the
+    command itself share the task's environment); it counts once.
+    """
+    return {
+        env["SHOAL_TASK_ID"]: (pid, env) for pid, env in sorted(task_processes(service).items())
+    }
+
+
+def envs(service: str) -> list[dict[str, str]]:
+    return [env for _, env in processes(service).values()]
 
 
 def settle(cluster: Cluster, service: str, running: int, pending: int) -> list[dict[str, object]]:
@@ -73,7 +84,7 @@ def test_six_replicas_spread_over_zones_a_a_b_go_three_to_each_zone(clean: Clust
     clean.apply(clean.service("spread", ["sleep", "300"], replicas=6, placement=spread))
     settle(clean, "spread", 6, 0)
     # Where the processes run, from their own environment.
-    by_zone = Counter(ZONES[env["SHOAL_NODE"]] for env in processes("spread").values())
+    by_zone = Counter(ZONES[env["SHOAL_NODE"]] for env in envs("spread"))
     assert by_zone == {"a": 3, "b": 3}
 
 
@@ -81,7 +92,7 @@ def test_max_replicas_per_node_leaves_one_pending_with_the_reason(clean: Cluster
     placement = {"constraints": ["node.labels.zone == a"], "maxReplicasPerNode": 1}
     clean.apply(clean.service("one-each", ["sleep", "300"], replicas=3, placement=placement))
     settle(clean, "one-each", 2, 1)
-    assert sorted(env["SHOAL_NODE"] for env in processes("one-each").values()) == ["n1", "n2"]
+    assert sorted(env["SHOAL_NODE"] for env in envs("one-each")) == ["n1", "n2"]
     described = clean.cli("describe", "service", "one-each").stdout
     assert "max replicas per node reached (maxReplicasPerNode 1)" in described
     assert "Unschedulable" in described and "1 task pending" in described
@@ -92,11 +103,11 @@ def test_two_gpus_go_to_two_tasks_one_each_and_the_third_waits(clean: Cluster) -
     gpu = {"resources": {"reservations": {"generic": {"gpu": 1}}}}
     clean.apply(clean.service("cuda", ["sleep", "300"], replicas=3, template=gpu))
     tasks = settle(clean, "cuda", 2, 1)
-    envs = list(processes("cuda").values())
+    running = envs("cuda")
     # Both on the node with GPUs, each told a different one, as the task says.
-    assert {env["SHOAL_NODE"] for env in envs} == {"n1"}
-    assert sorted(env["SHOAL_RESOURCE_GPU"] for env in envs) == ["0", "1"]
-    told = {env["SHOAL_TASK_ID"]: env["SHOAL_RESOURCE_GPU"] for env in envs}
+    assert {env["SHOAL_NODE"] for env in running} == {"n1"}
+    assert sorted(env["SHOAL_RESOURCE_GPU"] for env in running) == ["0", "1"]
+    told = {env["SHOAL_TASK_ID"]: env["SHOAL_RESOURCE_GPU"] for env in running}
     assert told == {
         str(t["id"]): ",".join(t["resources"]["gpu"])  # type: ignore[index]
         for t in tasks
@@ -108,15 +119,16 @@ def test_two_gpus_go_to_two_tasks_one_each_and_the_third_waits(clean: Cluster) -
     assert "gpu=0" in described and "gpu=1" in described  # the RESOURCES column
     # A task that ends gives its GPU back: killed, its unit goes to another task.
     before = set(told)
-    pid, killed = next(iter(processes("cuda").items()))
-    os.kill(pid, signal.SIGKILL)
+    killed = sorted(before)[0]
+    for pid, env in task_processes("cuda").items():
+        if env["SHOAL_TASK_ID"] == killed:
+            os.kill(pid, signal.SIGKILL)
 
     def reused() -> bool:
-        now = {e["SHOAL_TASK_ID"]: e["SHOAL_RESOURCE_GPU"] for e in processes("cuda").values()}
-        return len(now) == 2 and set(now) != before and sorted(now.values()) == ["0", "1"]
+        now = {e["SHOAL_TASK_ID"]: e["SHOAL_RESOURCE_GPU"] for e in envs("cuda")}
+        return len(now) == 2 and killed not in now and sorted(now.values()) == ["0", "1"]
 
     wait_for(reused, 60, "the killed task's GPU to be given again")
-    assert killed["SHOAL_TASK_ID"] not in {e["SHOAL_TASK_ID"] for e in processes("cuda").values()}
 
 
 def test_a_dependent_starts_only_once_its_dependency_is_healthy(
@@ -141,7 +153,8 @@ def test_a_dependent_starts_only_once_its_dependency_is_healthy(
     described = clean.cli("describe", "service", "web").stdout
     assert "dependsOn: waiting for db to be healthy" in described
     assert clean.tasks("web", all=True) == []
-    wait_for(lambda: len(processes("web")) == 1, 60, "web to run")
+    clean.wait_running("web", 1, timeout=60)
+    assert len(processes("web")) == 1
     (db_task,) = clean.tasks("db", all=True)
     (web_task,) = clean.tasks("web", all=True)
     assert db_task["status"]["health"] == "healthy"
