@@ -68,8 +68,10 @@ class SpreadTree:
     ) -> None:
         self._rank = rank
         self._root = _Group((False, ""))
+        self._spread = bool(labels)
         # node id → the groups from the root down to its leaf (counted on placement).
         self._paths: dict[str, list[_Group]] = {}
+        leaves: dict[int, _Group] = {}
         for node in nodes:
             group = self._root
             path = [group]
@@ -83,14 +85,14 @@ class SpreadTree:
                 group = child
                 path.append(group)
             group.heap.append(rank(node.id))
-            if labels:
+            leaves[id(group)] = group
+            if self._spread:
                 tasks = count(node.id)
                 for member in path:
                     member.count += tasks
-            self._paths[node.id] = path
-        self._spread = bool(labels)
-        for path in self._paths.values():
-            heapq.heapify(path[-1].heap)
+                self._paths[node.id] = path
+        for leaf in leaves.values():
+            heapq.heapify(leaf.heap)
 
     def choose(self, fits: Callable[[str], bool]) -> str | None:
         """The node the next task should go to, or None when no node fits it."""
