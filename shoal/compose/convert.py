@@ -52,9 +52,6 @@ HEALTH_TIMEOUT = 30.0
 HEALTH_RETRIES = 3
 # Swarm: an update or rollback monitor of 0 means the default, 5 s.
 DEFAULT_MONITOR = 5.0
-# Whether the orchestrator holds a service's tasks until its dependsOn is met
-# (issue 12 item 3); until it does, deploy says that depends_on is not applied.
-DEPENDENTS_HELD = False
 _CONDITIONS = {
     "service_started": "started",
     "service_healthy": "healthy",
@@ -369,13 +366,6 @@ class Converter:
         if dependencies:
             spec["dependsOn"] = dependencies
             origins[("spec", "dependsOn")] = (*here, "depends_on")
-            if not DEPENDENTS_HELD:
-                self.note(
-                    (*here, "depends_on"),
-                    "not applied",
-                    "written to spec.dependsOn, but shoal's orchestrator does not hold "
-                    "dependents yet: the services start together",
-                )
         for key, block, compose_key in (
             ("update", deploy.update_config, "update_config"),
             ("rollback", deploy.rollback_config, "rollback_config"),

@@ -89,7 +89,7 @@ KEYS: Final[dict[tuple[str, ...], Verdict]] = {
     (*S, "init"): _h("spec.template.init"),
     (*S, "privileged"): _h("spec.template.privileged (docker stack deploy drops it)"),
     (*S, "devices"): _h("spec.template.devices (docker stack deploy drops them)"),
-    (*S, "depends_on"): _h("spec.dependsOn (docker stack deploy drops it)"),
+    (*S, "depends_on"): _h("spec.dependsOn: dependents wait (docker stack deploy drops it)"),
     (*S, "deploy"): _h("spec: mode, replicas, placement, resources, restart, update, rollback"),
     (*S, "restart"): _h("spec.restartPolicy when deploy.restart_policy is absent"),
     (*S, "scale"): _h("spec.replicas when deploy.replicas is absent"),

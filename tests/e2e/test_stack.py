@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import textwrap
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,51 @@ def _services(cluster: Cluster) -> list[dict[str, Any]]:
         for s in cluster.call("Get", {"kind": "services"})["items"]
         if s["metadata"]["labels"].get("shoal.stack") == "bad"
     ]
+
+
+def test_depends_on_service_healthy_holds_the_dependent(
+    cluster: Cluster, node: str, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    compose = write(
+        tmp_path,
+        "compose.yaml",
+        f"""\
+        services:
+          api:
+            image: {TEST_IMAGE}
+            command: ["sleep", "300"]
+            init: true
+            stop_grace_period: 1s
+            depends_on:
+              db:
+                condition: service_healthy
+          db:
+            image: {TEST_IMAGE}
+            command: ["sh", "-c", "sleep 3; touch /shared/ready; exec sleep 300"]
+            init: true
+            stop_grace_period: 1s
+            volumes: ["{shared}:/shared"]
+            healthcheck:
+              test: ["CMD", "test", "-f", "/shared/ready"]
+              interval: 300ms
+              timeout: 2s
+              start_period: 20s
+        """,
+    )
+    deployed = cluster.cli("stack", "deploy", "-c", str(compose), "dep")
+    assert "depends_on" not in deployed.stderr  # applied, so not reported
+    assert cluster.tasks("dep-api", all=True) == []
+    cluster.wait_running("dep-api", 1, timeout=60)
+    (db_task,) = cluster.tasks("dep-db", all=True)
+    (api_task,) = cluster.tasks("dep-api", all=True)
+    assert db_task["status"]["health"] == "healthy"
+    healthy_at = datetime.fromisoformat(db_task["status"]["timestamp"])
+    created = datetime.fromisoformat(api_task["createdAt"])
+    started = datetime.fromisoformat(api_task["status"]["startedAt"])
+    assert healthy_at <= created <= started
+    # From outside too: the dependent's task came after the file that made db healthy.
+    assert (shared / "ready").stat().st_mtime <= created.timestamp()
+    assert set(containers(node, "dep-api")) == {api_task["id"]}
+    cluster.cli("stack", "rm", "dep")
