@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 class GitHttpServer:
     def __init__(self, base: Path, username: str, password: str) -> None:
         self.base = base
+        # Set to another server's URL: every request is redirected there (302).
+        self.redirect_to: str | None = None
         self.login = base64.b64encode(f"{username}:{password}".encode()).decode()
         self.authenticated = 0
         self.refused = 0
@@ -41,6 +43,12 @@ class GitHttpServer:
                 self._serve()
 
             def _serve(self) -> None:
+                if server.redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirect_to + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("Authorization") != f"Basic {server.login}":
                     with server._lock:
                         server.refused += 1

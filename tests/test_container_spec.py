@@ -110,6 +110,27 @@ def problems(template: str) -> list[str]:
             id="bad-pull-policy",
         ),
         pytest.param(
+            "    runtime: docker\n    image: x\n    ulimits:\n      nofiles: 10\n",
+            10,
+            "spec.template.ulimits.nofiles",
+            "unknown ulimit 'nofiles'",
+            id="ulimit-unknown",
+        ),
+        pytest.param(
+            "    runtime: docker\n    image: x\n    ulimits:\n      nofile: {soft: 9, hard: 5}\n",
+            10,
+            "spec.template.ulimits.nofile",
+            "soft (9) is above hard (5)",
+            id="ulimit-soft-above-hard",
+        ),
+        pytest.param(
+            "    command: [sleep, '1']\n    readOnly: true\n",
+            8,
+            "spec.template.readOnly",
+            "'readOnly' only applies to container runtimes",
+            id="read-only-for-process",
+        ),
+        pytest.param(
             "    command: [sleep, '1']\n    healthcheck:\n      exec: [\"true\"]\n"
             "      tcp: {port: 80}\n",
             8,

@@ -421,8 +421,8 @@ MALFORMED = [
     pytest.param(
         {"a.yaml": GOOD + "  update:\n    canary: 3\n"},
         "a.yaml",
-        9,
-        "spec.update",
+        10,
+        "spec.update.canary",
         "canary (3) cannot exceed replicas (2)",
         id="update-canary-above-replicas",
     ),

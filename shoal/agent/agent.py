@@ -96,6 +96,8 @@ class AgentSettings:
     runtime_dir: Path | None = None
     # The most tasks this node takes (None: DEFAULT_MAX_TASKS); the scheduler honours it.
     max_tasks: int | None = None
+    # Generic resources, kind → units (shoal.agent.resources.node_resources).
+    resources: dict[str, list[str]] = field(default_factory=dict)
     # The join listener (default: the first manager's port + 2); used once, without a cert.
     join: str | None = None
     # A certificate given by whoever starts the agent (``shoal up``), instead of joining.
@@ -248,6 +250,7 @@ class Agent:
             agent_version=shoal.__version__,
             max_tasks=self.settings.max_tasks or DEFAULT_MAX_TASKS,
             metrics_address=self.metrics_listener.address if self.metrics_listener else "",
+            generic_resources=self.settings.resources,
         )
 
     # -------------------------------------------------------------- sessions

@@ -35,6 +35,7 @@ from shoal.agent.health import watch
 from shoal.agent.taskfiles import TaskFileStore
 from shoal.errors import RuntimeBackendError, TaskRejectedError
 from shoal.models import DesiredState, Task, TaskState, TaskStatus
+from shoal.models.resources import resource_env
 from shoal.models.secret import SECRETS_MOUNT
 from shoal.runtimes.base import ExitStatus, Runtime, TaskHandle, TaskLaunch
 
@@ -57,6 +58,8 @@ def launch_for(task: Task, node_name: str) -> TaskLaunch:
     }
     if task.job_run is not None:
         env["SHOAL_JOB_RUN"] = str(task.job_run)
+    # Which generic resource units the scheduler gave it: SHOAL_RESOURCE_GPU=0,1.
+    env.update(resource_env(task.resources))
     return TaskLaunch(
         task_id=task.id,
         service=task.service,

@@ -34,6 +34,12 @@ def _label(value: str) -> tuple[str, str]:
     return key, val
 
 
+def _resource(value: str) -> tuple[str, list[str]]:
+    from shoal.agent.resources import resource_flag
+
+    return resource_flag(value)
+
+
 def _positive(value: str) -> int:
     try:
         number = int(value)
@@ -86,6 +92,15 @@ def _node_identity(parser: argparse.ArgumentParser, name_help: str) -> None:
         default=[],
         metavar="K=V",
         help="node label (repeatable)",
+    )
+    parser.add_argument(
+        "--resource",
+        type=_resource,
+        action="append",
+        default=[],
+        metavar="NAME=N|NAME=ID,ID…",
+        help="generic resource units this node has, e.g. gpu=2 (repeatable; "
+        "NVIDIA GPUs are found by nvidia-smi unless given; see docs/scheduling.md)",
     )
 
 
@@ -279,6 +294,7 @@ async def _until_signal(main: Coroutine[Any, Any, int]) -> int:
 
 async def _up(args: argparse.Namespace) -> int:
     from shoal.agent.agent import AgentSettings, open_agent
+    from shoal.agent.resources import node_resources
     from shoal.manager.server import ManagerSettings, open_manager
 
     state_dir = (args.state_dir or default_state_dir()).resolve()
@@ -301,6 +317,7 @@ async def _up(args: argparse.Namespace) -> int:
             name=name,
             labels=dict(args.label),
             max_tasks=args.max_tasks,
+            resources=node_resources(args.resource),
         )
         async with open_agent(agent_settings) as agent:
             # One process, one /metrics: the agent's metrics join the manager's.
@@ -347,6 +364,7 @@ async def _manager(args: argparse.Namespace) -> int:
 
 async def _agent(args: argparse.Namespace) -> int:
     from shoal.agent.agent import AgentSettings, open_agent
+    from shoal.agent.resources import node_resources
     from shoal.agent.simfleet import open_sim_fleet
 
     name = args.name or socket.gethostname()
@@ -366,6 +384,7 @@ async def _agent(args: argparse.Namespace) -> int:
         ),
         probe_period=args.probe_period,
         max_tasks=args.max_tasks,
+        resources=node_resources(args.resource, discover=not args.sim_nodes),
     )
     if args.sim_nodes:
         async with open_sim_fleet(settings, args.sim_nodes) as fleet:

@@ -71,23 +71,47 @@ def _tasks(tasks: list[dict[str, Any]], by_node: bool) -> list[str]:
     headers = ["NAME", "SLOT", "NODE", "DESIRED", "STATE", "AGE", "EXIT", "MESSAGE"]
     if by_node:
         headers[1] = "SERVICE"
+    # Generic resource units given to the tasks, if any has some (e.g. "gpu=0,1").
+    units = any(task.get("resources") for task in tasks)
+    if units:
+        headers.insert(3, "RESOURCES")
     rows = []
     for task in tasks:
         status = task.get("status", {})
         exit_code = status.get("exitCode")
-        rows.append(
-            [
-                task.get("name") or task.get("id", "-"),
-                task.get("service", "-") if by_node else task_slot(task),
-                task.get("nodeId") or "-",
-                task.get("desiredState", "-"),
-                task_state(task),
-                age_since(status.get("timestamp") or task.get("createdAt")),
-                "-" if exit_code is None else str(exit_code),
-                task_message(task) or "-",
-            ]
-        )
+        row = [
+            task.get("name") or task.get("id", "-"),
+            task.get("service", "-") if by_node else task_slot(task),
+            task.get("nodeId") or "-",
+            task.get("desiredState", "-"),
+            task_state(task),
+            age_since(status.get("timestamp") or task.get("createdAt")),
+            "-" if exit_code is None else str(exit_code),
+            task_message(task) or "-",
+        ]
+        if units:
+            row.insert(3, _units(task.get("resources") or {}))
+        rows.append(row)
     return render_table(headers, rows).splitlines()
+
+
+def _units(resources: dict[str, list[str]]) -> str:
+    """``{gpu: [0, 1]}`` → ``gpu=0,1``."""
+    shown = " ".join(f"{kind}={','.join(units)}" for kind, units in sorted(resources.items()))
+    return shown or "-"
+
+
+def _dependencies(spec: dict[str, Any]) -> str:
+    deps = spec.get("dependsOn", [])
+    shown = ", ".join(f"{d.get('service')} ({d.get('condition', 'started')})" for d in deps)
+    return shown or "<none>"
+
+
+def _reservations(reservations: dict[str, Any]) -> str:
+    text = f"cpus {reservations.get('cpus', 0)}, memory {reservations.get('memory', 0)}"
+    for kind, count in sorted(reservations.get("generic", {}).items()):
+        text += f", {kind} {count}"
+    return text
 
 
 def _events(events: list[dict[str, Any]]) -> list[str]:
@@ -141,6 +165,7 @@ def describe_service(payload: dict[str, Any]) -> str:
     status = view.get("status") or {}
     restart = spec.get("restartPolicy", {})
     reservations = template.get("resources", {}).get("reservations", {})
+    placement = spec.get("placement", {})
 
     pairs = [
         ("Name", metadata.get("name", "-")),
@@ -168,10 +193,7 @@ def describe_service(payload: dict[str, Any]) -> str:
             f"{template.get('stopSignal', 'SIGTERM')}, "
             f"then SIGKILL after {template.get('stopGracePeriod', '10s')}",
         ),
-        (
-            "Reservations",
-            f"cpus {reservations.get('cpus', 0)}, memory {reservations.get('memory', 0)}",
-        ),
+        ("Reservations", _reservations(reservations)),
     ]
     if template.get("image"):
         template_pairs.insert(1, ("Image", str(template["image"])))
@@ -184,8 +206,15 @@ def describe_service(payload: dict[str, Any]) -> str:
         ("Delay", str(restart.get("delay", "1s"))),
         ("Max attempts", str(max_attempts) if max_attempts else "unlimited"),
         ("Window", str(restart.get("window", "0s"))),
-        ("Constraints", ", ".join(spec.get("placement", {}).get("constraints", [])) or "<none>"),
+        ("Constraints", ", ".join(placement.get("constraints", [])) or "<none>"),
     ]
+    if placement.get("preferences"):
+        spreads = ", ".join(f"spread {p.get('spread')}" for p in placement["preferences"])
+        policy_pairs.append(("Preferences", spreads))
+    if placement.get("maxReplicasPerNode"):
+        policy_pairs.append(("Max per node", str(placement["maxReplicasPerNode"])))
+    if spec.get("dependsOn"):
+        policy_pairs.append(("Depends on", _dependencies(spec)))
     lines += _section("Policy", _fields(policy_pairs))
     if str(spec.get("mode", "")).endswith("-job"):
         from shoal.cli.jobs import runs_table
@@ -221,6 +250,7 @@ def describe_node(payload: dict[str, Any]) -> str:
         ("Labels", _mapping(node_labels(node))),
         ("CPUs", f"{description.get('cpus', 0):g}"),
         ("Memory", format_bytes(int(description.get("memory", 0)))),
+        ("Resources", _units(description.get("genericResources") or {})),
         ("Agent version", description.get("agentVersion") or "-"),
     ]
     if status.get("message"):

@@ -110,6 +110,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("version", "print the client and server versions", "shoal.cli.version:configure"),
     Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),
     Verb("events", "what the cluster did and why (-w to follow)", "shoal.cli.events:configure"),
+    Verb("store", "back up the store, restore it", "shoal.cli.store:configure"),
     Verb("secret", "manage secrets (encrypted at rest)", "shoal.cli.secrets:configure_secret"),
     Verb("config", "manage configs", "shoal.cli.secrets:configure_config"),
     Verb(

@@ -140,7 +140,9 @@ def task_slot(task: dict[str, Any]) -> str:
 
 def slot_label(key: str) -> str:
     """A slot key of the orchestrator (``"2"`` or ``"node:n1"``) as people say it."""
-    return f"node {key[5:]}" if key.startswith("node:") else f"slot {key}"
+    if key.startswith("node:"):
+        return f"node {key[5:]}"
+    return f"slot {key}" if key.isdigit() else key
 
 
 def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:

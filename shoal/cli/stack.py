@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from shoal.api.client import ControlClient
     from shoal.compose import Stack
 
+# The label every service, config and secret of a stack carries: the same as
+# ``shoal.compose.convert.STACK_LABEL``, not imported from there so that ``ls``,
+# ``services`` and ``rm`` load no Compose machinery.
 STACK_LABEL = "shoal.stack"
 
 

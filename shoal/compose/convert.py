@@ -28,7 +28,15 @@ from pydantic import ValidationError
 
 from shoal.compose import keys
 from shoal.compose.interpolate import parse_env_file
-from shoal.compose.models import ComposeFile, ComposeService, Deploy, FileRef, UpdateKeys, XShoal
+from shoal.compose.models import (
+    ComposeFile,
+    ComposeService,
+    Deploy,
+    FileRef,
+    UpdateKeys,
+    XShoal,
+    parse_bytes,
+)
 from shoal.models.container import BUILTIN_RUNTIMES
 from shoal.models.secret import ConfigDocument, check_name
 from shoal.models.service import API_VERSION, DNS_LABEL, Service
@@ -44,9 +52,6 @@ HEALTH_TIMEOUT = 30.0
 HEALTH_RETRIES = 3
 # Swarm: an update or rollback monitor of 0 means the default, 5 s.
 DEFAULT_MONITOR = 5.0
-# Whether the orchestrator holds a service's tasks until its dependsOn is met
-# (issue 12 item 3); until it does, deploy says that depends_on is not applied.
-DEPENDENTS_HELD = False
 _CONDITIONS = {
     "service_started": "started",
     "service_healthy": "healthy",
@@ -261,6 +266,14 @@ class Converter:
             put("init", service.init, "init")
         if service.privileged:
             put("privileged", True, "privileged")
+        if service.read_only:
+            put("readOnly", True, "read_only")
+        if service.ulimits:
+            put(
+                "ulimits",
+                {name: {"soft": u.soft, "hard": u.hard} for name, u in service.ulimits.items()},
+                "ulimits",
+            )
         if service.devices:
             put(
                 "devices",
@@ -353,13 +366,6 @@ class Converter:
         if dependencies:
             spec["dependsOn"] = dependencies
             origins[("spec", "dependsOn")] = (*here, "depends_on")
-            if not DEPENDENTS_HELD:
-                self.note(
-                    (*here, "depends_on"),
-                    "not applied",
-                    "written to spec.dependsOn, but shoal's orchestrator does not hold "
-                    "dependents yet: the services start together",
-                )
         for key, block, compose_key in (
             ("update", deploy.update_config, "update_config"),
             ("rollback", deploy.rollback_config, "rollback_config"),
@@ -560,10 +566,8 @@ class Converter:
             for option in filter(None, options.split(",")):
                 key, _, value = option.partition("=")
                 if key == "size":
-                    from shoal.compose.models import _bytes
-
                     try:
-                        mount["size"] = _bytes(value)
+                        mount["size"] = parse_bytes(value)
                     except ValueError as exc:
                         self.problem((*here, "tmpfs", index), str(exc))
             origins[("spec", "template", "mounts", len(mounts))] = (*here, "tmpfs", index)

@@ -122,12 +122,15 @@ def parse_env_file(
     lookup: Callable[[str], str],
     environ: Mapping[str, str],
     report: Callable[[int, str], None],
+    values: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The variables of an env file; ``report(line, message)`` is told each problem.
 
     ``lookup`` interpolates a value; ``environ`` supplies keys written without ``=``.
+    ``values`` is filled line by line (and returned), so a ``lookup`` that reads
+    it sees the lines above the one it interpolates.
     """
-    values: dict[str, str] = {}
+    values = {} if values is None else values
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):

@@ -164,7 +164,8 @@ def load_stack(
             where: Where = origins[prefix] if prefix is not None else ("services",)
             rest = loc[len(prefix) :] if prefix is not None else loc
             node, line, path = locate_node(merged, where)
-            field_path = f"{path} ({format_path(list(rest))})" if rest else path
+            # Where the key is, and shoal's field below it that refused the value.
+            field_path = f"{path} ({format_path(list(loc))})" if rest else path
             problems.add(node, field_path, error_message(error, Service), line=line)
 
     converted: Converted = Converter(
@@ -215,9 +216,7 @@ def _variables(
         def report(line: int, message: str) -> None:
             problems.add_text(shown, line, f"{shown}:{line}: {message}")
 
-        for key, value in parse_env_file(text, lookup, environ, report).items():
-            seen[key] = value
-        values = seen
+        values = parse_env_file(text, lookup, environ, report, values=seen)
     return {**values, **environ}
 
 

@@ -30,7 +30,7 @@ class ComposeModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _bytes(value: Any) -> Any:
+def parse_bytes(value: Any) -> Any:
     """Compose's byte values: ``512m``, ``1g``, ``2GB``, plain numbers (binary units, as Docker)."""
     if isinstance(value, str):
         match = _BYTES.match(value)
@@ -40,7 +40,7 @@ def _bytes(value: Any) -> Any:
     return value
 
 
-Bytes = Annotated[int, BeforeValidator(_bytes), Field(ge=0)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(ge=0)]
 
 
 def _text(value: Any) -> Any:
@@ -259,8 +259,8 @@ def _short_device(value: Any) -> Any:
 
 
 class Ulimit(ComposeModel):
-    soft: int
-    hard: int
+    soft: int = Field(ge=-1)
+    hard: int = Field(ge=-1)
 
 
 def _ulimit(value: Any) -> Any:
@@ -386,6 +386,7 @@ class ComposeService(ComposeModel):
     stop_grace_period: Duration | None = None
     labels: Labels = Field(default_factory=dict)
     init: bool | None = None
+    read_only: bool = False
     privileged: bool = False
     devices: list[Annotated[Device, BeforeValidator(_short_device)]] = Field(default_factory=list)
     depends_on: Annotated[dict[str, Dependency], BeforeValidator(_names_to_mapping)] = Field(

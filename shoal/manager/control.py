@@ -21,6 +21,7 @@ from pydantic import ValidationError
 import shoal
 from shoal.api.transport import Method, Payload, ServerStream, Unary
 from shoal.errors import NotFoundError, SpecError
+from shoal.manager.backupapi import BackupApi
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.eventsapi import EventsApi
 from shoal.manager.jobs import JobControl
@@ -149,6 +150,7 @@ class Control:
             "GetApplySet": Unary(self.apply_set),
             **SyncApi(self.informer, self.events).methods(),
             **EventsApi(self.events).methods(),
+            **BackupApi(self.informer.store).methods(),
             "Get": Unary(self.get),
             "Describe": Unary(self.describe),
             "Delete": Unary(self.delete),

@@ -38,6 +38,8 @@ CONTAINER_FIELDS: tuple[str, ...] = (
     "privileged",
     "devices",
     "init",
+    "ulimits",
+    "read_only",
 )
 CAPABILITY = re.compile(r"^(CAP_)?[A-Z_]+$")
 SYSCTL = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_\-/]+)+$")
@@ -115,6 +117,53 @@ class Device(Model):
 
     def as_string(self) -> str:
         return f"{self.host}:{self.container or self.host}:{self.permissions}"
+
+
+# The resource limits (setrlimit) a container may be given, as Docker names them.
+ULIMIT_NAMES = (
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+)
+
+
+class Ulimit(Model):
+    """One resource limit of the container's processes (``ulimit``); -1 is unlimited."""
+
+    soft: int = Field(ge=-1)
+    hard: int = Field(ge=-1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_number(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"soft": value, "hard": value}
+        return value
+
+    @model_validator(mode="after")
+    def _soft_within_hard(self) -> Ulimit:
+        if self.hard != -1 and (self.soft == -1 or self.soft > self.hard):
+            raise ValueError(f"soft ({self.soft}) is above hard ({self.hard})")
+        return self
+
+
+def check_ulimit_name(name: str) -> str:
+    if name not in ULIMIT_NAMES:
+        raise ValueError(f"unknown ulimit {name!r} (known: {', '.join(ULIMIT_NAMES)})")
+    return name
 
 
 class Limits(Model):

@@ -25,8 +25,10 @@ from shoal.models.container import (
     Limits,
     Mount,
     PortMapping,
+    Ulimit,
     check_capability,
     check_sysctl,
+    check_ulimit_name,
 )
 from shoal.models.job import JobSpec, JobStatus
 from shoal.models.resources import ResourceKind, check_distinct_env_names
@@ -222,6 +224,12 @@ class TaskTemplate(Model):
     privileged: bool = False
     devices: list[Device] = Field(default_factory=list)
     init: bool = False
+    # setrlimit limits of the container's processes, e.g. {nofile: {soft: 1024, hard: 4096}}.
+    ulimits: dict[Annotated[str, AfterValidator(check_ulimit_name)], Ulimit] = Field(
+        default_factory=dict, exclude_if=lambda v: not v
+    )
+    # The container's root filesystem is mounted read-only (mounts stay as they are).
+    read_only: bool = Field(default=False, exclude_if=lambda v: not v)
 
     @property
     def is_container(self) -> bool:
@@ -462,7 +470,12 @@ class ServiceSpec(Model):
                 raise ValueError("canary applies to replicated services only")
             count = 1 if replicas is None else replicas
             if value.canary > count:
-                raise ValueError(f"canary ({value.canary}) cannot exceed replicas ({count})")
+                raise _located(
+                    "value_error",
+                    f"canary ({value.canary}) cannot exceed replicas ({count})",
+                    ("canary",),
+                    value.canary,
+                )
         return value
 
     @property

@@ -14,9 +14,11 @@ apply no longer contains, so an object that no set owns is never pruned.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -100,11 +102,18 @@ class GitSource(Model):
         return value
 
     @model_validator(mode="after")
-    def _credentials_over_http(self) -> GitSource:
-        if self.secret_ref is not None and not self.url.startswith(("https://", "http://")):
+    def _credentials_over_https(self) -> GitSource:
+        if self.secret_ref is None:
+            return self
+        if self.url.startswith("http://") and not _loopback(urlsplit(self.url).hostname):
             raise ValueError(
-                "secretRef: credentials from a secret are given to https:// and http:// "
-                f"repositories only, not {self.url!r} (ssh:// uses the manager's own ssh setup)"
+                f"secretRef: {self.url!r} would send the login in clear text: use https:// "
+                "(plain http:// is allowed to a loopback address only)"
+            )
+        if not self.url.startswith(("https://", "http://")):
+            raise ValueError(
+                "secretRef: credentials from a secret are given to https:// repositories "
+                f"only, not {self.url!r} (ssh:// uses the manager's own ssh setup)"
             )
         return self
 
@@ -130,6 +139,15 @@ class GitSource(Model):
                 "root, without '..'"
             )
         return "/".join(parts) or "."
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SyncSource(Model):

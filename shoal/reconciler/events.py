@@ -22,8 +22,10 @@ Bounded, and never the load that slows a reconcile
     ``count`` and ``time``) instead of adding one. When the buffer is full, new
     events are folded into one summary per (service or object, reason) with
     their count (``shoal_events_aggregated_total``); when even the summaries
-    overflow, or the store refused a write, events are dropped and counted
-    (``shoal_events_dropped_total``). The leader trims: events beyond ``limit``
+    overflow, or the store refused an event on its own (too large for it: a
+    message is cut at ``MAX_MESSAGE`` characters first), events are dropped
+    and counted (``shoal_events_dropped_total``); an unreachable store keeps
+    them pending. The leader trims: events beyond ``limit``
     (oldest first) or older than ``ttl``, at most ``flush_batch`` deletions a
     pass, so an apply of 10,000 tasks costs the store a few transactions per
     second of events, however many happen.
@@ -49,7 +51,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.errors import CompactedError, StoreError
+from shoal.errors import CompactedError, StoreError, StoreUnavailableError
 from shoal.models.node import Node
 from shoal.models.task import Task, TaskState
 from shoal.store.base import Delete, EventType, KeyValue, Op, Put, Store
@@ -57,6 +59,8 @@ from shoal.store.base import Delete, EventType, KeyValue, Op, Put, Store
 log = structlog.get_logger("shoal.events")
 
 PREFIX = "/events/"
+# Longer messages are cut (a Sync's problems, a reconcile error's text).
+MAX_MESSAGE = 4096
 NORMAL = "Normal"
 WARNING = "Warning"
 TYPES = (NORMAL, WARNING)
@@ -233,6 +237,9 @@ class EventRecorder:
     ) -> None:
         """Note an event; never waits and never raises. ``quiet``: log it at debug level
         only (task state changes: ``shoal events`` shows them, the log need not)."""
+        if len(message) > MAX_MESSAGE:  # one event must always fit a store write
+            cut = len(message) - MAX_MESSAGE
+            message = f"{message[:MAX_MESSAGE]}… ({cut} more characters)"
         (log.warning if warning else log.debug if quiet else log.info)(
             reason, object=obj, message=message
         )
@@ -491,8 +498,21 @@ class EventRecorder:
             room -= 1
         batch = {e.id: e for e in list(self._pending.values())[: self.settings.flush_batch]}
         # A failed write raises and leaves its events pending: the puts are idempotent.
+        # One event the store refuses on its own is dropped, so it cannot block the rest.
         for chunk in self._chunks([Put(PREFIX + e.id, e.to_store()) for e in batch.values()]):
-            result = await store.txn([], chunk)
+            try:
+                result = await store.txn([], chunk)
+            except StoreUnavailableError:
+                raise
+            except StoreError:  # refused, not unreachable: too large for the store
+                if len(chunk) > 1:
+                    raise
+                event_id = chunk[0].key.removeprefix(PREFIX)
+                if self._pending.get(event_id) is batch[event_id]:
+                    del self._pending[event_id]
+                counts.dropped += 1
+                log.warning("events.refused", event_id=event_id)
+                continue
             for op in chunk:
                 event_id = op.key.removeprefix(PREFIX)
                 written = batch[event_id]

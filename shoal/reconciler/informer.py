@@ -59,6 +59,8 @@ from shoal.supervise import supervise
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T", Service, Task, Node, Secret, Config, Sync, ApplySet)
+# The prefixes whose objects the informer caches; keys elsewhere (events) pass it by.
+TRACKED = (SERVICES, TASKS, NODES, SECRETS, CONFIGS, SYNCS, APPLYSETS)
 Listener = Callable[[Object | None, Object | None], None]
 
 
@@ -249,6 +251,8 @@ class Informer:
         return key[len(NODES) :] in self.nodes
 
     def _apply(self, key: str, obj: Object | None, revision: int) -> None:
+        if not key.startswith(TRACKED):
+            return  # events and other keys: no cache, no tombstone
         if self._applied.get(key, 0) >= revision:
             return
         self._applied[key] = revision

@@ -17,7 +17,8 @@ global service) are shut down, then deleted once their tasks are terminal.
 Which slots with a task of an older template are replaced in a pass, and in
 which order, is the rolling updater's decision (``shoal.reconciler.rollout``);
 its ``status.update`` goes to the store with the tasks. Jobs are planned by
-``shoal.reconciler.jobs`` instead.
+``shoal.reconciler.jobs`` instead. A service whose ``dependsOn`` does not hold
+yet gets no task at all (``shoal.reconciler.gating``).
 A pass over a large service yields to the event loop as it goes (``Pacer``),
 and its changes go to the store in chunks (``Informer.commit``).
 """
@@ -43,6 +44,7 @@ from shoal.models import (
 )
 from shoal.models.service import RestartPolicy
 from shoal.reconciler.events import EventRecorder
+from shoal.reconciler.gating import DependencyGate
 from shoal.reconciler.informer import Entry, Informer
 from shoal.reconciler.jobs import JobReconciler
 from shoal.reconciler.loop import Controller, Done, Outcome, Requeue
@@ -60,6 +62,8 @@ MAX_RESTART_DELAY = 300.0
 HEALTHY_RUN = 30.0
 # A deleted service's tasks are retired this many at a time.
 RETIRE_SLICE = 200
+# The note (``shoal describe``) of a service held by ``dependsOn``.
+HELD_NOTE = "dependsOn"
 
 
 def new_task_id() -> str:
@@ -147,6 +151,7 @@ class Orchestrator(Controller):
         # Tasks restarted per service since this manager started leading or not
         # (``shoal_service_task_restarts_total``); a deleted service is forgotten.
         self.restarts: Counter[str] = Counter()
+        self.gate = DependencyGate(informer)
 
     def all_keys(self) -> Iterable[str]:
         return set(self.informer.services) | {
@@ -154,6 +159,11 @@ class Orchestrator(Controller):
         }
 
     def keys_for(self, old: Object | None, new: Object | None) -> Iterable[str]:
+        woken = self.gate.woken_by(new or old)  # services held for this one's dependents
+        own = self._keys_for(old, new)
+        return [*own, *woken] if woken else own
+
+    def _keys_for(self, old: Object | None, new: Object | None) -> Iterable[str]:
         obj = new or old
         if isinstance(obj, Service):
             return (obj.metadata.name,)
@@ -177,18 +187,24 @@ class Orchestrator(Controller):
         plan = Plan()
         now = self.clock.now()
         pace = Pacer()
+        held = self.gate.holds(entry.obj) if entry is not None else None
         if entry is None:
+            self.gate.release(key)
             self.reports.forget(key)
             self.restarts.pop(key, None)
             for first in range(0, len(tasks), RETIRE_SLICE):
                 self._retire(tasks[first : first + RETIRE_SLICE], plan, now, "service deleted")
                 await pace()
-        elif entry.obj.spec.is_job:
-            self._job(entry, tasks, plan, now)
-        elif entry.obj.spec.mode == "global":
-            await self._global(entry, tasks, plan, now, pace)
+        elif held is not None:
+            self._hold(entry.obj, held)
         else:
-            await self._replicated(entry, tasks, plan, now, pace)
+            self._unhold(entry.obj)
+            if entry.obj.spec.is_job:
+                self._job(entry, tasks, plan, now)
+            elif entry.obj.spec.mode == "global":
+                await self._global(entry, tasks, plan, now, pace)
+            else:
+                await self._replicated(entry, tasks, plan, now, pace)
         if plan.changes:
             await self.informer.commit(plan.changes)
             if plan.restarts:
@@ -197,7 +213,23 @@ class Orchestrator(Controller):
             return Requeue(plan.wake_after)
         return Done()
 
+    def _unhold(self, service: Service) -> None:
+        """Not held (any more); says so once when it was."""
+        notes = self.reports.notes(service.name)
+        if notes.pop(HELD_NOTE, None) is not None:
+            self.reports.set_notes(service.name, notes)
+            self.events.record(
+                f"service/{service.name}", "DependenciesMet", "dependencies met: creating tasks"
+            )
+
     # ------------------------------------------------------------- services
+
+    def _hold(self, service: Service, reason: str) -> None:
+        """No task yet: a dependency does not meet its condition (woken when it changes)."""
+        before = self.reports.notes(service.name).get(HELD_NOTE)
+        self.reports.set_notes(service.name, {HELD_NOTE: reason})
+        if before != reason:
+            self.events.record(f"service/{service.name}", "WaitingForDependencies", reason)
 
     def _rollout(
         self,

@@ -9,8 +9,16 @@ filters (constraints, runtime available) are evaluated once per service and node
 
 Filters (a node must pass all): ready and ``active``; the constraints hold;
 the task's runtime works there; the reservations fit in what the node has
-left. Among the nodes that pass, spread: fewest live tasks of this service,
-then fewest live tasks in total, then node id for a stable order.
+left (cpus, memory, free units of each generic resource); its host ports are
+free; fewer live tasks of the service than ``maxReplicasPerNode``. Among the
+nodes that pass, spread (``shoal.reconciler.spread``): over the values of the
+preference labels first, if the service has any, then fewest live tasks of
+this service, then fewest live tasks in total, then node id for a stable order.
+
+A task given a node is also given units of the generic resources it reserves
+(``Task.resources``: the node's lowest free units, in the order it listed
+them); they are held until the task is terminal, even while it stops, so no
+two tasks ever hold one GPU at once.
 
 A node takes at most the tasks its agent advertised (``--max-tasks``). A task
 that fits nowhere stays ``pending`` with a message saying why (per reason, how
@@ -20,11 +28,11 @@ many nodes), updated only when the reason changes; the service gets one
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from shoal.models import DesiredState, Node, Task, TaskState, TaskStatus
 from shoal.reconciler.events import EventRecorder
@@ -32,6 +40,7 @@ from shoal.reconciler.informer import Entry, Informer
 from shoal.reconciler.loop import Controller, Done, Outcome, Requeue
 from shoal.reconciler.pacing import Pacer
 from shoal.reconciler.placement import host_ports, port_conflict, static_mismatch
+from shoal.reconciler.spread import Rank, SpreadTree
 from shoal.store.typed import Change, Object
 
 KEY = "pending"
@@ -49,6 +58,8 @@ class NodeLoad:
     per_service: Counter[str] = field(default_factory=Counter)
     # Host ports published by the node's tasks: (port, protocol) → how many.
     ports: Counter[tuple[int, str]] = field(default_factory=Counter)
+    # Generic resource units held by the node's tasks: kind → unit → how many tasks.
+    units: dict[str, Counter[str]] = field(default_factory=dict)
 
     def add(self, task: Task, sign: int = 1) -> None:
         reservations = task.template.resources.reservations
@@ -59,22 +70,53 @@ class NodeLoad:
         for port in host_ports(task.template):
             self.ports[port] += sign
 
+    def hold(self, task: Task, sign: int = 1) -> None:
+        for kind, units in task.resources.items():
+            held = self.units.setdefault(kind, Counter())
+            for unit in units:
+                held[unit] += sign
+
+    def free_units(self, node: Node, kind: str) -> list[str]:
+        held = self.units.get(kind)
+        units = node.description.generic_resources.get(kind, [])
+        return [u for u in units if not held or held[u] <= 0]
+
     def copy(self) -> NodeLoad:
         return NodeLoad(
-            self.tasks, self.cpus, self.memory, self.per_service.copy(), self.ports.copy()
+            self.tasks,
+            self.cpus,
+            self.memory,
+            self.per_service.copy(),
+            self.ports.copy(),
+            {kind: held.copy() for kind, held in self.units.items()},
         )
 
 
-def fits(node: Node, load: NodeLoad, task: Task) -> str | None:
+def fits(node: Node, load: NodeLoad, task: Task, max_per_node: int = 0) -> str | None:
     limit = node.description.max_tasks
     if limit is not None and load.tasks >= limit:
         return f"task limit reached (--max-tasks {limit})"
+    if max_per_node and load.per_service[task.service] >= max_per_node:
+        return f"max replicas per node reached (maxReplicasPerNode {max_per_node})"
     reservations = task.template.resources.reservations
     if reservations.cpus and load.cpus + reservations.cpus > node.description.cpus + 1e-9:
         return "insufficient cpus"
     if reservations.memory and load.memory + reservations.memory > node.description.memory:
         return "insufficient memory"
+    for kind, needed in sorted(reservations.generic.items()) if reservations.generic else ():
+        free = len(load.free_units(node, kind))
+        if free < needed:
+            total = len(node.description.generic_resources.get(kind, []))
+            if not total:
+                return f"no {kind} resource"
+            return f"insufficient {kind} ({needed} needed, {free} of {total} free)"
     return port_conflict(load.ports, task.template)
+
+
+def take_units(node: Node, load: NodeLoad, task: Task) -> dict[str, list[str]]:
+    """The generic resource units ``task`` gets on ``node`` (it fits there)."""
+    generic = task.template.resources.reservations.generic
+    return {kind: load.free_units(node, kind)[:needed] for kind, needed in generic.items()}
 
 
 def _pending(task: Task) -> bool:
@@ -88,6 +130,11 @@ def _loads_node(task: Task) -> bool:
         and task.desired_state == DesiredState.RUNNING
         and not task.status.state.terminal
     )
+
+
+def _holds_units(task: Task) -> bool:
+    """Whether ``task`` holds generic resource units: until it is terminal, stopping or not."""
+    return bool(task.resources) and task.node_id is not None and not task.status.state.terminal
 
 
 # What decides whether a task fits a node, beyond the service's constraints:
@@ -149,6 +196,10 @@ class Scheduler(Controller):
             self._loads[old.node_id].add(old, -1)
         if new is not None and new.node_id and _loads_node(new):
             self._loads[new.node_id].add(new)
+        if old is not None and old.node_id and _holds_units(old):
+            self._loads[old.node_id].hold(old, -1)
+        if new is not None and new.node_id and _holds_units(new):
+            self._loads[new.node_id].hold(new)
         if new is not None and _pending(new):
             self._pending.add(new.id)
         elif old is not None:
@@ -210,6 +261,8 @@ class Scheduler(Controller):
     ) -> list[Change]:
         service_entry = self.informer.service(name)
         placement = service_entry.obj.spec.placement if service_entry else None
+        max_per_node = placement.max_replicas_per_node if placement else 0
+        labels = [p.label for p in placement.preferences] if placement else []
         by_id = {node.id: node for node in nodes}
         static: dict[tuple[str, str], str | None] = {}
 
@@ -219,13 +272,20 @@ class Scheduler(Controller):
                 static[key] = static_mismatch(node, task.template, placement) if placement else None
             return static[key]
 
-        def rank(node_id: str) -> tuple[int, int, str]:
+        def rank(node_id: str) -> Rank:
             load = loads[node_id]
             return (load.per_service[name], load.tasks, node_id)
 
-        # Per task shape (runtime, reservations): a heap of the eligible nodes by
-        # spread rank, so placing T tasks on N nodes costs O(T log N), not O(T N).
-        heaps: dict[Shape, list[tuple[int, int, str]]] = {}
+        def count(node_id: str) -> int:
+            return loads[node_id].per_service[name]
+
+        def check(node: Node, task: Task) -> str | None:
+            return fits(node, loads[node.id], task, max_per_node)
+
+        # Per task shape (runtime, reservations, ports): the eligible nodes by spread
+        # rank (a heap, grouped by preference labels when there are any), so placing
+        # T tasks on N nodes costs O(T log N), not O(T N).
+        trees: dict[Shape, SpreadTree] = {}
         unschedulable: dict[Shape, str] = {}
         changes: list[Change] = []
         # Per reason: how many tasks wait, and whether any is new to it (worth an event).
@@ -239,35 +299,22 @@ class Scheduler(Controller):
             message = unschedulable.get(shape, "")
             if task.node_id:  # a global service's task: its own node or nothing
                 node = by_id.get(task.node_id)
-                reason = (
-                    None
-                    if node is None
-                    else mismatch(node, task) or fits(node, loads[node.id], task)
-                )
+                reason = None if node is None else mismatch(node, task) or check(node, task)
                 if node is not None and reason is None:
                     chosen = node
                 else:
                     message = _no_node_message(task, Counter([reason] if reason else []), 1)
             elif not message:
-                heap = heaps.get(shape)
-                if heap is None:
-                    heap = [rank(n.id) for n in nodes if mismatch(n, task) is None]
-                    heapq.heapify(heap)
-                    heaps[shape] = heap
-                while heap:
-                    current = rank(heap[0][2])
-                    if heap[0] != current:  # placements since it was pushed
-                        heapq.heapreplace(heap, current)
-                        continue
-                    node = by_id[current[2]]
-                    if fits(node, loads[node.id], task) is None:
-                        chosen = node
-                        break
-                    heapq.heappop(heap)  # full for this shape; loads only grow
-                if chosen is None:
-                    reasons = Counter(
-                        mismatch(n, task) or fits(n, loads[n.id], task) or "?" for n in nodes
-                    )
+                tree = trees.get(shape)
+                if tree is None:
+                    eligible = [n for n in nodes if mismatch(n, task) is None]
+                    tree = trees[shape] = SpreadTree(eligible, labels, rank, count)
+                chosen_id = tree.choose(partial(_fits_node, check, by_id, task))
+                if chosen_id is not None:
+                    chosen = by_id[chosen_id]
+                    tree.placed(chosen_id)
+                else:
+                    reasons = Counter(mismatch(n, task) or check(n, task) or "?" for n in nodes)
                     message = unschedulable[shape] = _no_node_message(task, reasons, len(nodes))
             if chosen is None:
                 waiting[message] += 1
@@ -278,24 +325,27 @@ class Scheduler(Controller):
                         Change.put(task.model_copy(update={"status": status}), entry.revision)
                     )
                 continue
-            loads.add(chosen.id, task)
+            units = take_units(chosen, loads[chosen.id], task) if shape[3] else {}
+            text = f"assigned to {chosen.id}"
+            if units:
+                text += " with " + ", ".join(f"{k} {','.join(u)}" for k, u in sorted(units.items()))
             assigned = task.model_copy(
                 update={
                     "node_id": chosen.id,
-                    "status": TaskStatus(
-                        state=TaskState.ASSIGNED, timestamp=now, message=f"assigned to {chosen.id}"
-                    ),
+                    "resources": units,
+                    "status": TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message=text),
                 }
             )
+            loads.add(chosen.id, assigned)
             changes.append(Change.put(assigned, entry.revision))
         # One event per service and reason, not one per task: 100,000 tasks that
         # cannot be placed are one line in ``describe`` and in the log.
         for message in sorted(news):
-            count = waiting[message]
+            many = waiting[message]
             self.events.record(
                 f"service/{name}",
                 "Unschedulable",
-                f"{count} task{'s' if count != 1 else ''} pending: {message}",
+                f"{many} task{'s' if many != 1 else ''} pending: {message}",
                 True,
             )
         return changes
@@ -315,6 +365,13 @@ class _ScratchLoads:
         if node_id not in self._changed:
             self._changed[node_id] = self._base[node_id].copy()
         self._changed[node_id].add(task)
+        self._changed[node_id].hold(task)
+
+
+def _fits_node(
+    check: Callable[[Node, Task], str | None], by_id: dict[str, Node], task: Task, node_id: str
+) -> bool:
+    return check(by_id[node_id], task) is None
 
 
 def _freed(old: Task, new: Object) -> bool:

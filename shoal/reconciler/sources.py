@@ -20,7 +20,9 @@ A git source with ``secretRef`` names a shoal secret holding one line,
 asked for at each fetch (``SecretLookup``) and reach git only through the
 environment of that one ``git fetch``, answered by an inline credential
 helper: nothing is written to disk, nothing shows in ``ps``, and git's
-messages never carry the password.
+messages never carry the password. The helper is configured for the
+source's own URL only, and that fetch follows no redirect, so the login is
+never offered to another host.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class SourceFetcher:
             f"+{ref}:refs/shoal/fetched",
             what=f"git fetch {url} {ref}",
             login=login,
+            scope=url,
         )
         commit = (
             await self._run(checkout, "rev-parse", "--verify", "refs/shoal/fetched^{commit}")
@@ -141,7 +144,12 @@ class SourceFetcher:
         return Fetched(revision, root, checkout)
 
     async def _run(
-        self, cwd: Path, *args: str, what: str = "", login: dict[str, str] | None = None
+        self,
+        cwd: Path,
+        *args: str,
+        what: str = "",
+        login: dict[str, str] | None = None,
+        scope: str = "",
     ) -> str:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SHOAL_GIT_"))},
@@ -154,7 +162,9 @@ class SourceFetcher:
         # An empty helper first clears the host's helpers; ours answers only with a login.
         helpers = ["-c", "credential.helper="]
         if login:
-            helpers += ["-c", f"credential.helper={CREDENTIAL_HELPER}"]
+            # Only for the source's URL, and no redirect to take the login elsewhere.
+            helpers += ["-c", f"credential.{scope}.helper={CREDENTIAL_HELPER}"]
+            helpers += ["-c", "http.followRedirects=false"]
         command = ["git", *helpers, "-c", "core.hooksPath=/dev/null", *args]
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -112,6 +112,9 @@ class ContainerConfig:
     devices: list[Device]
     init: bool
     stop_signal: str
+    # name → (soft, hard); -1 is unlimited.
+    ulimits: dict[str, tuple[int, int]]
+    read_only: bool
     log_max_bytes: int
     log_files: int
 
@@ -232,6 +235,8 @@ def container_config(launch: TaskLaunch, settings: RuntimeSettings) -> Container
         devices=list(template.devices),
         init=template.init,
         stop_signal=template.stop_signal,
+        ulimits={name: (u.soft, u.hard) for name, u in template.ulimits.items()},
+        read_only=template.read_only,
         log_max_bytes=settings.log_max_bytes,
         log_files=settings.log_files,
     )

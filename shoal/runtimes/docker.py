@@ -98,6 +98,12 @@ class DockerEngine(Engine):
             privileged=config.privileged,
             devices=[d.as_string() for d in config.devices] or None,
             init=config.init or None,
+            ulimits=[
+                docker.types.Ulimit(name=name, soft=soft, hard=hard)
+                for name, (soft, hard) in sorted(config.ulimits.items())
+            ]
+            or None,
+            read_only=config.read_only or None,
             log_config=docker.types.LogConfig(
                 type="json-file",
                 config={"max-size": str(config.log_max_bytes), "max-file": str(config.log_files)},

@@ -244,6 +244,11 @@ def _demux(raw: bytes) -> bytes:
     return bytes(payload) if pos == len(raw) else raw
 
 
+def _rlimit(value: int) -> int:
+    """libpod takes unsigned limits: -1 (unlimited) is RLIM_INFINITY."""
+    return 2**64 - 1 if value == -1 else value
+
+
 def _spec_generator(config: ContainerConfig) -> dict[str, Any]:
     """The libpod ``SpecGenerator`` for ``config``."""
     mounts: list[dict[str, Any]] = []
@@ -307,6 +312,12 @@ def _spec_generator(config: ContainerConfig) -> dict[str, Any]:
         "privileged": config.privileged,
         "devices": [{"path": d.as_string()} for d in config.devices],
         "init": config.init,
+        "r_limits": [
+            {"type": name, "soft": _rlimit(soft), "hard": _rlimit(hard)}
+            for name, (soft, hard) in sorted(config.ulimits.items())
+        ]
+        or None,
+        "read_only_filesystem": config.read_only or None,
         "stop_signal": int(signals.Signals[config.stop_signal]),
         "log_configuration": {"driver": "k8s-file", "size": config.log_max_bytes},
     }

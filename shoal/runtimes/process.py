@@ -55,6 +55,14 @@ Finding the task again
     pidfd (readable once it exits, whether or not it is our child) and looks
     again every couple of seconds; without pidfds it polls.
 
+Stopping
+    The signal goes to the whole group. The wrapper traps the catchable
+    signals (it must live to record the exit code), so a signal sent before it
+    has forked the command would be eaten by the trap and the command would
+    only meet SIGKILL at the end of its grace: ``stop`` therefore first waits
+    (briefly, ``_COMMAND_START``) until a member of the group other than the
+    wrapper runs, then signals the group once.
+
 Logs
     Rotation is copytruncate, because the child holds the file open: when
     ``output.log`` exceeds ``log_max_bytes`` it is copied to ``output.log.1``
@@ -142,6 +150,8 @@ _WAIT_IDLE = 2.0
 _STOP_POLL = 0.05
 _LOG_POLL = 0.2
 _KILL_TIMEOUT = 5.0
+# How long ``stop`` waits for the wrapper to fork a command that was just let go.
+_COMMAND_START = 2.0
 _READ_CHUNK = 64 * 1024
 
 
@@ -246,6 +256,14 @@ def _group_members(pgid: int) -> list[int]:
             if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
                 members.append(int(name))
     return members
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read()
+    except OSError:
+        return None
 
 
 def _host_problem() -> str | None:
@@ -558,6 +576,8 @@ class ProcessRuntime(Runtime):
             return
         if sig == _SIGKILL:
             self._killed.add(record.task_id)
+        else:  # a catchable signal must reach the command, not only the wrapper's trap
+            await self._wait_command_started(record)
         _kill_group(record.pid, sig)
         if await self._wait_group_gone(record, max(grace, 0.0)):
             if self._leader(record) is _Leader.RUNNING:
@@ -664,6 +684,16 @@ class ProcessRuntime(Runtime):
             pass
         # Only zombies left (our own unreaped leader, orphans not yet reaped) counts as gone.
         return bool(_group_members(record.pid))
+
+    async def _wait_command_started(self, record: _Record) -> None:
+        """Until the group holds a process besides the wrapper (see "Stopping")."""
+        wrapper = _cmdline(record.pid)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _COMMAND_START
+        while self._leader(record) is _Leader.RUNNING and loop.time() < deadline:
+            if any(_cmdline(pid) != wrapper for pid in _group_members(record.pid)):
+                return
+            await asyncio.sleep(_STOP_POLL / 5)
 
     async def _wait_group_gone(self, record: _Record, within: float) -> bool:
         """Poll until nothing of the task's group runs; True if something still runs."""

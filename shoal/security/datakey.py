@@ -152,8 +152,14 @@ async def verify_against_store(key: DataKey, store: Store) -> None:
         kv = await store.get(CHECK_KEY)  # another manager was first: check against its key
         if kv is None:
             raise DataKeyError("the data key check value vanished from the store; start again")
+    check_value(key, kv.value, "this store's")
+
+
+def check_value(key: DataKey, value: bytes, whose: str) -> None:
+    """Raise ``DataKeyError`` unless ``value`` (a stored key check record) was sealed
+    with ``key``; ``whose`` names where the record is from in the message."""
     try:
-        record = json.loads(kv.value)
+        record = json.loads(value)
         stored_id = str(record["keyId"])
         check = base64.b64decode(str(record["check"]), validate=True)
     except (ValueError, KeyError, TypeError) as exc:
@@ -164,7 +170,7 @@ async def verify_against_store(key: DataKey, store: Store) -> None:
         opened = b""
     if opened != _CHECK_PLAINTEXT:
         raise DataKeyError(
-            f"the data key from {key.source} (id {key.key_id}) is not the key this store's "
+            f"the data key from {key.source} (id {key.key_id}) is not the key {whose} "
             f"secrets are encrypted with (id {stored_id}); every manager of a cluster needs "
             "the same data key file (--data-key-file): copy the one the first manager used"
         )

@@ -12,6 +12,7 @@ Key layout (every backend, every version of shoal must agree on it):
     /cluster/config      ClusterConfig (cluster id)
     /cluster/datakey     the data key's check value (shoal.security.datakey)
     /security/...        the CA, tokens, users, revocations (shoal.security.state)
+    /events/<id>         Event (shoal.reconciler.events: written and trimmed there, not here)
 
 Writes are batches of ``Change``s. Each change carries the ``mod_revision``
 it was computed from (optimistic concurrency): ``expect=0`` means "must not

@@ -140,6 +140,32 @@ def test_later_files_override_earlier_ones() -> None:
     cache = services["prod-cache"]
     assert (cache.mode, cache.placement.max_replicas_per_node) == ("global", 1)
     assert [p.label for p in cache.placement.preferences] == ["zone"]
+    assert cache.template.resources.reservations.generic == {"gpu": 1}
+
+
+def test_dot_env_lines_see_the_lines_above_and_the_environment_wins(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("HOST=db\nURL=postgres://${HOST}:5432\nTAG=1\n")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  web:\n    image: 'x:${TAG}'\n    environment: [URL=$URL]\n"
+    )
+    stack = load_stack([tmp_path / "compose.yaml"], "app", {"TAG": "2"})
+    (web,) = stack.services
+    assert web.spec.template.env == {"URL": "postgres://db:5432"}
+    assert web.spec.template.image == "x:2"
+
+
+def test_override_tag_replaces_instead_of_merging(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "services:\n  web:\n    image: x\n    ports: ['8080:80', '8443:443']\n"
+        "    environment: {A: '1', B: '2'}\n"
+    )
+    (tmp_path / "over.yaml").write_text(
+        "services:\n  web:\n    ports: !override ['9090:90']\n    environment: {B: '3'}\n"
+    )
+    stack = load_stack([tmp_path / "base.yaml", tmp_path / "over.yaml"], "app", {})
+    (web,) = stack.services
+    assert [(p.published, p.target) for p in web.spec.template.ports] == [(9090, 90)]
+    assert web.spec.template.env == {"A": "1", "B": "3"}
 
 
 def test_x_shoal_runs_plain_processes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,15 +257,16 @@ def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -
         pytest.param(
             "services:\n  web:\n    image: x\n    cap_add: [not a cap]\n",
             [
-                "compose.yaml:4: services.web.cap_add ([0]): invalid capability 'not a cap' "
-                "(e.g. NET_ADMIN, SYS_TIME, ALL)"
+                "compose.yaml:4: services.web.cap_add (spec.template.capAdd[0]): "
+                "invalid capability 'not a cap' (e.g. NET_ADMIN, SYS_TIME, ALL)"
             ],
             id="shoal-refuses-a-value",
         ),
         pytest.param(
             "services:\n  web:\n    image: x\n    x-shoal: {runtime: process}\n",
             [
-                "compose.yaml:2: services.web (command): runtime 'process' needs a command "
+                "compose.yaml:2: services.web (spec.template.command): runtime 'process' needs a "
+                "command "
                 "(a list of at least 1 item)",
                 "compose.yaml:3: services.web.image: 'image' only applies to container runtimes "
                 "(docker, podman), not runtime 'process' (got 'x')",

@@ -28,3 +28,10 @@ def test_every_key_has_its_row(path: tuple[str, ...], verdict: Verdict) -> None:
 def test_the_example_converts_without_problems() -> None:
     stack = load_stack([EXAMPLE], "demo", {})
     assert sorted(s.name for s in stack.services) == ["demo-api", "demo-cache", "demo-report"]
+
+
+def test_the_cli_labels_as_the_converter_does() -> None:
+    from shoal.cli import stack
+    from shoal.compose import convert
+
+    assert stack.STACK_LABEL == convert.STACK_LABEL

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import textwrap
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,9 @@ STACK = """\
         init: true
         stop_grace_period: 1s
         secrets: [token]
+        read_only: true
+        ulimits:
+          nofile: {{soft: 1024, hard: 2048}}
       ticker:
         command: ["sh", "-c", "exec sleep 300"]
         environment:
@@ -117,6 +121,13 @@ def test_deploy_redeploy_without_a_service_then_remove(
     assert set(containers(node, "shop-web")) == task_ids(cluster, "shop-web")
     assert set(containers(node, "shop-worker")) == task_ids(cluster, "shop-worker")
     assert tasks_in_process_table("shop-ticker") == task_ids(cluster, "shop-ticker")
+    # What the engine was asked for: the interpolated default, the limits, a read-only root.
+    (web_id, *_) = containers(node, "shop-web").values()
+    assert "GREETING=hello" in client("docker").containers.get(web_id).attrs["Config"]["Env"]
+    (worker_id,) = containers(node, "shop-worker").values()
+    host = client("docker").containers.get(worker_id).attrs["HostConfig"]
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
+    assert host["ReadonlyRootfs"] is True
     # The secret reached the container: the worker printed it.
     wait_for(
         lambda: "t0ken" in cluster.cli("logs", "shop-worker").stdout, 20, "the worker's output"
@@ -199,3 +210,51 @@ def _services(cluster: Cluster) -> list[dict[str, Any]]:
         for s in cluster.call("Get", {"kind": "services"})["items"]
         if s["metadata"]["labels"].get("shoal.stack") == "bad"
     ]
+
+
+def test_depends_on_service_healthy_holds_the_dependent(
+    cluster: Cluster, node: str, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    compose = write(
+        tmp_path,
+        "compose.yaml",
+        f"""\
+        services:
+          api:
+            image: {TEST_IMAGE}
+            command: ["sleep", "300"]
+            init: true
+            stop_grace_period: 1s
+            depends_on:
+              db:
+                condition: service_healthy
+          db:
+            image: {TEST_IMAGE}
+            command: ["sh", "-c", "sleep 3; touch /shared/ready; exec sleep 300"]
+            init: true
+            stop_grace_period: 1s
+            volumes: ["{shared}:/shared"]
+            healthcheck:
+              test: ["CMD", "test", "-f", "/shared/ready"]
+              interval: 300ms
+              timeout: 2s
+              start_period: 20s
+        """,
+    )
+    deployed = cluster.cli("stack", "deploy", "-c", str(compose), "dep")
+    assert "depends_on" not in deployed.stderr  # applied, so not reported
+    assert cluster.tasks("dep-api", all=True) == []
+    cluster.wait_running("dep-api", 1, timeout=60)
+    (db_task,) = cluster.tasks("dep-db", all=True)
+    (api_task,) = cluster.tasks("dep-api", all=True)
+    assert db_task["status"]["health"] == "healthy"
+    healthy_at = datetime.fromisoformat(db_task["status"]["timestamp"])
+    created = datetime.fromisoformat(api_task["createdAt"])
+    started = datetime.fromisoformat(api_task["status"]["startedAt"])
+    assert healthy_at <= created <= started
+    # From outside too: the dependent's task came after the file that made db healthy.
+    assert (shared / "ready").stat().st_mtime <= created.timestamp()
+    assert set(containers(node, "dep-api")) == {api_task["id"]}
+    cluster.cli("stack", "rm", "dep")

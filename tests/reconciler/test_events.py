@@ -269,6 +269,30 @@ async def test_a_failed_write_keeps_the_events_for_the_next_pass(store: MemorySt
     await log.aclose()
 
 
+async def test_a_long_message_is_cut_and_an_event_the_store_refuses_blocks_nothing() -> None:
+    clock = ManualClock()
+    roomy = MemoryStore(max_txn_ops=128)
+    log = await open_log(roomy, clock)
+    log.record("sync/prod", "ValidationFailed", "x" * 20_000, warning=True)
+    await log.flush()
+    (stored,) = log.events()
+    assert stored.message.startswith("x" * 4096) and "(15904 more characters)" in stored.message
+    await log.aclose()
+    await roomy.aclose()
+
+    tight = MemoryStore(max_txn_ops=128, max_txn_bytes=2000)  # smaller than one long event
+    log = await open_log(tight, clock, flush_batch=100)
+    log.record("sync/prod", "ValidationFailed", "y" * 5000, warning=True)
+    for number in range(50):
+        log.record(f"task/t{number}", "TaskAssigned", "new -> assigned on n1")
+    await log.flush()
+    assert log.pending == 0
+    assert len((await tight.range(PREFIX))[0]) == 50  # every small event, past the refused one
+    assert log._counts.dropped == 1
+    await log.aclose()
+    await tight.aclose()
+
+
 def test_task_and_node_events_read_as_sentences() -> None:
     log = EventRecorder()
     record_task_change(

@@ -182,3 +182,21 @@ async def test_relist_does_not_revive_objects_deleted_while_its_range_was_in_fli
     assert set(informer.nodes) == {"marker"}
     await informer.aclose()
     await store.aclose()
+
+
+async def test_event_churn_leaves_no_trace_in_the_cache() -> None:
+    """Events are written and trimmed by the thousand under ``/events/``: the informer
+    caches none of them and keeps no tombstone per trimmed event (memory that would
+    grow with the event rate, and scans of it on every watch batch)."""
+    store = MemoryStore()
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    await informer.commit([Change.put(labelled("n1", "a"), 0)])
+    for i in range(2000):
+        await store.put(f"/events/{i:06d}", b'{"reason": "Started"}')
+        await store.delete(f"/events/{i:06d}")
+    await store.put(NODES + "n2", labelled("n2", "b").to_json_bytes())
+    await until(lambda: "n2" in informer.nodes)
+    assert len(informer._applied) == 2  # the two nodes: nothing of the events
+    await informer.aclose()
+    await store.aclose()

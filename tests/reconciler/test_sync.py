@@ -524,9 +524,30 @@ async def test_private_git_over_http_uses_the_login_from_a_secret(
         assert not path.is_file() or b"s3cret" not in path.read_bytes(), path
 
 
-def test_a_secret_ref_is_for_http_urls_only() -> None:
-    with pytest.raises(ValueError, match="https:// and http:// repositories only"):
+def test_a_secret_ref_is_for_https_urls_only() -> None:
+    with pytest.raises(ValueError, match="given to https:// repositories only"):
         sync(source={"git": {"url": "git://example.com/ops.git", "secretRef": "git-login"}})
+    with pytest.raises(ValueError, match="would send the login in clear text"):
+        sync(source={"git": {"url": "http://git.example.com/ops.git", "secretRef": "git-login"}})
+    sync(source={"git": {"url": "https://git.example.com/ops.git", "secretRef": "git-login"}})
+
+
+async def test_the_login_is_never_offered_to_a_host_a_redirect_names(
+    world: World, served: Path, tmp_path: Path
+) -> None:
+    fetcher = SourceFetcher(tmp_path / "cache", git_timeout=20, secrets={"l": b"ops:pw"}.get)
+    controller = SyncController(world.informer, world.events, fetcher, clock=world.clock)
+    with (
+        git_http_server(served, "ops", "pw") as (elsewhere, other),
+        git_http_server(served, "ops", "pw") as (url, first),
+    ):
+        first.redirect_to = elsewhere.replace("127.0.0.1", "localhost")
+        source = {"git": {"url": f"{url}/ops.git", "path": "services", "secretRef": "l"}}
+        await put(world, sync(source=source))
+        await controller.reconcile("prod")
+        assert condition(world, "Ready")[:2] == ("False", "FetchFailed")
+        assert other.authenticated == 0 and other.refused == 0
+        assert world.informer.services == {}
 
 
 def test_the_example_sync_loads() -> None:

@@ -162,3 +162,36 @@ async def test_a_template_change_starts_the_next_run(world: World) -> None:
     await world.apply(job_doc("mig", ["succeed-after", "2"]))
     await world.advance(4)
     assert [r.state for r in job_status(world, "mig").runs] == ["succeeded", "succeeded"]
+
+
+async def test_replace_ends_the_active_run_when_the_next_one_is_due(world: World) -> None:
+    await world.apply(
+        job_doc(
+            "tock",
+            ["succeed-after", "12"],
+            schedule="@every 5s",
+            concurrencyPolicy="Replace",
+            failedRunsHistoryLimit=10,
+        )
+    )
+    await world.advance(17)
+    status = job_status(world, "tock")
+    assert max(s["tock"]["running"][("succeed-after", "12")] for s in world.samples) == 1
+    replaced = [(r.number, r.reason) for r in status.runs if r.state == "failed"]
+    assert replaced == [(1, "replaced by run 2"), (2, "replaced by run 3")]
+    assert status.skipped == 0
+    assert all(r.state != "succeeded" for r in status.runs)  # none lived its 12 s
+    assert live(world, "tock") == 1
+
+
+async def test_ttl_after_finished_deletes_a_finished_runs_tasks_and_keeps_its_record(
+    world: World,
+) -> None:
+    await world.apply(job_doc("once", ["succeed-after", "1"], ttlAfterFinished="10s"))
+    await world.advance(5)
+    assert run(world, "once", 1).state == "succeeded"
+    assert len(world.tasks("once")) == 1
+    await world.advance(10)
+    assert world.tasks("once") == []
+    first = run(world, "once", 1)
+    assert first.state == "succeeded" and first.cleaned

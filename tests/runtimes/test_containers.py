@@ -196,6 +196,17 @@ async def test_sysctls_privileged_devices_and_init(runtime: Runtime, runtime_nam
     assert lines[2] in ("docker-init", "catatonit", "podman-init")
 
 
+async def test_ulimits_and_a_read_only_root(runtime: Runtime, runtime_name: str) -> None:
+    lines = await output_of(
+        runtime,
+        runtime_name,
+        "ulimit -Sn; ulimit -Hn; ulimit -Su; touch /rootfile 2>/dev/null || echo read-only",
+        ulimits={"nofile": {"soft": 1111, "hard": 2222}, "nproc": 333},
+        readOnly=True,
+    )
+    assert lines == ["1111", "2222", "333", "read-only"]
+
+
 async def test_privileged(runtime: Runtime, runtime_name: str) -> None:
     try:
         privileged = await output_of(
