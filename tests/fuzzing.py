@@ -37,7 +37,7 @@ CONTROL_METHODS = [
     ("GetSecrets", False), ("RemoveSecret", False), ("CreateConfig", False),
     ("GetConfigs", False), ("RemoveConfig", False), ("Token", False), ("UserAdd", False),
     ("UserList", False), ("UserRemove", False), ("NodeRemove", False), ("Version", False),
-    ("ClusterStatus", False), ("Logs", True), ("WatchEvents", True),
+    ("ClusterStatus", False), ("Logs", True), ("WatchEvents", True), ("Backup", True),
 ]  # fmt: skip
 DISPATCHER_METHODS = [("Heartbeat", False), ("UpdateTaskStatus", False), ("Session", True)]
 # PublishLogs is client-streaming: its messages are checked one by one (transport).
