@@ -162,6 +162,10 @@ def show(args: argparse.Namespace, kind: str) -> int:
         items = await control.get(
             kind, name=name, service=service, all_tasks=all_tasks or bool(name)
         )
+        if service and not items:
+            # Like `get services nope`: a service that does not exist is an error
+            # (NOT_FOUND, exit 1), not an empty list.
+            await control.get("services", name=service)
         counts = None
         if kind == "nodes" and args.output in ("table", "wide"):
             counts = await _node_task_counts(control)
@@ -400,7 +404,10 @@ def configure_logs(parser: argparse.ArgumentParser) -> None:
     server_option(parser)
     parser.add_argument("service", metavar="SERVICE")
     parser.add_argument(
-        "-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C"
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new lines, of tasks that start later too, until Ctrl-C",
     )
     parser.add_argument(
         "--tail", type=whole_number, metavar="N", help="start with the last N lines of each task"
