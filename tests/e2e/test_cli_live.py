@@ -308,6 +308,47 @@ def test_logs_follow_follows_the_service_not_its_first_tasks(cluster: Cluster) -
     assert "Traceback" not in follower.stderr.read()
 
 
+def test_get_watch_prints_each_task_again_when_it_changes(cluster: Cluster) -> None:
+    cluster.apply(cluster.service("cl-getw", ["sleep", "300"], replicas=1))
+    (first,) = cluster.wait_running("cl-getw", 1)
+    argv = shoal_cmd("get", "tasks", "--service", "cl-getw", "-w", "-o", "json")
+    watcher = subprocess.Popen(
+        [*argv, "--server", cluster.address], stdout=subprocess.PIPE, text=True
+    )
+    assert watcher.stdout is not None
+    stdout = watcher.stdout
+    printed: list[dict[str, Any]] = []
+
+    def read() -> None:
+        for line in stdout:
+            printed.append(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_for(lambda: any(t["id"] == first["id"] for t in printed), 10, "the list")
+        cluster.cli("scale", "cl-getw=2")
+        wait_for(
+            lambda: any(
+                t["id"] != first["id"] and t["status"]["state"] == "running" for t in printed
+            ),
+            20,
+            "the new task printed once it runs",
+        )
+        os.kill(int(first["status"]["pid"]), signal.SIGKILL)
+        wait_for(
+            lambda: any(
+                t["id"] == first["id"] and t["status"]["state"] == "failed" for t in printed
+            ),
+            20,
+            "the killed task printed again as failed",
+        )
+        assert watcher.poll() is None
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        code = watcher.wait(10)
+    assert code == 0
+
+
 # ---------------------------------------------------------------------- node
 
 
