@@ -433,6 +433,13 @@ class _Document:
 def _syntax_problem(exc: yaml.MarkedYAMLError, filename: str) -> tuple[int, str]:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark is not None else 1
+    if "'\\t'" in str(exc.problem) and mark is not None:
+        # PyYAML's own words ("found character '\t' that cannot start any token") do
+        # not say what to do.
+        return line, (
+            f"{filename}:{line}: invalid YAML: a tab at column {mark.column + 1}; "
+            "YAML indents with spaces only: replace the tab with spaces"
+        )
     message = f"invalid YAML: {exc.problem or exc.context}"
     if exc.context and exc.problem and exc.context_mark is not None:
         message += f" ({exc.context} at line {exc.context_mark.line + 1})"

@@ -61,6 +61,14 @@ MALFORMED = [
         id="yaml-syntax-error-at-end",
     ),
     pytest.param(
+        {"a.yaml": GOOD.replace("  replicas: 2", "\treplicas: 2")},
+        "a.yaml",
+        6,
+        "",
+        "a tab at column 1; YAML indents with spaces only: replace the tab with spaces",
+        id="tab-indent",
+    ),
+    pytest.param(
         {"a.yaml": GOOD + "extra: 1\n"},
         "a.yaml",
         9,

@@ -114,6 +114,12 @@ class ControlClient:
             request["configs"] = [c.to_wire() for c in configs]
         return await self._call("Apply", request)
 
+    async def apply_set(self, name: str) -> Payload | None:
+        """What apply set ``name`` owns (``{name, members, source, revision}``), None if none."""
+        response = await self._call("GetApplySet", {"name": name})
+        found: Payload | None = response.get("set")
+        return found
+
     async def create_file(
         self,
         kind: str,

@@ -157,20 +157,102 @@ def show(args: argparse.Namespace, kind: str) -> int:
     all_tasks: bool = getattr(args, "all", False)
     if kind != "tasks" and (service or all_tasks):
         raise UsageError("--service and --all only apply to tasks")
+    watching = bool(getattr(args, "watch", False))
+    # A task that ends leaves the default list; -w still prints how it ended.
+    history = all_tasks or (watching and kind == "tasks")
 
     async def fetch(control: ControlClient) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
-        items = await control.get(
-            kind, name=name, service=service, all_tasks=all_tasks or bool(name)
-        )
+        items = await control.get(kind, name=name, service=service, all_tasks=history or bool(name))
+        if service and not items:
+            # Like `get services nope`: a service that does not exist is an error
+            # (NOT_FOUND, exit 1), not an empty list.
+            await control.get("services", name=service)
         counts = None
         if kind == "nodes" and args.output in ("table", "wide"):
             counts = await _node_task_counts(control)
         return items, counts
 
+    if watching:
+        return _watch(args, kind, fetch, everything=all_tasks or bool(name))
     items, counts = _run(args, fetch)
     if name and not items:
         raise NotFoundError(f"{kind[:-1]} {name!r} not found")
     _print_items(kind, name, items, args.output, counts)
+    return 0
+
+
+# How often `get -w` asks again.
+WATCH_PERIOD = 1.0
+
+
+def _key(kind: str, item: dict[str, Any]) -> str:
+    return str(item["metadata"]["name"]) if kind == "services" else str(item.get("id"))
+
+
+def _row(kind: str, item: dict[str, Any], fmt: str, counts: dict[str, int] | None) -> str:
+    """One object as `get -w` prints a change: a table row, or one JSON/YAML document."""
+    if fmt == "json":
+        import json
+
+        return json.dumps(item)
+    if fmt == "yaml":
+        return "---\n" + output.dump(item, "yaml")
+    wide = fmt == "wide"
+    if kind == "services":
+        table = output.services_table([item], wide)
+    elif kind == "tasks":
+        table = output.tasks_table([item], wide)
+    else:
+        table = output.nodes_table([item], counts, wide)
+    return table.splitlines()[-1]
+
+
+def _watch(
+    args: argparse.Namespace,
+    kind: str,
+    fetch: Callable[[ControlClient], Awaitable[tuple[list[dict[str, Any]], dict[str, int] | None]]],
+    everything: bool,
+) -> int:
+    """``get -w``: the list, then every object again each time it changes, until Ctrl-C.
+
+    Tasks are fetched with their history, so a task shown once is shown again when
+    it ends; finished tasks never shown (without ``-a``) stay out, as in the list.
+    """
+    import asyncio
+
+    def listed(item: dict[str, Any]) -> bool:
+        if kind != "tasks" or everything:
+            return True
+        from shoal.cli.waiting import is_terminal
+
+        return item.get("desiredState") == "running" or not is_terminal(item)
+
+    async def watch(control: ControlClient) -> None:
+        shown: dict[str, dict[str, Any]] = {}
+        first = True
+        while True:
+            items, counts = await fetch(control)
+            items = [i for i in items if listed(i) or _key(kind, i) in shown]
+            if first:
+                if args.output in ("table", "wide"):
+                    _print_items(kind, None, items, args.output, counts)
+                else:
+                    for item in items:
+                        _out(_row(kind, item, args.output, counts))
+                shown = {_key(kind, i): i for i in items}
+                first = False
+            else:
+                for item in items:
+                    key = _key(kind, item)
+                    if shown.get(key) != item:
+                        _out(_row(kind, item, args.output, counts))
+                    shown[key] = item
+            await asyncio.sleep(WATCH_PERIOD)
+
+    try:
+        _run(args, watch)
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
@@ -320,6 +402,12 @@ def configure_get(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-a", "--all", action="store_true", help="tasks: include finished tasks kept as history"
     )
+    parser.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="after the list, print each object again whenever it changes (Ctrl-C stops)",
+    )
 
 
 def configure_describe(parser: argparse.ArgumentParser) -> None:
@@ -392,7 +480,10 @@ def configure_logs(parser: argparse.ArgumentParser) -> None:
     server_option(parser)
     parser.add_argument("service", metavar="SERVICE")
     parser.add_argument(
-        "-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C"
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new lines, of tasks that start later too, until Ctrl-C",
     )
     parser.add_argument(
         "--tail", type=whole_number, metavar="N", help="start with the last N lines of each task"

@@ -18,6 +18,7 @@ from shoal.cli.output import (
     age_since,
     command_line,
     format_bytes,
+    format_units,
     node_labels,
     parse_time,
     render_table,
@@ -90,15 +91,9 @@ def _tasks(tasks: list[dict[str, Any]], by_node: bool) -> list[str]:
             task_message(task) or "-",
         ]
         if units:
-            row.insert(3, _units(task.get("resources") or {}))
+            row.insert(3, format_units(task.get("resources") or {}))
         rows.append(row)
     return render_table(headers, rows).splitlines()
-
-
-def _units(resources: dict[str, list[str]]) -> str:
-    """``{gpu: [0, 1]}`` → ``gpu=0,1``."""
-    shown = " ".join(f"{kind}={','.join(units)}" for kind, units in sorted(resources.items()))
-    return shown or "-"
 
 
 def _dependencies(spec: dict[str, Any]) -> str:
@@ -250,7 +245,7 @@ def describe_node(payload: dict[str, Any]) -> str:
         ("Labels", _mapping(node_labels(node))),
         ("CPUs", f"{description.get('cpus', 0):g}"),
         ("Memory", format_bytes(int(description.get("memory", 0)))),
-        ("Resources", _units(description.get("genericResources") or {})),
+        ("Resources", format_units(description.get("genericResources") or {})),
         ("Agent version", description.get("agentVersion") or "-"),
     ]
     if status.get("message"):

@@ -145,6 +145,12 @@ def slot_label(key: str) -> str:
     return f"slot {key}" if key.isdigit() else key
 
 
+def format_units(resources: dict[str, list[str]]) -> str:
+    """Generic resource units, ``{gpu: [0, 1]}`` → ``gpu=0,1``; none: ``-``."""
+    shown = " ".join(f"{kind}={','.join(units)}" for kind, units in sorted(resources.items()))
+    return shown or "-"
+
+
 def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
     headers = ["NAME", "SERVICE", "SLOT", "NODE", "DESIRED", "STATE", "AGE", "MESSAGE"]
     if wide:
@@ -159,6 +165,7 @@ def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
             "AGE",
             "EXIT",
             "PID",
+            "RESOURCES",
             "MESSAGE",
         ]
     rows = []
@@ -182,6 +189,7 @@ def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
             row[8:8] = [
                 "-" if exit_code is None else str(exit_code),
                 "-" if pid is None else str(pid),
+                format_units(task.get("resources") or {}),
             ]
         rows.append(row)
     return render_table(headers, rows)
@@ -213,7 +221,16 @@ def nodes_table(
 ) -> str:
     headers = ["NAME", "STATE", "AVAILABILITY", "RUNTIMES", "TASKS", "AGE"]
     if wide:
-        headers += ["HOSTNAME", "ADDRESS", "CPUS", "MEMORY", "VERSION", "LABELS", "MESSAGE"]
+        headers += [
+            "HOSTNAME",
+            "ADDRESS",
+            "CPUS",
+            "MEMORY",
+            "RESOURCES",
+            "VERSION",
+            "LABELS",
+            "MESSAGE",
+        ]
     rows = []
     for node in items:
         description = node.get("description", {})
@@ -234,6 +251,7 @@ def nodes_table(
                 status.get("address") or "-",
                 f"{description.get('cpus', 0):g}",
                 format_bytes(int(description.get("memory", 0))),
+                format_units(description.get("genericResources") or {}),
                 description.get("agentVersion") or "-",
                 labels or "-",
                 status.get("message") or "-",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -99,6 +100,30 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     cause = f"stack deploy {' '.join('-c ' + f for f in args.compose_file)} {stack.name}"
 
     async def deploy(control: ControlClient) -> dict[str, Any]:
+        created: list[str] = []
+        try:
+            await create_secrets(control, created)
+            result: dict[str, Any] = await control.apply(
+                [*stack.configs, *stack.services],
+                apply_set={
+                    "set": _set(stack.name),
+                    "prune": True,
+                    "allowEmpty": False,
+                    "source": source,
+                },
+                cause=cause,
+            )
+        except BaseException:
+            # A refused deploy changes nothing: the secrets it just created go again.
+            if created:
+                with contextlib.suppress(ApiError):
+                    await control.remove_files("secret", created)
+            raise
+        for name in created:
+            print(f"secret/{name} created")
+        return result
+
+    async def create_secrets(control: ControlClient, created: list[str]) -> None:
         for secret in stack.secrets:
             try:
                 reply = await control.create_file(
@@ -113,18 +138,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                     "(its name: key in the file's top-level secrets)"
                 ) from exc
             if not reply.get("unchanged"):
-                print(f"secret/{secret.name} created")
-        result: dict[str, Any] = await control.apply(
-            [*stack.configs, *stack.services],
-            apply_set={
-                "set": _set(stack.name),
-                "prune": True,
-                "allowEmpty": False,
-                "source": source,
-            },
-            cause=cause,
-        )
-        return result
+                created.append(secret.name)
 
     response = _call(args, deploy)
     for result in response.get("results", []):
@@ -191,7 +205,16 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from shoal.cli.waiting import wait_tasks_gone
 
     async def remove(control: ControlClient) -> None:
-        await _stack_services(control, args.stack)  # NotFound for a stack that never was
+        files = {
+            kind: [
+                str(item["metadata"]["name"])
+                for item in await control.get_files(kind)
+                if item.get("metadata", {}).get("labels", {}).get(STACK_LABEL) == args.stack
+            ]
+            for kind in ("config", "secret")
+        }
+        if await control.apply_set(_set(args.stack)) is None and not any(files.values()):
+            await _stack_services(control, args.stack)  # NotFound for a stack that never was
         response = await control.apply(
             [],
             apply_set={"set": _set(args.stack), "prune": True, "allowEmpty": True},
@@ -200,12 +223,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
         pruned = [str(r["name"]) for r in response.get("results", []) if r["action"] == "pruned"]
         for name in pruned:
             print(f"service/{name} removed")
-        for kind in ("config", "secret"):
-            owned = [
-                str(item["metadata"]["name"])
-                for item in await control.get_files(kind)
-                if item.get("metadata", {}).get("labels", {}).get(STACK_LABEL) == args.stack
-            ]
+        for kind, owned in files.items():
             if owned:
                 await control.remove_files(kind, owned)
                 for name in owned:

@@ -10,7 +10,6 @@ shape with ``status``), lists as ``{"items": [...]}``.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +24,7 @@ from shoal.manager.backupapi import BackupApi
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.eventsapi import EventsApi
 from shoal.manager.jobs import JobControl
+from shoal.manager.logstream import ServiceLogs
 from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
 from shoal.manager.syncapi import SyncApi
@@ -409,40 +409,16 @@ class Control:
     async def logs(
         self, request: Payload, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Payload]:
-        name = str(request["service"])
-        if self.informer.service(name) is None and not self.informer.tasks_by_service.get(name):
-            raise NotFoundError(f"service {name!r} not found")
-        follow = bool(request.get("follow"))
+        """A service's output (``shoal.manager.logstream``); ``follow`` follows the service."""
         tail = request.get("tail")
-        by_node: dict[str, list[str]] = defaultdict(list)
-        names: dict[str, str] = {}
-        for entry in self.informer.tasks_of_service(name):
-            task = entry.obj
-            if task.node_id and task.status.state not in (TaskState.PENDING, TaskState.ASSIGNED):
-                by_node[task.node_id].append(task.id)
-                names[task.id] = task.name
-        subscription, missing = self.dispatcher.request_logs(by_node, follow, tail)
-        try:
-            for node_id in missing:
-                yield {
-                    "taskId": "",
-                    "task": "",
-                    "line": f"(node {node_id} is not connected; its logs are unavailable)",
-                }
-            remaining = len(by_node) - len(missing)
-            while remaining > 0:
-                item = await subscription.queue.get()
-                if item is None:
-                    remaining -= 1
-                    continue
-                task_id = str(item.get("taskId", ""))
-                yield {
-                    "taskId": task_id,
-                    "task": names.get(task_id, task_id),
-                    "line": item.get("line", ""),
-                }
-        finally:
-            self.dispatcher.end_logs(subscription, list(by_node))
+        if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
+            raise ValueError(f"tail: must be a whole number >= 0 (got {tail!r})")
+        service = request.get("service")
+        if not isinstance(service, str) or not service:
+            raise ValueError("service: name the service whose logs to send")
+        logs = ServiceLogs(self.informer, self.dispatcher)
+        async for item in logs.stream(service, bool(request.get("follow")), tail):
+            yield item
 
     async def version(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
         await asyncio.sleep(0)

@@ -191,13 +191,31 @@ def _scope(obj: str) -> tuple[str | None, str | None]:
 
 
 @dataclass(slots=True)
+class _Summary:
+    """Events folded together while busy; made an ``Event`` when there is room."""
+
+    first: Event
+    count: int
+    time: datetime
+    last: str  # "object: message" of the newest
+
+    def event(self) -> Event:
+        return replace(
+            self.first,
+            time=self.time,
+            count=self.count,
+            message=f"{self.count} events like this one while busy; last: {self.last}",
+        )
+
+
+@dataclass(slots=True)
 class _Counts:
     recorded: int = 0
     aggregated: int = 0
     dropped: int = 0
     written: int = 0
     trimmed: int = 0
-    summaries: dict[tuple[str, str, bool], Event] = field(default_factory=dict)
+    summaries: dict[tuple[str, str, bool], _Summary] = field(default_factory=dict)
 
 
 class EventRecorder:
@@ -249,6 +267,9 @@ class EventRecorder:
         last = self._newest(self._last.get(obj, ""))
         if last is not None and last.reason == reason and last.message == message:
             event = replace(last, time=now, count=last.count + 1, warning=warning)
+        elif self.store is not None and len(self._pending) >= self.settings.max_pending:
+            self._aggregate(obj, reason, message, warning, service or own_service, now)
+            return
         else:
             event = Event(
                 time=now,
@@ -268,7 +289,8 @@ class EventRecorder:
             self._trim_local()
             return
         if event.id not in self._pending and len(self._pending) >= self.settings.max_pending:
-            self._aggregate(event)
+            # A repeat of an event already written, while busy: folded like the others.
+            self._aggregate(obj, reason, message, warning, event.service, now)
             return
         self._pending[event.id] = event
         self._last[obj] = event.id
@@ -287,30 +309,39 @@ class EventRecorder:
     def _newest(self, event_id: str) -> Event | None:
         return self._pending.get(event_id) or self._cache.get(event_id)
 
-    def _aggregate(self, event: Event) -> None:
+    def _aggregate(
+        self,
+        obj: str,
+        reason: str,
+        message: str,
+        warning: bool,
+        service: str | None,
+        now: datetime,
+    ) -> None:
+        """Fold one more event into its summary: a dict update, no new objects."""
         counts = self._counts
-        scope = f"service/{event.service}" if event.service else event.object
-        key = (scope, event.reason, event.warning)
+        scope = f"service/{service}" if service else obj
+        key = (scope, reason, warning)
         summary = counts.summaries.get(key)
-        if summary is None and len(counts.summaries) >= self.settings.max_summaries:
-            counts.dropped += 1
-            return
-        counts.aggregated += 1
         if summary is None:
-            summary = replace(
-                event,
+            if len(counts.summaries) >= self.settings.max_summaries:
+                counts.dropped += 1
+                return
+            first = Event(
+                time=now,
                 object=scope,
-                node=None,
-                count=0,
-                id=self._new_id(event.time),
+                reason=reason,
+                message="",
+                warning=warning,
+                service=service,
+                first_time=now,
+                id=self._new_id(now),
             )
-        counts.summaries[key] = replace(
-            summary,
-            time=event.time,
-            count=summary.count + 1,
-            message=f"{summary.count + 1} events like this one while busy; last: "
-            f"{event.object}: {event.message}",
-        )
+            summary = counts.summaries[key] = _Summary(first, 0, now, "")
+        counts.aggregated += 1
+        summary.count += 1
+        summary.time = now
+        summary.last = f"{obj}: {message}"
 
     # --------------------------------------------------------------- reading
 
@@ -493,7 +524,7 @@ class EventRecorder:
         room = self.settings.max_pending - len(self._pending)
         while counts.summaries and room > 0:
             key = next(iter(counts.summaries))
-            summary = counts.summaries.pop(key)
+            summary = counts.summaries.pop(key).event()
             self._pending[summary.id] = summary
             room -= 1
         batch = {e.id: e for e in list(self._pending.values())[: self.settings.flush_batch]}

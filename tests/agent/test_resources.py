@@ -8,10 +8,14 @@ MIG devices indented beneath their GPU), not on a fake binary.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 
 import pytest
 
+from shoal.agent.agent import AgentSettings
 from shoal.agent.resources import node_resources, nvidia_gpus, parse_resource, resource_flag
+from shoal.agent.simfleet import fleet_settings
 from shoal.errors import ShoalError
 
 TWO_GPUS = """\
@@ -77,3 +81,10 @@ def test_flags_win_over_discovery_and_kinds_are_given_once() -> None:
     assert node_resources([("gpu", ["0"])], discover=False) == {"gpu": ["0"]}
     with pytest.raises(ShoalError, match="--resource gpu is given twice"):
         node_resources([("gpu", ["0"]), ("gpu", ["1"])], discover=False)
+
+
+def test_every_simulated_node_has_the_units_given(tmp_path: Path) -> None:
+    base = AgentSettings(managers=["m:1"], token="t", state_dir=tmp_path, name="sim")
+    base = dataclasses.replace(base, resources={"gpu": ["0", "1"]})
+    nodes = fleet_settings(base, 3)
+    assert [n.resources for n in nodes] == [{"gpu": ["0", "1"]}] * 3

@@ -8,6 +8,7 @@ node back the way it found it.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import signal
@@ -257,6 +258,97 @@ def test_logs_follow_streams_new_lines(cluster: Cluster) -> None:
     assert "Traceback" not in follower.stderr.read()
 
 
+def test_logs_follow_follows_the_service_not_its_first_tasks(cluster: Cluster) -> None:
+    cluster.apply(
+        cluster.service(
+            "cl-svc-logs",
+            ["sh", "-c", 'while true; do echo "from $SHOAL_TASK_ID"; sleep 0.2; done'],
+            replicas=1,
+        )
+    )
+    (first,) = cluster.wait_running("cl-svc-logs", 1)
+    follower = subprocess.Popen(
+        shoal_cmd("logs", "cl-svc-logs", "-f", "--server", cluster.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert follower.stdout is not None
+    stdout = follower.stdout
+    seen: set[str] = set()  # task ids whose lines arrived
+
+    def read() -> None:
+        for line in stdout:
+            seen.add(line.rstrip("\n").rpartition("from ")[2])
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_for(lambda: first["id"] in seen, 10, "the first task's lines")
+        cluster.cli("scale", "cl-svc-logs=2")
+        running = cluster.wait_running("cl-svc-logs", 2)
+        (added,) = [t for t in running if t["id"] != first["id"]]
+        wait_for(lambda: added["id"] in seen, 15, "the scaled-up task's lines")
+        os.kill(int(first["status"]["pid"]), signal.SIGKILL)
+        wait_for(
+            lambda: any(
+                t["slot"] == first["slot"] and t["id"] != first["id"]
+                for t in cluster.running("cl-svc-logs")
+            ),
+            20,
+            "a replacement in the first slot",
+        )
+        (replacement,) = [t for t in cluster.running("cl-svc-logs") if t["slot"] == first["slot"]]
+        wait_for(lambda: replacement["id"] in seen, 15, "the replacement's lines")
+        assert follower.poll() is None  # the first task ended; the service goes on
+    finally:
+        follower.send_signal(signal.SIGINT)
+        code = follower.wait(10)
+    assert code == 0
+    assert follower.stderr is not None
+    assert "Traceback" not in follower.stderr.read()
+
+
+def test_get_watch_prints_each_task_again_when_it_changes(cluster: Cluster) -> None:
+    cluster.apply(cluster.service("cl-getw", ["sleep", "300"], replicas=1))
+    (first,) = cluster.wait_running("cl-getw", 1)
+    argv = shoal_cmd("get", "tasks", "--service", "cl-getw", "-w", "-o", "json")
+    watcher = subprocess.Popen(
+        [*argv, "--server", cluster.address], stdout=subprocess.PIPE, text=True
+    )
+    assert watcher.stdout is not None
+    stdout = watcher.stdout
+    printed: list[dict[str, Any]] = []
+
+    def read() -> None:
+        for line in stdout:
+            printed.append(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        wait_for(lambda: any(t["id"] == first["id"] for t in printed), 10, "the list")
+        cluster.cli("scale", "cl-getw=2")
+        wait_for(
+            lambda: any(
+                t["id"] != first["id"] and t["status"]["state"] == "running" for t in printed
+            ),
+            20,
+            "the new task printed once it runs",
+        )
+        os.kill(int(first["status"]["pid"]), signal.SIGKILL)
+        wait_for(
+            lambda: any(
+                t["id"] == first["id"] and t["status"]["state"] == "failed" for t in printed
+            ),
+            20,
+            "the killed task printed again as failed",
+        )
+        assert watcher.poll() is None
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        code = watcher.wait(10)
+    assert code == 0
+
+
 # ---------------------------------------------------------------------- node
 
 
@@ -383,6 +475,8 @@ def test_delete_file_removes_its_services_and_waits_for_their_processes(
     [
         pytest.param(("scale", "cl-nope=3"), id="scale"),
         pytest.param(("get", "services", "cl-nope"), id="get-service"),
+        pytest.param(("get", "tasks", "--service", "cl-nope"), id="get-tasks-of-service"),
+        pytest.param(("logs", "cl-nope"), id="logs"),
         pytest.param(("describe", "service", "cl-nope"), id="describe"),
         pytest.param(("delete", "service", "cl-nope"), id="delete"),
     ],

@@ -258,3 +258,51 @@ def test_depends_on_service_healthy_holds_the_dependent(
     assert (shared / "ready").stat().st_mtime <= created.timestamp()
     assert set(containers(node, "dep-api")) == {api_task["id"]}
     cluster.cli("stack", "rm", "dep")
+
+
+def test_a_deploy_the_manager_refuses_leaves_no_secret_behind(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    write(tmp_path, "pw.txt", "s3cret\n")
+    compose = write(
+        tmp_path,
+        "compose.yaml",
+        f"""\
+        services:
+          app:
+            image: {TEST_IMAGE}
+            command: ["sleep", "300"]
+            secrets: [pw]
+            configs: [settings]
+        secrets:
+          pw: {{file: ./pw.txt}}
+        configs:
+          settings: {{external: true}}
+        """,
+    )
+    refused = cluster.cli("stack", "deploy", "-c", str(compose), "half", check=False)
+    assert refused.returncode == 1 and "no config named 'settings'" in refused.stderr
+    secrets_left = cluster.cli("secret", "ls", "-o", "json").stdout
+    assert "half_pw" not in secrets_left
+    assert cluster.cli("stack", "rm", "half", check=False).returncode == 1  # nothing to remove
+
+    # A stack left with secrets only (its services deleted by hand) can still be removed.
+    kept = write(
+        tmp_path / "kept",
+        "compose.yaml",
+        f"""\
+        services:
+          app:
+            image: {TEST_IMAGE}
+            command: ["sleep", "300"]
+            secrets: [pw]
+        secrets:
+          pw: {{file: ./pw.txt}}
+        """,
+    )
+    write(tmp_path / "kept", "pw.txt", "s3cret\n")
+    cluster.cli("stack", "deploy", "-c", str(kept), "kept")
+    cluster.cli("delete", "service", "kept-app")
+    removed = cluster.cli("stack", "rm", "kept")
+    assert "secret/kept_pw removed" in removed.stdout
+    assert "kept_pw" not in cluster.cli("secret", "ls", "-o", "json").stdout
