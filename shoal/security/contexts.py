@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from shoal.api.address import manager_address
 from shoal.errors import ShoalError
 from shoal.paths import MANAGER_SUBDIR, default_state_dir, endpoint_candidates
 
@@ -199,8 +200,16 @@ def _local(state_dir: Path) -> Context | None:
     return None
 
 
+DEFAULT_PORT = 7420
+
+
 def split_servers(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    """``--server``/``$SHOAL_SERVER``: a comma list of managers as users type them
+    (``localhost``, ``http://host:7420/``, ``[::1]``), each made ``HOST:PORT``."""
+    try:
+        return [manager_address(part, DEFAULT_PORT) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise CredentialsError(f"--server: {exc}") from exc
 
 
 def resolve(
