@@ -2,7 +2,8 @@
 """The README's two commands, from a fresh clone with only Python 3.11+.
 
     python3 deploy/dev.py up      set up .venv, start a one-node cluster running examples/hello.yaml
-    python3 deploy/dev.py test    set up .venv with dev tools; run ruff, mypy and every test
+    python3 deploy/dev.py test    set up .venv with dev tools; ruff, mypy, the docs site, every test
+    python3 deploy/dev.py docs    serve the documentation site at http://127.0.0.1:8000
 
 Both create ``.venv`` in the repository (once) and install shoal into it in
 editable mode, so the ``shoal`` command is ``.venv/bin/shoal``.
@@ -98,16 +99,33 @@ Following the service's logs; press Ctrl-C to delete it and stop the cluster.
     return 0
 
 
+# MkDocs' own notice about its next major version is not ours to print on every build.
+DOCS_ENV = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+
+
 def test() -> int:
-    setup("[dev]")
-    run(BIN / "ruff", "check", "shoal", "tests", "bench", "deploy")
-    run(BIN / "ruff", "format", "--check", "shoal", "tests", "bench", "deploy")
+    setup("[dev,docs]")
+    run(BIN / "ruff", "check", "shoal", "tests", "bench", "deploy", "docs")
+    run(BIN / "ruff", "format", "--check", "shoal", "tests", "bench", "deploy", "docs")
     run(BIN / "mypy")
+    # The site in strict mode: a broken link or anchor fails the run.
+    print("+ mkdocs build --strict", flush=True)
+    subprocess.run(
+        [str(BIN / "mkdocs"), "build", "--strict", "--quiet", "--site-dir", str(ROOT / "site")],
+        cwd=ROOT,
+        env=DOCS_ENV,
+        check=True,
+    )
     return run(BIN / "pytest", "-q", *sys.argv[2:], check=False)
 
 
+def docs() -> int:
+    setup("[docs]")
+    return subprocess.run([str(BIN / "mkdocs"), "serve"], cwd=ROOT, env=DOCS_ENV).returncode
+
+
 def main() -> int:
-    commands = {"up": up, "test": test}
+    commands = {"up": up, "test": test, "docs": docs}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(__doc__, file=sys.stderr)
         return 2
