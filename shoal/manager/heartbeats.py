@@ -29,7 +29,7 @@ the field, as on the main listener.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn
 
@@ -62,8 +62,10 @@ class HeartbeatListener:
         managers: Callable[[], list[str]],
         credentials: grpc.ServerCredentials,
         check: Check,
+        interceptors: Sequence[grpc.ServerInterceptor] = (),
     ) -> None:
         self.dispatcher = dispatcher
+        self.interceptors = list(interceptors)  # e.g. gRPC call metrics
         self.managers = managers
         self.credentials = credentials
         self.check = check
@@ -75,6 +77,7 @@ class HeartbeatListener:
         server = grpc.server(
             ThreadPoolExecutor(THREADS, thread_name_prefix="heartbeats"),
             options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)],
+            interceptors=self.interceptors,
         )
         server.add_generic_rpc_handlers(
             (

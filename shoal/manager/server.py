@@ -254,9 +254,10 @@ class Manager:
         security = self.security
         # gRPC sets SO_REUSEPORT by default, and then a second manager on a port
         # already taken starts "fine" and the kernel splits the clients between them.
+        rpc_metrics = RpcMetrics(self.registry)  # the main listener's and the heartbeats'
         server = grpc.aio.server(
             options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)],
-            interceptors=[RpcMetrics(self.registry).interceptor()],
+            interceptors=[rpc_metrics.interceptor()],
         )
         # Outside in: the per-connection cap and size limits (transport), who may
         # call what (authz: a refused caller takes no admission slot), admission
@@ -312,6 +313,7 @@ class Manager:
             lambda request, context: security.authorizer.node_caller(
                 DISPATCHER_SERVICE, "Heartbeat", request, context
             ),
+            interceptors=[rpc_metrics.thread_interceptor()],
         )
         any_port = f"[{host}]:0" if ":" in host else f"{host}:0"
         heartbeat_port = listener.start(settings.heartbeat_listen or any_port)
