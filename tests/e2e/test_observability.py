@@ -8,6 +8,7 @@ HTTP and parsed with prometheus_client's own text parser, as Prometheus would.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -157,6 +158,13 @@ def test_shoal_up_serves_clients_without_server_flag_and_exports_metrics(
     # The local agent's metrics come out of the same endpoint.
     assert (value(samples, "shoal_agent_task_starts_total", runtime="process") or 0) >= 3
     assert value(samples, "shoal_agent_tasks") == 3.0
+    # Prometheus' discovery lists the one endpoint, as the manager it is.
+    sd = f"http://127.0.0.1:{local_up.metrics_port}/prometheus/sd"
+    with urllib.request.urlopen(sd, timeout=5) as reply:
+        targets = json.loads(reply.read())
+    assert [(t["targets"], t["labels"]["role"]) for t in targets] == [
+        ([f"127.0.0.1:{local_up.metrics_port}"], "manager")
+    ]
 
     deleted = local_up.cli("delete", "service", "hello")
     assert "service/hello deleted" in deleted.stdout
