@@ -50,6 +50,10 @@ NO_DISCOVERY: Final = "until shoal has service discovery"
 NETWORK: Final = "tasks use the engine's default network until shoal has service discovery"
 ENGINE_DEFAULT: Final = "not in shoal's templates: the engine's default applies"
 USE_LIMITS: Final = "use deploy.resources (limits and reservations)"
+LESS_CONFINED: Final = (
+    "not in shoal's templates, and running without it would confine the task less than "
+    "the file asks"
+)
 
 S = ("services", "*")
 D = (*S, "deploy")
@@ -117,13 +121,13 @@ KEYS: Final[dict[tuple[str, ...], Verdict]] = {
     (*S, "stdin_open"): _i("tasks run without a terminal"),
     (*S, "attach"): _i("tasks run without a terminal"),
     (*S, "read_only"): _h("spec.template.readOnly"),
-    (*S, "security_opt"): _i(ENGINE_DEFAULT + " (its default seccomp and AppArmor profiles)"),
+    (*S, "security_opt"): _r(LESS_CONFINED + " (seccomp, AppArmor, no-new-privileges)"),
     (*S, "cgroup"): _i(ENGINE_DEFAULT),
     (*S, "cgroup_parent"): _i(ENGINE_DEFAULT),
     (*S, "ipc"): _i(ENGINE_DEFAULT),
     (*S, "pid"): _i(ENGINE_DEFAULT),
     (*S, "uts"): _i(ENGINE_DEFAULT),
-    (*S, "userns_mode"): _i(ENGINE_DEFAULT),
+    (*S, "userns_mode"): _r(LESS_CONFINED + " (a user namespace)"),
     (*S, "isolation"): _i(ENGINE_DEFAULT),
     (*S, "runtime"): _i(ENGINE_DEFAULT + " (OCI runtime; x-shoal.runtime picks shoal's)"),
     (*S, "platform"): _i(ENGINE_DEFAULT),
