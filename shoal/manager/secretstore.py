@@ -121,8 +121,15 @@ class SecretStore:
             data = _decode_data(request)
             name = metadata.name
             existing = self._table(kind).get(name)
-            if existing is not None and request.get("ifSame") and self.open(existing.obj) == data:
-                # A stack redeployed with the same file: nothing to do.
+            if (
+                existing is not None
+                and request.get("ifSame")
+                and existing.obj.metadata.labels == metadata.labels
+                and self.open(existing.obj) == data
+            ):
+                # A stack redeployed with the same file: nothing to do. Only a
+                # request with the same labels (the same stack) is compared, so
+                # ifSame is no way to test guesses against another's secret.
                 return {kind: existing.obj.view(), "unchanged": True}
             if existing is not None:
                 raise ConflictError(

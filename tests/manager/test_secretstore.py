@@ -137,6 +137,11 @@ async def test_if_same_accepts_the_same_bytes_again_and_only_those(harness: Harn
     with pytest.raises(ConflictError, match="never change"):
         await harness.call("CreateSecret", name="app_pw", data=other, ifSame=True)
     assert harness.secrets.open(harness.informer.secrets["app_pw"].obj) == SECRET
+    # Another stack's request (other labels) learns nothing, even with the right bytes.
+    with pytest.raises(ConflictError, match="never change"):
+        await harness.call(
+            "CreateSecret", name="app_pw", data=encoded, ifSame=True, labels={"shoal.stack": "x"}
+        )
 
 
 async def test_remove_is_refused_while_a_service_uses_it(harness: Harness) -> None:
