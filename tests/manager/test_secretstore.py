@@ -130,12 +130,16 @@ async def test_if_same_accepts_the_same_bytes_again_and_only_those(harness: Harn
     await harness.create("Secret", "app_pw", SECRET)
     created = harness.informer.secrets["app_pw"].revision
     encoded = base64.b64encode(SECRET).decode()
-    again = await harness.call("CreateSecret", name="app_pw", data=encoded, ifSame=True)
+    again = await harness.call(
+        "CreateSecret", name="app_pw", data=encoded, ifSame=True, labels={"a": "b"}
+    )
     assert again["unchanged"] is True
     assert harness.informer.secrets["app_pw"].revision == created
     other = base64.b64encode(b"another password").decode()
     with pytest.raises(ConflictError, match="never change"):
-        await harness.call("CreateSecret", name="app_pw", data=other, ifSame=True)
+        await harness.call(
+            "CreateSecret", name="app_pw", data=other, ifSame=True, labels={"a": "b"}
+        )
     assert harness.secrets.open(harness.informer.secrets["app_pw"].obj) == SECRET
     # Another stack's request (other labels) learns nothing, even with the right bytes.
     with pytest.raises(ConflictError, match="never change"):
