@@ -72,8 +72,8 @@ class EventSettings:
 
     limit: int = 10_000
     ttl: float = 3600.0
-    flush_interval: float = 0.5
-    flush_batch: int = 256
+    flush_interval: float = 1.0
+    flush_batch: int = 128
     max_pending: int = 2048
     max_summaries: int = 512
 
@@ -631,7 +631,6 @@ class _EventsCollector(Collector):
 
 
 _TASK_REASONS = {
-    TaskState.ASSIGNED: ("TaskAssigned", False),
     TaskState.RUNNING: ("TaskRunning", False),
     TaskState.COMPLETE: ("TaskCompleted", False),
     TaskState.FAILED: ("TaskFailed", True),
@@ -643,7 +642,8 @@ _TASK_REASONS = {
 
 def record_task_change(recorder: EventRecorder, old: object, new: object) -> None:
     """A task's observed state moved (an informer change): an event for the states users
-    look for (``pending``, ``accepted`` and ``starting`` pass too quickly to be worth a write).
+    look for (``assigned``, ``accepted`` and ``starting`` pass too quickly to be worth a
+    write: ``running`` names the node).
     """
     if not isinstance(new, Task) or (
         isinstance(old, Task) and old.status.state == new.status.state
