@@ -36,6 +36,7 @@ from shoal.api.transport import (
     DISPATCHER_SERVICE,
     SERVER_OPTIONS,
     Method,
+    Payload,
     service_handler,
 )
 from shoal.errors import DataKeyError
@@ -69,6 +70,7 @@ from shoal.reconciler.scheduler import Scheduler
 from shoal.reconciler.sources import SourceFetcher
 from shoal.reconciler.sync import SyncController
 from shoal.runtimes.registry import runtime_catalogue
+from shoal.security.ca import CertInfo
 from shoal.security.datakey import DataKey, verify_against_store
 from shoal.security.manager import ManagerSecurity
 from shoal.store import open_store
@@ -182,6 +184,15 @@ class Manager:
             self.data_key,
         )
         await self.security.start(config.cluster_id)
+        audit_denied = self.security.audit.denied
+
+        def denied(
+            method: str, reason: str, request: Payload | None, cert: CertInfo | None
+        ) -> None:
+            audit_denied(method, reason, request, cert)
+            self.events.refused(method, reason, request)  # `shoal events --type Warning`
+
+        self.security.authorizer.denied = denied
         self._stack.push_async_callback(self.security.aclose)
         self.informer = Informer(store, typed, self.restarts)
         await self.informer.start()

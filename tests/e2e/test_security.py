@@ -155,6 +155,11 @@ def test_viewer_reads_and_is_refused_writes(cluster: Cluster, tmp_path: Path) ->
     assert refused_code(cluster.address, viewer, "Apply", {"services": []}) == "PERMISSION_DENIED"
     entries = [e for e in audit(cluster) if e["method"] == "Apply" and e["user"] == "bob"]
     assert entries and all(e["outcome"] == "PERMISSION_DENIED" for e in entries)
+    refusals = json.loads(cluster.cli("events", "--object", "call/Apply", "-o", "json").stdout)
+    assert any(
+        e["reason"] == "PermissionDenied" and e["type"] == "Warning" and "bob" in e["message"]
+        for e in refusals["items"]
+    )
     added = [e for e in audit(cluster) if e["method"] == "UserAdd"]
     assert added[-1]["user"] == "admin" and added[-1]["outcome"] == "OK"
 
