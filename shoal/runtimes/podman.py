@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import signal as signals
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,6 +50,9 @@ from shoal.runtimes.containers import (
 )
 
 DEFAULT_SOCKET = "unix:///run/podman/podman.sock"
+# An inspect that races the container's exit (see PodmanEngine.inspect) is asked again.
+_INSPECT_ATTEMPTS = 5
+_INSPECT_RETRY = 0.05
 
 
 def _explain(exc: BaseException) -> str:
@@ -149,9 +153,16 @@ class PodmanEngine(Engine):
 
     def inspect(self, container_id: str) -> ContainerState | None:
         with _mapped(self, f"inspect container {container_id[:12]}"):
-            response = self.api.get(f"/containers/{container_id}/json")
-            if response.status_code == 404:
-                return None
+            for attempt in range(_INSPECT_ATTEMPTS):
+                response = self.api.get(f"/containers/{container_id}/json")
+                if response.status_code == 404:
+                    return None
+                # Podman 4 answers 500 "read /proc/PID/cgroup: no such process" when
+                # the container's process exits during the inspect: ask again.
+                racing = response.status_code == 500 and "no such process" in response.text
+                if not racing or attempt == _INSPECT_ATTEMPTS - 1:
+                    break
+                time.sleep(_INSPECT_RETRY)
             response.raise_for_status()
             return state_from_attrs(response.json())
 

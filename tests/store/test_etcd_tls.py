@@ -30,7 +30,7 @@ async def test_store_works_with_client_certificates(etcd_tls: EtcdCluster) -> No
     finally:
         await store.aclose()
     # What shoal wrote is in etcd, as etcdctl (with its own client certificate) sees it.
-    assert "v" in etcd_tls.etcdctl("get", "tls/works/k", "--print-value-only")
+    assert "v" in etcd_tls.etcdctl("get", "/tls/works/k", "--print-value-only")
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_manager_runs_on_tls_etcd(etcd_tls: EtcdCluster, tmp_path: Path) -> None
 
         wait_for(lambda: status().returncode == 0, 30, "the manager to lead on TLS etcd")
         # The CA it created sits in etcd sealed: its private key never in the clear.
-        keys = etcd_tls.etcdctl("get", "--prefix", "tls/manager/security/ca")
+        keys = etcd_tls.etcdctl("get", "--prefix", "/tls/manager/security/ca")
         assert "PRIVATE KEY" not in keys and "BEGIN CERTIFICATE" in keys
     finally:
         manager.terminate()
