@@ -212,8 +212,12 @@ async def test_watch_from_a_cursor_then_as_written(store: MemoryStore) -> None:
             if len(seen) == 3:
                 return
 
+    async def caught_up() -> None:
+        while len(seen) < 2:  # noqa: ASYNC110 - the follower appends; nothing to wait on
+            await asyncio.sleep(0.001)
+
     follower = asyncio.create_task(follow())
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(caught_up(), 2.0)
     assert seen == ["service/b", "node/n1"]  # a is before the cursor
     log.record("node/n2", "NodeDown", "silent", warning=True)  # filtered out
     log.record("service/c", "Created", "created")
