@@ -32,6 +32,21 @@ def find_cycle(graph: Graph, start: str) -> list[str] | None:
     return None
 
 
+def distinct_cycles(graph: Graph, names: Sequence[str]) -> list[tuple[str, int, list[str]]]:
+    """Every cycle through one of ``names``, each reported once, at the first of ``names``
+    on it: ``(name, index, cycle)``, where ``graph[name][index]`` is the entry that
+    closes the cycle (the one a file:line error points at)."""
+    found: list[tuple[str, int, list[str]]] = []
+    reported: set[frozenset[str]] = set()
+    for name in names:
+        cycle = find_cycle(graph, name)
+        if cycle is None or frozenset(cycle) in reported:
+            continue
+        reported.add(frozenset(cycle))
+        found.append((name, list(graph[name]).index(cycle[1]), cycle))
+    return found
+
+
 def dependency_order(names: Sequence[str], graph: Graph) -> list[str]:
     """``names`` with every one after those of its dependencies that are among ``names``.
 

@@ -52,7 +52,7 @@ from pydantic_core import ErrorDetails
 from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from shoal.dependencies import cycle_message, dependency_order, find_cycle
+from shoal.dependencies import cycle_message, dependency_order, distinct_cycles
 from shoal.errors import SpecError
 from shoal.models.secret import ConfigDocument
 from shoal.models.service import API_VERSION, Service
@@ -185,13 +185,7 @@ class _Load:
         among them is a problem, reported at the entry that closes it."""
         services = {d.name: d for d in documents if isinstance(d, Service)}
         graph = {name: [dep.service for dep in s.spec.depends_on] for name, s in services.items()}
-        reported: set[frozenset[str]] = set()
-        for name in services:
-            cycle = find_cycle(graph, name)
-            if cycle is None or frozenset(cycle) in reported:
-                continue
-            reported.add(frozenset(cycle))
-            index = graph[name].index(cycle[1])
+        for name, index, cycle in distinct_cycles(graph, list(services)):
             where = self.dependency_lines[name][index]
             self.problems.append(
                 f"{where}: spec.dependsOn[{index}].service: {cycle_message(cycle)}"

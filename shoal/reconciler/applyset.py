@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shoal.dependencies import cycle_message, dependency_order, find_cycle
+from shoal.dependencies import cycle_message, dependency_order, distinct_cycles, find_cycle
 from shoal.errors import ApplySetError, SpecError
 from shoal.models import Service
 from shoal.models.sync import ApplySet, ApplySetMember, Sync
@@ -218,17 +218,10 @@ def check_service_dependencies(informer: Informer, services: Sequence[Service]) 
         name: [d.service for d in e.obj.spec.depends_on] for name, e in informer.services.items()
     }
     graph.update({s.name: [d.service for d in s.spec.depends_on] for s in services})
-    problems = []
-    reported: set[frozenset[str]] = set()
-    for service in services:
-        cycle = find_cycle(graph, service.name)
-        if cycle is None or frozenset(cycle) in reported:
-            continue
-        reported.add(frozenset(cycle))
-        index = graph[service.name].index(cycle[1])
-        problems.append(
-            f"service/{service.name}: spec.dependsOn[{index}].service: {cycle_message(cycle)}"
-        )
+    problems = [
+        f"service/{name}: spec.dependsOn[{index}].service: {cycle_message(cycle)}"
+        for name, index, cycle in distinct_cycles(graph, [s.name for s in services])
+    ]
     if problems:
         raise SpecError(problems)
     by_name = {s.name: s for s in services}
