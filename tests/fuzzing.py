@@ -38,6 +38,7 @@ CONTROL_METHODS = [
     ("GetConfigs", False), ("RemoveConfig", False), ("Token", False), ("UserAdd", False),
     ("UserList", False), ("UserRemove", False), ("NodeRemove", False), ("Version", False),
     ("ClusterStatus", False), ("Logs", True), ("WatchEvents", True), ("Backup", True),
+    ("UiLogin", False),
 ]  # fmt: skip
 DISPATCHER_METHODS = [("Heartbeat", False), ("UpdateTaskStatus", False), ("Session", True)]
 # PublishLogs is client-streaming: its messages are checked one by one (transport).

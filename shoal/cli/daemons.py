@@ -74,6 +74,15 @@ def _common(parser: argparse.ArgumentParser, listen: bool = True) -> None:
     parser.add_argument(
         "--metrics-listen", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics here"
     )
+    if listen:
+        parser.add_argument(
+            "--http-listen",
+            default=None,
+            metavar="HOST:PORT",
+            help="serve the HTTP API and web UI here (plain HTTP: keep it on loopback; "
+            "docs/ui.md); `shoal up` defaults to --listen's host and port + 3, "
+            "`off` turns it off",
+        )
 
 
 def _node_identity(parser: argparse.ArgumentParser, name_help: str) -> None:
@@ -306,6 +315,7 @@ async def _up(args: argparse.Namespace) -> int:
         heartbeat_period=args.heartbeat_period,
         join_listen=args.join_listen,
         cert_expiry=args.cert_expiry,
+        http_listen=_http_listen(args.http_listen, args.listen, default_on=True),
     )
     async with open_manager(settings) as manager:
         name = args.name or socket.gethostname()
@@ -328,6 +338,10 @@ async def _up(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            if manager.web.url:
+                print(
+                    f"web UI on {manager.web.url} (sign in: shoal ui)", file=sys.stderr, flush=True
+                )
             await agent.wait()
             return _agent_exit(agent.fatal)
 
@@ -350,11 +364,13 @@ async def _manager(args: argparse.Namespace) -> int:
         disruption_threshold=args.disruption_threshold,
         heartbeat_listen=args.heartbeat_listen,
         events=EventSettings(limit=args.event_limit, ttl=args.event_ttl),
+        http_listen=_http_listen(args.http_listen, args.listen, default_on=False),
     )
     async with open_manager(settings) as manager:
+        web = f", web UI on {manager.web.url}" if manager.web.url else ""
         print(
             f"shoal manager listening on {manager.address} (join on {manager.join_address}), "
-            f"admin credentials in {manager.admin_bundle}",
+            f"admin credentials in {manager.admin_bundle}{web}",
             file=sys.stderr,
             flush=True,
         )
@@ -392,6 +408,19 @@ async def _agent(args: argparse.Namespace) -> int:
     async with open_agent(settings) as agent:
         await agent.wait()
         return _agent_exit(agent.fatal)
+
+
+def _http_listen(value: str | None, listen: str, default_on: bool) -> str | None:
+    """--http-listen: ``off``, an address, or (``shoal up``) --listen's host and port + 3."""
+    from shoal.api.address import split_host_port
+
+    if value is not None:
+        return None if value in ("off", "") else value
+    if not default_on:
+        return None
+    host, port = split_host_port(listen)
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port + 3 if port else 0}"
 
 
 def _runtime_options(items: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:

@@ -108,6 +108,7 @@ VERBS: tuple[Verb, ...] = (
         "shoal.cli.identity:configure_context",
     ),
     Verb("version", "print the client and server versions", "shoal.cli.version:configure"),
+    Verb("ui", "print a login link for the web UI", "shoal.cli.ui:configure"),
     Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),
     Verb("events", "what the cluster did and why (-w to follow)", "shoal.cli.events:configure"),
     Verb("store", "back up the store, restore it", "shoal.cli.store:configure"),

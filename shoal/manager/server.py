@@ -41,6 +41,7 @@ from shoal.api.transport import (
 )
 from shoal.errors import DataKeyError
 from shoal.exposition import reachable_address, serve_metrics
+from shoal.http.server import WebUi
 from shoal.manager.admission import Admission, AdmissionCollector
 from shoal.manager.control import Control
 from shoal.manager.discovery import SD_PATH, discovery_route
@@ -117,6 +118,8 @@ class ManagerSettings:
     disruption_threshold: float = 0.55
     # How many events are kept, and for how long (shoal.reconciler.events).
     events: EventSettings = field(default_factory=EventSettings)
+    # The HTTP API and web UI (shoal.http), off unless given.
+    http_listen: str | None = None
 
     @property
     def join_address(self) -> str:
@@ -254,6 +257,7 @@ class Manager:
             secret_store=self.secret_store,
         )
         self.heartbeat_address: str | None = None
+        self.web = WebUi()
         router = Router(
             self.election,
             store,
@@ -274,16 +278,15 @@ class Manager:
         # call what (authz: a refused caller takes no admission slot), admission
         # (shed when busy), the audit log, leader routing, the handlers.
         self.admission = Admission()
-        control_methods = security.control(
-            router.control(
-                {
-                    **self.control.methods(),
-                    **self.secret_store.methods(),
-                    **security.control_methods(self.informer, router.manager_addresses),
-                }
-            ),
-            admit=self.admission.control,
+        routed = router.control(
+            {
+                **self.control.methods(),
+                **self.secret_store.methods(),
+                **security.control_methods(self.informer, router.manager_addresses),
+                **self.web.login.methods(),
+            }
         )
+        control_methods = security.control(routed, admit=self.admission.control)
         dispatcher_methods = security.nodes(
             DISPATCHER_SERVICE,
             self.admission.dispatcher(router.dispatcher(self.dispatcher.methods())),
@@ -332,6 +335,14 @@ class Manager:
         advertised_host, _ = split_host_port(settings.advertise or self.address)
         self.heartbeat_address = f"{advertised_host}:{heartbeat_port}"
         metrics_address = self._serve_metrics()
+        if settings.http_listen:
+            await self.web.start(
+                settings.http_listen,
+                security.audited(routed, admit=self.admission.control),
+                lambda caller: security.state.is_revoked("user", caller.name, caller.issued_at),
+                lambda method, reason, request: denied(method, reason, request, None),
+            )
+            self._stack.push_async_callback(self.web.aclose)
         self.election.me = self.election.me.model_copy(
             update={
                 "address": settings.advertise or self.address,
@@ -379,6 +390,7 @@ class Manager:
             ca=security.ca.digest,
             store=settings.store_url,
             metrics_port=self.metrics_port,
+            http=self.web.url,
             nodes=len(self.informer.nodes),
             services=len(self.informer.services),
         )

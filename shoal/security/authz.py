@@ -8,9 +8,11 @@ not exposed otherwise) and decides:
 
 * ``Control``: user certificates; role ``admin`` may call everything, ``viewer``
   only the reads (``VIEWER_METHODS`` and any method whose name starts with one of
-  ``READ_PREFIXES``). A manager certificate may call Control only to forward a
-  user's call (``x-shoal-caller`` metadata, set by the follower that authorized
-  it); the forwarded caller is then checked like a direct one.
+  ``READ_PREFIXES``) and what any user may do for itself (``SELF_METHODS``: a
+  web UI login link for its own identity, audited like a write). A manager
+  certificate may call Control only to forward a user's call (``x-shoal-caller``
+  metadata, set by the follower that authorized it); the forwarded caller is
+  then checked like a direct one.
 * ``Dispatcher`` and ``Certificates``: node certificates (worker or manager); a
   request naming a node (``nodeId``) must name the certificate's own node.
 * every call: the certificate's O is this cluster and its holder was not removed
@@ -23,9 +25,10 @@ audit log (``shoal.security.audit``) records mutating Control calls with it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -43,6 +46,8 @@ VIEWER_METHODS = frozenset({"Get", "Describe", "Logs", "Version", "ClusterStatus
 READ_PREFIXES = ("Get", "List", "Describe", "Watch", "Diff", "Events")
 # Reads that still reveal credentials or identities: admin only.
 ADMIN_READS = frozenset({"UserList", "Token"})
+# Calls any user makes for itself, whatever its role (audited: they are not reads).
+SELF_METHODS = frozenset({"UiLogin"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,26 @@ def forward_metadata() -> tuple[tuple[str, str], ...]:
     """Metadata that lets the leader see who the forwarded call is from."""
     caller = _CALLER.get()
     return ((CALLER_METADATA, caller.header()),) if caller is not None else ()
+
+
+def check_role(caller: Caller, method: str) -> None:
+    """Refuse ``method`` to a caller whose role may not call it (gRPC and HTTP alike)."""
+    if caller.role != ROLE_ADMIN and not is_read(method) and method not in SELF_METHODS:
+        raise AuthError(
+            f"user {caller.name} has role {caller.role}, which may only read; "
+            f"Control.{method} needs role admin"
+        )
+
+
+@contextlib.contextmanager
+def acting_as(caller: Caller) -> Iterator[None]:
+    """Run handlers as ``caller`` (``current_caller()``, ``forward_metadata()``): what a
+    listener that authenticates its callers another way (the web UI's sessions) needs."""
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
 
 
 def is_read(method: str) -> bool:
@@ -167,11 +192,7 @@ class Authorizer:
                 f"{info.role} certificate of node {info.common_name} cannot call "
                 f"Control.{method}: the Control API wants a user certificate"
             )
-        if caller.role != ROLE_ADMIN and not is_read(method):
-            raise AuthError(
-                f"user {caller.name} has role {caller.role}, which may only read; "
-                f"Control.{method} needs role admin"
-            )
+        check_role(caller, method)
         return caller
 
     def node_caller(

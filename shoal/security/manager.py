@@ -114,7 +114,16 @@ class ManagerSecurity:
         """The Control service's methods, audited and authorized; ``admit`` (the
         manager's admission gate) wraps them between the two, so a caller that is
         refused takes no admission slot and a call that is shed is still audited."""
-        return self.authorizer.control(admit(self.audit.wrap(methods)))
+        return self.authorizer.control(self.audited(methods, admit))
+
+    def audited(
+        self,
+        methods: Mapping[str, Method],
+        admit: Callable[[dict[str, Method]], dict[str, Method]] = dict,
+    ) -> dict[str, Method]:
+        """``methods`` audited and admitted, not yet authorized: for a listener that
+        authorizes its callers itself (the web UI, ``shoal.http``) with the same roles."""
+        return admit(self.audit.wrap(methods))
 
     def nodes(self, service: str, methods: Mapping[str, Method]) -> dict[str, Method]:
         return self.authorizer.nodes(service, methods)

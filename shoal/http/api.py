@@ -1,0 +1,494 @@
+"""The HTTP API's routes: each one a Control API call, with the caller's session.
+
+Reads (``GET``) need a session; actions (``POST``) need a session whose role
+may call the Control method behind them (``shoal.security.authz.check_role``:
+a viewer is refused with 403, audited and recorded as an event, just as over
+gRPC) and the session's CSRF header. Streams are server-sent events: the
+events stream starts with recent history and then follows, each event with
+its cursor as the SSE id, so a browser's ``EventSource`` resumes after a drop
+where it stopped (``Last-Event-ID``); a service's logs follow the service.
+
+``ROUTES`` is the one list of routes: ``WebApi.app()`` registers them and
+``/api/v1/openapi.json`` documents them (``shoal.http.schema.openapi``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import BaseModel
+
+from shoal.api.transport import Method, Payload, ServerStream, Unary
+from shoal.errors import AuthError, ShoalError
+from shoal.http import schema
+from shoal.http.calls import CallContext, error_body
+from shoal.http.sessions import COOKIE, CSRF_HEADER, Session, Sessions, SignInError
+from shoal.security.authz import Caller, acting_as, check_role, is_read
+
+log = structlog.get_logger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+# How many past events an events stream starts with (``?limit=`` changes it).
+HISTORY = 200
+# A comment line this often keeps proxies from closing a quiet stream.
+PING = 15.0
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+Handler = Callable[["WebApi", web.Request], Awaitable[web.StreamResponse]]
+
+
+def _route(doc: schema.RouteDoc) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        ROUTES.append((doc, handler))
+        return handler
+
+    return register
+
+
+ROUTES: list[tuple[schema.RouteDoc, Handler]] = []
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "")
+    if value.lower() in ("", "0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{name}: expected true or false (got {value!r})")
+
+
+def _number(request: web.Request, name: str, default: int | None) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return default
+    if not value.isdigit():
+        raise ValueError(f"{name}: must be a whole number >= 0 (got {value!r})")
+    return int(value)
+
+
+def _json(model: BaseModel | Payload) -> web.Response:
+    data = model.model_dump(mode="json", by_alias=True) if isinstance(model, BaseModel) else model
+    return web.Response(
+        body=orjson.dumps(data),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _sse(payload: Payload, event_id: int | None = None, event: str | None = None) -> bytes:
+    lines = []
+    if event:
+        lines.append(f"event: {event}")
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append("data: " + orjson.dumps(payload).decode())
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+class WebApi:
+    """The routes over one manager's Control methods (audited, admitted, routed)."""
+
+    def __init__(
+        self,
+        methods: Mapping[str, Method],
+        sessions: Sessions,
+        revoked: Callable[[Caller], bool],
+        denied: Callable[[str, str, Payload | None], None],
+    ) -> None:
+        self.methods = methods
+        self.sessions = sessions
+        self.revoked = revoked
+        self.denied = denied
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors], client_max_size=1024 * 1024)
+        for doc, handler in ROUTES:
+            app.router.add_route(doc.method, doc.path, self._bind(handler))
+        app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+        return app
+
+    def _bind(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def bound(request: web.Request) -> web.StreamResponse:
+            return await handler(self, request)
+
+        return bound
+
+    @web.middleware
+    async def _errors(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            status, body = exc.status, {"error": {"code": exc.reason, "message": exc.text}}
+            response = web.json_response(body, status=status)
+        except (ShoalError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            status, body = error_body(exc)
+            response = web.json_response(body, status=status)
+        except Exception as exc:  # never a traceback to the client: it is logged
+            log.exception("http.handler_failed", path=request.path)
+            status, body = error_body(exc)
+            response = web.json_response(body, status=status)
+        if not response.prepared:
+            response.headers.update(SECURITY_HEADERS)
+        return response
+
+    # --------------------------------------------------------- sessions
+
+    def session(self, request: web.Request) -> Session:
+        session = self.sessions.open(request.cookies.get(COOKIE))
+        if self.revoked(session.caller):
+            raise SignInError(f"user {session.caller.name} was removed: its sessions are refused")
+        return session
+
+    def _authorize(
+        self, request: web.Request, session: Session, method: str, body: Payload
+    ) -> None:
+        """The role rule of the Control API; and for what writes, the CSRF header."""
+        try:
+            check_role(session.caller, method)
+            if not is_read(method):
+                self.sessions.check_csrf(session, request.headers.get(CSRF_HEADER))
+        except AuthError as exc:
+            if not is_read(method):
+                self.denied(method, str(exc), body)
+            raise
+
+    async def call(self, request: web.Request, method: str, body: Payload) -> Payload:
+        session = self.session(request)
+        handler = self.methods[method]
+        assert isinstance(handler, Unary)
+        with acting_as(session.caller):
+            self._authorize(request, session, method, body)
+            return await handler.handler(body, CallContext(str(request.remote)))
+
+    async def stream(
+        self,
+        request: web.Request,
+        items: Callable[[], AsyncIterator[tuple[Payload, int | None]]],
+    ) -> web.StreamResponse:
+        """Send ``items()`` (payload, SSE id) as server-sent events until the client goes."""
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+                **SECURITY_HEADERS,
+            }
+        )
+        await response.prepare(request)
+        await response.write(b"retry: 2000\n\n")
+
+        async def ping() -> None:
+            while True:
+                await asyncio.sleep(PING)
+                await response.write(b": ping\n\n")
+
+        pinger = asyncio.create_task(ping())
+        try:
+            async for payload, event_id in items():
+                await response.write(_sse(payload, event_id))
+        except (ShoalError, ValueError) as exc:
+            _, body = error_body(exc)
+            with contextlib.suppress(ConnectionError):
+                await response.write(_sse(body, event="failure"))
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await pinger
+        return response
+
+    def control_stream(
+        self, request: web.Request, session: Session, method: str, body: Payload
+    ) -> AsyncIterator[Payload]:
+        handler = self.methods[method]
+        assert isinstance(handler, ServerStream)
+        self._authorize(request, session, method, body)
+        return handler.handler(body, CallContext(str(request.remote)))
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    if request.content_type != "application/json":
+        raise ValueError("request: send a JSON object with Content-Type: application/json")
+    try:
+        raw = await request.json(loads=orjson.loads)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"request: not JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ValueError("request: must be a JSON object")
+    return model.model_validate(raw)
+
+
+# ------------------------------------------------------------------ pages
+
+
+@_route(schema.RouteDoc("GET", "/", "the web UI", None, None, public=True))
+async def index(api: WebApi, request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+
+@_route(
+    schema.RouteDoc(
+        "GET",
+        "/login",
+        "open a login link from `shoal ui`: sets the session cookie, then on to the UI",
+        None,
+        None,
+        query=(("token", "string", "the single-use token of the link"),),
+        public=True,
+    )
+)
+async def login(api: WebApi, request: web.Request) -> web.StreamResponse:
+    session = api.sessions.redeem(request.query.get("token", ""))
+    response = web.HTTPSeeOther("/")
+    response.set_cookie(
+        COOKIE,
+        api.sessions.cookie(session),
+        max_age=int(api.sessions.session_ttl.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="Strict",
+    )
+    log.info("http.signed_in", user=session.caller.name, role=session.caller.role)
+    raise response
+
+
+@_route(schema.RouteDoc("GET", "/api/v1/openapi.json", "this document", None, None, public=True))
+async def openapi_document(api: WebApi, request: web.Request) -> web.StreamResponse:
+    return _json(schema.openapi([doc for doc, _ in ROUTES]))
+
+
+@_route(schema.RouteDoc("GET", "/api/v1/session", "who is signed in", None, schema.SessionView))
+async def session_view(api: WebApi, request: web.Request) -> web.StreamResponse:
+    session = api.session(request)
+    try:
+        check_role(session.caller, "Scale")
+        actions = True
+    except AuthError:
+        actions = False
+    return _json(
+        schema.SessionView(
+            user=session.caller.name,
+            role=session.caller.role,
+            csrf=api.sessions.csrf_token(session),
+            expires_at=session.expires_at.isoformat(),
+            actions=actions,
+        )
+    )
+
+
+@_route(schema.RouteDoc("POST", "/api/v1/logout", "sign out", None, schema.SignedOut))
+async def logout(api: WebApi, request: web.Request) -> web.StreamResponse:
+    session = api.session(request)
+    api.sessions.check_csrf(session, request.headers.get(CSRF_HEADER))
+    api.sessions.end(session)
+    response = _json(schema.SignedOut(signed_out=True))
+    response.del_cookie(COOKIE, path="/")
+    return response
+
+
+# ------------------------------------------------------------------ reads
+
+
+@_route(
+    schema.RouteDoc(
+        "GET",
+        "/api/v1/services",
+        "every service, with desired and running tasks and its rollout",
+        "Get",
+        schema.ServiceList,
+    )
+)
+async def services(api: WebApi, request: web.Request) -> web.StreamResponse:
+    return _json(await api.call(request, "Get", {"kind": "services"}))
+
+
+@_route(
+    schema.RouteDoc(
+        "GET",
+        "/api/v1/services/{name}",
+        "one service: its tasks, notes and recent events",
+        "Describe",
+        schema.ServiceDetail,
+    )
+)
+async def service(api: WebApi, request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    return _json(await api.call(request, "Describe", {"kind": "services", "name": name}))
+
+
+@_route(
+    schema.RouteDoc(
+        "GET",
+        "/api/v1/tasks",
+        "the tasks that run or should (all=true: their history too)",
+        "Get",
+        schema.TaskList,
+        query=(
+            ("service", "string", "only this service's tasks"),
+            ("all", "boolean", "with ended tasks"),
+        ),
+    )
+)
+async def tasks(api: WebApi, request: web.Request) -> web.StreamResponse:
+    body: Payload = {"kind": "tasks", "all": _flag(request, "all")}
+    if request.query.get("service"):
+        body["service"] = request.query["service"]
+    return _json(await api.call(request, "Get", body))
+
+
+@_route(schema.RouteDoc("GET", "/api/v1/nodes", "every node", "Get", schema.NodeList))
+async def nodes(api: WebApi, request: web.Request) -> web.StreamResponse:
+    return _json(await api.call(request, "Get", {"kind": "nodes"}))
+
+
+def _event_filters(request: web.Request) -> Payload:
+    filters: Payload = {}
+    for name in ("service", "node", "type", "object"):
+        if request.query.get(name):
+            filters[name] = request.query[name]
+    return filters
+
+
+@_route(
+    schema.RouteDoc(
+        "GET",
+        "/api/v1/events",
+        "recent events, then each new one as it happens (server-sent events; the "
+        "cursor is the SSE id, Last-Event-ID resumes after it)",
+        "WatchEvents",
+        schema.EventView,
+        stream=True,
+        query=(
+            ("service", "string", "only events of this service (and its tasks)"),
+            ("node", "string", "only events of this node"),
+            ("type", "string", "Normal or Warning"),
+            ("limit", "integer", f"how many past events to start with (default {HISTORY})"),
+        ),
+    )
+)
+async def events(api: WebApi, request: web.Request) -> web.StreamResponse:
+    session = api.session(request)
+    filters = _event_filters(request)
+    resume = request.headers.get("Last-Event-ID", "")
+    with acting_as(session.caller):
+        if resume.isdigit():
+            history: list[Payload] = []
+            cursor = int(resume)
+        else:
+            limit = _number(request, "limit", HISTORY)
+            # The list call checks the filters before the stream starts: a bad one is a 400.
+            listed = await api.call(request, "Events", {**filters, "limit": limit or 1})
+            history = list(listed["events"]) if limit else []
+            cursor = int(listed["cursor"])
+        watch = api.control_stream(request, session, "WatchEvents", {**filters, "cursor": cursor})
+
+        async def items() -> AsyncIterator[tuple[Payload, int | None]]:
+            for event in history:
+                yield event, int(event["cursor"])
+            async for item in watch:
+                event = item["event"]
+                yield event, int(event["cursor"])
+
+        return await api.stream(request, items)
+
+
+@_route(
+    schema.RouteDoc(
+        "GET",
+        "/api/v1/services/{name}/logs",
+        "a service's output, followed: tasks that start later join (server-sent events)",
+        "Logs",
+        schema.LogLine,
+        stream=True,
+        query=(("tail", "integer", "the last N lines of each task to start with"),),
+    )
+)
+async def logs(api: WebApi, request: web.Request) -> web.StreamResponse:
+    session = api.session(request)
+    name = request.match_info["name"]
+    tail = _number(request, "tail", 200)
+    with acting_as(session.caller):
+        # A service that does not exist is a 404 before the stream starts.
+        await api.call(request, "Get", {"kind": "services", "name": name})
+        lines = api.control_stream(
+            request, session, "Logs", {"service": name, "follow": True, "tail": tail}
+        )
+
+        async def items() -> AsyncIterator[tuple[Payload, int | None]]:
+            async for line in lines:
+                yield line, None
+
+        return await api.stream(request, items)
+
+
+# ---------------------------------------------------------------- actions
+
+
+@_route(
+    schema.RouteDoc(
+        "POST",
+        "/api/v1/services/{name}/scale",
+        "set a replicated service's replicas",
+        "Scale",
+        schema.ScaleReply,
+        body=schema.ScaleRequest,
+    )
+)
+async def scale(api: WebApi, request: web.Request) -> web.StreamResponse:
+    body = await _body(request, schema.ScaleRequest)
+    name = request.match_info["name"]
+    return _json(await api.call(request, "Scale", {"replicas": {name: body.replicas}}))
+
+
+@_route(
+    schema.RouteDoc(
+        "POST",
+        "/api/v1/services/{name}/rollout",
+        "restart every slot, undo the last rollout (or to a revision), pause, resume, "
+        "promote canaries",
+        "Rollout",
+        schema.RolloutReply,
+        body=schema.RolloutRequest,
+    )
+)
+async def rollout(api: WebApi, request: web.Request) -> web.StreamResponse:
+    body = await _body(request, schema.RolloutRequest)
+    call: Payload = {"name": request.match_info["name"], "action": body.action}
+    if body.to_revision is not None:
+        call["toRevision"] = body.to_revision
+    return _json(await api.call(request, "Rollout", call))
+
+
+@_route(
+    schema.RouteDoc(
+        "POST",
+        "/api/v1/nodes/{name}/availability",
+        "drain a node (its tasks move), pause it (it takes no new ones) or make it active",
+        "UpdateNode",
+        schema.NodeReply,
+        body=schema.AvailabilityRequest,
+    )
+)
+async def availability(api: WebApi, request: web.Request) -> web.StreamResponse:
+    body = await _body(request, schema.AvailabilityRequest)
+    call = {"name": request.match_info["name"], "availability": body.availability.value}
+    return _json(await api.call(request, "UpdateNode", call))

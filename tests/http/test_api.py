@@ -1,0 +1,275 @@
+"""The HTTP API against a real manager: sign-in, reads, actions, roles, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from shoal.errors import ApiError
+from shoal.http.sessions import COOKIE
+from tests.http.conftest import NODE, Browser, Web
+
+
+def audit(web: Web) -> list[dict[str, Any]]:
+    lines = (web.manager.settings.state_dir / "audit.log").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+async def test_a_login_link_signs_in_once(web: Web) -> None:
+    link = await web.control("UiLogin", {})
+    assert link["user"] == "admin" and link["role"] == "admin"
+    assert link["url"].startswith(f"{web.url}/login?token=")
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        async with client.get(link["url"], allow_redirects=False) as response:
+            assert response.status == 303 and response.headers["Location"] == "/"
+            cookie = response.cookies[COOKIE]
+            assert cookie["httponly"] and cookie["samesite"] == "Strict"
+        async with client.get(f"{web.url}/api/v1/session") as response:
+            assert response.status == 200
+            session = await response.json()
+            assert (session["user"], session["role"], session["actions"]) == (
+                "admin",
+                "admin",
+                True,
+            )
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        async with client.get(link["url"], allow_redirects=False) as response:
+            assert response.status == 401  # used already
+            assert "used already" in (await response.json())["error"]["message"]
+        async with client.get(f"{web.url}/api/v1/services") as response:
+            assert response.status == 401
+            body = await response.json()
+            assert body["error"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_a_forged_or_altered_cookie_is_refused(web: Web, admin: Browser) -> None:
+    cookie = next(c for c in admin.client.cookie_jar if c.key == COOKIE)
+    body, _, signature = cookie.value.partition(".")
+    forged = body[:-2] + ("AA" if body[-2:] != "AA" else "BB") + "." + signature
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(
+            f"{web.url}/api/v1/services", headers={"Cookie": f"{COOKIE}={forged}"}
+        ) as response,
+    ):
+        assert response.status == 401
+
+
+async def test_reads_are_what_the_control_api_answers(web: Web, admin: Browser) -> None:
+    await web.apply("api", 2)
+    await web.running("api", 2)
+    status, services = await admin.get("/api/v1/services")
+    assert status == 200
+    [service] = services["items"]
+    assert service["metadata"]["name"] == "api"
+    assert (service["status"]["desiredTasks"], service["status"]["runningTasks"]) == (2, 2)
+    status, tasks = await admin.get("/api/v1/tasks?service=api")
+    assert status == 200
+    assert sorted(t["slot"] for t in tasks["items"]) == [1, 2]
+    assert all(t["name"].startswith("api.") for t in tasks["items"])
+    status, nodes = await admin.get("/api/v1/nodes")
+    assert [n["id"] for n in nodes["items"]] == [NODE]
+    status, detail = await admin.get("/api/v1/services/api")
+    assert status == 200 and len(detail["tasks"]) == 2
+
+
+async def test_an_admin_scales_restarts_and_drains_and_each_is_audited(
+    web: Web, admin: Browser
+) -> None:
+    await web.apply("api", 1)
+    await web.running("api", 1)
+    status, reply = await admin.post("/api/v1/services/api/scale", {"replicas": 3})
+    assert (status, reply) == (200, {"scaled": {"api": 3}})
+    await web.running("api", 3)
+    status, reply = await admin.post("/api/v1/services/api/rollout", {"action": "restart"})
+    assert status == 200 and reply["state"] == "updating"
+    status, reply = await admin.post(
+        f"/api/v1/nodes/{NODE}/availability", {"availability": "drain"}
+    )
+    assert status == 200 and reply["node"]["spec"]["availability"] == "drain"
+    nodes = await web.control("Get", {"kind": "nodes"})
+    assert nodes["items"][0]["spec"]["availability"] == "drain"
+    status, reply = await admin.post(
+        f"/api/v1/nodes/{NODE}/availability", {"availability": "active"}
+    )
+    assert status == 200 and reply["node"]["spec"]["availability"] == "active"
+    records = [(r["user"], r["method"], r["outcome"]) for r in audit(web)]
+    assert ("admin", "UiLogin", "OK") in records
+    for method in ("Scale", "Rollout", "UpdateNode"):
+        assert ("admin", method, "OK") in records
+
+
+async def test_a_viewer_reads_and_is_refused_every_action(web: Web) -> None:
+    await web.apply("api", 1)
+    viewer = await web.browser(await web.viewer())
+    try:
+        status, session = await viewer.get("/api/v1/session")
+        assert (session["role"], session["actions"]) == ("viewer", False)
+        status, _ = await viewer.get("/api/v1/services")
+        assert status == 200
+        for path, body in [
+            ("/api/v1/services/api/scale", {"replicas": 5}),
+            ("/api/v1/services/api/rollout", {"action": "restart"}),
+            (f"/api/v1/nodes/{NODE}/availability", {"availability": "drain"}),
+        ]:
+            status, reply = await viewer.post(path, body)
+            assert status == 403, reply
+            assert reply["error"]["code"] == "PERMISSION_DENIED"
+            assert "role viewer" in reply["error"]["message"]
+    finally:
+        await viewer.close()
+    services = await web.control("Get", {"kind": "services"})
+    assert services["items"][0]["spec"]["replicas"] == 1
+    refused = [r for r in audit(web) if r["outcome"] == "PERMISSION_DENIED"]
+    assert {(r["user"], r["method"]) for r in refused} == {
+        ("vera", "Scale"),
+        ("vera", "Rollout"),
+        ("vera", "UpdateNode"),
+    }
+    events = await web.control("Events", {"type": "Warning"})
+    assert {e["object"] for e in events["events"]} >= {"call/Scale", "call/UpdateNode"}
+
+
+async def test_an_action_without_the_csrf_header_changes_nothing(web: Web, admin: Browser) -> None:
+    await web.apply("api", 1)
+    status, reply = await admin.post("/api/v1/services/api/scale", {"replicas": 4}, csrf=False)
+    assert status == 403 and "X-Shoal-CSRF" in reply["error"]["message"]
+    services = await web.control("Get", {"kind": "services"})
+    assert services["items"][0]["spec"]["replicas"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    [
+        pytest.param("/api/v1/services/api/scale", {"replicas": -1}, 400, "replicas", id="neg"),
+        pytest.param("/api/v1/services/api/scale", {"replica": 2}, 400, "replicas", id="missing"),
+        pytest.param("/api/v1/services/api/scale", [1], 400, "request", id="not-object"),
+        pytest.param("/api/v1/services/nope/scale", {"replicas": 2}, 404, None, id="no-service"),
+        pytest.param("/api/v1/services/api/rollout", {"action": "bogus"}, 400, "action", id="act"),
+        pytest.param(
+            "/api/v1/services/api/rollout", {"action": "undo"}, 400, None, id="nothing-to-undo"
+        ),
+        pytest.param(
+            "/api/v1/nodes/n9/availability", {"availability": "drain"}, 404, None, id="no-node"
+        ),
+        pytest.param(
+            f"/api/v1/nodes/{NODE}/availability", {"availability": "gone"}, 400, "availability",
+            id="availability",
+        ),
+    ],
+)  # fmt: skip
+async def test_bad_requests_name_the_field_and_change_nothing(
+    web: Web, admin: Browser, path: str, body: Any, status: int, field: str | None
+) -> None:
+    await web.apply("api", 1)
+    before = await web.control("Get", {"kind": "services"})
+    got, reply = await admin.post(path, body)
+    assert got == status, reply
+    assert set(reply["error"]) <= {"code", "message", "field"}
+    assert reply["error"].get("field") == field
+    assert "Traceback" not in reply["error"]["message"]
+    after = await web.control("Get", {"kind": "services"})
+    assert after["items"][0]["spec"] == before["items"][0]["spec"]
+
+
+async def test_a_body_that_is_not_json_is_a_400(web: Web, admin: Browser) -> None:
+    headers = {"X-Shoal-CSRF": admin.csrf, "Content-Type": "application/json"}
+    async with admin.client.post(
+        f"{web.url}/api/v1/services/api/scale", data=b"{nope", headers=headers
+    ) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["field"] == "request"
+
+
+async def test_a_removed_users_session_ends(web: Web) -> None:
+    viewer = await web.browser(await web.viewer("gone"))
+    try:
+        assert (await viewer.get("/api/v1/services"))[0] == 200
+        await web.control("UserRemove", {"name": "gone"})
+        status, reply = await viewer.get("/api/v1/services")
+        assert status == 401 and "removed" in reply["error"]["message"]
+    finally:
+        await viewer.close()
+
+
+async def test_signing_out_ends_the_session_even_for_a_kept_cookie(
+    web: Web, admin: Browser
+) -> None:
+    cookie = next(c for c in admin.client.cookie_jar if c.key == COOKIE).value
+    status, _ = await admin.post("/api/v1/logout", {})
+    assert status == 200
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(
+            f"{web.url}/api/v1/services", headers={"Cookie": f"{COOKIE}={cookie}"}
+        ) as response,
+    ):
+        assert response.status == 401
+
+
+async def read_sse(response: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("data: "):
+            found.append(json.loads(line[6:]))
+            if len(found) >= count:
+                break
+    return found
+
+
+async def test_the_event_stream_sends_history_then_new_events(web: Web, admin: Browser) -> None:
+    await web.apply("api", 1)
+    await web.running("api", 1)
+    async with admin.client.get(f"{web.url}/api/v1/events?service=api&limit=1") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        [first] = await read_sse(response, 1)
+        assert first["service"] == "api"
+        await web.control("Scale", {"replicas": {"api": 2}})
+
+        async def scaled() -> dict[str, Any]:
+            while True:
+                [event] = await read_sse(response, 1)
+                if event["reason"] == "Scaled":
+                    return event
+
+        event = await asyncio.wait_for(scaled(), 10)
+        assert event["message"] == "replicas set to 2"
+        assert event["cursor"] > first["cursor"]
+
+
+async def test_a_bad_event_filter_is_a_400_before_the_stream(web: Web, admin: Browser) -> None:
+    status, reply = await admin.get("/api/v1/events?type=Loud")
+    assert status == 400 and reply["error"]["code"] == "INVALID_ARGUMENT"
+
+
+async def test_logs_of_a_missing_service_are_a_404(web: Web, admin: Browser) -> None:
+    status, reply = await admin.get("/api/v1/services/nope/logs")
+    assert status == 404 and "nope" in reply["error"]["message"]
+
+
+async def test_ui_login_without_a_listener_says_how_to_turn_it_on(web: Web) -> None:
+    await web.manager.web.aclose()
+    with pytest.raises(ApiError) as caught:
+        await web.control("UiLogin", {})
+    assert caught.value.code == "FAILED_PRECONDITION"
+    assert "--http-listen" in caught.value.message
+
+
+async def test_the_ui_and_its_assets_are_served_from_the_package(web: Web) -> None:
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{web.url}/") as response:
+            assert response.status == 200
+            page = await response.text()
+            assert '<script type="module" src="/static/app.js">' in page
+            assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        async with client.get(f"{web.url}/static/app.js") as response:
+            assert response.status == 200
+            assert "EventSource" in await response.text()
+        async with client.get(f"{web.url}/static/../sessions.py") as response:
+            assert response.status in (403, 404)
