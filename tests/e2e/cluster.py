@@ -186,6 +186,41 @@ class Cluster:
         wait_for(lambda: self.node_state(name) == "ready", 20, f"node {name} ready")
         return agent
 
+    def start_fleet(self, name: str, count: int) -> Daemon:
+        """One agent process simulating ``count`` nodes (``NAME-1`` …), all ready."""
+        fleet = Daemon(
+            name,
+            shoal_cmd(
+                "agent",
+                "--manager",
+                self.address,
+                "--join",
+                self.join_address,
+                "--token",
+                self.token,
+                "--name",
+                name,
+                "--state-dir",
+                str(self.root / name),
+                "--sim-nodes",
+                str(count),
+            ),
+            self.root / f"fleet-{name}.log",
+        )
+        self.agents[name] = fleet
+        fleet.start()
+
+        def ready() -> int:
+            nodes = (self.try_call("Get", {"kind": "nodes"}) or {}).get("items", [])
+            return sum(
+                1
+                for n in nodes
+                if str(n["id"]).startswith(f"{name}-") and n["status"]["state"] == "ready"
+            )
+
+        wait_for(lambda: ready() == count, 30, f"{count} {name} nodes ready")
+        return fleet
+
     def stop_all(self) -> None:
         for service in [
             s["metadata"]["name"]

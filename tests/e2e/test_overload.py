@@ -24,7 +24,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.cluster import (
     HEARTBEAT,
     Cluster,
-    Daemon,
     cluster_at,
     free_port,
     processes_with_env,
@@ -116,41 +115,6 @@ def test_manager_paused_10s_declares_no_node_down_and_orphans_nothing(
 # ------------------------------------------------------ the disruption guard
 
 
-def start_fleet(cluster: Cluster, name: str, count: int) -> Daemon:
-    fleet = Daemon(
-        name,
-        shoal_cmd(
-            "agent",
-            "--manager",
-            cluster.address,
-            "--join",
-            cluster.join_address,
-            "--token",
-            cluster.token,
-            "--name",
-            name,
-            "--state-dir",
-            str(cluster.root / name),
-            "--sim-nodes",
-            str(count),
-        ),
-        cluster.root / f"fleet-{name}.log",
-    )
-    cluster.agents[name] = fleet
-    fleet.start()
-    wait_for(
-        lambda: (
-            sum(1 for n, s in node_states(cluster).items() if n.startswith(f"{name}-")) == count
-            and all(
-                s == "ready" for n, s in node_states(cluster).items() if n.startswith(f"{name}-")
-            )
-        ),
-        30,
-        f"{count} {name} nodes ready",
-    )
-    return fleet
-
-
 def sim_service(cluster: Cluster, name: str, replicas: int) -> str:
     return cluster.service(name, ["sim"], replicas=replicas, template={"runtime": "sim"})
 
@@ -178,8 +142,8 @@ def test_killing_60_percent_of_the_nodes_engages_the_guard_and_orphans_nothing(
     metered: tuple[Cluster, int],
 ) -> None:
     cluster, metrics_port = metered
-    start_fleet(cluster, "keep", 4)
-    big = start_fleet(cluster, "big", 6)
+    cluster.start_fleet("keep", 4)
+    big = cluster.start_fleet("big", 6)
     cluster.apply(sim_service(cluster, "ov-guard", 20))
     cluster.wait_running("ov-guard", 20)
     before = task_history(cluster, "ov-guard")
@@ -221,8 +185,8 @@ def test_killing_10_percent_of_the_nodes_replaces_their_tasks(
     metered: tuple[Cluster, int],
 ) -> None:
     cluster, _ = metered
-    start_fleet(cluster, "keep", 9)
-    small = start_fleet(cluster, "small", 1)
+    cluster.start_fleet("keep", 9)
+    small = cluster.start_fleet("small", 1)
     cluster.apply(sim_service(cluster, "ov-small", 20))
     cluster.wait_running("ov-small", 20)
     lost = {t for t, (node, _) in task_history(cluster, "ov-small").items() if node == "small-0"}
@@ -248,7 +212,7 @@ def test_a_manager_restart_brings_every_session_back_and_moves_nothing(
     metered: tuple[Cluster, int],
 ) -> None:
     cluster, _ = metered
-    start_fleet(cluster, "herd", 300)
+    cluster.start_fleet("herd", 300)
     cluster.apply(sim_service(cluster, "ov-herd", 300))
     cluster.wait_running("ov-herd", 300, timeout=60)
     before = task_history(cluster, "ov-herd")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import HEARTBEAT, Cluster, Daemon, cluster_at, shoal_cmd, wait_for
+from tests.e2e.cluster import HEARTBEAT, Cluster, cluster_at, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -22,32 +22,6 @@ pytestmark = pytest.mark.slow
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with cluster_at(tmp_path) as running:
         yield running
-
-
-def start_fleet(cluster: Cluster, name: str, count: int) -> Daemon:
-    fleet = Daemon(
-        name,
-        shoal_cmd(
-            "agent",
-            "--manager",
-            cluster.address,
-            "--join",
-            cluster.join_address,
-            "--token",
-            cluster.token,
-            "--name",
-            name,
-            "--state-dir",
-            str(cluster.root / name),
-            "--sim-nodes",
-            str(count),
-        ),
-        cluster.root / f"fleet-{name}.log",
-    )
-    cluster.agents[name] = fleet
-    fleet.start()
-    wait_for(lambda: len(ready_nodes(cluster, name)) == count, 30, f"{count} {name} nodes")
-    return fleet
 
 
 def ready_nodes(cluster: Cluster, prefix: str) -> list[dict[str, object]]:
@@ -69,7 +43,7 @@ def sim_service(
 
 
 def test_simulated_nodes_register_separately_and_share_the_work(cluster: Cluster) -> None:
-    start_fleet(cluster, "sim", 12)
+    cluster.start_fleet("sim", 12)
     nodes = ready_nodes(cluster, "sim")
     assert sorted(str(n["id"]) for n in nodes) == [f"sim-{i:02d}" for i in range(12)]
     for node in nodes:
@@ -86,8 +60,8 @@ def test_simulated_nodes_register_separately_and_share_the_work(cluster: Cluster
 
 
 def test_a_dead_fleet_is_seen_as_dead_nodes_and_its_tasks_move(cluster: Cluster) -> None:
-    start_fleet(cluster, "keep", 4)
-    doomed = start_fleet(cluster, "gone", 4)
+    cluster.start_fleet("keep", 4)
+    doomed = cluster.start_fleet("gone", 4)
     cluster.apply(sim_service(cluster, "sm-move", 16))
     before = cluster.wait_running("sm-move", 16)
     assert {str(t["nodeId"]).split("-")[0] for t in before} == {"keep", "gone"}
@@ -126,7 +100,7 @@ def test_a_dead_fleet_is_seen_as_dead_nodes_and_its_tasks_move(cluster: Cluster)
 
 
 def test_sim_behaviour_drives_exit_codes_restarts_and_rejection(cluster: Cluster) -> None:
-    start_fleet(cluster, "beh", 2)
+    cluster.start_fleet("beh", 2)
     cluster.apply(
         sim_service(
             cluster,
