@@ -43,10 +43,12 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 import shoal
+from shoal.agent.discovery import DnsSettings, NodeDiscovery
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
 from shoal.agent.taskrunner import TaskRunner
 from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channel
+from shoal.discovery.catalog import Catalog
 from shoal.errors import ApiError, AuthError, RuntimeBackendError
 from shoal.exposition import MetricsListener, serve_metrics
 from shoal.models import NodeDescription, RuntimeInfo, Task, TaskState, TaskStatus
@@ -102,6 +104,8 @@ class AgentSettings:
     join: str | None = None
     # A certificate given by whoever starts the agent (``shoal up``), instead of joining.
     identity: TlsIdentity | None = None
+    # Where the agent answers DNS for the ``shoal.`` zone (shoal.agent.discovery).
+    dns: DnsSettings = field(default_factory=DnsSettings)
 
     @property
     def join_address(self) -> str:
@@ -176,6 +180,10 @@ class Agent:
         self.files = TaskFileStore(
             settings.runtime_dir or default_runtime_dir(settings.name, settings.state_dir)
         )
+        # The endpoints of every service, as the managers last sent them; kept when
+        # the session ends, so lookups on this node keep working without managers.
+        self.catalog = Catalog()
+        self.discovery = NodeDiscovery(self.catalog, settings.name, settings.dns, self.registry)
 
     async def start(self) -> None:
         settings = self.settings
@@ -206,6 +214,7 @@ class Agent:
                 self.metrics.runtime_ready(info.name)
             if not info.available:  # e.g. an engine that is not running: say why, once
                 log.warning("agent.runtime_unavailable", runtime=info.name, reason=info.message)
+        await self.discovery.start(self._available_runtimes())
         if settings.metrics_listen:  # reported at registration, for service discovery
             self.metrics_listener = serve_metrics(settings.metrics_listen, self.registry)
         log.info(
@@ -237,8 +246,13 @@ class Agent:
             await runner.aclose()
         for runtime in self.runtimes.values():
             await runtime.aclose()
+        await self.discovery.aclose()
         if self.metrics_listener is not None:
             self.metrics_listener.close()
+
+    def _available_runtimes(self) -> dict[str, Runtime]:
+        working = {info.name for info in self.runtime_info if info.available}
+        return {name: r for name, r in self.runtimes.items() if name in working}
 
     def description(self) -> NodeDescription:
         return NodeDescription(
@@ -489,6 +503,7 @@ class Agent:
             if info != self.runtime_info:
                 log.info("agent.runtimes_changed", runtimes=[r.to_wire() for r in info])
                 self.runtime_info = info
+                await self.discovery.watch_runtimes(self._available_runtimes())
                 return
 
     # ------------------------------------------------------------ assignments

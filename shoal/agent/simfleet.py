@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from shoal.agent.agent import Agent, AgentSettings
+from shoal.agent.discovery import DnsSettings
 from shoal.errors import ApiError, AuthError
 from shoal.security.credentials import IDENTITY_DIR, TlsIdentity
 from shoal.security.enroll import join_many
@@ -54,6 +55,8 @@ def fleet_settings(base: AgentSettings, count: int) -> list[AgentSettings]:
                 state_dir=base.state_dir / name,
                 runtimes=frozenset({"sim"}),
                 metrics_listen=None,
+                # One process, many nodes: no DNS listeners (they would share addresses).
+                dns=DnsSettings(listen=None, containers=False),
             )
         )
     return settings

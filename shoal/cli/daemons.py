@@ -26,6 +26,8 @@ from shoal.paths import default_state_dir
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from shoal.agent.discovery import DnsSettings
+
 
 def _label(value: str) -> tuple[str, str]:
     key, sep, val = value.partition("=")
@@ -113,6 +115,47 @@ def _node_identity(parser: argparse.ArgumentParser, name_help: str) -> None:
     )
 
 
+def _listen_address(value: str) -> str:
+    from shoal.api.address import split_host_port
+
+    if value.lower() == "off":
+        return "off"
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or off") from None
+    return value
+
+
+def _dns_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dns-listen",
+        type=_listen_address,
+        default=None,
+        metavar="HOST:PORT|off",
+        help="answer DNS for the shoal. zone here (default 127.0.0.1:8653; see "
+        "docs/discovery.md for systemd-resolved and dnsmasq)",
+    )
+    parser.add_argument(
+        "--container-dns",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto (default): also answer on port 53 of each container engine's bridge "
+        "gateway and make it the containers' name server",
+    )
+
+
+def _dns_settings(args: argparse.Namespace) -> DnsSettings:
+    from shoal.agent.discovery import DEFAULT_DNS_LISTEN, DnsSettings
+
+    listen = args.dns_listen
+    return DnsSettings(
+        listen=None if listen == "off" else listen or DEFAULT_DNS_LISTEN,
+        required=listen not in (None, "off"),
+        containers=args.container_dns == "auto",
+    )
+
+
 def _identity_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--join-listen",
@@ -151,6 +194,7 @@ def configure_up(up: argparse.ArgumentParser) -> None:
     _node_identity(up, "node name of the local agent (default: hostname)")
     up.add_argument("--heartbeat-period", type=duration, default=2.0, help=argparse.SUPPRESS)
     _identity_options(up)
+    _dns_options(up)
     command(up, lambda args: _run(_up(args)))
 
 
@@ -275,6 +319,7 @@ def configure_agent(agent: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="how often the agent re-checks which runtimes work here (default 5s)",
     )
+    _dns_options(agent)
     _common(agent, listen=False)
     command(agent, lambda args: _run(_agent(args)))
 
@@ -328,6 +373,7 @@ async def _up(args: argparse.Namespace) -> int:
             labels=dict(args.label),
             max_tasks=args.max_tasks,
             resources=node_resources(args.resource),
+            dns=_dns_settings(args),
         )
         async with open_agent(agent_settings) as agent:
             # One process, one /metrics: the agent's metrics join the manager's.
@@ -401,6 +447,7 @@ async def _agent(args: argparse.Namespace) -> int:
         probe_period=args.probe_period,
         max_tasks=args.max_tasks,
         resources=node_resources(args.resource, discover=not args.sim_nodes),
+        dns=_dns_settings(args),
     )
     if args.sim_nodes:
         async with open_sim_fleet(settings, args.sim_nodes) as fleet:

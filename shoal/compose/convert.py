@@ -252,8 +252,11 @@ class Converter:
             put("stopGracePeriod", service.stop_grace_period, "stop_grace_period")
         if service.user is not None:
             put("user", service.user, "user")
-        if service.labels:
-            put("labels", dict(service.labels), "labels")
+        # A stack's containers carry its name: their runtime makes ``<stack>.shoal`` their
+        # first DNS search domain, so the stack's services resolve by their bare names.
+        container_labels = {**service.labels, STACK_LABEL: self.stack} if container else {}
+        if container_labels:
+            put("labels", container_labels, "labels")
         for key, value in (
             ("capAdd", service.cap_add),
             ("capDrop", service.cap_drop),

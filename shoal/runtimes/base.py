@@ -49,6 +49,15 @@ Health probes (optional hooks with defaults that suit host processes)
     The address an ``http`` or ``tcp`` probe connects to. Default ``127.0.0.1``;
     container runtimes answer the container's address.
 
+Service discovery (optional hooks; ``shoal.agent.discovery``)
+``dns_gateway()``
+    The address on this node that the runtime's tasks reach the node at, when it is
+    not the node's own (a container engine's bridge gateway), else None (default:
+    tasks share the node's network and use the node's DNS listener).
+``use_dns(server)``
+    From now on, tasks started get ``server`` (on port 53) as their name server and
+    the ``shoal`` search domains. Default: nothing to do.
+
 Which template fields a runtime accepts is decided at apply time by the models
 (``shoal.models.container``), from the runtime's own declaration
 ``container_fields``: container-only fields (image, ports, mounts, ...) are
@@ -220,3 +229,10 @@ class Runtime(abc.ABC):
     async def probe_host(self, handle: TaskHandle) -> str:
         """Where ``http`` and ``tcp`` probes connect; see the module docstring."""
         return "127.0.0.1"
+
+    async def dns_gateway(self) -> str | None:
+        """Where this runtime's tasks reach the node, if not at its own addresses."""
+        return None
+
+    def use_dns(self, server: str) -> None:  # noqa: B027 - optional hook
+        """Give tasks started from now on ``server`` as their name server."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import ipaddress
 import re
 import signal as signals
 import threading
@@ -48,6 +49,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -72,6 +74,10 @@ LABEL_TASK = "io.shoal.task-id"
 LABEL_SERVICE = "io.shoal.service"
 LABEL_SLOT = "io.shoal.slot"
 LABEL_NODE = "io.shoal.node"
+# Set by ``shoal stack deploy`` on a stack's containers (shoal.compose.convert.STACK_LABEL).
+LABEL_STACK = "shoal.stack"
+RESOLV_CONF = Path("/etc/resolv.conf")
+SYSTEMD_RESOLV_CONF = Path("/run/systemd/resolve/resolv.conf")
 
 T = TypeVar("T")
 
@@ -117,6 +123,10 @@ class ContainerConfig:
     read_only: bool
     log_max_bytes: int
     log_files: int
+    # The node's DNS listener on the engine network and the search domains
+    # (shoal.agent.discovery); empty: the engine's defaults.
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +198,10 @@ class Engine(abc.ABC):
     def events(self, labels: dict[str, str]) -> Iterator[str]:
         """Ids of containers with ``labels`` as they exit or go away; blocks."""
 
+    def gateway(self) -> str | None:
+        """The host's address on the network containers are started on (its gateway)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
 
@@ -198,10 +212,48 @@ def container_name(launch: TaskLaunch, node: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", raw)
 
 
-def container_config(launch: TaskLaunch, settings: RuntimeSettings) -> ContainerConfig:
+def dns_search(template: TaskTemplate, host: list[str]) -> list[str]:
+    """``<stack>.shoal`` (bare names of the stack's services), ``shoal``, then the host's."""
+    stack = template.labels.get(LABEL_STACK)
+    ours = [f"{stack}.shoal", "shoal"] if stack else ["shoal"]
+    return ours + [domain for domain in host if domain not in ours]
+
+
+def host_resolvers(path: Path = RESOLV_CONF) -> tuple[list[str], list[str]]:
+    """The host's name servers a container can reach, and its search domains.
+
+    A container tries the node's shoal DNS first; names outside ``shoal.`` are refused
+    there, and the resolver moves on to these (as the engines' own default would have
+    been). Loopback servers are left out, as the engines do: a container cannot reach
+    them; systemd-resolved's stub is replaced by the servers it uses.
+    """
+    servers: list[str] = []
+    search: list[str] = []
+    for candidate in (path, SYSTEMD_RESOLV_CONF):
+        try:
+            lines = candidate.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split()
+            if len(words) >= 2 and words[0] == "nameserver":
+                with contextlib.suppress(ValueError):
+                    if not ipaddress.ip_address(words[1].split("%")[0]).is_loopback:
+                        servers.append(words[1])
+            elif words and words[0] in ("search", "domain") and not search:
+                search = [w.rstrip(".") for w in words[1:] if w != "."]
+        if servers:
+            break
+    return servers, search
+
+
+def container_config(
+    launch: TaskLaunch, settings: RuntimeSettings, dns_server: str | None = None
+) -> ContainerConfig:
     template: TaskTemplate = launch.template
     if template.image is None:  # the models refuse this at apply time
         raise TaskRejectedError("a container task needs an image")
+    servers, search = host_resolvers() if dns_server else ([], [])
     limits = template.resources.limits
     labels = {
         **template.labels,
@@ -239,6 +291,8 @@ def container_config(launch: TaskLaunch, settings: RuntimeSettings) -> Container
         read_only=template.read_only,
         log_max_bytes=settings.log_max_bytes,
         log_files=settings.log_files,
+        dns=[dns_server, *servers] if dns_server else [],
+        dns_search=dns_search(template, search) if dns_server else [],
     )
 
 
@@ -316,6 +370,7 @@ class ContainerRuntime(Runtime):
         # the container, a stop or a remove drops it.
         self._fresh: dict[str, tuple[float, ContainerState]] = {}
         self._image_locks: dict[str, asyncio.Lock] = {}
+        self._dns_server: str | None = None
 
     @abc.abstractmethod
     def make_engine(self, threads: int) -> Engine:
@@ -424,7 +479,7 @@ class ContainerRuntime(Runtime):
         )
 
     async def start(self, launch: TaskLaunch) -> TaskHandle:
-        config = container_config(launch, self.settings)
+        config = container_config(launch, self.settings, self._dns_server)
         await self._ensure_image(config.image, launch.template.image_pull_policy or "ifNotPresent")
         container_id, state = await self._call(lambda e: _create_and_start(e, config))
         if state is not None and self._events_ok:
@@ -585,6 +640,12 @@ class ContainerRuntime(Runtime):
         if state is None or not state.address:
             raise RuntimeBackendError(f"container of task {handle.task_id} has no address")
         return state.address
+
+    async def dns_gateway(self) -> str | None:
+        return await self._call(lambda e: e.gateway())
+
+    def use_dns(self, server: str) -> None:
+        self._dns_server = server
 
     async def aclose(self) -> None:
         self._closed.set()

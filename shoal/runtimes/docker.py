@@ -104,6 +104,8 @@ class DockerEngine(Engine):
             ]
             or None,
             read_only=config.read_only or None,
+            dns=config.dns or None,
+            dns_search=config.dns_search or None,
             log_config=docker.types.LogConfig(
                 type="json-file",
                 config={"max-size": str(config.log_max_bytes), "max-file": str(config.log_files)},
@@ -211,6 +213,17 @@ class DockerEngine(Engine):
                 action = str(event.get("Action") or event.get("status") or "")
                 if container_id and action in WAKE_ACTIONS:
                     yield str(container_id)
+
+    def gateway(self) -> str | None:
+        with _mapped(self, "inspect network bridge"):
+            try:
+                network = self.api.inspect_network("bridge")
+            except docker.errors.NotFound:
+                return None
+        for config in (network.get("IPAM") or {}).get("Config") or []:
+            if config.get("Gateway"):
+                return str(config["Gateway"])
+        return None
 
     def close(self) -> None:
         self.client.close()

@@ -238,6 +238,18 @@ class PodmanEngine(Engine):
                 if container_id and action in WAKE_ACTIONS:
                     yield str(container_id)
 
+    def gateway(self) -> str | None:
+        with _mapped(self, "inspect network podman"):
+            response = self.api.get("/networks/podman/json")
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            subnets = response.json().get("subnets") or []
+        for subnet in subnets:
+            if subnet.get("gateway"):
+                return str(subnet["gateway"])
+        return None
+
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]
 
@@ -329,6 +341,8 @@ def _spec_generator(config: ContainerConfig) -> dict[str, Any]:
         ]
         or None,
         "read_only_filesystem": config.read_only or None,
+        "dns_server": config.dns or None,
+        "dns_search": config.dns_search or None,
         "stop_signal": int(signals.Signals[config.stop_signal]),
         "log_configuration": {"driver": "k8s-file", "size": config.log_max_bytes},
     }

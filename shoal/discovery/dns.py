@@ -1,0 +1,478 @@
+"""DNS for the ``shoal.`` zone, answered by every agent from its copy of the catalog.
+
+The agent answers from ``shoal.discovery.catalog.Catalog``, so lookups stay on the node
+and keep working while the managers are away (with the last catalog they sent). Names,
+relative to ``shoal.``:
+
+================================  ========================================================
+``<service>``                     ``A``/``AAAA``: the addresses of the nodes that run a
+                                  healthy task of it, de-duplicated, shuffled per answer
+``<instance>.<service>``          the same for one task: ``<instance>`` is its slot, or
+                                  the node's id for a global service (slot 0)
+``_<port>._<proto>.<service>``    ``SRV``: one record per endpoint with that named port,
+                                  target ``<instance>.<service>.shoal.``, whose address
+                                  is in the additional section
+``<name>.<stack>``                another name for the service ``<stack>-<name>`` (how a
+                                  stack names its services), in each form above
+================================  ========================================================
+
+Answers: a name the catalog does not know is ``NXDOMAIN``; a known one with no healthy
+endpoint (or none of the asked family) is ``NODATA`` (``NOERROR``, no answer, the zone's
+``SOA`` in the authority section, so the empty answer is cached for its short TTL too).
+Every record has a TTL of ``TTL`` seconds. There is no recursion (``RA`` is clear) and a
+name outside the zone is ``REFUSED``. Before the first catalog arrived nothing is known
+for sure: every name is ``SERVFAIL``, so a client tries again instead of caching a
+``NXDOMAIN``. A packet that is not a DNS query is dropped (no header) or ``FORMERR``.
+
+Perspectives: a query that came in on a listener containers use (``Perspective.container``)
+is answered as a container on this node sees the cluster: a container endpoint on this
+node by its ``container_address`` (and its in-container port in ``SRV``), a process on
+this node whose node address is a loopback one by the engine network's gateway address.
+Everything else is answered by the node's advertise address and published port.
+
+The server speaks UDP (answers cut at 512 bytes, or the client's EDNS size, with ``TC``
+set, so the client asks again over TCP) and TCP (length-prefixed, several queries per
+connection, closed after ``TCP_IDLE`` seconds of silence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import random
+import socket
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import cast
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import structlog
+
+from shoal.discovery.catalog import Catalog, Endpoint
+
+log = structlog.get_logger(__name__)
+
+ZONE = dns.name.from_text("shoal.")
+# Seconds every answer (and, through the SOA's minimum, every empty answer) may be cached.
+TTL = 2
+TCP_IDLE = 10.0
+# The most simultaneous TCP connections one listener serves; more are closed at once.
+TCP_CONNECTIONS = 64
+# UDP answers without EDNS stop at 512 bytes (RFC 1035); with EDNS, at the client's size
+# up to this (the common safe ceiling against fragmentation).
+UDP_PLAIN = 512
+UDP_CEILING = 1232
+# The zone's SOA: refresh, retry, expire (only meaningful to secondaries, which do not
+# exist) and the negative-caching TTL.
+_SOA = "ns.shoal. hostmaster.shoal. {serial} 60 10 3600 " + str(TTL)
+_HEADER = 12
+# Linux's socket options (Python names neither): bind an address not (yet) configured.
+_IP_FREEBIND = 15
+_IPV6_FREEBIND = 78
+
+Observe = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Perspective:
+    """Who asks: a process on the node (``gateway`` None) or a container behind ``gateway``."""
+
+    gateway: str | None = None
+
+    @classmethod
+    def container(cls, gateway: str) -> Perspective:
+        return cls(gateway)
+
+
+HOST = Perspective()
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What a name in the zone resolved to."""
+
+    service: str
+    endpoints: tuple[Endpoint, ...]
+    # SRV names only: the named port and its protocol.
+    port: tuple[str, str] | None = None
+
+
+class Resolver:
+    """Turns one query's wire bytes into the response's; see the module docstring."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        node_id: str,
+        *,
+        rng: random.Random | None = None,
+        observe: Observe | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.node_id = node_id
+        self._rng = rng or random.Random()
+        # Called with each answer's rcode name, or "error" for a query the handler failed
+        # on (metrics).
+        self._observe = observe or (lambda rcode: None)
+
+    # ---------------------------------------------------------------- wire
+
+    def handle(
+        self, wire: bytes, perspective: Perspective = HOST, *, udp: bool = False
+    ) -> bytes | None:
+        """The response to ``wire``; None when it is not worth one. Never raises."""
+        try:
+            return self._handle(wire, perspective, udp)
+        except Exception:  # a bug must cost one answer, never the listener
+            log.exception("dns.handler_failed")
+            self._observe("error")
+            return _bare(wire, dns.rcode.SERVFAIL)
+
+    def _handle(self, wire: bytes, perspective: Perspective, udp: bool) -> bytes | None:
+        if len(wire) < _HEADER or wire[2] & 0x80:  # no header, or a response: no answer
+            return None
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            self._observe("FORMERR")
+            return _bare(wire, dns.rcode.FORMERR)
+        if query.opcode() != dns.opcode.QUERY:
+            self._observe("NOTIMP")
+            return _bare(wire, dns.rcode.NOTIMP)
+        response = dns.message.make_response(query, recursion_available=False)
+        if len(query.question) != 1:
+            response.set_rcode(dns.rcode.FORMERR)
+        else:
+            self._answer(query.question[0], response, perspective)
+        self._observe(dns.rcode.to_text(response.rcode()))
+        limit = 65535
+        if udp:  # the client's EDNS size, else the classic 512; TC tells it to use TCP
+            limit = UDP_PLAIN
+            if query.edns >= 0:
+                limit = min(max(query.payload, UDP_PLAIN), UDP_CEILING)
+        return response.to_wire(max_size=limit, prefer_truncation=True)
+
+    # ------------------------------------------------------------- answers
+
+    def _answer(
+        self, question: dns.rrset.RRset, response: dns.message.Message, perspective: Perspective
+    ) -> None:
+        name, rdtype = question.name, question.rdtype
+        if question.rdclass != dns.rdataclass.IN or not name.is_subdomain(ZONE):
+            response.set_rcode(dns.rcode.REFUSED)
+            return
+        response.flags |= dns.flags.AA
+        if not self.catalog.received:
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return
+        labels = [
+            label.decode("ascii", "replace").lower() for label in name.relativize(ZONE).labels
+        ]
+        if not labels:  # the apex: its SOA, nothing else
+            if rdtype in (dns.rdatatype.SOA, dns.rdatatype.ANY):
+                response.answer.append(self._soa())
+            else:
+                response.authority.append(self._soa())
+            return
+        found = self._lookup(labels)
+        if found is None:
+            if not self._has_children(labels):
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            response.authority.append(self._soa())
+            return
+        if found.port is not None:
+            if rdtype in (dns.rdatatype.SRV, dns.rdatatype.ANY):
+                self._srv(name, found, response, perspective)
+        elif rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.ANY):
+            if rdtype == dns.rdatatype.ANY:
+                wanted: tuple[int, ...] = (4, 6)
+            else:
+                wanted = (4,) if rdtype == dns.rdatatype.A else (6,)
+            addresses = self._addresses(found.endpoints, perspective)
+            for version in wanted:
+                rrset = _address_rrset(name, [a for a in addresses if a.version == version])
+                if rrset is not None:
+                    response.answer.append(rrset)
+        if not response.answer:
+            response.authority.append(self._soa())
+
+    def _srv(
+        self,
+        name: dns.name.Name,
+        found: _Found,
+        response: dns.message.Message,
+        perspective: Perspective,
+    ) -> None:
+        assert found.port is not None
+        port_name, protocol = found.port
+        records: list[str] = []
+        for endpoint in self._shuffled(found.endpoints):
+            port = endpoint.port(port_name)
+            if port is None or port.protocol != protocol:
+                continue
+            address, number = self._reach(endpoint, perspective, port.port, port.target)
+            target = dns.name.from_text(f"{_instance(endpoint)}.{endpoint.service}", ZONE)
+            records.append(f"0 1 {number} {target}")
+            if address is not None:
+                rrset = _address_rrset(target, [address])
+                if rrset is not None and rrset not in response.additional:
+                    response.additional.append(rrset)
+        if records:
+            response.answer.append(dns.rrset.from_text(name, TTL, "IN", "SRV", *records))
+
+    def _addresses(
+        self, endpoints: Iterable[Endpoint], perspective: Perspective
+    ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, None] = {}
+        for endpoint in endpoints:
+            address, _ = self._reach(endpoint, perspective, 0, None)
+            if address is not None:
+                seen.setdefault(address, None)
+        addresses = list(seen)
+        self._rng.shuffle(addresses)
+        return addresses
+
+    def _reach(
+        self, endpoint: Endpoint, perspective: Perspective, port: int, target: int | None
+    ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
+        """Where ``perspective`` reaches ``endpoint`` (and its port ``port``/``target``)."""
+        local = endpoint.node_id == self.node_id
+        if perspective.gateway is not None and local:
+            if endpoint.container_address:
+                return _ip(endpoint.container_address), target or port
+            address = _ip(endpoint.address)
+            if address is None or address.is_loopback:
+                return _ip(perspective.gateway), port
+            return address, port
+        return _ip(endpoint.address), port
+
+    def _shuffled(self, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
+        listed = list(endpoints)
+        self._rng.shuffle(listed)
+        return listed
+
+    def _soa(self) -> dns.rrset.RRset:
+        return dns.rrset.from_text(ZONE, TTL, "IN", "SOA", _SOA.format(serial=self.catalog.version))
+
+    # --------------------------------------------------------------- names
+
+    def _service(self, labels: list[str]) -> str | None:
+        """The service ``labels`` name: ``[web]`` or, for a stack, ``[web, stack]``."""
+        if len(labels) == 1 and self.catalog.endpoints(labels[0]) is not None:
+            return labels[0]
+        if len(labels) == 2:
+            joined = f"{labels[1]}-{labels[0]}"
+            if self.catalog.endpoints(joined) is not None:
+                return joined
+        return None
+
+    def _lookup(self, labels: list[str]) -> _Found | None:
+        if (
+            len(labels) >= 3
+            and labels[0].startswith("_")
+            and labels[1] in ("_tcp", "_udp")
+            and len(labels[0]) > 1
+        ):
+            inner = self._lookup(labels[2:])
+            if inner is None or inner.port is not None:
+                return None
+            return _Found(inner.service, inner.endpoints, (labels[0][1:], labels[1][1:]))
+        service = self._service(labels)
+        if service is not None:
+            return _Found(service, self.catalog.endpoints(service) or ())
+        service = self._service(labels[1:])
+        if service is None:
+            return None
+        endpoints = self.catalog.endpoints(service) or ()
+        instance = labels[0]
+        if instance.isdigit():
+            return _Found(service, tuple(e for e in endpoints if e.slot == int(instance)))
+        return _Found(service, tuple(e for e in endpoints if _instance(e) == instance))
+
+    def _has_children(self, labels: list[str]) -> bool:
+        """Whether a name exists below ``labels`` (an empty non-terminal: NODATA, not NXDOMAIN).
+
+        ``<stack>`` is one when a service ``<stack>-...`` exists, ``_<proto>.<service>`` when
+        the service is known.
+        """
+        if len(labels) == 1:
+            prefix = f"{labels[0]}-"
+            return any(s.startswith(prefix) for s in self.catalog.services())
+        if labels[0] in ("_tcp", "_udp"):
+            found = self._lookup(labels[1:])
+            return found is not None and found.port is None
+        return False
+
+
+def _instance(endpoint: Endpoint) -> str:
+    """The first label of one task's name: its slot, or its node for a global service."""
+    if endpoint.slot > 0:
+        return str(endpoint.slot)
+    label = endpoint.node_id.lower()
+    valid = label and len(label) <= 63 and all(c.isalnum() or c == "-" for c in label)
+    return label if valid and not label.isdigit() else f"task-{endpoint.task_id[:12].lower()}"
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:  # a host name as advertise address: no A record from it
+        return None
+
+
+def _address_rrset(
+    name: dns.name.Name, addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
+) -> dns.rrset.RRset | None:
+    if not addresses:
+        return None
+    rdtype = "A" if addresses[0].version == 4 else "AAAA"
+    return dns.rrset.from_text(name, TTL, "IN", rdtype, *(str(a) for a in addresses))
+
+
+def _bare(wire: bytes, rcode: dns.rcode.Rcode) -> bytes | None:
+    """A header-only response with ``wire``'s id and ``rcode`` (for what cannot be parsed)."""
+    if len(wire) < _HEADER:
+        return None
+    query_id = struct.unpack("!H", wire[:2])[0]
+    opcode = (wire[2] >> 3) & 0xF
+    flags = 0x8000 | (opcode << 11) | (int(rcode) & 0xF)
+    if wire[2] & 0x01:  # keep RD as asked
+        flags |= 0x0100
+    return struct.pack("!HHHHHH", query_id, flags, 0, 0, 0, 0)
+
+
+# ------------------------------------------------------------------------- server
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, resolver: Resolver, perspective: Perspective) -> None:
+        self.resolver = resolver
+        self.perspective = perspective
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        reply = self.resolver.handle(data, self.perspective, udp=True)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable
+        log.debug("dns.udp_error", error=str(exc))
+
+
+class DnsListener:
+    """One address the resolver answers on, over UDP and TCP; ``aclose`` releases both."""
+
+    def __init__(self, resolver: Resolver, perspective: Perspective) -> None:
+        self.resolver = resolver
+        self.perspective = perspective
+        self.address = ""
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int, *, freebind: bool = False) -> None:
+        """Bind ``host:port`` (port 0: any free one, the same for UDP and TCP).
+
+        ``freebind``: bind even while ``host`` is not (yet) an address of this machine, as
+        an engine's bridge is only there once its first container runs.
+        """
+        loop = asyncio.get_running_loop()
+        for attempt in range(5):
+            udp = _bound(host, port, socket.SOCK_DGRAM, freebind)
+            bound = int(udp.getsockname()[1])
+            try:
+                tcp = _bound(host, bound, socket.SOCK_STREAM, freebind)
+            except OSError:
+                udp.close()
+                if port != 0 or attempt == 4:  # a fixed port taken over TCP: say so
+                    raise
+                continue
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Datagrams(self.resolver, self.perspective), sock=udp
+            )
+            self._udp = transport
+            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
+            shown = f"[{host}]" if ":" in host else host
+            self.address = f"{shown}:{bound}"
+            return
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._connections) >= TCP_CONNECTIONS:
+            writer.close()
+            return
+        self._connections.add(task)
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE):
+                    size = struct.unpack("!H", await reader.readexactly(2))[0]
+                    wire = await reader.readexactly(size)
+                reply = self.resolver.handle(wire, self.perspective)
+                if reply is None:
+                    break
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def aclose(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await self._tcp.wait_closed()
+
+
+def _bound(host: str, port: int, kind: socket.SocketKind, freebind: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if freebind:
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_listener(
+    resolver: Resolver,
+    host: str,
+    port: int,
+    perspective: Perspective = HOST,
+    *,
+    freebind: bool = False,
+) -> DnsListener:
+    """A started ``DnsListener`` on ``host:port``; raises ``OSError`` if it cannot bind."""
+    listener = DnsListener(resolver, perspective)
+    await listener.start(host, port, freebind=freebind)
+    return listener
