@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.cli import output
 from shoal.cli.options import (
-    DEFAULT_TIMEOUT,
     UsageError,
     add_subcommand,
     command,
-    duration,
+    completes,
     key_value,
     output_option,
     server_option,
     subcommands,
+    wait_options,
     whole_number,
 )
 from shoal.errors import NotFoundError, ShoalError
@@ -51,6 +51,8 @@ KINDS = {
     "task": "tasks",
     "nodes": "nodes",
     "node": "nodes",
+    "syncs": "syncs",
+    "sync": "syncs",
 }
 SERVICE_KINDS = ("service", "services", "svc")
 
@@ -142,13 +144,21 @@ def _print_items(
     if not items:
         print(f"No {kind} found.", file=sys.stderr)
         return
-    wide = fmt == "wide"
+    _out(_table(kind, items, fmt == "wide", counts))
+
+
+def _table(
+    kind: str, items: list[dict[str, Any]], wide: bool, counts: dict[str, int] | None
+) -> str:
     if kind == "services":
-        _out(output.services_table(items, wide))
-    elif kind == "tasks":
-        _out(output.tasks_table(items, wide))
-    else:
-        _out(output.nodes_table(items, counts, wide))
+        return output.services_table(items, wide)
+    if kind == "tasks":
+        return output.tasks_table(items, wide)
+    if kind == "syncs":
+        from shoal.cli.sync import sync_table
+
+        return sync_table(items)
+    return output.nodes_table(items, counts, wide)
 
 
 def show(args: argparse.Namespace, kind: str) -> int:
@@ -186,7 +196,9 @@ WATCH_PERIOD = 1.0
 
 
 def _key(kind: str, item: dict[str, Any]) -> str:
-    return str(item["metadata"]["name"]) if kind == "services" else str(item.get("id"))
+    if kind in ("services", "syncs"):
+        return str(item["metadata"]["name"])
+    return str(item.get("id"))
 
 
 def _row(kind: str, item: dict[str, Any], fmt: str, counts: dict[str, int] | None) -> str:
@@ -197,14 +209,7 @@ def _row(kind: str, item: dict[str, Any], fmt: str, counts: dict[str, int] | Non
         return json.dumps(item)
     if fmt == "yaml":
         return "---\n" + output.dump(item, "yaml")
-    wide = fmt == "wide"
-    if kind == "services":
-        table = output.services_table([item], wide)
-    elif kind == "tasks":
-        table = output.tasks_table([item], wide)
-    else:
-        table = output.nodes_table([item], counts, wide)
-    return table.splitlines()[-1]
+    return _table(kind, [item], fmt == "wide", counts).splitlines()[-1]
 
 
 def _watch(
@@ -355,6 +360,20 @@ def cmd_node_update(args: argparse.Namespace) -> int:
 # the verb being run (see its docstring).
 
 
+def _resource_kind(parsed_args: argparse.Namespace) -> str | None:
+    """Completion: which names ``get|describe RESOURCE NAME`` completes."""
+    return KINDS.get(getattr(parsed_args, "resource", None) or "")
+
+
+def _delete_targets(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Completion of ``delete service NAME...``: the word ``service``, then services."""
+    if not parsed_args.targets:
+        return [kind for kind in SERVICE_KINDS if kind.startswith(prefix)]
+    from shoal.cli.completion import live_names
+
+    return live_names("services", prefix, parsed_args)
+
+
 def configure_apply(parser: argparse.ArgumentParser) -> None:
     command(parser, cmd_apply)
     parser.epilog = "Every file is validated first; if any has a problem nothing is sent."
@@ -394,11 +413,19 @@ def configure_get(parser: argparse.ArgumentParser) -> None:
         "resource",
         metavar="RESOURCE",
         choices=list(KINDS),
-        help="services (service, svc), tasks (task) or nodes (node)",
+        help="services (service, svc), tasks (task), nodes (node) or syncs (sync)",
     )
-    parser.add_argument("name", metavar="NAME", nargs="?", help="only this object")
+    completes(
+        parser.add_argument("name", metavar="NAME", nargs="?", help="only this object"),
+        _resource_kind,
+    )
     output_option(parser)
-    parser.add_argument("--service", metavar="NAME", help="tasks: only the tasks of this service")
+    completes(
+        parser.add_argument(
+            "--service", metavar="NAME", help="tasks: only the tasks of this service"
+        ),
+        "services",
+    )
     parser.add_argument(
         "-a", "--all", action="store_true", help="tasks: include finished tasks kept as history"
     )
@@ -419,7 +446,7 @@ def configure_describe(parser: argparse.ArgumentParser) -> None:
         choices=[*SERVICE_KINDS, "node", "nodes"],
         help="service (svc) or node",
     )
-    parser.add_argument("name", metavar="NAME")
+    completes(parser.add_argument("name", metavar="NAME"), _resource_kind)
 
 
 def configure_delete(parser: argparse.ArgumentParser) -> None:
@@ -430,7 +457,10 @@ def configure_delete(parser: argparse.ArgumentParser) -> None:
         "as soon as the services are deleted."
     )
     server_option(parser)
-    parser.add_argument("targets", nargs="*", metavar="service NAME", help=argparse.SUPPRESS)
+    targets = parser.add_argument(
+        "targets", nargs="*", metavar="service NAME", help=argparse.SUPPRESS
+    )
+    targets.completer = _delete_targets  # type: ignore[attr-defined]
     parser.add_argument(
         "-f",
         "--filename",
@@ -444,19 +474,7 @@ def configure_delete(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a service that does not exist is not an error",
     )
-    parser.add_argument(
-        "--wait",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="wait until the tasks of the deleted services have stopped",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=duration,
-        default=DEFAULT_TIMEOUT,
-        metavar="DURATION",
-        help="how long --wait waits, e.g. 30s, 2m (default 60s)",
-    )
+    wait_options(parser, "until the tasks of the deleted services have stopped")
 
 
 def _scale_target(text: str) -> tuple[str, int]:
@@ -472,13 +490,17 @@ def configure_scale(parser: argparse.ArgumentParser) -> None:
     command(parser, cmd_scale)
     parser.epilog = "example:\n  shoal scale web=3 worker=0"
     server_option(parser)
-    parser.add_argument("targets", nargs="+", type=_scale_target, metavar="NAME=REPLICAS")
+    completes(
+        parser.add_argument("targets", nargs="+", type=_scale_target, metavar="NAME=REPLICAS"),
+        "services",
+        suffix="=",
+    )
 
 
 def configure_logs(parser: argparse.ArgumentParser) -> None:
     command(parser, cmd_logs)
     server_option(parser)
-    parser.add_argument("service", metavar="SERVICE")
+    completes(parser.add_argument("service", metavar="SERVICE"), "services")
     parser.add_argument(
         "-f",
         "--follow",
@@ -500,7 +522,7 @@ def configure_node(parser: argparse.ArgumentParser) -> None:
     group = subcommands(parser, "node_command")
     ls = add_subcommand(group, "ls", cmd_node_ls, "list nodes (as `get nodes`)")
     server_option(ls)
-    ls.add_argument("name", metavar="NAME", nargs="?", help="only this node")
+    completes(ls.add_argument("name", metavar="NAME", nargs="?", help="only this node"), "nodes")
     output_option(ls)
     from shoal.cli.identity import add_node_rm
 
@@ -514,7 +536,7 @@ def configure_node(parser: argparse.ArgumentParser) -> None:
         "new ones), drain (its tasks move elsewhere)",
     )
     server_option(update)
-    update.add_argument("name", metavar="NAME")
+    completes(update.add_argument("name", metavar="NAME"), "nodes")
     update.add_argument("--availability", choices=["active", "pause", "drain"])
     update.add_argument(
         "--label-add",

@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoal.cli.options import add_subcommand, command, output_option, server_option, subcommands
+from shoal.cli.options import (
+    add_subcommand,
+    command,
+    completes,
+    output_option,
+    server_option,
+    subcommands,
+)
 from shoal.errors import ShoalError
 
 if TYPE_CHECKING:
@@ -208,9 +215,9 @@ def configure_context(parser: argparse.ArgumentParser) -> None:
     group = subcommands(parser, "context_command")
     add_subcommand(group, "ls", cmd_context_ls, "list contexts (* marks the current one)")
     use = add_subcommand(group, "use", cmd_context_use, "make a context the current one")
-    use.add_argument("name", metavar="NAME")
+    completes(use.add_argument("name", metavar="NAME"), "contexts")
     show = add_subcommand(group, "show", cmd_context_show, "show a context (no key material)")
-    show.add_argument("name", metavar="NAME", nargs="?")
+    completes(show.add_argument("name", metavar="NAME", nargs="?"), "contexts")
     imp = add_subcommand(group, "import", cmd_context_import, "add a credential bundle")
     imp.add_argument("file", metavar="FILE")
     imp.add_argument("--name", default=None, help="context name (default: the bundle's)")
@@ -222,5 +229,5 @@ def add_node_rm(group: Any) -> None:
         group, "rm", cmd_node_rm, "remove nodes: revoke their certificates, move their tasks"
     )
     server_option(rm)
-    rm.add_argument("names", metavar="NAME", nargs="+")
+    completes(rm.add_argument("names", metavar="NAME", nargs="+"), "nodes")
     rm.add_argument("--force", action="store_true", help="remove a node that is still ready")

@@ -16,7 +16,14 @@ import time
 from typing import Any
 
 from shoal.cli import output
-from shoal.cli.options import DEFAULT_TIMEOUT, add_subcommand, duration, server_option, subcommands
+from shoal.cli.options import (
+    DEFAULT_TIMEOUT,
+    add_subcommand,
+    completes,
+    duration,
+    server_option,
+    subcommands,
+)
 from shoal.errors import ShoalError
 
 
@@ -94,7 +101,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     group = subcommands(parser, "job_command")
     run = add_subcommand(group, "run", cmd_job_run, "start a run of a job now")
     server_option(run)
-    run.add_argument("name", metavar="NAME")
+    completes(run.add_argument("name", metavar="NAME"), "services")
     run.add_argument(
         "--wait", action="store_true", help="wait until the run ended (exit 1 if it failed)"
     )
@@ -107,4 +114,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     status = add_subcommand(group, "status", cmd_job_status, "list a job's runs")
     server_option(status)
-    status.add_argument("name", metavar="NAME")
+    completes(status.add_argument("name", metavar="NAME"), "services")

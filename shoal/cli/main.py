@@ -109,6 +109,11 @@ VERBS: tuple[Verb, ...] = (
     ),
     Verb("version", "print the client and server versions", "shoal.cli.version:configure"),
     Verb("ui", "print a login link for the web UI", "shoal.cli.ui:configure"),
+    Verb(
+        "completion",
+        "print the shell completion script (bash, zsh or fish)",
+        "shoal.cli.completion:configure",
+    ),
     Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),
     Verb("events", "what the cluster did and why (-w to follow)", "shoal.cli.events:configure"),
     Verb("store", "back up the store, restore it", "shoal.cli.store:configure"),
@@ -214,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     # our one-line errors and in the daemons' JSON logs; shoal says it in its own words.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     words = sys.argv[1:] if argv is None else argv
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks what Tab completes
+        from shoal.cli import completion
+
+        line = os.environ.get("COMP_LINE", "")
+        point = int(os.environ.get("COMP_POINT", len(line)))
+        completion.complete(build_parser(completion.words_of(line[:point])))
     parser = build_parser(words)
     try:
         args = parser.parse_args(words)

@@ -70,11 +70,12 @@ def server_option(parser: argparse.ArgumentParser) -> None:
         help="manager address, or several comma-separated, tried in order (default: "
         "$SHOAL_SERVER, else the context's or the local `shoal up`'s managers)",
     )
-    parser.add_argument(
+    context = parser.add_argument(
         "--context",
         metavar="NAME",
         help="use this context's credentials and managers (see `shoal context ls`)",
     )
+    completes(context, "contexts")
 
 
 def output_option(
@@ -83,6 +84,57 @@ def output_option(
     help: str = "table (default), wide (more columns), yaml or json",
 ) -> None:
     parser.add_argument("-o", "--output", choices=choices, default="table", help=help)
+
+
+class Names:
+    """Completes an argument with the names of one kind of object (``shoal.cli.completion``).
+
+    ``kind``: services, nodes, tasks, syncs, secrets, configs (from the live
+    cluster) or contexts (from the config file), or a function of the
+    arguments parsed so far that says which (``get RESOURCE NAME``); ``suffix``
+    is appended to each name (``=`` for ``scale NAME=REPLICAS``).
+    """
+
+    def __init__(
+        self, kind: str | Callable[[argparse.Namespace], str | None], suffix: str = ""
+    ) -> None:
+        self.kind = kind
+        self.suffix = suffix
+
+    def __call__(self, prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+        from shoal.cli.completion import live_names
+
+        kind = self.kind if isinstance(self.kind, str) else self.kind(parsed_args)
+        if kind is None:
+            return []
+        return [name + self.suffix for name in live_names(kind, prefix, parsed_args)]
+
+
+def completes(
+    action: argparse.Action,
+    kind: str | Callable[[argparse.Namespace], str | None],
+    suffix: str = "",
+) -> argparse.Action:
+    """Have shell completion offer ``kind``'s names for this argument (see ``Names``)."""
+    action.completer = Names(kind, suffix)  # type: ignore[attr-defined]
+    return action
+
+
+def wait_options(parser: argparse.ArgumentParser, until: str) -> None:
+    """``--wait/--no-wait`` (on by default) and ``--timeout``: ``until`` says what is awaited."""
+    parser.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"wait {until} (default; --no-wait returns at once)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=duration,
+        default=DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help=f"how long --wait waits, e.g. 30s, 2m (default {DEFAULT_TIMEOUT:g}s)",
+    )
 
 
 # ------------------------------------------------------------ argument types

@@ -28,6 +28,7 @@ from shoal.cli import output
 from shoal.cli.options import (
     DEFAULT_TIMEOUT,
     add_subcommand,
+    completes,
     duration,
     server_option,
     subcommands,
@@ -198,7 +199,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "rolled back (with the reason) or on timeout.",
     )
     server_option(status)
-    status.add_argument("name", metavar="NAME")
+    completes(status.add_argument("name", metavar="NAME"), "services")
     status.add_argument(
         "--timeout",
         type=duration,
@@ -210,14 +211,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         group, "history", cmd_rollout_history, "list the kept revisions of a service"
     )
     server_option(history)
-    history.add_argument("name", metavar="NAME")
+    completes(history.add_argument("name", metavar="NAME"), "services")
     history.add_argument(
         "--revision", type=revision_number, metavar="N", help="print revision N's template"
     )
     for action, summary in ACTIONS.items():
         sub = add_subcommand(group, action, _act(action), summary)
         server_option(sub)
-        sub.add_argument("name", metavar="NAME")
+        completes(sub.add_argument("name", metavar="NAME"), "services")
         if action == "undo":
             sub.add_argument(
                 "--to-revision", type=revision_number, metavar="N", help="a kept revision number"

@@ -18,6 +18,7 @@ from typing import Any
 
 from shoal.cli.options import (
     add_subcommand,
+    completes,
     key_value,
     output_option,
     server_option,
@@ -145,13 +146,13 @@ def _configure(parser: argparse.ArgumentParser, kind: str, limit: str) -> None:
     inspect = add_subcommand(
         group, "inspect", _inspect(kind), f"show {kind}s: size, labels, users (never the bytes)"
     )
-    inspect.add_argument("names", nargs="+", metavar="NAME")
+    completes(inspect.add_argument("names", nargs="+", metavar="NAME"), f"{kind}s")
     output_option(inspect, ("table", "yaml", "json"), "table (default), yaml or json")
     server_option(inspect)
     rm = add_subcommand(
         group, "rm", _rm(kind), f"remove {kind}s (refused while a service uses one)"
     )
-    rm.add_argument("names", nargs="+", metavar="NAME")
+    completes(rm.add_argument("names", nargs="+", metavar="NAME"), f"{kind}s")
     server_option(rm)
 
 

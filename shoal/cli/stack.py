@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.cli.options import (
-    DEFAULT_TIMEOUT,
     add_subcommand,
-    duration,
     output_option,
     server_option,
     subcommands,
+    wait_options,
 )
 from shoal.errors import ApiError, ConflictError, NotFoundError
 
@@ -287,16 +286,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
     rm = add_subcommand(group, "rm", cmd_rm, "remove a stack: its services, configs and secrets")
     server_option(rm)
     rm.add_argument("stack", metavar="STACK")
-    rm.add_argument(
-        "--wait",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="wait until the stack's tasks have stopped",
-    )
-    rm.add_argument(
-        "--timeout",
-        type=duration,
-        default=DEFAULT_TIMEOUT,
-        metavar="DURATION",
-        help="how long --wait waits (default 60s)",
-    )
+    wait_options(rm, "until the stack's tasks have stopped")

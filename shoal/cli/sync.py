@@ -16,12 +16,12 @@ from typing import Any
 
 from shoal.cli import output
 from shoal.cli.options import (
-    DEFAULT_TIMEOUT,
     add_subcommand,
-    duration,
+    completes,
     output_option,
     server_option,
     subcommands,
+    wait_options,
 )
 from shoal.errors import NotFoundError, ShoalError
 
@@ -250,7 +250,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         epilog="Exit code 0 when the Sync is Ready, 1 otherwise.",
     )
     server_option(status)
-    status.add_argument("name", metavar="NAME")
+    completes(status.add_argument("name", metavar="NAME"), "syncs")
     output_option(status, ("table", "yaml", "json"), "table (default), yaml or json")
 
     now = add_subcommand(
@@ -261,20 +261,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         epilog="Waits for the run and exits 1 if it failed (--no-wait returns at once).",
     )
     server_option(now)
-    now.add_argument("name", metavar="NAME")
-    now.add_argument(
-        "--wait",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="wait for the run's outcome (default)",
-    )
-    now.add_argument(
-        "--timeout",
-        type=duration,
-        default=DEFAULT_TIMEOUT,
-        metavar="DURATION",
-        help="how long to wait for the run (default 60s)",
-    )
+    completes(now.add_argument("name", metavar="NAME"), "syncs")
+    wait_options(now, "for the run's outcome")
     for name, func, summary in (
         ("suspend", cmd_suspend, "stop fetching, applying and correcting drift"),
         ("resume", cmd_resume, "start again (runs at once)"),
@@ -282,4 +270,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ):
         verb = add_subcommand(group, name, func, summary)
         server_option(verb)
-        verb.add_argument("name", metavar="NAME")
+        completes(verb.add_argument("name", metavar="NAME"), "syncs")

@@ -32,6 +32,8 @@ DAEMON_MODULES = (
 )
 # Verbs that never talk to a manager need neither gRPC nor the models.
 REMOTE_MODULES = ("grpc", "asyncio", "pydantic", "shoal.models", "yaml")
+# Only a Tab (``_ARGCOMPLETE`` set) or ``shoal completion`` loads the completion library.
+COMPLETION_MODULES = ("argcomplete",)
 
 PROBE = """
 import json, sys
@@ -64,7 +66,7 @@ def offending(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
 def test_importing_the_cli_loads_no_daemon_and_no_grpc(tmp_path: Path) -> None:
     _, modules = loaded(tmp_path)
     assert "shoal.cli.main" in modules
-    assert offending(modules, DAEMON_MODULES + REMOTE_MODULES) == []
+    assert offending(modules, DAEMON_MODULES + REMOTE_MODULES + COMPLETION_MODULES) == []
 
 
 @pytest.mark.parametrize(
@@ -74,6 +76,7 @@ def test_importing_the_cli_loads_no_daemon_and_no_grpc(tmp_path: Path) -> None:
         pytest.param(["version", "--client"], 0, id="version-client"),
         pytest.param(["get", "--help"], 0, id="get-help"),
         pytest.param(["pods"], 2, id="unknown-verb"),
+        pytest.param(["completion", "bash"], 0, id="completion-script"),
     ],
 )
 def test_local_verbs_load_neither_daemons_nor_grpc(
