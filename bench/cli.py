@@ -44,7 +44,10 @@ spec:
 
 
 def environment(address: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    # The state dir of the benchmark's `shoal up` holds the admin bundle the CLI signs in with.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("SHOAL_") or k == "SHOAL_STATE_DIR"
+    }
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["SHOAL_SERVER"] = address
     return env
