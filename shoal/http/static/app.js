@@ -8,6 +8,8 @@ let session = null; // {user, role, csrf, actions}
 let refresh = null; // re-reads the current page's data
 let pageStreams = []; // EventSources of the current page (logs)
 let onEvent = null; // the events page's live list
+let renders = 0; // which render is current
+const edits = {}; // replicas typed and not yet sent, by service
 
 // ------------------------------------------------------------ helpers
 
@@ -38,10 +40,14 @@ function ago(iso) {
   return `${Math.round(seconds / 3600)}h ago`;
 }
 
+let noticeTimer = null;
+
 function show(message, ok = false) {
   notice.textContent = message;
   notice.className = ok ? "notice ok" : "notice";
   notice.hidden = !message;
+  clearTimeout(noticeTimer);
+  if (ok) noticeTimer = setTimeout(() => show(""), 6000);
 }
 
 class ApiError extends Error {
@@ -89,12 +95,14 @@ function rollout(service) {
   if (!update) return h("span", { className: "muted" }, "—");
   const total = update.total || 0;
   const percent = total ? Math.round((100 * (update.updated || 0)) / total) : 100;
+  const fill = h("span");
+  fill.style.width = `${percent}%`; // not a style attribute: the CSP forbids inline styles
   return h(
     "span",
     { className: "rollout" },
     state(update.state),
     " ",
-    h("span", { className: "bar", title: `${update.updated}/${total}` }, h("span", { style: `width:${percent}%` })),
+    h("span", { className: "bar", title: `${update.updated}/${total}` }, fill),
     h("span", { className: "muted" }, `${update.updated}/${total} · revision ${update.revision}`),
     update.message ? h("div", { className: "muted" }, update.message) : null,
   );
@@ -105,12 +113,16 @@ function serviceActions(service) {
   const name = service.metadata.name;
   const cells = [];
   if (service.spec.mode === "replicated" || service.spec.mode === undefined) {
+    // What the user typed outlives the live re-renders until it is sent.
     const input = h("input", {
       type: "number",
       min: "0",
-      value: service.spec.replicas ?? 1,
+      value: edits[name] ?? service.spec.replicas ?? 1,
       "aria-label": `replicas of ${name}`,
       "data-replicas": name,
+      oninput: (event) => {
+        edits[name] = event.target.value;
+      },
     });
     cells.push(
       input,
@@ -120,13 +132,18 @@ function serviceActions(service) {
           type: "button",
           "data-action": "scale",
           "data-service": name,
-          onclick: () =>
-            act(`/api/v1/services/${name}/scale`, { replicas: Number(input.value) }, `${name} scaled to ${input.value}`),
+          onclick: () => {
+            const replicas = Number(edits[name] ?? input.value);
+            delete edits[name];
+            act(`/api/v1/services/${name}/scale`, { replicas }, `${name} scaled to ${replicas}`);
+          },
         },
         "Scale",
       ),
     );
   }
+  const status = service.status || {};
+  const earlier = (status.revisions || []).some((r) => r.number !== status.revision);
   if (!String(service.spec.mode || "").endsWith("-job")) {
     cells.push(
       h(
@@ -139,6 +156,7 @@ function serviceActions(service) {
         },
         "Restart",
       ),
+      earlier &&
       h(
         "button",
         {
@@ -325,19 +343,29 @@ async function render() {
   pageStreams = [];
   onEvent = null;
   document.getElementById("logs")?.remove(); // another service's
+  show("");
   const hash = location.hash || "#/services";
   const [pattern, page, nav] = pages.find(([re]) => re.test(hash)) || pages[pages.length - 1];
   const match = hash.match(pattern);
   for (const link of document.querySelectorAll("header nav a")) {
     link.classList.toggle("current", link.dataset.page === nav);
   }
+  const generation = ++renders;
   let loading = false;
+  let again = false;
   refresh = async () => {
-    if (loading) return;
+    if (loading) {
+      again = true; // a change arrived while reading: read once more after
+      return;
+    }
     loading = true;
     try {
-      const content = await page(match);
-      main.replaceChildren(...[content].flat(3).filter(Boolean));
+      do {
+        again = false;
+        const content = await page(match);
+        if (generation !== renders) return; // the user went to another page meanwhile
+        main.replaceChildren(...[content].flat(3).filter(Boolean));
+      } while (again);
     } catch (error) {
       if (error.status === 401) return signedOut(error.message);
       show(error.message);
