@@ -16,9 +16,11 @@ relative to ``shoal.``:
                                   stack names its services), in each form above
 ================================  ========================================================
 
-Answers: a name the catalog does not know is ``NXDOMAIN``; a known one with no healthy
-endpoint (or none of the asked family) is ``NODATA`` (``NOERROR``, no answer, the zone's
-``SOA`` in the authority section, so the empty answer is cached for its short TTL too).
+Answers: a name the catalog does not know is ``NXDOMAIN`` (so is an instance that is not
+a healthy endpoint now, and a port or protocol none of the service's endpoints has); a
+known service with no healthy endpoint (or none of the asked family) is ``NODATA``
+(``NOERROR``, no answer, the zone's ``SOA`` in the authority section, so the empty answer
+is cached for its short TTL too).
 Every record has a TTL of ``TTL`` seconds. There is no recursion (``RA`` is clear) and a
 name outside the zone is ``REFUSED``. Before the first catalog arrived nothing is known
 for sure: every name is ``SERVFAIL``, so a client tries again instead of caching a
@@ -30,15 +32,17 @@ node by its ``container_address`` (and its in-container port in ``SRV``), a proc
 this node whose node address is a loopback one by the engine network's gateway address.
 Everything else is answered by the node's advertise address and published port.
 
-The server speaks UDP (answers cut at 512 bytes, or the client's EDNS size, with ``TC``
-set, so the client asks again over TCP) and TCP (length-prefixed, several queries per
-connection, closed after ``TCP_IDLE`` seconds of silence).
+The server speaks UDP (at most ``UDP_RECORDS`` records, picked at random, cut at 512 bytes
+or the client's EDNS size with ``TC`` set, so the client asks again over TCP) and TCP
+(length-prefixed, several queries per connection, closed after ``TCP_IDLE`` seconds of
+silence).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import random
 import socket
@@ -53,10 +57,15 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import structlog
+from dns.rdataclass import IN
+from dns.rdtypes.IN.A import A
+from dns.rdtypes.IN.AAAA import AAAA
+from dns.rdtypes.IN.SRV import SRV
 
 from shoal.discovery.catalog import Catalog, Endpoint
 
@@ -72,6 +81,10 @@ TCP_CONNECTIONS = 64
 # up to this (the common safe ceiling against fragmentation).
 UDP_PLAIN = 512
 UDP_CEILING = 1232
+# A UDP answer lists at most this many records, picked at random (more would not fit in
+# UDP_CEILING bytes anyway; building them cost the agent's loop seconds for a large
+# service). TCP answers list them all.
+UDP_RECORDS = 32
 # The zone's SOA: refresh, retry, expire (only meaningful to secondaries, which do not
 # exist) and the negative-caching TTL.
 _SOA = "ns.shoal. hostmaster.shoal. {serial} 60 10 3600 " + str(TTL)
@@ -81,6 +94,10 @@ _IP_FREEBIND = 15
 _IPV6_FREEBIND = 78
 
 Observe = Callable[[str], None]
+# dnspython's record constructors (untyped there); built directly, not parsed from text.
+_A = cast(Callable[..., dns.rdata.Rdata], A)
+_AAAA = cast(Callable[..., dns.rdata.Rdata], AAAA)
+_SRV = cast(Callable[..., dns.rdata.Rdata], SRV)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +170,7 @@ class Resolver:
         if len(query.question) != 1:
             response.set_rcode(dns.rcode.FORMERR)
         else:
-            self._answer(query.question[0], response, perspective)
+            self._answer(query.question[0], response, perspective, UDP_RECORDS if udp else None)
         self._observe(dns.rcode.to_text(response.rcode()))
         limit = 65535
         if udp:  # the client's EDNS size, else the classic 512; TC tells it to use TCP
@@ -165,7 +182,11 @@ class Resolver:
     # ------------------------------------------------------------- answers
 
     def _answer(
-        self, question: dns.rrset.RRset, response: dns.message.Message, perspective: Perspective
+        self,
+        question: dns.rrset.RRset,
+        response: dns.message.Message,
+        perspective: Perspective,
+        most: int | None,
     ) -> None:
         name, rdtype = question.name, question.rdtype
         if question.rdclass != dns.rdataclass.IN or not name.is_subdomain(ZONE):
@@ -192,13 +213,13 @@ class Resolver:
             return
         if found.port is not None:
             if rdtype in (dns.rdatatype.SRV, dns.rdatatype.ANY):
-                self._srv(name, found, response, perspective)
+                self._srv(name, found, response, perspective, most)
         elif rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.ANY):
             if rdtype == dns.rdatatype.ANY:
                 wanted: tuple[int, ...] = (4, 6)
             else:
                 wanted = (4,) if rdtype == dns.rdatatype.A else (6,)
-            addresses = self._addresses(found.endpoints, perspective)
+            addresses = self._addresses(found.endpoints, perspective)[:most]
             for version in wanted:
                 rrset = _address_rrset(name, [a for a in addresses if a.version == version])
                 if rrset is not None:
@@ -212,23 +233,28 @@ class Resolver:
         found: _Found,
         response: dns.message.Message,
         perspective: Perspective,
+        most: int | None,
     ) -> None:
         assert found.port is not None
         port_name, protocol = found.port
-        records: list[str] = []
+        records: list[dns.rdata.Rdata] = []
+        glued: set[dns.name.Name] = set()  # a set: a list scan per record was quadratic
         for endpoint in self._shuffled(found.endpoints):
+            if most is not None and len(records) == most:
+                break
             port = endpoint.port(port_name)
             if port is None or port.protocol != protocol:
                 continue
             address, number = self._reach(endpoint, perspective, port.port, port.target)
             target = dns.name.from_text(f"{_instance(endpoint)}.{endpoint.service}", ZONE)
-            records.append(f"0 1 {number} {target}")
-            if address is not None:
+            records.append(_SRV(IN, dns.rdatatype.SRV, 0, 1, number, target))
+            if address is not None and target not in glued:
                 rrset = _address_rrset(target, [address])
-                if rrset is not None and rrset not in response.additional:
+                if rrset is not None:
+                    glued.add(target)
                     response.additional.append(rrset)
         if records:
-            response.answer.append(dns.rrset.from_text(name, TTL, "IN", "SRV", *records))
+            response.answer.append(dns.rrset.from_rdata_list(name, TTL, records))
 
     def _addresses(
         self, endpoints: Iterable[Endpoint], perspective: Perspective
@@ -286,18 +312,22 @@ class Resolver:
             inner = self._lookup(labels[2:])
             if inner is None or inner.port is not None:
                 return None
-            return _Found(inner.service, inner.endpoints, (labels[0][1:], labels[1][1:]))
+            port = (labels[0][1:], labels[1][1:])
+            if inner.endpoints and not any(_has_port(e, *port) for e in inner.endpoints):
+                return None  # a port none of its endpoints has: no such name
+            return _Found(inner.service, inner.endpoints, port)
         service = self._service(labels)
         if service is not None:
             return _Found(service, self.catalog.endpoints(service) or ())
         service = self._service(labels[1:])
         if service is None:
             return None
-        endpoints = self.catalog.endpoints(service) or ()
         instance = labels[0]
-        if instance.isdigit():
-            return _Found(service, tuple(e for e in endpoints if e.slot == int(instance)))
-        return _Found(service, tuple(e for e in endpoints if _instance(e) == instance))
+        one = tuple(e for e in self.catalog.endpoints(service) or () if _instance(e) == instance)
+        # An instance is known only while it is an endpoint (the catalog lists healthy
+        # tasks only): a slot that does not exist and one not healthy now are both NXDOMAIN,
+        # cached for ``TTL`` seconds at most.
+        return _Found(service, one) if one else None
 
     def _has_children(self, labels: list[str]) -> bool:
         """Whether a name exists below ``labels`` (an empty non-terminal: NODATA, not NXDOMAIN).
@@ -314,6 +344,11 @@ class Resolver:
         return False
 
 
+def _has_port(endpoint: Endpoint, name: str, protocol: str) -> bool:
+    port = endpoint.port(name)
+    return port is not None and port.protocol == protocol
+
+
 def _instance(endpoint: Endpoint) -> str:
     """The first label of one task's name: its slot, or its node for a global service."""
     if endpoint.slot > 0:
@@ -323,6 +358,7 @@ def _instance(endpoint: Endpoint) -> str:
     return label if valid and not label.isdigit() else f"task-{endpoint.task_id[:12].lower()}"
 
 
+@functools.lru_cache(maxsize=4096)  # a few node addresses, parsed for every endpoint
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text)
@@ -335,8 +371,12 @@ def _address_rrset(
 ) -> dns.rrset.RRset | None:
     if not addresses:
         return None
-    rdtype = "A" if addresses[0].version == 4 else "AAAA"
-    return dns.rrset.from_text(name, TTL, "IN", rdtype, *(str(a) for a in addresses))
+    # Rdata built directly: parsing record text cost most of a large answer's time.
+    if addresses[0].version == 4:
+        records = [_A(IN, dns.rdatatype.A, str(a)) for a in addresses]
+    else:
+        records = [_AAAA(IN, dns.rdatatype.AAAA, str(a)) for a in addresses]
+    return dns.rrset.from_rdata_list(name, TTL, records)
 
 
 def _bare(wire: bytes, rcode: dns.rcode.Rcode) -> bytes | None:

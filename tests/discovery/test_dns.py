@@ -138,10 +138,19 @@ async def test_srv_lists_every_endpoint_with_its_port(listener: DnsListener, tcp
     }
 
 
-async def test_srv_of_a_port_or_protocol_nobody_has_is_empty(listener: DnsListener) -> None:
-    for name in ("_grpc._tcp.web.shoal.", "_http._udp.web.shoal."):
-        response = await ask(listener, name, "SRV")
-        assert response.rcode() == dns.rcode.NOERROR and not response.answer
+async def test_a_port_protocol_or_instance_nobody_has_is_no_such_name(
+    listener: DnsListener,
+) -> None:
+    # No records exist at or below these names: NXDOMAIN (RFC 8020), not an empty answer.
+    for name, rdtype in (
+        ("_grpc._tcp.web.shoal.", "SRV"),
+        ("_http._udp.web.shoal.", "SRV"),
+        ("99.web.shoal.", "A"),
+        ("foo.web.shoal.", "A"),
+        ("01.web.shoal.", "A"),
+    ):
+        response = await ask(listener, name, rdtype)
+        assert response.rcode() == dns.rcode.NXDOMAIN and not response.answer, name
 
 
 async def test_unknown_names_are_nxdomain_and_empty_ones_nodata(listener: DnsListener) -> None:
