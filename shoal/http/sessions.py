@@ -151,7 +151,9 @@ class Sessions:
         return _b64(self._sign(b"csrf:" + session.id.encode()))
 
     def check_csrf(self, session: Session, token: str | None) -> None:
-        if not token or not hmac.compare_digest(token, self.csrf_token(session)):
+        # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not a 403).
+        given = (token or "").encode("utf-8", "replace")
+        if not given or not hmac.compare_digest(given, self.csrf_token(session).encode()):
             raise AuthError(
                 f"this request lacks the {CSRF_HEADER} header of the session "
                 "(GET /api/v1/session gives it): refused as a possible cross-site request"

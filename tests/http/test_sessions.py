@@ -74,3 +74,5 @@ def test_the_csrf_token_belongs_to_its_session() -> None:
         sessions.check_csrf(one, sessions.csrf_token(two))
     with pytest.raises(AuthError):
         sessions.check_csrf(one, None)
+    with pytest.raises(AuthError, match="X-Shoal-CSRF"):  # a refusal, not a TypeError
+        sessions.check_csrf(one, "é" * 43)
