@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,14 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+
+LOGIN_FAILED = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>shoal: not signed in</title>
+<link rel="stylesheet" href="/static/style.css"></head>
+<body><main><h1>Not signed in</h1><p>{reason}</p>
+<p>Run <code>shoal ui</code> for a new link: each one works once, for two minutes.</p>
+</main></body></html>
+"""
 
 Handler = Callable[["WebApi", web.Request], Awaitable[web.StreamResponse]]
 
@@ -257,7 +266,14 @@ async def index(api: WebApi, request: web.Request) -> web.StreamResponse:
     )
 )
 async def login(api: WebApi, request: web.Request) -> web.StreamResponse:
-    session = api.sessions.redeem(request.query.get("token", ""))
+    try:
+        session = api.sessions.redeem(request.query.get("token", ""))
+    except SignInError as exc:  # a person opened this link: answer with a page
+        return web.Response(
+            status=401,
+            content_type="text/html",
+            text=LOGIN_FAILED.format(reason=html.escape(str(exc))),
+        )
     response = web.HTTPSeeOther("/")
     response.set_cookie(
         COOKIE,
@@ -392,7 +408,9 @@ async def events(api: WebApi, request: web.Request) -> web.StreamResponse:
     with acting_as(session.caller):
         if resume.isdigit():
             history: list[Payload] = []
-            cursor = int(resume)
+            # Events of one transaction share a cursor: resend the last one's rather
+            # than lose those of them the browser had not received yet.
+            cursor = max(0, int(resume) - 1)
         else:
             limit = _number(request, "limit", HISTORY)
             # The list call checks the filters before the stream starts: a bad one is a 400.
@@ -443,52 +461,62 @@ async def logs(api: WebApi, request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------- actions
 
 
-@_route(
-    schema.RouteDoc(
-        "POST",
-        "/api/v1/services/{name}/scale",
-        "set a replicated service's replicas",
-        "Scale",
-        schema.ScaleReply,
-        body=schema.ScaleRequest,
-    )
-)
-async def scale(api: WebApi, request: web.Request) -> web.StreamResponse:
-    body = await _body(request, schema.ScaleRequest)
-    name = request.match_info["name"]
-    return _json(await api.call(request, "Scale", {"replicas": {name: body.replicas}}))
+ActionCall = Callable[[str, Any], Payload]
 
 
-@_route(
-    schema.RouteDoc(
-        "POST",
-        "/api/v1/services/{name}/rollout",
-        "restart every slot, undo the last rollout (or to a revision), pause, resume, "
-        "promote canaries",
-        "Rollout",
-        schema.RolloutReply,
-        body=schema.RolloutRequest,
-    )
+def _action(
+    path: str,
+    summary: str,
+    control: str,
+    reply: type[BaseModel],
+    body: type[BaseModel],
+) -> Callable[[ActionCall], ActionCall]:
+    """A ``POST`` route on one named object: its JSON body (a ``body``) checked, then
+    the Control request the decorated function makes of (name, body) sent."""
+
+    def register(build: ActionCall) -> ActionCall:
+        async def handler(api: WebApi, request: web.Request) -> web.StreamResponse:
+            parsed = await _body(request, body)
+            call = build(request.match_info["name"], parsed)
+            return _json(await api.call(request, control, call))
+
+        ROUTES.append((schema.RouteDoc("POST", path, summary, control, reply, body=body), handler))
+        return build
+
+    return register
+
+
+@_action(
+    "/api/v1/services/{name}/scale",
+    "set a replicated service's replicas",
+    "Scale",
+    schema.ScaleReply,
+    schema.ScaleRequest,
 )
-async def rollout(api: WebApi, request: web.Request) -> web.StreamResponse:
-    body = await _body(request, schema.RolloutRequest)
-    call: Payload = {"name": request.match_info["name"], "action": body.action}
+def scale(name: str, body: schema.ScaleRequest) -> Payload:
+    return {"replicas": {name: body.replicas}}
+
+
+@_action(
+    "/api/v1/services/{name}/rollout",
+    "restart every slot, undo the last rollout (or to a revision), pause, resume, promote canaries",
+    "Rollout",
+    schema.RolloutReply,
+    schema.RolloutRequest,
+)
+def rollout(name: str, body: schema.RolloutRequest) -> Payload:
+    call: Payload = {"name": name, "action": body.action}
     if body.to_revision is not None:
         call["toRevision"] = body.to_revision
-    return _json(await api.call(request, "Rollout", call))
+    return call
 
 
-@_route(
-    schema.RouteDoc(
-        "POST",
-        "/api/v1/nodes/{name}/availability",
-        "drain a node (its tasks move), pause it (it takes no new ones) or make it active",
-        "UpdateNode",
-        schema.NodeReply,
-        body=schema.AvailabilityRequest,
-    )
+@_action(
+    "/api/v1/nodes/{name}/availability",
+    "drain a node (its tasks move), pause it (it takes no new ones) or make it active",
+    "UpdateNode",
+    schema.NodeReply,
+    schema.AvailabilityRequest,
 )
-async def availability(api: WebApi, request: web.Request) -> web.StreamResponse:
-    body = await _body(request, schema.AvailabilityRequest)
-    call = {"name": request.match_info["name"], "availability": body.availability.value}
-    return _json(await api.call(request, "UpdateNode", call))
+def availability(name: str, body: schema.AvailabilityRequest) -> Payload:
+    return {"name": name, "availability": body.availability.value}

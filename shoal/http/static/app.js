@@ -94,7 +94,8 @@ function rollout(service) {
   const update = service.status?.update;
   if (!update) return h("span", { className: "muted" }, "—");
   const total = update.total || 0;
-  const percent = total ? Math.round((100 * (update.updated || 0)) / total) : 100;
+  const done = update.state === "completed";
+  const percent = total ? Math.round((100 * (update.updated || 0)) / total) : done ? 100 : 0;
   const fill = h("span");
   fill.style.width = `${percent}%`; // not a style attribute: the CSP forbids inline styles
   return h(
