@@ -50,7 +50,7 @@ FIELDS = [
     "rotate", "csr", "force", "nodeId", "sessionId", "description", "updates", "taskId",
     "status", "token", "subscriptionId", "lines", "metadata", "spec", "apiVersion",
     "documents", "configs", "set", "prune", "allowEmpty", "source", "suspend", "action",
-    "toRevision", "data", "since", "limit", "type", "object", "reason",
+    "toRevision", "data", "since", "limit", "type", "object", "reason", "selector", "task",
 ]  # fmt: skip
 
 json_scalars = (

@@ -157,10 +157,14 @@ class ControlClient:
         name: str | None = None,
         service: str | None = None,
         all_tasks: bool = False,
+        selector: str | None = None,
     ) -> list[Payload]:
-        """The items of ``kind`` (services, tasks, nodes); ``service`` and
-        ``all_tasks`` filter tasks (``all_tasks`` includes finished history)."""
+        """The items of ``kind`` (services, tasks, nodes, syncs); ``service`` and
+        ``all_tasks`` filter tasks (``all_tasks`` includes finished history);
+        ``selector`` (``app=web,tier!=db``) filters by labels, a task by its service's."""
         request: Payload = {"kind": kind}
+        if selector:
+            request["selector"] = selector
         if name is not None:
             request["name"] = name
         if service is not None:
@@ -175,10 +179,19 @@ class ControlClient:
         """Services: ``{service, tasks, notes, events}``; nodes: ``{node, tasks, events}``."""
         return await self._call("Describe", {"kind": kind, "name": name})
 
-    async def delete(self, names: Sequence[str], ignore_not_found: bool = False) -> Payload:
+    async def delete(
+        self, names: Sequence[str], ignore_not_found: bool = False, selector: str | None = None
+    ) -> Payload:
         """``{"deleted": [...], "missing": [...]}``; missing names are an error
-        (NOT_FOUND, nothing deleted) unless ``ignore_not_found``."""
-        request = {"kind": "services", "names": list(names), "ignoreNotFound": ignore_not_found}
+        (NOT_FOUND, nothing deleted) unless ``ignore_not_found``. With ``selector``
+        (and no names) every service it matches is deleted."""
+        request: Payload = {
+            "kind": "services",
+            "names": list(names),
+            "ignoreNotFound": ignore_not_found,
+        }
+        if selector:
+            request["selector"] = selector
         return await self._call("Delete", request)
 
     async def rollout(self, name: str, action: str, to_revision: int | None = None) -> Payload:
@@ -217,11 +230,21 @@ class ControlClient:
         return node
 
     async def logs(
-        self, service: str, follow: bool = False, tail: int | None = None
+        self,
+        service: str | None = None,
+        follow: bool = False,
+        tail: int | None = None,
+        *,
+        task: str | None = None,
+        selector: str | None = None,
     ) -> AsyncIterator[Payload]:
-        """``{"taskId", "task", "line"}`` items; ends when every task's log has
-        been sent, or never with ``follow`` (cancel to stop)."""
-        request: Payload = {"service": service, "follow": follow}
+        """``{"taskId", "task", "line"}`` items of one ``service``, one ``task`` (id,
+        unique id prefix or name) or the services a ``selector`` matches; ends when
+        every task's log has been sent, or never with ``follow`` (cancel to stop)."""
+        request: Payload = {"follow": follow}
+        for field, value in (("service", service), ("task", task), ("selector", selector)):
+            if value:
+                request[field] = value
         if tail is not None:
             request["tail"] = tail
         try:

@@ -28,6 +28,7 @@ from shoal.cli.options import (
     completes,
     key_value,
     output_option,
+    selector_option,
     server_option,
     subcommands,
     wait_options,
@@ -172,7 +173,13 @@ def show(args: argparse.Namespace, kind: str) -> int:
     history = all_tasks or (watching and kind == "tasks")
 
     async def fetch(control: ControlClient) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
-        items = await control.get(kind, name=name, service=service, all_tasks=history or bool(name))
+        items = await control.get(
+            kind,
+            name=name,
+            service=service,
+            all_tasks=history or bool(name),
+            selector=args.selector,
+        )
         if service and not items:
             # Like `get services nope`: a service that does not exist is an error
             # (NOT_FOUND, exit 1), not an empty list.
@@ -185,7 +192,7 @@ def show(args: argparse.Namespace, kind: str) -> int:
     if watching:
         return _watch(args, kind, fetch, everything=all_tasks or bool(name))
     items, counts = _run(args, fetch)
-    if name and not items:
+    if name and not items and not args.selector:
         raise NotFoundError(f"{kind[:-1]} {name!r} not found")
     _print_items(kind, name, items, args.output, counts)
     return 0
@@ -281,7 +288,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    if args.filename:
+    if args.selector:
+        alone = [[], *([kind] for kind in SERVICE_KINDS)]  # `delete -l` or `delete service -l`
+        if args.filename or args.targets not in alone:
+            raise UsageError("-l selects the services to delete: give no names and no -f")
+        names: list[str] = []
+    elif args.filename:
         if args.targets:
             raise UsageError("give either -f PATH or service NAME..., not both")
         names = [doc.name for doc in _load(args.filename) if doc.kind == "Service"]
@@ -293,8 +305,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
             raise UsageError("name at least one service to delete")
 
     async def delete(control: ControlClient) -> None:
-        response = await control.delete(names, ignore_not_found=args.ignore_not_found)
+        response = await control.delete(
+            names, ignore_not_found=args.ignore_not_found, selector=args.selector
+        )
         deleted: list[str] = response.get("deleted", [])
+        if args.selector and not deleted:
+            print(f"No services match {args.selector}.", file=sys.stderr)
         for name in deleted:
             _out(f"service/{name} deleted")
         if args.wait and deleted:
@@ -321,11 +337,36 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    async def stream(control: ControlClient) -> None:
-        async for item in control.logs(args.service, follow=args.follow, tail=args.tail):
+    target: str | None = args.target
+    if bool(target) == bool(args.selector):
+        raise UsageError("name a service or a task, or give -l SELECTOR (not both)")
+
+    async def lines(control: ControlClient, **scope: str | None) -> None:
+        items = control.logs(follow=args.follow, tail=args.tail, **scope)
+        async for item in items:
             line = str(item.get("line", ""))
             task = item.get("task")
             print(f"{task} | {line}" if task and args.prefix else line, flush=True)
+
+    async def stream(control: ControlClient) -> None:
+        from shoal.errors import ApiError
+
+        if args.selector:
+            return await lines(control, selector=args.selector)
+        assert target is not None
+        if "." in target:  # service names are DNS labels: a dot names a task
+            return await lines(control, task=target)
+        try:
+            await lines(control, service=target)
+        except ApiError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            try:  # a task id, or the start of one
+                await lines(control, task=target)
+            except ApiError as again:
+                if again.code != "NOT_FOUND":
+                    raise
+                raise NotFoundError(f"service or task {target!r} not found") from None
 
     try:
         _run(args, stream)
@@ -429,6 +470,7 @@ def configure_get(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-a", "--all", action="store_true", help="tasks: include finished tasks kept as history"
     )
+    selector_option(parser, "objects (tasks: of services)")
     parser.add_argument(
         "-w",
         "--watch",
@@ -451,7 +493,9 @@ def configure_describe(parser: argparse.ArgumentParser) -> None:
 
 def configure_delete(parser: argparse.ArgumentParser) -> None:
     command(parser, cmd_delete)
-    parser.usage = "shoal delete (service NAME [NAME ...] | -f PATH [-f PATH ...]) [options]"
+    parser.usage = (
+        "shoal delete (service NAME [NAME ...] | -f PATH [-f PATH ...] | -l SELECTOR) [options]"
+    )
     parser.epilog = (
         "By default waits until the services' tasks have stopped; --no-wait returns\n"
         "as soon as the services are deleted."
@@ -474,6 +518,7 @@ def configure_delete(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a service that does not exist is not an error",
     )
+    selector_option(parser, "the services")
     wait_options(parser, "until the tasks of the deleted services have stopped")
 
 
@@ -500,7 +545,22 @@ def configure_scale(parser: argparse.ArgumentParser) -> None:
 def configure_logs(parser: argparse.ArgumentParser) -> None:
     command(parser, cmd_logs)
     server_option(parser)
-    completes(parser.add_argument("service", metavar="SERVICE"), "services")
+    parser.epilog = (
+        "examples:\n  shoal logs web -f\n"
+        "  shoal logs web.2.3f9c1a0b    (one task, as `get tasks` names it)\n"
+        "  shoal logs 3f9c1a            (a task by the start of its id)\n"
+        "  shoal logs -l app=web --tail 20"
+    )
+    completes(
+        parser.add_argument(
+            "target",
+            metavar="SERVICE|TASK",
+            nargs="?",
+            help="a service, or one task: its name, its id or the start of its id",
+        ),
+        "services",
+    )
+    selector_option(parser, "the tasks of the services")
     parser.add_argument(
         "-f",
         "--follow",

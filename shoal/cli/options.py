@@ -137,6 +137,18 @@ def wait_options(parser: argparse.ArgumentParser, until: str) -> None:
     )
 
 
+def selector_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``-l/--selector KEY=VALUE,...``: kubectl's label selectors (``shoal.selectors``)."""
+    parser.add_argument(
+        "-l",
+        "--selector",
+        type=selector,
+        metavar="SELECTOR",
+        help=f"only {what} whose labels match: k=v, k!=v, k (has it), !k (has not); "
+        "comma means and, e.g. -l app=web,tier!=db",
+    )
+
+
 # ------------------------------------------------------------ argument types
 
 
@@ -144,6 +156,16 @@ def duration(text: str) -> float:
     """``500ms``, ``5s``, ``1m30s``, ``2h`` as seconds."""
     try:
         return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def selector(text: str) -> str:
+    """A label selector, checked here and sent as its canonical text."""
+    from shoal.selectors import parse_selector
+
+    try:
+        return str(parse_selector(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -24,7 +24,7 @@ from shoal.manager.backupapi import BackupApi
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.eventsapi import EventsApi
 from shoal.manager.jobs import JobControl
-from shoal.manager.logstream import ServiceLogs
+from shoal.manager.logstream import LogScope, ServiceLogs
 from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
 from shoal.manager.syncapi import SyncApi
@@ -45,6 +45,7 @@ from shoal.reconciler.applyset import ApplyOptions, Document, plan_apply
 from shoal.reconciler.events import EventFilter, EventRecorder, node_update_event
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.reports import Reports
+from shoal.selectors import Selector, parse_selector
 from shoal.store.retry import retry_on_conflict
 from shoal.store.typed import SERVICES, Change
 
@@ -103,6 +104,17 @@ def _kind(name: str) -> str:
         raise ValueError(
             f"unknown resource type {name!r} (use services, tasks, nodes or syncs)"
         ) from None
+
+
+def _selector(request: Payload) -> Selector:
+    """The request's ``selector`` (``app=web,tier!=db``); a bad one names the field."""
+    text = request.get("selector") or ""
+    if not isinstance(text, str):
+        raise ValueError("selector: must be a string such as 'app=web,tier!=db'")
+    try:
+        return parse_selector(text)
+    except ValueError as exc:
+        raise ValueError(f"selector: {exc}") from None
 
 
 def _parse_configs(raw: list[dict[str, Any]]) -> list[ConfigDocument]:
@@ -241,6 +253,15 @@ class Control:
         if _kind(str(request.get("kind", "services"))) != "services":
             raise ValueError("only services can be deleted")
         names = [str(n) for n in request.get("names", [])]
+        selector = _selector(request)
+        if selector:
+            if names:
+                raise ValueError("selector: give either names or a selector, not both")
+            names = sorted(
+                n
+                for n, e in self.informer.services.items()
+                if selector.matches(e.obj.metadata.labels)
+            )
         missing = [n for n in names if self.informer.service(n) is None]
         if missing and not request.get("ignoreNotFound"):
             raise NotFoundError(f"service(s) not found: {', '.join(missing)}")
@@ -341,9 +362,14 @@ class Control:
     async def get(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
         kind = _kind(str(request.get("kind", "")))
         name = request.get("name")
+        selector = _selector(request)
         if kind == "services":
             entries = sorted(self.informer.services.items())
-            items = [self._service_view(e.obj) for n, e in entries if name in (None, n)]
+            items = [
+                self._service_view(e.obj)
+                for n, e in entries
+                if name in (None, n) and selector.matches(e.obj.metadata.labels)
+            ]
             if name and not items:
                 raise NotFoundError(f"service {name!r} not found")
         elif kind == "tasks":
@@ -353,6 +379,9 @@ class Control:
                 for e in self.informer.all_tasks()
                 if (service in (None, e.obj.service)) and (name in (None, e.obj.id, e.obj.name))
             ]
+            if selector:  # tasks carry the labels of their service
+                labels = {n: e.obj.metadata.labels for n, e in self.informer.services.items()}
+                tasks = [t for t in tasks if selector.matches(labels.get(t.service, {}))]
             if not request.get("all"):
                 tasks = [
                     t
@@ -363,13 +392,17 @@ class Control:
             items = [self._task_view(t) for t in tasks]
         elif kind == "syncs":
             items = [
-                e.obj.to_wire() for n, e in sorted(self.informer.syncs.items()) if name in (None, n)
+                e.obj.to_wire()
+                for n, e in sorted(self.informer.syncs.items())
+                if name in (None, n) and selector.matches(e.obj.metadata.labels)
             ]
             if name and not items:
                 raise NotFoundError(f"sync {name!r} not found")
         else:
             items = [
-                e.obj.to_wire() for n, e in sorted(self.informer.nodes.items()) if name in (None, n)
+                e.obj.to_wire()
+                for n, e in sorted(self.informer.nodes.items())
+                if name in (None, n) and selector.matches(e.obj.labels)
             ]
             if name and not items:
                 raise NotFoundError(f"node {name!r} not found")
@@ -409,15 +442,23 @@ class Control:
     async def logs(
         self, request: Payload, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Payload]:
-        """A service's output (``shoal.manager.logstream``); ``follow`` follows the service."""
+        """Output of ``service``'s tasks, of the services ``selector`` matches, or of one
+        ``task`` (id, unique id prefix or name); see ``shoal.manager.logstream``."""
         tail = request.get("tail")
         if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
             raise ValueError(f"tail: must be a whole number >= 0 (got {tail!r})")
-        service = request.get("service")
-        if not isinstance(service, str) or not service:
-            raise ValueError("service: name the service whose logs to send")
+        service, task = request.get("service"), request.get("task")
+        selector = _selector(request)
+        if sum(1 for given in (service, task, str(selector)) if given) != 1:
+            raise ValueError(
+                "service: name the service (or give task or selector) whose logs to send"
+            )
+        for field, value in (("service", service), ("task", task)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{field}: must be a name")
+        scope = LogScope(self.informer, service, selector if selector else None, task)
         logs = ServiceLogs(self.informer, self.dispatcher)
-        async for item in logs.stream(service, bool(request.get("follow")), tail):
+        async for item in logs.stream(scope, bool(request.get("follow")), tail):
             yield item
 
     async def version(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:

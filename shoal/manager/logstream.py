@@ -1,4 +1,5 @@
-"""``Logs``: a service's output, gathered from the agents that run its tasks.
+"""``Logs``: the output of a service's tasks (or of several services', or of one task),
+gathered from the agents that run them.
 
 Without ``follow`` the answer is the log of every task the service has on a
 node now, and ends when each agent has sent it. With ``follow`` it follows
@@ -7,6 +8,11 @@ starts later (a scale-up, a replacement for a task that failed, a rolling
 update's new tasks) is added as soon as it runs, with its whole output so far,
 and the stream goes on after the first tasks end. It ends when the caller
 goes away, or when the service is deleted and its last task's log is sent.
+
+What is shown is a ``LogScope``: one service (the above), the services a
+label selector matches (followed the same way; new matching services join,
+and the stream goes on until the caller goes away), or one task, named by its
+id, a unique prefix of it, or its name (followed until it ends).
 
 Each agent is asked through its session (``Dispatcher.request_logs``); a
 node that is not connected is named in one line instead of its logs.
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from shoal.api.transport import Payload
 from shoal.errors import NotFoundError
@@ -25,6 +31,7 @@ from shoal.manager.dispatcher import Dispatcher, LogSubscription
 from shoal.models import TaskState
 from shoal.models.task import Task
 from shoal.reconciler.informer import Informer
+from shoal.selectors import Selector
 
 # How often a followed service is looked at for new tasks.
 POLL = 0.5
@@ -41,6 +48,76 @@ def _has_log(task: Task, *, started: bool) -> bool:
     return task.status.state not in (TaskState.PENDING, TaskState.ASSIGNED, TaskState.NEW)
 
 
+def find_task(informer: Informer, text: str) -> Task:
+    """The task ``text`` names: its id, a unique prefix of the id, or its name."""
+    found: dict[str, Task] = {}
+    for entry in informer.all_tasks():
+        task = entry.obj
+        if text in (task.id, task.name):
+            return task
+        if task.id.startswith(text):
+            found[task.id] = task
+    if not found:
+        raise NotFoundError(f"task {text!r} not found")
+    if len(found) > 1:
+        names = ", ".join(sorted(t.name for t in found.values())[:5])
+        raise ValueError(f"task: {text!r} is the start of several task ids ({names}): give more")
+    return next(iter(found.values()))
+
+
+class LogScope:
+    """Which tasks one ``Logs`` call shows: of a service, of the services a
+    selector matches, or one task (see the module docstring)."""
+
+    def __init__(
+        self,
+        informer: Informer,
+        service: str | None = None,
+        selector: Selector | None = None,
+        task: str | None = None,
+    ) -> None:
+        self.informer = informer
+        self.service = service
+        self.selector = selector
+        self.task_id: str | None = None
+        if task is not None:
+            self.task_id = find_task(informer, task).id
+        elif (
+            service is not None
+            and informer.service(service) is None
+            and not informer.tasks_by_service.get(service)
+        ):
+            raise NotFoundError(f"service {service!r} not found")
+
+    def tasks(self) -> Iterator[Task]:
+        if self.task_id is not None:
+            entry = self.informer.tasks.get(self.task_id)
+            if entry is not None:
+                yield entry.obj
+            return
+        if self.service is not None:
+            names = [self.service]
+        else:
+            selector = self.selector or Selector()
+            names = [
+                n
+                for n, e in self.informer.services.items()
+                if selector.matches(e.obj.metadata.labels)
+            ]
+        for name in names:
+            for entry in self.informer.tasks_of_service(name):
+                yield entry.obj
+
+    def ended(self) -> bool:
+        """Nothing more will ever be shown: the service is deleted, or the task ended."""
+        if self.task_id is not None:
+            entry = self.informer.tasks.get(self.task_id)
+            return entry is None or entry.obj.status.state.terminal
+        if self.service is not None:
+            return self.informer.service(self.service) is None
+        return False  # services matching the selector may come later
+
+
 class ServiceLogs:
     """One ``Logs`` call (see the module docstring)."""
 
@@ -49,10 +126,8 @@ class ServiceLogs:
         self.dispatcher = dispatcher
 
     async def stream(
-        self, name: str, follow: bool, tail: int | None, poll: float = POLL
+        self, scope: LogScope, follow: bool, tail: int | None, poll: float = POLL
     ) -> AsyncIterator[Payload]:
-        if self.informer.service(name) is None and not self.informer.tasks_by_service.get(name):
-            raise NotFoundError(f"service {name!r} not found")
         merged: asyncio.Queue[Payload | None] = asyncio.Queue()
         names: dict[str, str] = {}
         asked: set[str] = set()
@@ -96,11 +171,7 @@ class ServiceLogs:
             ]
 
         def current(started: bool) -> list[Task]:
-            return [
-                e.obj
-                for e in self.informer.tasks_of_service(name)
-                if e.obj.id not in asked and _has_log(e.obj, started=started)
-            ]
+            return [t for t in scope.tasks() if t.id not in asked and _has_log(t, started=started)]
 
         try:
             for line in ask(current(started=False), tail):
@@ -134,8 +205,8 @@ class ServiceLogs:
                     look_at = loop.time() + poll
                     for line in ask(current(started=True), None):
                         yield line
-                    if open_streams == 0 and self.informer.service(name) is None:
-                        return  # deleted, and every log sent
+                    if open_streams == 0 and scope.ended():
+                        return  # deleted (or the task ended), and every log sent
         finally:
             for task in pumps:
                 task.cancel()

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shoal.errors import ApiError
 from tests.e2e.cluster import (
     Cluster,
     cluster_at,
@@ -489,3 +490,85 @@ def test_unknown_service_is_exit_1_not_found(cluster: Cluster, args: tuple[str, 
     assert "not found" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+# ----------------------------------------------------------------- -l selectors
+
+
+def labelled(cluster: Cluster, name: str, labels: dict[str, str], command: list[str]) -> str:
+    doc = json.loads(cluster.service(name, command))
+    doc["metadata"]["labels"] = labels
+    return json.dumps(doc)
+
+
+def test_selectors_filter_get_logs_and_delete_on_the_manager(cluster: Cluster) -> None:
+    talk = ["sh", "-c", 'echo "hello from $SHOAL_SERVICE"; sleep 300']
+    for name, labels in (
+        ("cl-sel-web", {"app": "cl-sel", "tier": "front"}),
+        ("cl-sel-api", {"app": "cl-sel", "tier": "back"}),
+        ("cl-sel-other", {"app": "cl-other"}),
+    ):
+        cluster.apply(labelled(cluster, name, labels, talk), f"{name}.yaml")
+    for name in ("cl-sel-web", "cl-sel-api", "cl-sel-other"):
+        cluster.wait_running(name, 1)
+
+    def names(*args: str) -> list[str]:
+        items = json.loads(cluster.cli("get", *args, "-o", "json").stdout)["items"]
+        return sorted(i["metadata"]["name"] if "metadata" in i else i["service"] for i in items)
+
+    assert names("services", "-l", "app=cl-sel") == ["cl-sel-api", "cl-sel-web"]
+    assert names("services", "-l", "app=cl-sel,tier!=front") == ["cl-sel-api"]
+    assert names("services", "-l", "tier") == ["cl-sel-api", "cl-sel-web"]
+    assert names("services", "-l", "app=cl-other") == ["cl-sel-other"]
+    assert names("tasks", "-l", "tier=front") == ["cl-sel-web"]  # by their service's labels
+    nobody = cluster.cli("get", "services", "-l", "app=cl-nobody")
+    assert nobody.stdout == "" and nobody.stderr == "No services found.\n"
+
+    # The manager filters (a client without -l support sends the field itself) and
+    # refuses a bad selector naming the field.
+    reply = cluster.call("Get", {"kind": "services", "selector": "tier=back"})
+    assert [s["metadata"]["name"] for s in reply["items"]] == ["cl-sel-api"]
+    with pytest.raises(ApiError) as refused:
+        cluster.call("Get", {"kind": "services", "selector": "app in (a)"})
+    assert refused.value.code == "INVALID_ARGUMENT"
+    assert str(refused.value.message).startswith("selector: invalid selector")
+    # The CLI checks before it connects: a usage error, exit 2.
+    bad = cluster.cli("get", "services", "-l", "app=", "-l", "a b", check=False)
+    assert bad.returncode == 2 and "invalid selector 'a b'" in bad.stderr
+
+    def hello() -> set[str] | None:
+        lines = set(cluster.cli("logs", "-l", "app=cl-sel", "--no-prefix").stdout.splitlines())
+        return lines if len(lines) == 2 else None
+
+    wait_for(hello, 10, "a line from each selected service")
+    assert hello() == {"hello from cl-sel-web", "hello from cl-sel-api"}
+
+    deleted = cluster.cli("delete", "-l", "app=cl-sel")
+    assert deleted.stdout.splitlines() == [
+        "service/cl-sel-api deleted",
+        "service/cl-sel-web deleted",
+    ]
+    assert not task_processes("cl-sel-web") and not task_processes("cl-sel-api")
+    assert names("services", "-l", "app") == ["cl-sel-other"]
+    assert task_processes("cl-sel-other") and len(cluster.running("cl-sel-other")) == 1
+    again = cluster.cli("delete", "service", "-l", "app=cl-sel")
+    assert again.stdout == "" and again.stderr == "No services match app=cl-sel.\n"
+
+
+def test_logs_of_one_task_by_name_id_or_id_prefix(cluster: Cluster) -> None:
+    cluster.apply(
+        cluster.service(
+            "cl-one-task", ["sh", "-c", 'echo "slot $SHOAL_TASK_SLOT"; sleep 300'], replicas=2
+        )
+    )
+    tasks = {t["slot"]: t for t in cluster.wait_running("cl-one-task", 2)}
+    second = tasks[2]
+    wait_for(
+        lambda: len(cluster.cli("logs", "cl-one-task").stdout.splitlines()) == 2, 10, "two lines"
+    )
+    for word in (second["name"], second["id"], second["id"][:10]):
+        result = cluster.cli("logs", word)
+        assert result.stdout.splitlines() == [f"{second['name']} | slot 2"], word
+    missing = cluster.cli("logs", "cl-one-task.9.deadbeef", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr == "error: task 'cl-one-task.9.deadbeef' not found\n"
