@@ -253,3 +253,18 @@ def test_an_admin_restarts_from_the_ui_and_sees_the_rollout_with_screenshots(
         Path(target).mkdir(parents=True, exist_ok=True)
         for name in shots:
             shutil.copy(tmp_path / name, Path(target) / name)
+
+
+def test_an_admin_drains_the_node_and_makes_it_active_again(
+    cluster: Cluster, admin_page: Any
+) -> None:
+    page = admin_page
+    page.goto(page.url.split("#")[0] + "#/nodes")
+    page.click("button[data-action=drain][data-node=n1]")
+    # Its tasks stop (there is no other node to move them to) ...
+    wait_for(lambda: not task_processes(cluster), 40, "the drained node's task processes gone")
+    node = call(cluster, "Get", {"kind": "nodes", "name": "n1"})["items"][0]
+    assert node["spec"]["availability"] == "drain"
+    # ... and come back when it is active again.
+    page.click("button[data-action=undrain][data-node=n1]", timeout=20_000)
+    wait_for(lambda: len(task_processes(cluster)) == 4, 40, "4 task processes again")
