@@ -39,6 +39,7 @@ CONTROL_METHODS = [
     ("UserList", False), ("UserRemove", False), ("NodeRemove", False), ("Version", False),
     ("ClusterStatus", False), ("Logs", True), ("WatchEvents", True), ("Backup", True),
     ("UiLogin", False),
+    ("Endpoints", True),
 ]  # fmt: skip
 DISPATCHER_METHODS = [("Heartbeat", False), ("UpdateTaskStatus", False), ("Session", True)]
 # PublishLogs is client-streaming: its messages are checked one by one (transport).
@@ -51,6 +52,7 @@ FIELDS = [
     "status", "token", "subscriptionId", "lines", "metadata", "spec", "apiVersion",
     "documents", "configs", "set", "prune", "allowEmpty", "source", "suspend", "action",
     "toRevision", "data", "since", "limit", "type", "object", "reason", "selector", "task",
+    "watch",
 ]  # fmt: skip
 
 json_scalars = (

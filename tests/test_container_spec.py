@@ -1,7 +1,7 @@
 """Container fields and healthchecks in specs: what is refused at apply time, and where.
 
 Each bad spec must be refused before anything is sent, naming the file, the
-line and the field, so a user who wrote ``ports`` under ``runtime: process``
+line and the field, so a user who wrote ``mounts`` under ``runtime: process``
 learns it from ``shoal apply``, not from a task that silently ignores it.
 """
 
@@ -44,11 +44,11 @@ def problems(template: str) -> list[str]:
             id="image-for-process",
         ),
         pytest.param(
-            "    command: [sleep, '1']\n    ports:\n      - {published: 80, target: 80}\n",
-            8,
-            "spec.template.ports",
-            "'ports' only applies to container runtimes",
-            id="ports-for-process",
+            "    runtime: docker\n    image: x\n    ports:\n      - {name: http, published: 80}\n",
+            10,
+            "spec.template.ports[0].target",
+            "runtime 'docker' needs the port's target",
+            id="container-port-without-target",
         ),
         pytest.param(
             "    command: [sleep, '1']\n    capAdd: [NET_ADMIN]\n",

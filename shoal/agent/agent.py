@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 import shoal
 from shoal.agent.discovery import DnsSettings, NodeDiscovery
+from shoal.agent.ports import DEFAULT_RANGE, PortAllocator
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
 from shoal.agent.taskrunner import TaskRunner
@@ -106,6 +107,12 @@ class AgentSettings:
     identity: TlsIdentity | None = None
     # Where the agent answers DNS for the ``shoal.`` zone (shoal.agent.discovery).
     dns: DnsSettings = field(default_factory=DnsSettings)
+    # The address other nodes reach this one at; None: the one the manager sees.
+    advertise_address: str | None = None
+    # Where ports the tasks leave to the agent (``published: 0``) come from.
+    port_range: tuple[int, int] = DEFAULT_RANGE
+    # Whether the managers send this agent the endpoint catalog (simulated nodes: no).
+    catalog: bool = True
 
     @property
     def join_address(self) -> str:
@@ -180,10 +187,13 @@ class Agent:
         self.files = TaskFileStore(
             settings.runtime_dir or default_runtime_dir(settings.name, settings.state_dir)
         )
+        self.ports = PortAllocator(settings.state_dir / "ports", settings.port_range)
         # The endpoints of every service, as the managers last sent them; kept when
         # the session ends, so lookups on this node keep working without managers.
         self.catalog = Catalog()
         self.discovery = NodeDiscovery(self.catalog, settings.name, settings.dns, self.registry)
+        # Where others reach this node: as given, else as the manager saw us (per session).
+        self.advertise_address = settings.advertise_address or ""
 
     async def start(self) -> None:
         settings = self.settings
@@ -208,6 +218,8 @@ class Agent:
         for task_id in self.files.leftovers():  # files of tasks that ended while we were away
             if task_id not in self.recovered:
                 await self.files.release(task_id)
+        self.ports.load()  # the ports of tasks adopted below stay theirs
+        self.ports.forget_except(self.recovered)
         self.runtime_info = [await r.describe() for r in self.runtimes.values()]
         for info in self.runtime_info:
             if info.available:
@@ -264,6 +276,7 @@ class Agent:
             agent_version=shoal.__version__,
             max_tasks=self.settings.max_tasks or DEFAULT_MAX_TASKS,
             metrics_address=self.metrics_listener.address if self.metrics_listener else "",
+            advertise_address=self.settings.advertise_address or "",
             generic_resources=self.settings.resources,
         )
 
@@ -380,6 +393,7 @@ class Agent:
             request = {
                 "nodeId": self.settings.name,
                 "description": self.description().to_wire(),
+                "catalog": self.settings.catalog,
             }
             stream = client.stream("Session", request)
             reconnect = asyncio.create_task(ended.wait())
@@ -405,6 +419,8 @@ class Agent:
                 if kind == "session":
                     self._learn(message.get("managers", []))
                     session_id = str(message["sessionId"])
+                    if not self.settings.advertise_address and message.get("advertiseAddress"):
+                        self.advertise_address = str(message["advertiseAddress"])
                     period = float(message["heartbeatPeriod"])
                     beats = client
                     if message.get("heartbeatAddress"):  # the manager's heartbeat listener
@@ -422,6 +438,8 @@ class Agent:
                 elif kind == "assignments":
                     await self._assign(message)
                     self.connected.set()
+                elif kind == "endpoints":
+                    self.catalog.apply(message)
                 elif kind == "logs":
                     self._start_logs(client, message)
                 elif kind == "logs-cancel":
@@ -448,7 +466,7 @@ class Agent:
             runner = self.runners.pop(task_id)
             await runner.remove()
         for runtime, handle in self.recovered.values():
-            await _discard(runtime, handle, self.files)
+            await _discard(runtime, handle, self.files, self.ports)
         self.recovered.clear()
 
     def _learn(self, managers: list[str]) -> None:
@@ -518,7 +536,9 @@ class Agent:
             for task_id in [t for t in self.recovered if t not in wanted]:
                 runtime, handle = self.recovered.pop(task_id)
                 log.info("agent.cleanup_unassigned", task=task_id)
-                self._background(_discard(runtime, handle, self.files), f"discard-{task_id[:8]}")
+                self._background(
+                    _discard(runtime, handle, self.files, self.ports), f"discard-{task_id[:8]}"
+                )
         for task in tasks:
             runner = self.runners.get(task.id)
             if runner:
@@ -546,6 +566,8 @@ class Agent:
                 on_exit=lambda rt, outcome: self.metrics.exits.labels(rt, outcome).inc(),
                 files=self.files,
                 file_data=_files_of(task, delivered),
+                ports=self.ports,
+                address=self.advertise_address,
             )
         for task_id in message.get("removed", []):
             await self._remove(str(task_id))
@@ -562,9 +584,8 @@ class Agent:
                     runner = self.runners.get(handle.task_id)
                     if runner is None or runner.done:
                         log.info("agent.cleanup_after_engine_returned", task=handle.task_id)
-                        self._background(
-                            _discard(runtime, handle, self.files), f"discard-{handle.task_id[:8]}"
-                        )
+                        discard = _discard(runtime, handle, self.files, self.ports)
+                        self._background(discard, f"discard-{handle.task_id[:8]}")
 
     async def _remove(self, task_id: str) -> None:
         runner = self.runners.pop(task_id, None)
@@ -592,11 +613,14 @@ class Agent:
         job.add_done_callback(lambda _: self._log_jobs.pop(subscription, None))
 
 
-async def _discard(runtime: Runtime, handle: TaskHandle, files: TaskFileStore) -> None:
+async def _discard(
+    runtime: Runtime, handle: TaskHandle, files: TaskFileStore, ports: PortAllocator
+) -> None:
     """Stop and remove a recovered task the manager no longer assigns here."""
     await runtime.stop(handle, "SIGTERM", 10.0)
     await runtime.remove(handle)
     await files.release(handle.task_id)
+    ports.release(handle.task_id)
 
 
 def _delivered_files(raw: Any) -> dict[tuple[str, str], bytes]:

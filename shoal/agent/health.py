@@ -3,7 +3,8 @@
 The same code serves every runtime; the runtime only says where a probe runs
 (``Runtime.exec`` for ``exec`` probes: on the node for processes, inside the
 container for containers) and where ``http`` and ``tcp`` probes connect
-(``Runtime.probe_host``).
+(``Runtime.probe_host``). A probe may name one of the task's ports instead of a
+number: a process's port as the agent picked it, a container's target port.
 
 Semantics, close to Docker's: the first probe runs as soon as the task was
 started, then one every ``interval``. A probe that succeeds makes the task
@@ -18,7 +19,7 @@ task, and the restart policy applies.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shoal.errors import RuntimeBackendError
@@ -34,8 +35,10 @@ class ProbeResult:
     detail: str
 
 
-async def probe(check: HealthCheck, runtime: Runtime, handle: TaskHandle) -> ProbeResult:
-    """Run the check's probe once."""
+async def probe(
+    check: HealthCheck, runtime: Runtime, handle: TaskHandle, ports: Mapping[str, int] = {}
+) -> ProbeResult:
+    """Run the check's probe once; ``ports`` resolves a port named in the probe."""
     try:
         async with asyncio.timeout(check.timeout):
             if check.exec:
@@ -44,16 +47,24 @@ async def probe(check: HealthCheck, runtime: Runtime, handle: TaskHandle) -> Pro
                 detail = f"exit code {result.exit_code}" + (f": {output}" if output else "")
                 return ProbeResult(result.exit_code == 0, detail)
             host = await runtime.probe_host(handle)
+            port = _resolve(check.port, ports)
             if check.http:
-                return await _http(host, check.http.port, check.http.path)
-            assert check.tcp is not None
-            _, writer = await asyncio.open_connection(host, check.tcp.port)
+                return await _http(host, port, check.http.path)
+            _, writer = await asyncio.open_connection(host, port)
             writer.close()
-            return ProbeResult(True, f"connected to {host}:{check.tcp.port}")
+            return ProbeResult(True, f"connected to {host}:{port}")
     except TimeoutError:
         return ProbeResult(False, f"timed out after {check.timeout:g}s")
     except (OSError, RuntimeBackendError) as exc:
         return ProbeResult(False, str(exc)[:_DETAIL_CHARS] or type(exc).__name__)
+
+
+def _resolve(port: int | str | None, ports: Mapping[str, int]) -> int:
+    if isinstance(port, int):
+        return port
+    if port is None or port not in ports:  # the models refuse a name that is not a port
+        raise OSError(f"no port named {port!r} on this task")
+    return ports[port]
 
 
 async def _http(host: str, port: int, path: str) -> ProbeResult:
@@ -77,6 +88,7 @@ async def watch(
     runtime: Runtime,
     handle: TaskHandle,
     on_healthy: Callable[[str], None],
+    ports: Mapping[str, int] = {},
 ) -> str:
     """Probe until the task is unhealthy; return why. Calls ``on_healthy`` once, when it is."""
     loop = asyncio.get_running_loop()
@@ -84,7 +96,7 @@ async def watch(
     healthy = False
     failures = 0
     while True:
-        result = await probe(check, runtime, handle)
+        result = await probe(check, runtime, handle, ports)
         if result.ok:
             failures = 0
             if not healthy:

@@ -57,6 +57,7 @@ def fleet_settings(base: AgentSettings, count: int) -> list[AgentSettings]:
                 metrics_listen=None,
                 # One process, many nodes: no DNS listeners (they would share addresses).
                 dns=DnsSettings(listen=None, containers=False),
+                catalog=False,  # simulated work resolves nothing: spare the managers
             )
         )
     return settings

@@ -32,12 +32,14 @@ from typing import Any
 import structlog
 
 from shoal.agent.health import watch
+from shoal.agent.ports import PortAllocator
 from shoal.agent.taskfiles import TaskFileStore
 from shoal.errors import RuntimeBackendError, TaskRejectedError
 from shoal.models import DesiredState, Task, TaskState, TaskStatus
 from shoal.models.resources import resource_env
 from shoal.models.secret import SECRETS_MOUNT
-from shoal.runtimes.base import ExitStatus, Runtime, TaskHandle, TaskLaunch
+from shoal.models.task import TaskPort
+from shoal.runtimes.base import ExitStatus, Observation, Runtime, TaskHandle, TaskLaunch
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +50,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def launch_for(task: Task, node_name: str) -> TaskLaunch:
+def launch_for(
+    task: Task, node_name: str, ports: tuple[TaskPort, ...] = (), address: str = ""
+) -> TaskLaunch:
     slot = task.node_id or node_name if task.slot == 0 else str(task.slot)
     env = {
         "SHOAL_SERVICE": task.service,
@@ -56,6 +60,14 @@ def launch_for(task: Task, node_name: str) -> TaskLaunch:
         "SHOAL_TASK_SLOT": slot,
         "SHOAL_NODE": node_name,
     }
+    if address:  # where other nodes reach this one (shoal agent --advertise-address)
+        env["SHOAL_NODE_ADDRESS"] = address
+    # Ports by name (SHOAL_PORT_HTTP=20417), and PORT for the first, as many servers expect.
+    # A container's own ports are its targets: it is told those.
+    for mapping, port in zip(task.template.ports, ports, strict=False):
+        env[mapping.env_name] = str(port.target or port.port)
+    if ports:
+        env["PORT"] = str(ports[0].target or ports[0].port)
     if task.job_run is not None:
         env["SHOAL_JOB_RUN"] = str(task.job_run)
     # Which generic resource units the scheduler gave it: SHOAL_RESOURCE_GPU=0,1.
@@ -66,6 +78,7 @@ def launch_for(task: Task, node_name: str) -> TaskLaunch:
         slot=task.slot,
         template=task.template,
         env=env,
+        ports=ports,
     )
 
 
@@ -89,6 +102,8 @@ class TaskRunner:
         on_exit: Callable[[str, str], None] | None = None,
         files: TaskFileStore | None = None,
         file_data: dict[tuple[str, str], bytes] | None = None,
+        ports: PortAllocator | None = None,
+        address: str = "",
     ) -> None:
         self.task = task
         self.runtime = runtime
@@ -106,6 +121,9 @@ class TaskRunner:
         # their bytes are kept only until then (shoal.agent.taskfiles).
         self._files = files
         self._file_data = file_data or {}
+        # Ports: picked at the start, kept while the task lives here (shoal.agent.ports).
+        self._ports = ports
+        self._address = address
         self._job: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"task-{task.id[:8]}")
         self._note(task)
 
@@ -147,6 +165,8 @@ class TaskRunner:
             self.report(TaskState.FAILED, f"agent error: {exc}", error=str(exc))
         self._file_data = {}
         template = self.task.template
+        if self._ports is not None:
+            self._ports.release(self.task.id)
         if self._files is not None and (template.secrets or template.configs):
             await self._files.release(self.task.id)  # the task has ended here: its files go
 
@@ -179,7 +199,8 @@ class TaskRunner:
                 return
         else:
             observed = await self.runtime.inspect(self.handle)
-            self._running = {"pid": observed.pid, "started_at": observed.started_at}
+            held = self._ports.held(task.id) if self._ports is not None else None
+            self._running = await self._running_fields(observed, held or ())
             # With a healthcheck, the probes say when it runs (shoal.agent.health).
             if (
                 observed.running
@@ -239,8 +260,13 @@ class TaskRunner:
             health="starting" if healthcheck else None,
         )
         try:
-            launch = await self._with_files(launch_for(self.task, self._node_name))
-            self.handle = await self.runtime.start(launch)
+            ports: tuple[TaskPort, ...] = ()
+            if self._ports is not None and self.task.template.ports:
+                ports = self._ports.allocate(
+                    self.task.id, self.task.template.ports, targets=self.runtime.container_fields
+                )
+            launch = launch_for(self.task, self._node_name, ports, self._address)
+            self.handle = await self.runtime.start(await self._with_files(launch))
         except TaskRejectedError as exc:
             self.report(TaskState.REJECTED, str(exc), error=str(exc))
             return False
@@ -249,10 +275,22 @@ class TaskRunner:
             return False
         self._on_start(self.runtime.name)
         observed = await self.runtime.inspect(self.handle)
-        self._running = {"pid": observed.pid, "started_at": observed.started_at}
+        self._running = await self._running_fields(observed, ports)
         if observed.running and not self._stop.is_set() and healthcheck is None:
             self.report(TaskState.RUNNING, "running", **self._running)
         return True
+
+    async def _running_fields(
+        self, observed: Observation, ports: tuple[TaskPort, ...]
+    ) -> dict[str, Any]:
+        """What the ``running`` report says besides the state: pid, start, ports, address."""
+        fields: dict[str, Any] = {"pid": observed.pid, "started_at": observed.started_at}
+        if ports:
+            fields["ports"] = list(ports)
+        if self.runtime.container_fields and observed.running and self.handle is not None:
+            with contextlib.suppress(RuntimeBackendError):  # e.g. no network at all
+                fields["container_address"] = await self.runtime.probe_host(self.handle)
+        return fields
 
     async def _with_files(self, launch: TaskLaunch) -> TaskLaunch:
         """Write the task's secrets and configs and say where they are."""
@@ -280,7 +318,10 @@ class TaskRunner:
                     TaskState.RUNNING, f"healthy: {detail}", health="healthy", **self._running
                 )
 
-        return asyncio.create_task(watch(check, self.runtime, handle, healthy))
+        ports = self._running.get("ports") or ()
+        # A probe may name a port: where the task listens (a container: its target).
+        named = {p.name: p.target or p.port for p in ports}
+        return asyncio.create_task(watch(check, self.runtime, handle, healthy, named))
 
     async def remove(self) -> None:
         """Stop whatever still runs and release the task's resources."""

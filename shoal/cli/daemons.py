@@ -87,8 +87,32 @@ def _common(parser: argparse.ArgumentParser, listen: bool = True) -> None:
         )
 
 
+def _port_range(value: str) -> tuple[int, int]:
+    from shoal.agent.ports import parse_range
+
+    try:
+        return parse_range(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _node_identity(parser: argparse.ArgumentParser, name_help: str) -> None:
     parser.add_argument("--name", default=None, help=name_help)
+    parser.add_argument(
+        "--advertise-address",
+        default=None,
+        metavar="ADDRESS",
+        help="the address other nodes reach this node's tasks at (default: the address "
+        "the manager sees the agent connect from)",
+    )
+    parser.add_argument(
+        "--port-range",
+        type=_port_range,
+        default=None,
+        metavar="LOW-HIGH",
+        help="where ports that tasks leave to the agent (published: 0) come from "
+        "(default 20000-32767)",
+    )
     parser.add_argument(
         "--max-tasks",
         type=_positive,
@@ -374,6 +398,7 @@ async def _up(args: argparse.Namespace) -> int:
             max_tasks=args.max_tasks,
             resources=node_resources(args.resource),
             dns=_dns_settings(args),
+            **_address_options(args),
         )
         async with open_agent(agent_settings) as agent:
             # One process, one /metrics: the agent's metrics join the manager's.
@@ -448,6 +473,7 @@ async def _agent(args: argparse.Namespace) -> int:
         max_tasks=args.max_tasks,
         resources=node_resources(args.resource, discover=not args.sim_nodes),
         dns=_dns_settings(args),
+        **_address_options(args),
     )
     if args.sim_nodes:
         async with open_sim_fleet(settings, args.sim_nodes) as fleet:
@@ -468,6 +494,14 @@ def _http_listen(value: str | None, listen: str, default_on: bool) -> str | None
     host, port = split_host_port(listen)
     host = f"[{host}]" if ":" in host else host
     return f"{host}:{port + 3 if port else 0}"
+
+
+def _address_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``AgentSettings`` fields of --advertise-address and --port-range, where given."""
+    options: dict[str, Any] = {"advertise_address": args.advertise_address}
+    if args.port_range is not None:
+        options["port_range"] = args.port_range
+    return options
 
 
 def _runtime_options(items: list[tuple[str, str, str]]) -> dict[str, dict[str, str]]:

@@ -18,6 +18,7 @@ from shoal.cli.output import (
     age_since,
     command_line,
     format_bytes,
+    format_ports,
     format_units,
     node_labels,
     parse_time,
@@ -26,6 +27,7 @@ from shoal.cli.output import (
     task_message,
     task_slot,
     task_state,
+    template_ports,
 )
 
 INDENT = "  "
@@ -76,6 +78,10 @@ def _tasks(tasks: list[dict[str, Any]], by_node: bool) -> list[str]:
     units = any(task.get("resources") for task in tasks)
     if units:
         headers.insert(3, "RESOURCES")
+    # The ports the agents gave them (e.g. "http=20417/tcp"), if any has some.
+    ports = any(task.get("status", {}).get("ports") for task in tasks)
+    if ports:
+        headers.insert(-1, "PORTS")
     rows = []
     for task in tasks:
         status = task.get("status", {})
@@ -92,6 +98,8 @@ def _tasks(tasks: list[dict[str, Any]], by_node: bool) -> list[str]:
         ]
         if units:
             row.insert(3, format_units(task.get("resources") or {}))
+        if ports:
+            row.insert(-1, format_ports(status.get("ports") or []))
         rows.append(row)
     return render_table(headers, rows).splitlines()
 
@@ -192,6 +200,8 @@ def describe_service(payload: dict[str, Any]) -> str:
     ]
     if template.get("image"):
         template_pairs.insert(1, ("Image", str(template["image"])))
+    if template.get("ports"):
+        template_pairs.append(("Ports", template_ports(template["ports"])))
     if template.get("healthcheck"):
         template_pairs.append(("Healthcheck", _healthcheck(template["healthcheck"])))
     lines += _section("Template", _fields(template_pairs))
@@ -241,7 +251,8 @@ def describe_node(payload: dict[str, Any]) -> str:
         ("State", status.get("state", "unknown")),
         ("Since", _when(status.get("updatedAt"))),
         ("Availability", node.get("spec", {}).get("availability", "active")),
-        ("Address", status.get("address") or "-"),
+        ("Address", status.get("advertiseAddress") or "-"),
+        ("Session from", status.get("address") or "-"),
         ("Labels", _mapping(node_labels(node))),
         ("CPUs", f"{description.get('cpus', 0):g}"),
         ("Memory", format_bytes(int(description.get("memory", 0)))),

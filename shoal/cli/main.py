@@ -116,6 +116,11 @@ VERBS: tuple[Verb, ...] = (
     ),
     Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),
     Verb("events", "what the cluster did and why (-w to follow)", "shoal.cli.events:configure"),
+    Verb(
+        "endpoints",
+        "where a service's healthy tasks are: addresses and ports (-w to follow)",
+        "shoal.cli.endpoints:configure",
+    ),
     Verb("store", "back up the store, restore it", "shoal.cli.store:configure"),
     Verb("secret", "manage secrets (encrypted at rest)", "shoal.cli.secrets:configure_secret"),
     Verb("config", "manage configs", "shoal.cli.secrets:configure_config"),

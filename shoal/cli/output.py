@@ -151,6 +151,28 @@ def format_units(resources: dict[str, list[str]]) -> str:
     return shown or "-"
 
 
+def format_ports(ports: list[dict[str, Any]]) -> str:
+    """A task's ports as the node has them: ``http=20417/tcp``, ``web=8080->80/tcp``."""
+    shown = []
+    for port in ports:
+        target = f"->{port['target']}" if port.get("target") else ""
+        shown.append(
+            f"{port.get('name', '?')}={port.get('port', '?')}{target}/{port.get('protocol', 'tcp')}"
+        )
+    return ",".join(shown) or "-"
+
+
+def template_ports(ports: list[dict[str, Any]]) -> str:
+    """A template's ports: ``http=auto/tcp``, ``80=8080->80/tcp``."""
+    shown = []
+    for port in ports:
+        published = port.get("published") or "auto"
+        target = f"->{port['target']}" if port.get("target") else ""
+        name = port.get("name") or port.get("target")
+        shown.append(f"{name}={published}{target}/{port.get('protocol', 'tcp')}")
+    return ", ".join(shown) or "<none>"
+
+
 def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
     headers = ["NAME", "SERVICE", "SLOT", "NODE", "DESIRED", "STATE", "AGE", "MESSAGE"]
     if wide:
@@ -166,6 +188,7 @@ def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
             "EXIT",
             "PID",
             "RESOURCES",
+            "PORTS",
             "MESSAGE",
         ]
     rows = []
@@ -190,6 +213,7 @@ def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
                 "-" if exit_code is None else str(exit_code),
                 "-" if pid is None else str(pid),
                 format_units(task.get("resources") or {}),
+                format_ports(status.get("ports") or []),
             ]
         rows.append(row)
     return render_table(headers, rows)
@@ -248,7 +272,7 @@ def nodes_table(
             labels = ",".join(f"{k}={v}" for k, v in sorted(node_labels(node).items()))
             row += [
                 description.get("hostname", "-"),
-                status.get("address") or "-",
+                status.get("advertiseAddress") or status.get("address") or "-",
                 f"{description.get('cpus', 0):g}",
                 format_bytes(int(description.get("memory", 0))),
                 format_units(description.get("genericResources") or {}),

@@ -496,15 +496,13 @@ class Converter:
                     where, "refused: " + keys.KEYS[(*keys.S, "ports", "[]", "host_ip")].reason
                 )
                 continue
-            if port.published is None:
-                self.problem(
-                    where,
-                    "shoal publishes ports in host mode and picks none itself: give the published "
-                    "port (PUBLISHED:TARGET)",
-                )
-                continue
             targets = _port_range(port.target)
-            published = _port_range(port.published)
+            # No published port: the agent picks one on the node (published: 0).
+            published = (
+                _port_range(port.published)
+                if port.published is not None
+                else [0] * len(targets or ())
+            )
             if targets is None or published is None:
                 self.problem(where, f"invalid port range in {port.published}:{port.target}")
                 continue

@@ -22,6 +22,7 @@ from shoal.api.transport import Method, Payload, ServerStream, Unary
 from shoal.errors import NotFoundError, SpecError
 from shoal.manager.backupapi import BackupApi
 from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.endpointsapi import EndpointsApi
 from shoal.manager.eventsapi import EventsApi
 from shoal.manager.jobs import JobControl
 from shoal.manager.logstream import LogScope, ServiceLogs
@@ -163,6 +164,7 @@ class Control:
             **SyncApi(self.informer, self.events).methods(),
             **EventsApi(self.events).methods(),
             **BackupApi(self.informer.store).methods(),
+            **EndpointsApi(self.dispatcher.endpoints).methods(),
             "Get": Unary(self.get),
             "Describe": Unary(self.describe),
             "Delete": Unary(self.delete),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ import structlog
 from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary
 from shoal.batching import Flusher
 from shoal.errors import ShoalError
+from shoal.manager.endpoints import EndpointIndex, EndpointPush
 from shoal.manager.statuswriter import StatusWriter
 from shoal.models import (
     Node,
@@ -85,6 +87,9 @@ class AgentSession:
     dirty: set[str] = field(default_factory=set)
     sent: dict[str, tuple[str, bool]] = field(default_factory=dict)
     closed: bool = False
+    # Whether the agent asked for the endpoint catalog, and whether it got the full one.
+    catalog: bool = True
+    catalog_ready: bool = False
 
     def send(self, message: Payload) -> None:
         if self.closed:
@@ -109,6 +114,14 @@ class LogSubscription:
     queue: asyncio.Queue[Payload | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=LOG_QUEUE_LIMIT)
     )
+
+
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer (``ipv4:10.0.0.5:41234``, ``ipv6:%5B::1%5D:41234``); "" if none."""
+    kind, _, rest = urllib.parse.unquote(peer).partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return ""
+    return rest.rpartition(":")[0].removeprefix("[").removesuffix("]")
 
 
 def _placed(task: Task) -> bool:
@@ -149,6 +162,9 @@ class Dispatcher:
         self._flusher = Flusher()
         self._flush_job: asyncio.Task[None] | None = None
         informer.subscribe(self._on_change)
+        # The endpoint catalog (shoal.manager.endpoints): pushed to the sessions that want it.
+        self.endpoints = EndpointIndex(informer)
+        self.endpoint_push = EndpointPush(self.endpoints, lambda: self.sessions.values())
 
     def close_sessions(self) -> None:
         """End every agent session (this manager stopped leading); agents reconnect."""
@@ -192,8 +208,10 @@ class Dispatcher:
         # The node's certificate names it (checked by shoal.security.authz): no token here.
         node_id = str(request["nodeId"])
         description = NodeDescription.from_wire(request["description"])
-        await self._register(node_id, description, str(context.peer()))
-        session = AgentSession(id=secrets.token_hex(8), node_id=node_id)
+        address = await self._register(node_id, description, str(context.peer()))
+        session = AgentSession(
+            id=secrets.token_hex(8), node_id=node_id, catalog=request.get("catalog") is not False
+        )
         previous = self.sessions.get(node_id)
         if previous:
             previous.close()
@@ -205,6 +223,7 @@ class Dispatcher:
                 "type": "session",
                 "sessionId": session.id,
                 "heartbeatPeriod": self.heartbeat_period,
+                "advertiseAddress": address,
             }
             tasks = [e.obj for e in self.informer.tasks_on_node(node_id) if _placed(e.obj)]
             session.sent = {t.id: _fingerprint(t) for t in tasks}
@@ -217,6 +236,9 @@ class Dispatcher:
             if files:
                 full["files"] = files
             yield full
+            if session.catalog:  # every service's endpoints, then their changes
+                yield self.endpoint_push.full(session)
+                self.endpoint_push.start()
             if self._flush_job is None or self._flush_job.done():
                 self._flush_job = asyncio.create_task(
                     self._flusher.run(self._flush), name="dispatcher-flush"
@@ -259,12 +281,16 @@ class Dispatcher:
             message["files"] = files
         return message
 
-    async def _register(self, node_id: str, description: NodeDescription, peer: str) -> None:
+    async def _register(self, node_id: str, description: NodeDescription, peer: str) -> str:
+        """Write the node ready; returns the address others reach it at."""
         now = datetime.now(UTC)
+        advertise = description.advertise_address or peer_host(peer)
 
         async def attempt() -> None:
             entry = self.informer.nodes.get(node_id)
-            status = NodeStatus(state=NodeState.READY, address=peer, updated_at=now)
+            status = NodeStatus(
+                state=NodeState.READY, address=peer, advertise_address=advertise, updated_at=now
+            )
             if entry is None:
                 node = Node(id=node_id, description=description, status=status)
                 expect = 0
@@ -275,6 +301,7 @@ class Dispatcher:
 
         await retry_on_conflict(attempt, f"node {node_id} (registering)")
         self.events.record(f"node/{node_id}", "NodeReady", f"agent registered from {peer}")
+        return advertise
 
     def _session_for(self, request: Payload) -> AgentSession:
         node_id = str(request.get("nodeId", ""))

@@ -2,19 +2,18 @@
 
 ``TaskTemplate`` (``shoal.models.service``) holds these. Container-only fields
 are refused at apply time for any runtime that does not take them, naming the
-field: a process
-cannot publish a port or mount a volume, and silently ignoring what a spec asks
-for is worse than refusing it. ``healthcheck`` applies to every runtime; the
-agent runs the probes (``shoal.agent.health``).
+field: a process cannot mount a volume, and silently ignoring what a spec asks
+for is worse than refusing it. ``ports`` (``PortMapping``) and ``healthcheck``
+apply to every runtime; the agent runs the probes (``shoal.agent.health``).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from shoal.models.base import Model
 from shoal.models.units import Duration, Size
@@ -30,7 +29,6 @@ CONTAINER_FIELDS: tuple[str, ...] = (
     "image",
     "image_pull_policy",
     "labels",
-    "ports",
     "mounts",
     "cap_add",
     "cap_drop",
@@ -46,12 +44,53 @@ SYSCTL = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_\-/]+)+$")
 PERMISSIONS = re.compile(r"^[rwm]{1,3}$")
 
 
-class PortMapping(Model):
-    """Host-mode publishing: ``published`` on the node forwards to ``target`` in the container."""
+PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
-    published: int = Field(ge=1, le=65535)
-    target: int = Field(ge=1, le=65535)
+
+class PortMapping(Model):
+    """One named port of a task, for every runtime.
+
+    ``published`` is the port on the node: a number is reserved by the scheduler
+    (two tasks on one node cannot both publish it); 0 or absent lets the agent pick
+    a free one from its ``--port-range`` when the task starts. Containers forward it
+    to ``target`` inside the container (required for them); a process listens on
+    the published port itself (``SHOAL_PORT_<NAME>``, and ``PORT`` for the first
+    port) and its ``target`` is not used. ``name`` defaults to the target number
+    (``"8080"``); names are DNS labels, unique per template (SRV ``_<name>._<proto>``).
+    """
+
+    name: str | None = None
+    published: int = Field(default=0, ge=0, le=65535)
+    target: int | None = Field(default=None, ge=1, le=65535)
     protocol: Literal["tcp", "udp"] = "tcp"
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str | None) -> str | None:
+        if value is not None and not PORT_NAME.match(value):
+            raise ValueError(
+                f"invalid port name {value!r}: use lower-case letters, digits and '-', "
+                "starting and ending with a letter or digit, at most 63 characters"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _named(self) -> PortMapping:
+        if self.name is None:
+            if self.target is None:
+                raise ValueError("a port needs a name (or a target, whose number names it)")
+            object.__setattr__(self, "name", str(self.target))
+        return self
+
+    @property
+    def key(self) -> str:
+        """The port's name (always set once validated)."""
+        return self.name or str(self.target)
+
+    @property
+    def env_name(self) -> str:
+        """``SHOAL_PORT_<NAME>``: the name upper-cased, ``-`` as ``_``."""
+        return "SHOAL_PORT_" + self.key.upper().replace("-", "_")
 
 
 class Mount(Model):
@@ -182,8 +221,25 @@ class Limits(Model):
         return value
 
 
+def _probe_port(value: Any) -> Any:
+    """A port number (1-65535) or the name of one of the template's ports."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= 65535:
+            raise ValueError(f"port {value} must be greater than or equal to 1 and at most 65535")
+        return value
+    if isinstance(value, str) and PORT_NAME.match(value):
+        return value
+    raise ValueError(f"invalid port {value!r}: a number or the name of one of the ports")
+
+
+# A number, or the name of one of the template's ports (the agent may have picked it).
+ProbePort = Annotated[int | str, BeforeValidator(_probe_port)]
+
+
 class HttpProbe(Model):
-    port: int = Field(ge=1, le=65535)
+    port: ProbePort
     path: str = "/"
 
     @field_validator("path")
@@ -195,7 +251,7 @@ class HttpProbe(Model):
 
 
 class TcpProbe(Model):
-    port: int = Field(ge=1, le=65535)
+    port: ProbePort
 
 
 class HealthCheck(Model):
@@ -243,6 +299,11 @@ class HealthCheck(Model):
     @property
     def kind(self) -> str:
         return "exec" if self.exec else "http" if self.http else "tcp"
+
+    @property
+    def port(self) -> int | str | None:
+        """The port an ``http`` or ``tcp`` probe connects to (a number or a port's name)."""
+        return self.http.port if self.http else self.tcp.port if self.tcp else None
 
 
 def check_capability(value: str) -> str:

@@ -51,6 +51,9 @@ class NodeDescription(Model):
     # Where the agent serves /metrics (``--metrics-listen``, as bound); "" for none.
     # Listed by the managers' Prometheus service discovery (shoal.manager.discovery).
     metrics_address: str = Field(default="", exclude_if=lambda v: not v)
+    # The address other nodes reach this one at (``shoal agent --advertise-address``);
+    # "" lets the manager use the address it sees the agent's session come from.
+    advertise_address: str = Field(default="", exclude_if=lambda v: not v)
 
     def runtime_available(self, name: str) -> bool:
         return any(r.name == name and r.available for r in self.runtimes)
@@ -67,6 +70,9 @@ class NodeStatus(Model):
     state: NodeState = NodeState.UNKNOWN
     message: str = ""
     address: str = ""
+    # Where other nodes and clients reach this node's tasks: the agent's
+    # ``--advertise-address``, else the host part of ``address``.
+    advertise_address: str = Field(default="", exclude_if=lambda v: not v)
     updated_at: datetime | None = None
 
 

@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -216,6 +223,7 @@ class TaskTemplate(Model):
     image: str | None = None
     image_pull_policy: Literal["ifNotPresent", "never", "always"] | None = None
     labels: dict[LabelKey, str] = Field(default_factory=dict)
+    # Every runtime: named ports, fixed or picked by the agent (``PortMapping``).
     ports: list[PortMapping] = Field(default_factory=list)
     mounts: list[Mount] = Field(default_factory=list)
     cap_add: list[Annotated[str, AfterValidator(check_capability)]] = Field(default_factory=list)
@@ -249,13 +257,45 @@ class TaskTemplate(Model):
             )
         if info.field_name == "image" and not value and container:
             raise ValueError(f"runtime {runtime!r} needs an image")
-        if info.field_name == "ports":
-            seen: set[tuple[int, str]] = set()
-            for port in value:
-                if (port.published, port.protocol) in seen:
-                    raise ValueError(f"host port {port.published}/{port.protocol} published twice")
-                seen.add((port.published, port.protocol))
         return value
+
+    @field_validator("ports")
+    @classmethod
+    def _distinct_ports(cls, value: list[PortMapping], info: ValidationInfo) -> list[PortMapping]:
+        runtime, container, _ = _container_kind(info)
+        seen: set[tuple[int, str]] = set()
+        names: set[str] = set()
+        for index, port in enumerate(value):
+            if container and port.target is None:
+                raise _located(
+                    "value_error",
+                    f"runtime {runtime!r} needs the port's target (the port in the container)",
+                    (index, "target"),
+                    None,
+                )
+            if port.key in names:
+                raise _located(
+                    "value_error", f"port name {port.key!r} used twice", (index, "name"), port.key
+                )
+            names.add(port.key)
+            if port.published and (port.published, port.protocol) in seen:
+                raise ValueError(f"host port {port.published}/{port.protocol} published twice")
+            seen.add((port.published, port.protocol))
+        return value
+
+    @model_validator(mode="after")
+    def _probe_port_declared(self) -> TaskTemplate:
+        check = self.healthcheck
+        port = check.port if check is not None else None
+        if isinstance(port, str) and port not in {p.key for p in self.ports}:
+            names = ", ".join(p.key for p in self.ports) or "none"
+            raise _located(
+                "value_error",
+                f"the probe's port {port!r} is not one of the template's ports ({names})",
+                ("healthcheck", check.kind if check else "", "port"),
+                port,
+            )
+        return self
 
     @field_validator("command")
     @classmethod
@@ -458,8 +498,9 @@ class ServiceSpec(Model):
             raise ValueError(f"a job runs to completion and has no '{info.field_name}' settings")
         if value is None or not isinstance(template, TaskTemplate):
             return value
-        if value.order == "start-first" and template.ports:
-            ports = ", ".join(f"{p.published}/{p.protocol}" for p in template.ports)
+        fixed = [p for p in template.ports if p.published]
+        if value.order == "start-first" and fixed:
+            ports = ", ".join(f"{p.published}/{p.protocol}" for p in fixed)
             raise ValueError(
                 f"order start-first would start a new task beside the old one, and both "
                 f"publish host port(s) {ports}: use stop-first"

@@ -54,6 +54,17 @@ class DesiredState(StrEnum):
     SHUTDOWN = "shutdown"
 
 
+class TaskPort(Model):
+    """A port a task got on its node (``template.ports`` with the agent's choices filled in)."""
+
+    name: str
+    # Where the node listens: the published port, fixed or picked by the agent.
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    # Containers: the port inside the container; None for processes.
+    target: int | None = Field(default=None, ge=1, le=65535)
+
+
 class TaskStatus(Model):
     state: TaskState = TaskState.NEW
     timestamp: datetime | None = None
@@ -64,6 +75,10 @@ class TaskStatus(Model):
     started_at: datetime | None = None
     # Only for tasks with a healthcheck: starting until a probe passes, then healthy.
     health: Literal["starting", "healthy", "unhealthy"] | None = None
+    # The task's ports on its node, reported with ``running`` (``template.ports``).
+    ports: list[TaskPort] = Field(default_factory=list, exclude_if=lambda v: not v)
+    # Containers: the container's own address on its engine network.
+    container_address: str | None = None
 
 
 class Task(Model):

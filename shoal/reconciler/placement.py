@@ -47,8 +47,9 @@ def node_matches(node: Node, template: TaskTemplate, placement: Placement) -> bo
 
 
 def host_ports(template: TaskTemplate) -> list[tuple[int, str]]:
-    """The host ports a task publishes (host mode): ``(port, protocol)``."""
-    return [(port.published, port.protocol) for port in template.ports]
+    """The fixed host ports a task publishes: ``(port, protocol)``; the agent picks the
+    others (``published: 0``) on the node, so they never conflict here."""
+    return [(port.published, port.protocol) for port in template.ports if port.published]
 
 
 def port_conflict(used: Mapping[tuple[int, str], int], template: TaskTemplate) -> str | None:

@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from shoal.models import RuntimeInfo, TaskTemplate
+from shoal.models.task import TaskPort
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,10 @@ class TaskLaunch:
     # runtimes bind each read-only; processes find them through SHOAL_SECRETS_DIR
     # and SHOAL_CONFIGS_DIR in ``env``.
     file_mounts: tuple[tuple[str, str], ...] = ()
+    # ``template.ports`` with the agent's choices filled in (shoal.agent.ports):
+    # container runtimes publish ``port`` on the node to ``target`` in the container;
+    # a process finds its ports in ``env`` (SHOAL_PORT_<NAME>, PORT).
+    ports: tuple[TaskPort, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

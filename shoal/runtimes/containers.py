@@ -271,7 +271,11 @@ def container_config(
         workdir=template.workdir,
         user=template.user,
         labels=labels,
-        ports=list(template.ports),
+        ports=[
+            PortMapping(name=p.name, target=p.target, published=p.port, protocol=p.protocol)
+            for p in launch.ports
+        ]
+        or list(template.ports),
         mounts=list(template.mounts)
         + [
             Mount(type="bind", source=source, target=target, read_only=True)

@@ -42,7 +42,9 @@ from shoal.security.ca import NODE_ROLES, ROLE_ADMIN, ROLE_MANAGER, USER_ROLES, 
 from shoal.security.state import SecurityState
 
 CALLER_METADATA = "x-shoal-caller"
-VIEWER_METHODS = frozenset({"Get", "Describe", "Logs", "Version", "ClusterStatus", "Events"})
+VIEWER_METHODS = frozenset(
+    {"Get", "Describe", "Logs", "Version", "ClusterStatus", "Events", "Endpoints"}
+)
 READ_PREFIXES = ("Get", "List", "Describe", "Watch", "Diff", "Events")
 # Reads that still reveal credentials or identities: admin only.
 ADMIN_READS = frozenset({"UserList", "Token"})

@@ -85,10 +85,14 @@ def test_tasks_table() -> None:
     assert rows[1].split() == ["web.1.abcdef10", "web", "1", "n1", "running", "running", "2m"]
     assert rows[2].split()[2] == "-"  # a global service's task has no slot number
     wide = tasks_table([_task(1, "failed", exitCode=3, error="exited with code 3")], wide=True)
-    assert wide.splitlines()[1].split()[8:] == ["3", "-", "-", "exited", "with", "code", "3"]
+    assert wide.splitlines()[1].split()[8:] == ["3", "-", "-", "-", "exited", "with", "code", "3"]
     gpu = tasks_table([{**_task(1, "running"), "resources": {"gpu": ["0", "1"]}}], wide=True)
     assert gpu.splitlines()[0].split()[10] == "RESOURCES"
     assert gpu.splitlines()[1].split()[10] == "gpu=0,1"
+    ports = [{"name": "http", "port": 20417, "protocol": "tcp"}]
+    served = tasks_table([_task(1, "running", ports=ports)], wide=True).splitlines()
+    assert served[0].split()[11] == "PORTS"
+    assert served[1].split()[11] == "http=20417/tcp"
 
 
 def test_services_table() -> None:

@@ -55,10 +55,12 @@ def dispatcher(world: World) -> Dispatcher:
     return Dispatcher(world.informer, HeartbeatTracker(), world.events, 1.0)
 
 
-async def open_session(dispatcher: Dispatcher, node_id: str) -> Session:
+async def open_session(dispatcher: Dispatcher, node_id: str, catalog: bool = False) -> Session:
+    """A session as an agent opens it (by default one that takes no endpoint catalog)."""
     request = {
         "nodeId": node_id,
         "description": node(node_id).description.to_wire(),
+        "catalog": catalog,
     }
     stream = dispatcher.session(request, Peer())  # type: ignore[arg-type]
     messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

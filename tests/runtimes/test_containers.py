@@ -8,6 +8,7 @@ here as a wrong value inside the container.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import socket
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from shoal.errors import TaskRejectedError
 from shoal.models import TaskTemplate
+from shoal.models.task import TaskPort
 from shoal.runtimes.base import Runtime, TaskHandle, TaskLaunch
 from tests.engines import TEST_IMAGE, client
 
@@ -112,6 +114,18 @@ async def test_published_port_reaches_the_container(runtime: Runtime, runtime_na
     assert "served-by-shoal" in await http_get("127.0.0.1", port)
     # probe_host answers the container's own address, where the target port listens.
     assert "served-by-shoal" in await http_get(await runtime.probe_host(handle), 8080)
+    await runtime.stop(handle, "SIGKILL", 0)
+
+
+async def test_a_port_the_agent_chose_is_published(runtime: Runtime, runtime_name: str) -> None:
+    # published: 0 in the spec; the agent picked ``port`` (shoal.agent.ports) and says so.
+    port = free_port()
+    script = "mkdir -p /www && echo chosen > /www/index.html && exec httpd -f -p 8080 -h /www"
+    chosen = launch(runtime_name, script, ports=[{"name": "http", "target": 8080}])
+    handle = await runtime.start(
+        dataclasses.replace(chosen, ports=(TaskPort(name="http", port=port, target=8080),))
+    )
+    assert "chosen" in await http_get("127.0.0.1", port)
     await runtime.stop(handle, "SIGKILL", 0)
 
 
