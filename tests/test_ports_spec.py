@@ -108,6 +108,13 @@ def test_two_replicas_with_dynamic_ports_may_update_start_first() -> None:
             id="published-out-of-range",
         ),
         pytest.param(
+            "    command: [x]\n    ports: [{name: http}]\n    healthcheck: {tcp: {port: web}}\n",
+            9,
+            "spec.template.healthcheck.tcp.port",
+            "the probe's port 'web' is not one of the template's ports (http)",
+            id="probe-names-an-unknown-port",
+        ),
+        pytest.param(
             "    command: [x]\n    ports:\n      - {name: a, published: 80}\n"
             "      - {name: b, published: 80}\n",
             8,

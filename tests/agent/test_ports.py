@@ -139,3 +139,30 @@ async def test_a_process_gets_its_ports_in_its_environment_and_status(tmp_path: 
     await runner.remove()
     assert allocator.held("t1") is None  # it ended: its ports are free again
     await runtime.aclose()
+
+
+async def test_a_health_probe_finds_a_port_by_its_name(tmp_path: Path) -> None:
+    runtime = ProcessRuntime(RuntimeSettings(state_dir=tmp_path / "runtime", node_name="n1"))
+    template = service(
+        runtime="process",
+        command=["sh", "-c", 'exec python3 -m http.server "$SHOAL_PORT_WEB" --bind 127.0.0.1'],
+        ports=[{"name": "web"}],
+        healthcheck={"http": {"port": "web"}, "interval": "200ms", "startPeriod": "10s"},
+    ).spec.template
+    task = Task(
+        id="t2",
+        service="web",
+        slot=1,
+        node_id="n1",
+        template=template,
+        created_at=datetime.now(UTC),
+        status=TaskStatus(state=TaskState.ASSIGNED),
+    )
+    reports = Reports()
+    runner = TaskRunner(task, runtime, reports, "n1", None, ports=PortAllocator(tmp_path / "p"))
+    await reports.until(TaskState.RUNNING)
+    assert reports.last is not None and reports.last.health == "healthy"
+    (port,) = reports.last.ports
+    assert reports.last.message == f"healthy: HTTP 200 from http://127.0.0.1:{port.port}/"
+    await runner.remove()
+    await runtime.aclose()
