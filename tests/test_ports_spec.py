@@ -14,15 +14,7 @@ from shoal.errors import SpecError
 from shoal.manifest import dump_services, load_text
 from shoal.models import Task, TaskTemplate
 from shoal.reconciler.placement import host_ports
-
-HEAD = """\
-apiVersion: shoal/v1
-kind: Service
-metadata:
-  name: web
-spec:
-  template:
-"""
+from tests.test_container_spec import HEAD, problems
 
 
 def template_of(body: str) -> TaskTemplate:
@@ -127,9 +119,7 @@ def test_two_replicas_with_dynamic_ports_may_update_start_first() -> None:
 def test_bad_ports_are_refused_with_file_line_and_field(
     body: str, line: int, field: str, message: str
 ) -> None:
-    with pytest.raises(SpecError) as caught:
-        load_text(HEAD + body, "web.yaml")
-    (problem,) = caught.value.problems
+    (problem,) = problems(body)
     assert problem.startswith(f"web.yaml:{line}: {field}: "), problem
     assert message in problem
 

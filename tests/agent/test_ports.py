@@ -18,7 +18,7 @@ import pytest
 from shoal.agent.ports import PortAllocator, parse_range, port_free
 from shoal.agent.taskrunner import TaskRunner
 from shoal.errors import TaskRejectedError
-from shoal.models import Task, TaskState, TaskStatus
+from shoal.models import Task, TaskState, TaskStatus, TaskTemplate
 from shoal.models.container import PortMapping
 from shoal.runtimes.base import RuntimeSettings
 from shoal.runtimes.process import ProcessRuntime
@@ -96,6 +96,19 @@ def test_port_ranges_parse_with_clear_errors() -> None:
             parse_range(bad)
 
 
+def assigned(task_id: str, template: TaskTemplate) -> Task:
+    """A task of ``template`` the scheduler just gave to node n1."""
+    return Task(
+        id=task_id,
+        service="web",
+        slot=1,
+        node_id="n1",
+        template=template,
+        created_at=datetime.now(UTC),
+        status=TaskStatus(state=TaskState.ASSIGNED),
+    )
+
+
 async def test_a_process_gets_its_ports_in_its_environment_and_status(tmp_path: Path) -> None:
     runtime = ProcessRuntime(RuntimeSettings(state_dir=tmp_path / "runtime", node_name="n1"))
     allocator = PortAllocator(tmp_path / "ports")
@@ -105,15 +118,7 @@ async def test_a_process_gets_its_ports_in_its_environment_and_status(tmp_path: 
         command=["sh", "-c", command],
         ports=[{"name": "http"}, {"name": "admin-api", "published": 0}],
     ).spec.template
-    task = Task(
-        id="t1",
-        service="web",
-        slot=1,
-        node_id="n1",
-        template=template,
-        created_at=datetime.now(UTC),
-        status=TaskStatus(state=TaskState.ASSIGNED),
-    )
+    task = assigned("t1", template)
     reports = Reports()
     statuses: list[TaskStatus] = []
 
@@ -149,15 +154,7 @@ async def test_a_health_probe_finds_a_port_by_its_name(tmp_path: Path) -> None:
         ports=[{"name": "web"}],
         healthcheck={"http": {"port": "web"}, "interval": "200ms", "startPeriod": "10s"},
     ).spec.template
-    task = Task(
-        id="t2",
-        service="web",
-        slot=1,
-        node_id="n1",
-        template=template,
-        created_at=datetime.now(UTC),
-        status=TaskStatus(state=TaskState.ASSIGNED),
-    )
+    task = assigned("t2", template)
     reports = Reports()
     runner = TaskRunner(task, runtime, reports, "n1", None, ports=PortAllocator(tmp_path / "p"))
     await reports.until(TaskState.RUNNING)
