@@ -168,6 +168,21 @@ def test_override_tag_replaces_instead_of_merging(tmp_path: Path) -> None:
     assert web.spec.template.env == {"A": "1", "B": "3"}
 
 
+def test_a_port_without_a_published_one_is_left_to_the_agent(tmp_path: Path) -> None:
+    # As `docker stack deploy` publishes "80" on a port the engine picks.
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  web:\n    image: x\n    ports: ['80', '9000-9001/udp', '8080:8080']\n"
+    )
+    (web,) = load_stack([tmp_path / "compose.yaml"], "app", {}).services
+    ports = [(p.name, p.published, p.target, p.protocol) for p in web.spec.template.ports]
+    assert ports == [
+        ("80", 0, 80, "tcp"),
+        ("9000", 0, 9000, "udp"),
+        ("9001", 0, 9001, "udp"),
+        ("8080", 8080, 8080, "tcp"),
+    ]
+
+
 def test_x_shoal_runs_plain_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESSAGE", "hi")
     stack = load_stack([FILES / "processes" / "compose.yaml"], "procs", dict(os.environ))
