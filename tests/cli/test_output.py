@@ -13,6 +13,7 @@ import yaml
 from shoal.cli.output import (
     dump,
     format_age,
+    nodes_table,
     render_table,
     services_table,
     tasks_table,
@@ -141,3 +142,17 @@ def test_rollout_state() -> None:
 )
 def test_default_state_dir(env: dict[str, str], expected: Path) -> None:
     assert default_state_dir(env) == expected
+
+
+def test_wide_nodes_show_the_address_others_reach_the_node_at() -> None:
+    node = {
+        "id": "n1",
+        "description": {"hostname": "h1", "cpus": 2, "memory": 1 << 30},
+        "status": {
+            "state": "ready",
+            "address": "ipv4:10.0.0.5:41234",
+            "advertiseAddress": "192.0.2.7",
+        },
+    }
+    header, row = nodes_table([node], wide=True).splitlines()
+    assert row.split()[header.split().index("ADDRESS")] == "192.0.2.7"
