@@ -14,6 +14,8 @@ import json
 import os
 import secrets
 import signal
+import subprocess
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ import pytest
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from tests.e2e import cluster as cluster_module
-from tests.e2e.cluster import Cluster, cluster_at, wait_for
+from tests.e2e.cluster import Cluster, cluster_at, shoal_cmd, wait_for
 from tests.engines import TEST_IMAGE, ensure_test_image, remove_node_containers
 
 pytestmark = pytest.mark.slow
@@ -108,6 +110,26 @@ def test_process_replicas_on_dynamic_ports_are_listed_as_endpoints(cluster: Clus
     assert replacement["id"] != victim["id"] and replacement["id"] in now
     assert set(now) == {t["id"] for t in cluster.running("web")}
     wait_for(lambda: _serves(ADDRESS, now[replacement["id"]]), 10, "the replacement to serve")
+
+    # -w prints the list, then the list again when it changes.
+    watch = subprocess.Popen(
+        shoal_cmd("endpoints", "web", "-w", "-o", "json", "--server", cluster.address),
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cluster.cli_env(),
+    )
+    deadline = threading.Timer(30, watch.kill)  # a watch that says nothing fails the test
+    deadline.start()
+    try:
+        assert watch.stdout is not None
+        assert len(json.loads(watch.stdout.readline())["endpoints"]) == 3
+        cluster.cli("scale", "web=2")
+        while len(json.loads(watch.stdout.readline())["endpoints"]) != 2:
+            pass  # one line per change: the scale-down may take a step or two
+    finally:
+        deadline.cancel()
+        watch.kill()
+        watch.wait()
 
 
 def _serves(host: str, port: int) -> bool:
