@@ -371,9 +371,7 @@ async def _until_signal(main: Coroutine[Any, Any, int]) -> int:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from shoal.agent.agent import AgentSettings, open_agent
-    from shoal.agent.resources import node_resources
-    from shoal.manager.server import ManagerSettings, open_manager
+    from shoal.manager.server import ManagerSettings
 
     state_dir = (args.state_dir or default_state_dir()).resolve()
     settings = ManagerSettings(
@@ -386,8 +384,23 @@ async def _up(args: argparse.Namespace) -> int:
         cert_expiry=args.cert_expiry,
         http_listen=_http_listen(args.http_listen, args.listen, default_on=True),
     )
+    name = args.name or socket.gethostname()
+    try:
+        return await _up_until_stopped(args, settings, name)
+    except asyncio.CancelledError:  # Ctrl-C or SIGTERM: say what is left running
+        from shoal.cli.down import stopping_message
+
+        print(await stopping_message(state_dir, name), file=sys.stderr, flush=True)
+        return 0
+
+
+async def _up_until_stopped(args: argparse.Namespace, settings: Any, name: str) -> int:
+    from shoal.agent.agent import AgentSettings, open_agent
+    from shoal.agent.resources import node_resources
+    from shoal.manager.server import open_manager
+
+    state_dir = settings.state_dir
     async with open_manager(settings) as manager:
-        name = args.name or socket.gethostname()
         agent_settings = AgentSettings(
             managers=[manager.address],
             token="",

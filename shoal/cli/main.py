@@ -130,6 +130,12 @@ VERBS: tuple[Verb, ...] = (
         "shoal.cli.daemons:configure_up",
         daemon=True,
     ),
+    Verb(
+        "down",
+        "stop the tasks a stopped `shoal up` left running",
+        "shoal.cli.down:configure",
+        daemon=True,
+    ),
     Verb("manager", "run a manager on a store", "shoal.cli.daemons:configure_manager", daemon=True),
     Verb(
         "agent",

@@ -181,11 +181,16 @@ def _live_endpoint(path: Path) -> str | None:
     return str(data["address"])
 
 
+def live_endpoints(state_dir: Path) -> list[str]:
+    """Addresses a live ``shoal up``/``shoal manager`` with this state dir announced."""
+    return [a for a in map(_live_endpoint, endpoint_candidates(state_dir)) if a]
+
+
 def _local(state_dir: Path) -> Context | None:
     for path in bundle_candidates(state_dir):
         if path.exists():
             context = load_bundle(path)
-            live = [a for a in map(_live_endpoint, endpoint_candidates(state_dir)) if a]
+            live = live_endpoints(state_dir)
             servers = list(dict.fromkeys([*live, *context.servers]))
             return Context(
                 context.name,
