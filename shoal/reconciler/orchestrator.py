@@ -42,6 +42,7 @@ from shoal.models import (
     TaskState,
     TaskStatus,
 )
+from shoal.models.rollout import UpdateState
 from shoal.models.service import RestartPolicy
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.gating import DependencyGate
@@ -64,6 +65,8 @@ HEALTHY_RUN = 30.0
 RETIRE_SLICE = 200
 # The note (``shoal describe``) of a service held by ``dependsOn``.
 HELD_NOTE = "dependsOn"
+# Rollout states in which a task starting to run changes nothing the updater decides.
+SETTLED = (UpdateState.COMPLETED, UpdateState.ROLLBACK_COMPLETED)
 
 
 def new_task_id() -> str:
@@ -168,7 +171,11 @@ class Orchestrator(Controller):
         if isinstance(obj, Service):
             return (obj.metadata.name,)
         if isinstance(obj, Task):
-            if isinstance(old, Task) and isinstance(new, Task) and not _matters(old, new):
+            if (
+                isinstance(old, Task)
+                and isinstance(new, Task)
+                and not _matters(old, new, self._rolling(obj.service))
+            ):
                 return ()
             return (obj.service,)
         if isinstance(obj, Node):
@@ -180,6 +187,12 @@ class Orchestrator(Controller):
             }
             return affected
         return ()
+
+    def _rolling(self, name: str) -> bool:
+        """Whether the service's rollout is under way (its slots finishing move it on)."""
+        entry = self.informer.service(name)
+        update = entry.obj.status.update if entry is not None and entry.obj.status else None
+        return update is not None and update.state not in SETTLED
 
     async def reconcile(self, key: str) -> Outcome:
         entry = self.informer.service(key)
@@ -489,7 +502,7 @@ class Orchestrator(Controller):
             plan.changes.append(Change.delete(TASKS + entry.obj.id, entry.revision))
 
 
-def _matters(old: Task, new: Task) -> bool:
+def _matters(old: Task, new: Task, rolling: bool) -> bool:
     """Whether a task change can change what the orchestrator decides.
 
     The scheduler giving a pending task its node does not: it only picks nodes
@@ -497,6 +510,11 @@ def _matters(old: Task, new: Task) -> bool:
     find nothing to replace. Skipping it spares a full pass over the service for
     every scheduling chunk (40 passes over 1,000 slots for 10,000 new tasks); a
     node that is drained meanwhile is handled by the node's own change.
+
+    A task that starts running matters only to a rollout under way (``rolling``):
+    it may finish its slot. Otherwise, waking a pass over the whole service for
+    every status batch of a large apply made the passes the manager's main load
+    (a pass per service per batch, each over every slot).
     """
     if old.node_id is None and new.node_id is not None and not new.status.state.terminal:
         return old.desired_state != new.desired_state
@@ -505,7 +523,10 @@ def _matters(old: Task, new: Task) -> bool:
         or old.status.state.terminal != new.status.state.terminal
         or old.node_id != new.node_id
         # A task that starts running (healthy) moves a rolling update on.
-        or (new.status.state == TaskState.RUNNING) != (old.status.state == TaskState.RUNNING)
+        or (
+            rolling
+            and (new.status.state == TaskState.RUNNING) != (old.status.state == TaskState.RUNNING)
+        )
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 
 from shoal.models import Availability, DesiredState, TaskState
+from shoal.models.rollout import UpdateState, UpdateStatus
+from shoal.models.service import ServiceStatus
 from shoal.reconciler.loop import Done, Requeue
 from shoal.reconciler.orchestrator import HISTORY_PER_SLOT, Orchestrator
 from shoal.store.typed import SERVICES, Change
@@ -268,3 +270,36 @@ async def test_a_paused_node_keeps_its_global_task(world: World, orch: Orchestra
     await world.put(node("n1", availability=Availability.PAUSE))
     await orch.reconcile("web")
     assert [t.id for t in world.live()] == [task.id]
+
+
+@pytest.mark.parametrize(
+    ("update", "wakes"),
+    [
+        pytest.param(None, False, id="no-rollout"),
+        pytest.param(UpdateState.COMPLETED, False, id="rollout-completed"),
+        pytest.param(UpdateState.UPDATING, True, id="rollout-under-way"),
+        pytest.param(UpdateState.ROLLBACK_STARTED, True, id="rollback-under-way"),
+    ],
+)
+async def test_a_task_starting_to_run_wakes_its_service_only_for_a_rollout_under_way(
+    world: World, orch: Orchestrator, update: UpdateState | None, wakes: bool
+) -> None:
+    # A large apply reports thousands of tasks running: each report waking a pass
+    # over the whole service made those passes the manager's main load.
+    svc = service(replicas=2)
+    if update is not None:
+        status = ServiceStatus(
+            revision=2,
+            update=UpdateStatus(state=update, revision=2, started_at=world.clock.now()),
+        )
+        svc = svc.model_copy(update={"status": status})
+    await world.put(svc, node("n1"))
+    await orch.reconcile("web")
+    task = world.tasks()[0]
+    await world.put(task.model_copy(update={"node_id": "n1"}))  # the scheduler placed it
+    starting = await world.report(task, TaskState.STARTING)
+    running = await world.report(starting, TaskState.RUNNING)
+    assert set(orch.keys_for(starting, running)) == ({"web"} if wakes else set())
+    # Whatever the rollout, a task that ends is the orchestrator's business.
+    failed = await world.report(running, TaskState.FAILED)
+    assert set(orch.keys_for(running, failed)) == {"web"}
