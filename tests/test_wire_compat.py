@@ -106,3 +106,23 @@ def test_a_spec_a_user_writes_still_refuses_unknown_fields_with_file_and_line() 
         load_text(text, "web.yaml")
     assert "web.yaml:8" in str(caught.value)
     assert "spec.template.gpus" in str(caught.value)
+
+
+def test_tasks_read_back_share_one_template_per_distinct_template() -> None:
+    # An agent's assignment set or a relist decodes thousands of tasks of a few
+    # services: each distinct template is validated (and kept in memory) once.
+    first = a_task()
+    second = first.model_copy(update={"id": "t2", "slot": 2})
+    other = first.model_copy(update={"id": "t3", "template": service(env={"V": "2"}).spec.template})
+    decoded = [Task.from_wire(t.to_json_bytes()) for t in (first, second, other)]
+    assert decoded == [first, second, other]
+    assert decoded[0].template is decoded[1].template
+    assert decoded[2].template is not decoded[0].template
+    assert Task.from_wire(first.to_wire()).template is decoded[0].template
+
+
+def test_a_task_with_a_bad_template_is_refused_naming_the_field() -> None:
+    data = with_nested(a_task().to_wire(), ("template",), stopSignal="SIGNOPE")
+    for _ in range(2):  # the second time too: a refused template is never cached
+        with pytest.raises(ValueError, match=r"template\.stopSignal"):
+            Task.from_wire(json.dumps(data).encode())

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field
+import orjson
+from pydantic import Field, ValidationError
 
 from shoal.models.base import Model
 from shoal.models.service import TaskTemplate
@@ -81,6 +82,25 @@ class TaskStatus(Model):
     container_address: str | None = None
 
 
+# Templates decoded by ``Task.from_wire``, by their JSON (keys sorted): the tasks of
+# one service carry the same template, and validating one costs ten times what the
+# rest of a task does. Frozen models can be shared, which also keeps one copy in
+# memory instead of one per task. Bounded: cleared when full.
+_TEMPLATES: dict[bytes, TaskTemplate] = {}
+TEMPLATE_CACHE = 512
+
+
+def _shared_template(raw: dict[str, Any]) -> TaskTemplate:
+    key = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = TaskTemplate.from_wire(raw)
+        if len(_TEMPLATES) >= TEMPLATE_CACHE:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
+    return template
+
+
 class Task(Model):
     id: str
     service: str
@@ -106,6 +126,20 @@ class Task(Model):
     # Generic resource units the scheduler gave this task on its node, kind → units
     # (``SHOAL_RESOURCE_<KIND>``); set with ``node_id``.
     resources: dict[str, list[str]] = Field(default_factory=dict, exclude_if=lambda v: not v)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any] | bytes | str) -> Self:
+        """As ``Model.from_wire``; a template seen before is not validated again (see
+        ``_TEMPLATES``). A task that does not decode is reported as the plain path
+        reports it, with the full location of the bad field."""
+        try:
+            wire = orjson.loads(data) if isinstance(data, bytes | str) else data
+            raw = wire.get("template") if isinstance(wire, dict) else None
+            if isinstance(raw, dict):
+                return super().from_wire({**wire, "template": _shared_template(raw)})
+        except (ValidationError, orjson.JSONDecodeError):
+            pass
+        return super().from_wire(data)
 
     @property
     def slot_key(self) -> str:
