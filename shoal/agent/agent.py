@@ -191,7 +191,13 @@ class Agent:
         # The endpoints of every service, as the managers last sent them; kept when
         # the session ends, so lookups on this node keep working without managers.
         self.catalog = Catalog()
-        self.discovery = NodeDiscovery(self.catalog, settings.name, settings.dns, self.registry)
+        self.discovery = NodeDiscovery(
+            self.catalog,
+            settings.name,
+            settings.dns,
+            self.registry,
+            files_dir=self.files.runtime_dir / "endpoints",
+        )
         # Where others reach this node: as given, else as the manager saw us (per session).
         self.advertise_address = settings.advertise_address or ""
 
@@ -218,6 +224,7 @@ class Agent:
         for task_id in self.files.leftovers():  # files of tasks that ended while we were away
             if task_id not in self.recovered:
                 await self.files.release(task_id)
+        await self.discovery.forget_except(self.recovered)
         self.ports.load()  # the ports of tasks adopted below stay theirs
         self.ports.forget_except(self.recovered)
         self.runtime_info = [await r.describe() for r in self.runtimes.values()]
@@ -566,6 +573,7 @@ class Agent:
                 on_exit=lambda rt, outcome: self.metrics.exits.labels(rt, outcome).inc(),
                 files=self.files,
                 file_data=_files_of(task, delivered),
+                discovery=self.discovery,
                 ports=self.ports,
                 address=self.advertise_address,
             )

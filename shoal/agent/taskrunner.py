@@ -31,6 +31,7 @@ from typing import Any
 
 import structlog
 
+from shoal.agent.discovery import NodeDiscovery
 from shoal.agent.health import watch
 from shoal.agent.ports import PortAllocator
 from shoal.agent.taskfiles import TaskFileStore
@@ -102,6 +103,7 @@ class TaskRunner:
         on_exit: Callable[[str, str], None] | None = None,
         files: TaskFileStore | None = None,
         file_data: dict[tuple[str, str], bytes] | None = None,
+        discovery: NodeDiscovery | None = None,
         ports: PortAllocator | None = None,
         address: str = "",
     ) -> None:
@@ -121,6 +123,10 @@ class TaskRunner:
         # their bytes are kept only until then (shoal.agent.taskfiles).
         self._files = files
         self._file_data = file_data or {}
+        # ``discover``: endpoint variables and file, onEndpointsChange (shoal.agent.discovery).
+        self._discovery = discovery
+        self._restart: str | None = None
+        self._restarting = asyncio.Event()
         # Ports: picked at the start, kept while the task lives here (shoal.agent.ports).
         self._ports = ports
         self._address = address
@@ -165,6 +171,8 @@ class TaskRunner:
             self.report(TaskState.FAILED, f"agent error: {exc}", error=str(exc))
         self._file_data = {}
         template = self.task.template
+        if self._discovery is not None and template.discover:
+            await self._discovery.release(self.task.id)
         if self._ports is not None:
             self._ports.release(self.task.id)
         if self._files is not None and (template.secrets or template.configs):
@@ -210,16 +218,20 @@ class TaskRunner:
             ):
                 self.report(TaskState.RUNNING, "adopted after agent restart", **self._running)
         assert self.handle is not None
+        if self._discovery is not None:
+            self._discovery.watch(self.task, self.runtime, self.handle, self.restart)
         waiter = asyncio.create_task(self.runtime.wait(self.handle))
         stopper = asyncio.create_task(self._stop.wait())
+        restarter = asyncio.create_task(self._restarting.wait())
         health = self._watch_health(self.handle)
         try:
             await asyncio.wait(
-                {waiter, stopper, *([health] if health else [])},
+                {waiter, stopper, restarter, *([health] if health else [])},
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             stopper.cancel()
+            restarter.cancel()
             if health is not None and not health.done():
                 health.cancel()
         if health is not None and health.done() and not waiter.done() and not self._stop.is_set():
@@ -246,8 +258,13 @@ class TaskRunner:
         template = self.task.template
         await self.runtime.stop(self.handle, template.stop_signal, template.stop_grace_period)
         exit = await waiter
+        # Stopped for a restart (onEndpointsChange): a task shut down while it is still
+        # wanted is replaced at once by the orchestrator, whatever the restart policy.
+        why = f"restarted: {self._restart}" if self._restart and not self._stop.is_set() else None
         self.report(
-            TaskState.SHUTDOWN, f"stopped ({exit_status_message(exit)})", exit_code=exit.exit_code
+            TaskState.SHUTDOWN,
+            f"{why or 'stopped'} ({exit_status_message(exit)})",
+            exit_code=exit.exit_code,
         )
         self._on_exit(self.runtime.name, "shutdown")
 
@@ -266,7 +283,10 @@ class TaskRunner:
                     self.task.id, self.task.template.ports, targets=self.runtime.container_fields
                 )
             launch = launch_for(self.task, self._node_name, ports, self._address)
-            self.handle = await self.runtime.start(await self._with_files(launch))
+            launch = await self._with_files(launch)
+            if self._discovery is not None:
+                launch = await self._discovery.prepare(self.task, self.runtime, launch)
+            self.handle = await self.runtime.start(launch)
         except TaskRejectedError as exc:
             self.report(TaskState.REJECTED, str(exc), error=str(exc))
             return False
@@ -322,6 +342,13 @@ class TaskRunner:
         # A probe may name a port: where the task listens (a container: its target).
         named = {p.name: p.target or p.port for p in ports}
         return asyncio.create_task(watch(check, self.runtime, handle, healthy, named))
+
+    def restart(self, reason: str) -> None:
+        """Stop the task so that the orchestrator replaces it (see the lifecycle's end)."""
+        if not self._stop.is_set() and self._restart is None:
+            log.info("task.restarting", task=self.task.id, reason=reason)
+            self._restart = reason
+            self._restarting.set()
 
     async def remove(self) -> None:
         """Stop whatever still runs and release the task's resources."""

@@ -26,11 +26,9 @@ name outside the zone is ``REFUSED``. Before the first catalog arrived nothing i
 for sure: every name is ``SERVFAIL``, so a client tries again instead of caching a
 ``NXDOMAIN``. A packet that is not a DNS query is dropped (no header) or ``FORMERR``.
 
-Perspectives: a query that came in on a listener containers use (``Perspective.container``)
-is answered as a container on this node sees the cluster: a container endpoint on this
-node by its ``container_address`` (and its in-container port in ``SRV``), a process on
-this node whose node address is a loopback one by the engine network's gateway address.
-Everything else is answered by the node's advertise address and published port.
+Perspectives: a query that came in on a listener containers use is answered as a
+container on this node sees the cluster (``shoal.discovery.perspective``): a container
+endpoint on this node by its container address (and its in-container port in ``SRV``).
 
 The server speaks UDP (at most ``UDP_RECORDS`` records, picked at random, cut at 512 bytes
 or the client's EDNS size with ``TC`` set, so the client asks again over TCP) and TCP
@@ -42,8 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ipaddress
 import random
 import socket
 import struct
@@ -68,6 +64,7 @@ from dns.rdtypes.IN.AAAA import AAAA
 from dns.rdtypes.IN.SRV import SRV
 
 from shoal.discovery.catalog import Catalog, Endpoint
+from shoal.discovery.perspective import HOST, IP, Perspective
 
 log = structlog.get_logger(__name__)
 
@@ -98,20 +95,6 @@ Observe = Callable[[str], None]
 _A = cast(Callable[..., dns.rdata.Rdata], A)
 _AAAA = cast(Callable[..., dns.rdata.Rdata], AAAA)
 _SRV = cast(Callable[..., dns.rdata.Rdata], SRV)
-
-
-@dataclass(frozen=True, slots=True)
-class Perspective:
-    """Who asks: a process on the node (``gateway`` None) or a container behind ``gateway``."""
-
-    gateway: str | None = None
-
-    @classmethod
-    def container(cls, gateway: str) -> Perspective:
-        return cls(gateway)
-
-
-HOST = Perspective()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +228,8 @@ class Resolver:
             port = endpoint.port(port_name)
             if port is None or port.protocol != protocol:
                 continue
-            address, number = self._reach(endpoint, perspective, port.port, port.target)
+            address = perspective.address(endpoint, self.node_id)
+            number = perspective.port(endpoint, port, self.node_id)
             target = dns.name.from_text(f"{_instance(endpoint)}.{endpoint.service}", ZONE)
             records.append(_SRV(IN, dns.rdatatype.SRV, 0, 1, number, target))
             if address is not None and target not in glued:
@@ -256,31 +240,15 @@ class Resolver:
         if records:
             response.answer.append(dns.rrset.from_rdata_list(name, TTL, records))
 
-    def _addresses(
-        self, endpoints: Iterable[Endpoint], perspective: Perspective
-    ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-        seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, None] = {}
+    def _addresses(self, endpoints: Iterable[Endpoint], perspective: Perspective) -> list[IP]:
+        seen: dict[IP, None] = {}
         for endpoint in endpoints:
-            address, _ = self._reach(endpoint, perspective, 0, None)
+            address = perspective.address(endpoint, self.node_id)
             if address is not None:
                 seen.setdefault(address, None)
         addresses = list(seen)
         self._rng.shuffle(addresses)
         return addresses
-
-    def _reach(
-        self, endpoint: Endpoint, perspective: Perspective, port: int, target: int | None
-    ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
-        """Where ``perspective`` reaches ``endpoint`` (and its port ``port``/``target``)."""
-        local = endpoint.node_id == self.node_id
-        if perspective.gateway is not None and local:
-            if endpoint.container_address:
-                return _ip(endpoint.container_address), target or port
-            address = _ip(endpoint.address)
-            if address is None or address.is_loopback:
-                return _ip(perspective.gateway), port
-            return address, port
-        return _ip(endpoint.address), port
 
     def _shuffled(self, endpoints: tuple[Endpoint, ...]) -> list[Endpoint]:
         listed = list(endpoints)
@@ -358,17 +326,7 @@ def _instance(endpoint: Endpoint) -> str:
     return label if valid and not label.isdigit() else f"task-{endpoint.task_id[:12].lower()}"
 
 
-@functools.lru_cache(maxsize=4096)  # a few node addresses, parsed for every endpoint
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:  # a host name as advertise address: no A record from it
-        return None
-
-
-def _address_rrset(
-    name: dns.name.Name, addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
-) -> dns.rrset.RRset | None:
+def _address_rrset(name: dns.name.Name, addresses: list[IP]) -> dns.rrset.RRset | None:
     if not addresses:
         return None
     # Rdata built directly: parsing record text cost most of a large answer's time.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
@@ -142,6 +143,22 @@ def _check_dns_label(value: str) -> str:
     return value
 
 
+def _check_endpoints_change(value: str) -> str:
+    """``none``, ``restart`` or ``signal:NAME`` (any signal but KILL and STOP), normalised."""
+    if value in ("none", "restart"):
+        return value
+    kind, sep, name = value.partition(":")
+    if kind != "signal" or not sep:
+        raise ValueError(f"use none, restart or signal:SIGNAL (e.g. signal:SIGHUP), got {value!r}")
+    upper = name.strip().upper()
+    full = upper if upper.startswith("SIG") else f"SIG{upper}"
+    if full not in signal.Signals.__members__:
+        raise ValueError(f"unknown signal {name!r} in {value!r}")
+    if full in ("SIGKILL", "SIGSTOP"):
+        raise ValueError(f"the task cannot handle {full}: use restart")
+    return f"signal:{full}"
+
+
 # Checked per key / per item (not per whole dict or list) so that a validation
 # error's location names the offending entry, which lets the manifest loader
 # point at its line.
@@ -150,6 +167,7 @@ EnvName = Annotated[str, AfterValidator(_check_env_name)]
 Constraint = Annotated[str, AfterValidator(_check_constraint)]
 SpreadDescriptor = Annotated[str, AfterValidator(_check_spread)]
 ServiceName = Annotated[str, AfterValidator(_check_dns_label)]
+EndpointsChange = Annotated[str, AfterValidator(_check_endpoints_change)]
 
 
 class Metadata(Model):
@@ -238,6 +256,13 @@ class TaskTemplate(Model):
     )
     # The container's root filesystem is mounted read-only (mounts stay as they are).
     read_only: bool = Field(default=False, exclude_if=lambda v: not v)
+    # Services whose endpoints the task is given: SHOAL_ENDPOINTS_<NAME> at its start and
+    # $SHOAL_ENDPOINTS_FILE, rewritten on every change (docs/discovery.md). A service
+    # not created yet is allowed: it has no endpoints until it is.
+    discover: list[ServiceName] = Field(default_factory=list, exclude_if=lambda v: not v)
+    # What a change of those endpoints does to the running task besides rewriting the
+    # file: none, restart (stopped and replaced at once), signal:SIGNAL.
+    on_endpoints_change: EndpointsChange = Field(default="none", exclude_if=lambda v: v == "none")
 
     @property
     def is_container(self) -> bool:
@@ -378,6 +403,23 @@ class TaskTemplate(Model):
         if name not in SIGNALS:
             raise ValueError(f"unknown signal {value!r} (use e.g. SIGTERM, SIGINT, SIGQUIT)")
         return name
+
+    @field_validator("discover")
+    @classmethod
+    def _distinct_discovered(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for index, name in enumerate(value):
+            if name in seen:
+                raise _located("duplicate_service", f"{name!r} is listed twice", (index,), name)
+            seen.add(name)
+        return value
+
+    @field_validator("on_endpoints_change")
+    @classmethod
+    def _something_discovered(cls, value: str, info: ValidationInfo) -> str:
+        if value != "none" and not info.data.get("discover", True):
+            raise ValueError("onEndpointsChange applies to the services in discover: list them")
+        return value
 
     @field_validator("workdir")
     @classmethod
@@ -588,6 +630,15 @@ class Service(Model):
                     ("dependsOn", index, "service"),
                     name,
                 )
+        template = value.template
+        if template.on_endpoints_change == "restart" and name in template.discover:
+            raise _located(
+                "self_restart",
+                "a service that discovers itself cannot restart on every change of its own "
+                "endpoints (each restart changes them again): use none or signal:SIGNAL",
+                ("template", "onEndpointsChange"),
+                template.on_endpoints_change,
+            )
         return value
 
     @property

@@ -57,6 +57,10 @@ Service discovery (optional hooks; ``shoal.agent.discovery``)
 ``use_dns(server)``
     From now on, tasks started get ``server`` (on port 53) as their name server and
     the ``shoal`` search domains. Default: nothing to do.
+``signal(handle, signal)``
+    Send ``signal`` to the task's own process (not to a wrapper around it), for
+    ``onEndpointsChange: signal:NAME``; a task that is not running is not an error.
+    Default: ``RuntimeBackendError`` (the runtime cannot).
 
 Which template fields a runtime accepts is decided at apply time by the models
 (``shoal.models.container``), from the runtime's own declaration
@@ -78,6 +82,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+from shoal.errors import RuntimeBackendError
 from shoal.models import RuntimeInfo, TaskTemplate
 from shoal.models.task import TaskPort
 
@@ -241,3 +246,7 @@ class Runtime(abc.ABC):
 
     def use_dns(self, server: str) -> None:  # noqa: B027 - optional hook
         """Give tasks started from now on ``server`` as their name server."""
+
+    async def signal(self, handle: TaskHandle, signal: str) -> None:
+        """Send ``signal`` to the task's process; see the module docstring."""
+        raise RuntimeBackendError(f"the {self.name} runtime cannot signal its tasks")

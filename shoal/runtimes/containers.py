@@ -651,6 +651,10 @@ class ContainerRuntime(Runtime):
     def use_dns(self, server: str) -> None:
         self._dns_server = server
 
+    async def signal(self, handle: TaskHandle, signal: str) -> None:
+        container_id = self._container_id(handle)
+        await self._call(lambda e: e.kill(container_id, signal))
+
     async def aclose(self) -> None:
         self._closed.set()
         engine = self._engine

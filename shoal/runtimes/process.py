@@ -205,6 +205,7 @@ class _ProcStat:
     """The few fields of ``/proc/<pid>/stat`` this runtime needs."""
 
     state: str
+    ppid: int
     pgrp: int
     start_ticks: int
 
@@ -243,8 +244,9 @@ def _proc_stat(pid: int) -> _ProcStat | None:
         return None
     # Field 2 (comm) may hold spaces and parentheses: the rest starts after the last ')'.
     fields = raw[raw.rindex(b")") + 2 :].split()
-    # fields[0] is field 3 (state), fields[2] field 5 (pgrp), fields[19] field 22 (starttime).
-    return _ProcStat(fields[0].decode(), int(fields[2]), int(fields[19]))
+    # fields[0] is field 3 (state), fields[1] field 4 (ppid), fields[2] field 5 (pgrp),
+    # fields[19] field 22 (starttime).
+    return _ProcStat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[19]))
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -590,6 +592,19 @@ class ProcessRuntime(Runtime):
                 )
         if record.task_id not in self._exits:
             self._finish(record, self._leader(record))
+
+    async def signal(self, handle: TaskHandle, signal: str) -> None:
+        """Signal the command, the wrapper's child: the wrapper would die of an untrapped one."""
+        sig = parse_signal(signal)
+        record = self._record(handle)
+        if not (await self.inspect(handle)).running:
+            return
+        await self._wait_command_started(record)
+        for pid in _group_members(record.pid):
+            stat = _proc_stat(pid)
+            if stat is not None and stat.ppid == record.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
 
     async def remove(self, handle: TaskHandle) -> None:
         task_id = handle.task_id

@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.discovery.catalog import Catalog, Endpoint, EndpointPort, message
-from shoal.discovery.dns import TTL, DnsListener, Perspective, Resolver, open_listener
+from shoal.discovery.dns import TTL, DnsListener, Resolver, open_listener
+from shoal.discovery.perspective import Perspective
 
 NODE = "n1"
 
