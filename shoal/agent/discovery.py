@@ -7,10 +7,12 @@ The agent answers the ``shoal.`` zone (``shoal.discovery.dns``) on:
   node (docs/discovery.md);
 - with ``--container-dns auto`` (the default), port 53 of each container engine's bridge
   gateway (the host's address on the network its containers are started on: found
-  through the engine's API), where containers reach the node. The container runtimes then
-  give every container they start that address as its only name server, with the search
-  domains ``<stack>.shoal`` and ``shoal``. Queries there are answered as a container on
-  this node sees the cluster (``Perspective.container``).
+  through the engine's API), where containers reach the node; ``--container-dns ADDRESS``:
+  port 53 of that host address instead, for every engine. The container runtimes then
+  give every container they start that address as its first name server (the host's
+  reachable ones after it), with the search domains ``<stack>.shoal`` and ``shoal``.
+  Queries there are answered as a container on this node sees the cluster
+  (``shoal.discovery.perspective``).
 
 A listener that cannot bind is left out with a warning (two agents on one machine share
 the engines' gateways: the first one answers for both), except an explicit
@@ -75,8 +77,10 @@ class DnsSettings:
     listen: str | None = DEFAULT_DNS_LISTEN
     # Whether ``listen`` was asked for (then failing to bind it stops the agent).
     required: bool = False
-    # Answer on the engines' bridge gateways and give containers that name server.
-    containers: bool = True
+    # "auto": answer on the engines' bridge gateways and make that the containers' name
+    # server; an address: answer there instead, for every container runtime (one that
+    # containers reach: any of the host's non-loopback addresses); "off": neither.
+    containers: str = "auto"
 
 
 @dataclass(eq=False)
@@ -155,26 +159,39 @@ class NodeDiscovery:
 
         Called at start and whenever the runtimes changed (an engine that came up later).
         """
-        if not self.settings.containers:
+        mode = self.settings.containers
+        if mode == "off":
             return
         for name, runtime in runtimes.items():
             if name in self.container_listeners:
                 continue
-            try:
-                gateway = await runtime.dns_gateway()
-            except RuntimeBackendError as exc:  # the engine is down: try when it is back
-                log.debug("dns.no_gateway", runtime=name, error=str(exc))
-                continue
+            if mode != "auto":
+                gateway: str | None = mode if runtime.container_fields else None
+            else:
+                try:
+                    gateway = await runtime.dns_gateway()
+                except RuntimeBackendError as exc:  # the engine is down: try when it is back
+                    log.debug("dns.no_gateway", runtime=name, error=str(exc))
+                    continue
             if gateway is None:
                 continue
             self.gateways[name] = gateway
+            shared = [
+                listener
+                for listener in self.container_listeners.values()
+                if listener.perspective.gateway == gateway
+            ]
             try:
-                listener = await open_listener(
-                    self.resolver,
-                    gateway,
-                    CONTAINER_DNS_PORT,
-                    Perspective.container(gateway),
-                    freebind=True,
+                listener = (
+                    shared[0]
+                    if shared
+                    else await open_listener(
+                        self.resolver,
+                        gateway,
+                        CONTAINER_DNS_PORT,
+                        Perspective.container(gateway),
+                        freebind=True,
+                    )
                 )
             except OSError as exc:
                 log.warning(
@@ -328,7 +345,8 @@ class NodeDiscovery:
                 watched.timer.cancel()
         for job in list(self._signals):
             job.cancel()
-        for listener in [self.listener, *self.container_listeners.values()]:
+        listeners = {id(x): x for x in [self.listener, *self.container_listeners.values()]}
+        for listener in listeners.values():
             if listener is not None:
                 with contextlib.suppress(Exception):
                     await listener.aclose()

@@ -56,7 +56,7 @@ def fleet_settings(base: AgentSettings, count: int) -> list[AgentSettings]:
                 runtimes=frozenset({"sim"}),
                 metrics_listen=None,
                 # One process, many nodes: no DNS listeners (they would share addresses).
-                dns=DnsSettings(listen=None, containers=False),
+                dns=DnsSettings(listen=None, containers="off"),
                 catalog=False,  # simulated work resolves nothing: spare the managers
             )
         )

@@ -162,11 +162,25 @@ def _dns_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--container-dns",
-        choices=["auto", "off"],
+        type=_container_dns,
         default="auto",
+        metavar="auto|off|ADDRESS",
         help="auto (default): also answer on port 53 of each container engine's bridge "
-        "gateway and make it the containers' name server",
+        "gateway and make it the containers' name server; ADDRESS: a host address "
+        "containers reach, instead (two agents on one machine: give each its own)",
     )
+
+
+def _container_dns(value: str) -> str:
+    import ipaddress
+
+    if value.lower() in ("auto", "off"):
+        return value.lower()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        message = f"expected auto, off or an IP address, got {value!r}"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _dns_settings(args: argparse.Namespace) -> DnsSettings:
@@ -176,7 +190,7 @@ def _dns_settings(args: argparse.Namespace) -> DnsSettings:
     return DnsSettings(
         listen=None if listen == "off" else listen or DEFAULT_DNS_LISTEN,
         required=listen not in (None, "off"),
-        containers=args.container_dns == "auto",
+        containers=args.container_dns,
     )
 
 

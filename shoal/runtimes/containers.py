@@ -651,6 +651,11 @@ class ContainerRuntime(Runtime):
     def use_dns(self, server: str) -> None:
         self._dns_server = server
 
+    @property
+    def dns_server(self) -> str | None:
+        """The name server containers started now get first (``use_dns``), if any."""
+        return self._dns_server
+
     async def signal(self, handle: TaskHandle, signal: str) -> None:
         container_id = self._container_id(handle)
         await self._call(lambda e: e.kill(container_id, signal))

@@ -132,6 +132,9 @@ def client_task(tmp_path: Path, change: str) -> Task:
 async def runtime(tmp_path: Path) -> AsyncIterator[ProcessRuntime]:
     process = ProcessRuntime(RuntimeSettings(state_dir=tmp_path / "process", node_name=NODE))
     yield process
+    for handle in await process.recover():  # whatever a failed test left running
+        await process.stop(handle, "SIGKILL", 0)
+        await process.remove(handle)
     await process.aclose()
 
 
@@ -163,7 +166,7 @@ async def started(
 
 
 def node_discovery(tmp_path: Path, catalog: Catalog) -> NodeDiscovery:
-    settings = DnsSettings(listen=None, containers=False)
+    settings = DnsSettings(listen=None, containers="off")
     return NodeDiscovery(catalog, NODE, settings, CollectorRegistry(), tmp_path / "endpoints")
 
 
@@ -217,8 +220,6 @@ async def test_a_signal_the_wrapper_does_not_trap_reaches_the_command_and_spares
     await runtime.signal(handle, "SIGALRM")
     assert await lines_of(tmp_path / "signals.txt", 2) == ["started", "alrm"]
     assert (await runtime.inspect(handle)).running  # the wrapper lives: the exit is recorded
-    await runtime.stop(handle, "SIGTERM", 5)
-    await runtime.remove(handle)
     await discovery.release(task.id)
 
 
@@ -237,8 +238,6 @@ async def test_restart_asks_the_runner_once_the_changes_settle(
     catalog.apply(message({"web": [web(1, 20001)]}, full=False))
     await asyncio.wait_for(asked.wait(), 5)
     assert restarts == ["the endpoints of web changed"]
-    await runtime.stop(handle, "SIGTERM", 5)
-    await runtime.remove(handle)
     await discovery.release(task.id)
 
 
