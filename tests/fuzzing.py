@@ -117,10 +117,11 @@ class Served:
     node_name: str
     heartbeat: str  # the heartbeat listener
     methods: dict[str, dict[str, bool]]  # service -> method -> is a stream
+    web: str | None = None  # the HTTP listener (``serve_manager(http=True)``)
 
 
 @contextlib.contextmanager
-def serve_manager(root: Path) -> Iterator[Served]:
+def serve_manager(root: Path, http: bool = False) -> Iterator[Served]:
     loop = asyncio.new_event_loop()
     ready: dict[str, Any] = {}
     stop = threading.Event()
@@ -131,8 +132,10 @@ def serve_manager(root: Path) -> Iterator[Served]:
             state_dir=root,
             listen="127.0.0.1:0",
             join_listen="127.0.0.1:0",
+            http_listen="127.0.0.1:0" if http else None,
         )
         async with open_manager(settings) as manager:
+            ready["web"] = manager.web.address
             ready["node"] = await manager.security.local_node("fuzz-node")
             ready["heartbeat"] = manager.heartbeat_address
             ready["methods"] = {
@@ -157,6 +160,7 @@ def serve_manager(root: Path) -> Iterator[Served]:
             "fuzz-node",
             ready["heartbeat"],
             ready["methods"],
+            ready["web"],
         )
     finally:
         stop.set()

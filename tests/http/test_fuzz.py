@@ -9,11 +9,9 @@ and bounded, so CI runs the same cases in seconds.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +24,7 @@ from hypothesis import strategies as st
 from shoal.api.transport import CONTROL_SERVICE, decode, encode
 from shoal.http.api import ROUTES
 from shoal.http.sessions import COOKIE, CSRF_HEADER
-from shoal.manager.server import ManagerSettings, open_manager
-from shoal.security.contexts import load_bundle
-from tests.fuzzing import RAW, secure_channel
+from tests.fuzzing import RAW, secure_channel, serve_manager
 
 QUERY = ["service", "all", "node", "type", "object", "limit", "tail", "token"]
 # What a header value may hold (control characters are not HTTP: aiohttp's parser refuses
@@ -40,31 +36,8 @@ NAMES = st.sampled_from(["api", "fuzz-node", "nope", "", "..", "a/b", "é"]) | s
 @contextlib.contextmanager
 def serve(root: Path) -> Iterator[tuple[str, str, str]]:
     """A manager with a web listener on a thread of its own: (host, port, session cookie)."""
-    loop = asyncio.new_event_loop()
-    ready: dict[str, Any] = {}
-    stop = threading.Event()
-
-    async def main() -> None:
-        settings = ManagerSettings(
-            store_url="memory://",
-            state_dir=root,
-            listen="127.0.0.1:0",
-            join_listen="127.0.0.1:0",
-            http_listen="127.0.0.1:0",
-        )
-        async with open_manager(settings) as manager:
-            ready["address"], ready["web"] = manager.address, manager.web.address
-            await asyncio.to_thread(stop.wait)
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    try:
-        for _ in range(400):
-            if "web" in ready or not thread.is_alive():
-                break
-            stop.wait(0.05)
-        assert "web" in ready, "the manager did not start"
-        channel = secure_channel(ready["address"], load_bundle(root / "admin.yaml"))
+    with serve_manager(root, http=True) as served:
+        channel = secure_channel(served.address, served.admin)
         login = channel.unary_unary(
             f"/{CONTROL_SERVICE}/UiLogin", request_serializer=encode, response_deserializer=decode
         )
@@ -79,9 +52,6 @@ def serve(root: Path) -> Iterator[tuple[str, str, str]]:
         assert cookie.startswith(f"{COOKIE}=")
         connection.close()
         yield host, port, cookie
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
