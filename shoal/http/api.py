@@ -1,9 +1,10 @@
 """The HTTP API's routes: each one a Control API call, with the caller's session.
 
-Reads (``GET``) need a session; actions (``POST``) need a session whose role
-may call the Control method behind them (``shoal.security.authz.check_role``:
-a viewer is refused with 403, audited and recorded as an event, just as over
-gRPC) and the session's CSRF header. Streams are server-sent events: the
+Every API request needs a session: its cookie and its page token
+(``X-Shoal-CSRF``, or ``?csrf=`` for an ``EventSource``; ``shoal.http.sessions``
+says why both). Actions (``POST``) also need a role that may call the Control
+method behind them (``shoal.security.authz.check_role``: a viewer is refused
+with 403, audited and recorded as an event, just as over gRPC). Streams are server-sent events: the
 events stream starts with recent history and then follows, each event with
 its cursor as the SSE id, so a browser's ``EventSource`` resumes after a drop
 where it stopped (``Last-Event-ID``); a service's logs follow the service.
@@ -55,7 +56,21 @@ LOGIN_FAILED = """<!doctype html>
 </main></body></html>
 """
 
+# What /login answers: signin.js keeps the page token and goes on to the UI.
+SIGNED_IN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>shoal: signing in</title>
+<meta name="shoal-page-token" content="{token}">
+<link rel="stylesheet" href="/static/style.css"></head>
+<body><main><p>Signing in…</p></main>
+<script type="module" src="/static/signin.js"></script></body></html>
+"""
+
 Handler = Callable[["WebApi", web.Request], Awaitable[web.StreamResponse]]
+
+
+def page_token(request: web.Request) -> str | None:
+    """The session's page token: the header, or ``csrf`` in the query (EventSource)."""
+    return request.headers.get(CSRF_HEADER) or request.query.get("csrf")
 
 
 def _route(doc: schema.RouteDoc) -> Callable[[Handler], Handler]:
@@ -161,9 +176,17 @@ class WebApi:
     # --------------------------------------------------------- sessions
 
     def session(self, request: web.Request) -> Session:
+        """The caller's session: its cookie, and for a read its page token too (a cookie
+        another server on this host received reads nothing; actions check the token in
+        ``_authorize``, which audits a refusal)."""
         session = self.sessions.open(request.cookies.get(COOKIE))
         if self.revoked(session.caller):
             raise SignInError(f"user {session.caller.name} was removed: its sessions are refused")
+        if request.method == "GET":
+            try:
+                self.sessions.check_csrf(session, page_token(request))
+            except AuthError as exc:  # 401: the page shows how to sign in
+                raise SignInError(f"{exc}; a page signed in by a `shoal ui` link has it") from exc
         return session
 
     def _authorize(
@@ -173,7 +196,7 @@ class WebApi:
         try:
             check_role(session.caller, method)
             if not is_read(method):
-                self.sessions.check_csrf(session, request.headers.get(CSRF_HEADER))
+                self.sessions.check_csrf(session, page_token(request))
         except AuthError as exc:
             if not is_read(method):
                 self.denied(method, str(exc), body)
@@ -258,7 +281,8 @@ async def index(api: WebApi, request: web.Request) -> web.StreamResponse:
     schema.RouteDoc(
         "GET",
         "/login",
-        "open a login link from `shoal ui`: sets the session cookie, then on to the UI",
+        "open a login link from `shoal ui`: sets the session cookie; the page it answers "
+        "with hands the UI the page token",
         None,
         None,
         query=(("token", "string", "the single-use token of the link"),),
@@ -274,7 +298,12 @@ async def login(api: WebApi, request: web.Request) -> web.StreamResponse:
             content_type="text/html",
             text=LOGIN_FAILED.format(reason=html.escape(str(exc))),
         )
-    response = web.HTTPSeeOther("/")
+    # A page, not a redirect: it hands the page token to the UI (sessions.py says why).
+    response = web.Response(
+        content_type="text/html",
+        text=SIGNED_IN.format(token=html.escape(api.sessions.csrf_token(session))),
+        headers={"Cache-Control": "no-store", **SECURITY_HEADERS},
+    )
     response.set_cookie(
         COOKIE,
         api.sessions.cookie(session),
@@ -284,7 +313,7 @@ async def login(api: WebApi, request: web.Request) -> web.StreamResponse:
         samesite="Strict",
     )
     log.info("http.signed_in", user=session.caller.name, role=session.caller.role)
-    raise response
+    return response
 
 
 @_route(schema.RouteDoc("GET", "/api/v1/openapi.json", "this document", None, None, public=True))
@@ -314,7 +343,7 @@ async def session_view(api: WebApi, request: web.Request) -> web.StreamResponse:
 @_route(schema.RouteDoc("POST", "/api/v1/logout", "sign out", None, schema.SignedOut))
 async def logout(api: WebApi, request: web.Request) -> web.StreamResponse:
     session = api.session(request)
-    api.sessions.check_csrf(session, request.headers.get(CSRF_HEADER))
+    api.sessions.check_csrf(session, page_token(request))
     api.sessions.end(session)
     response = _json(schema.SignedOut(signed_out=True))
     response.del_cookie(COOKIE, path="/")

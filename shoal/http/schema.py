@@ -109,7 +109,7 @@ class NodeReply(Model):
 
 
 class SessionView(Model):
-    """Who is signed in; ``csrf`` goes in the ``X-Shoal-CSRF`` header of every POST."""
+    """Who is signed in; ``csrf`` is the page token the caller sent (``X-Shoal-CSRF``)."""
 
     user: str
     role: Literal["admin", "viewer"]

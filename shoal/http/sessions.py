@@ -10,10 +10,16 @@ The cookie is ``base64url(payload).base64url(HMAC-SHA256)`` with a key each
 manager draws at start (so a restart signs everyone out): the payload names
 the user, role, the certificate's issue time (a removed user's sessions are
 refused like its certificates), the session id and when it expires. It is
-``HttpOnly`` and ``SameSite=Strict``. Every mutating request must also carry
-``X-Shoal-CSRF`` with the session's CSRF token (an HMAC of its id, handed to
-the page by ``GET /api/v1/session``): a request from another site can neither
-send the cookie (SameSite) nor read or forge the token.
+``HttpOnly`` and ``SameSite=Strict``.
+
+The cookie alone is not enough: browsers send a cookie to **every port** of its
+host (RFC 6265 §8.5), so any other web server on this host could receive it. So
+every API request must also carry the session's page token (``X-Shoal-CSRF``,
+or ``?csrf=`` on an ``EventSource`` URL, which cannot set headers): an HMAC of the
+session id, handed to the page once, in the sign-in page that ``/login``
+answers with, and kept in the origin's ``localStorage`` (origins, unlike
+cookies, include the port). A request from another site or another port can
+neither send the cookie (SameSite) nor read or forge the token.
 """
 
 from __future__ import annotations
@@ -155,8 +161,8 @@ class Sessions:
         given = (token or "").encode("utf-8", "replace")
         if not given or not hmac.compare_digest(given, self.csrf_token(session).encode()):
             raise AuthError(
-                f"this request lacks the {CSRF_HEADER} header of the session "
-                "(GET /api/v1/session gives it): refused as a possible cross-site request"
+                f"this request lacks the {CSRF_HEADER} header (the page token the sign-in "
+                "page gives): refused as a possible cross-site request"
             )
 
     def _sign(self, payload: bytes) -> bytes:

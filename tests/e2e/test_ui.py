@@ -17,12 +17,15 @@ import os
 import shutil
 import signal
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shoal.http.sessions import COOKIE
 from tests.e2e.cluster import (
     Cluster,
     cluster_at,
@@ -123,6 +126,23 @@ def test_sign_in_and_the_services_page_lists_the_service(cluster: Cluster, admin
     assert response is not None and response.status == 401
     first.context.close()
     second.context.close()
+    # The session cookie alone, as another web server on this host would receive it
+    # (cookies ignore ports): refused for reads and actions alike.
+    cookie = next(c for c in page.context.cookies() if c["name"] == COOKIE)
+    base = page.url.split("#")[0].rstrip("/")
+    for method, path, body, code in (
+        ("GET", "/api/v1/services", None, 401),
+        ("POST", f"/api/v1/services/{SERVICE}/scale", b'{"replicas": 9}', 403),
+    ):
+        request = urllib.request.Request(
+            base + path,
+            data=body,
+            method=method,
+            headers={"Cookie": f"{COOKIE}={cookie['value']}", "Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == code, (method, path)
 
 
 def test_a_task_killed_by_hand_shows_failed_and_replaced_without_reloading(
@@ -200,13 +220,13 @@ def test_a_viewer_sees_no_actions_and_the_api_refuses_its_calls(
     replicas = call(cluster, "Get", {"kind": "services", "name": SERVICE})["items"][0]["spec"][
         "replicas"
     ]
-    # The buttons are only hidden; the API is what refuses (with the session's CSRF token).
+    # The buttons are only hidden; the API is what refuses (with the session's page token).
     answer = page.evaluate(
         """async (name) => {
-            const session = await (await fetch('/api/v1/session')).json();
+            const token = localStorage.getItem('shoal.pageToken');
             const response = await fetch(`/api/v1/services/${name}/scale`, {
                 method: 'POST',
-                headers: {'Content-Type': 'application/json', 'X-Shoal-CSRF': session.csrf},
+                headers: {'Content-Type': 'application/json', 'X-Shoal-CSRF': token},
                 body: JSON.stringify({replicas: 9}),
             });
             return {status: response.status, body: await response.json()};

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from shoal.errors import ApiError
-from shoal.http.sessions import COOKIE
-from tests.http.conftest import NODE, Browser, Web
+from shoal.http.sessions import COOKIE, CSRF_HEADER
+from tests.http.conftest import NODE, Browser, Web, page_token
 
 
 def audit(web: Web) -> list[dict[str, Any]]:
@@ -33,10 +33,19 @@ async def test_a_login_link_signs_in_once(web: Web) -> None:
     assert link["url"].startswith(f"{web.url}/login?token=")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
         async with client.get(link["url"], allow_redirects=False) as response:
-            assert response.status == 303 and response.headers["Location"] == "/"
+            assert response.status == 200
             cookie = response.cookies[COOKIE]
             assert cookie["httponly"] and cookie["samesite"] == "Strict"
+            token = page_token(await response.text())
         async with client.get(f"{web.url}/api/v1/session") as response:
+            # The cookie alone, as any other server on this host could get it: refused.
+            assert response.status == 401
+            assert "X-Shoal-CSRF" in (await response.json())["error"]["message"]
+        async with client.get(f"{web.url}/api/v1/events?csrf=wrong") as response:
+            assert response.status == 401
+        async with client.get(
+            f"{web.url}/api/v1/session", headers={CSRF_HEADER: token}
+        ) as response:
             assert response.status == 200
             session = await response.json()
             assert (session["user"], session["role"], session["actions"]) == (
@@ -222,7 +231,9 @@ async def read_sse(response: aiohttp.ClientResponse, count: int) -> list[dict[st
 async def test_the_event_stream_sends_history_then_new_events(web: Web, admin: Browser) -> None:
     await web.apply("api", 1)
     await web.running("api", 1)
-    async with admin.client.get(f"{web.url}/api/v1/events?service=api&limit=1") as response:
+    async with admin.client.get(
+        f"{web.url}/api/v1/events?service=api&limit=1&csrf={admin.csrf}"  # as EventSource sends it
+    ) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         [first] = await read_sse(response, 1)

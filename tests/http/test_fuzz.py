@@ -25,6 +25,7 @@ from shoal.api.transport import CONTROL_SERVICE, decode, encode
 from shoal.http.api import ROUTES
 from shoal.http.sessions import COOKIE, CSRF_HEADER
 from tests.fuzzing import RAW, secure_channel, serve_manager
+from tests.http.conftest import page_token
 
 QUERY = ["service", "all", "node", "type", "object", "limit", "tail", "token"]
 # What a header value may hold (control characters are not HTTP: aiohttp's parser refuses
@@ -34,8 +35,9 @@ NAMES = st.sampled_from(["api", "fuzz-node", "nope", "", "..", "a/b", "é"]) | s
 
 
 @contextlib.contextmanager
-def serve(root: Path) -> Iterator[tuple[str, str, str]]:
-    """A manager with a web listener on a thread of its own: (host, port, session cookie)."""
+def serve(root: Path) -> Iterator[tuple[str, str, str, str]]:
+    """A manager with a web listener on a thread of its own: (host, port, session cookie,
+    page token)."""
     with serve_manager(root, http=True) as served:
         channel = secure_channel(served.address, served.admin)
         login = channel.unary_unary(
@@ -47,26 +49,22 @@ def serve(root: Path) -> Iterator[tuple[str, str, str]]:
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         connection.request("GET", f"{link.path}?{link.query}")
         response = connection.getresponse()
-        assert response.status == 303
+        assert response.status == 200
         cookie = response.headers["Set-Cookie"].split(";", 1)[0]
         assert cookie.startswith(f"{COOKIE}=")
+        token = page_token(response.read().decode())
         connection.close()
-        yield host, port, cookie
+        yield host, port, cookie, token
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str, str]]:
     with serve(tmp_path_factory.mktemp("http-fuzz")) as running:
         yield running
 
 
-def csrf(served: tuple[str, str, str]) -> str:
-    host, port, cookie = served
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    connection.request("GET", "/api/v1/session", headers={"Cookie": cookie})
-    token = str(json.loads(connection.getresponse().read())["csrf"])
-    connection.close()
-    return token
+def csrf(served: tuple[str, str, str, str]) -> str:
+    return served[3]
 
 
 # Every route but signing out, which would end the session the other cases use
@@ -90,7 +88,7 @@ BOUNDED = settings(
     content_type=st.sampled_from(["application/json", "text/plain", ""]),
 )
 def test_no_request_gets_a_500_or_an_answer_without_a_reason(
-    served: tuple[str, str, str],
+    served: tuple[str, str, str, str],
     route: Any,
     name: str,
     query: dict[str, str],
@@ -98,7 +96,7 @@ def test_no_request_gets_a_500_or_an_answer_without_a_reason(
     token: str | None,
     content_type: str,
 ) -> None:
-    host, port, cookie = served
+    host, port, cookie, _ = served
     path = route.path.replace("{name}", urllib.parse.quote(name, safe=""))
     if query:
         path += "?" + urllib.parse.urlencode(query)

@@ -57,8 +57,15 @@ class ApiError extends Error {
   }
 }
 
+// The session's page token, kept by signin.js: every API request carries it beside the
+// cookie (a cookie alone also reaches other servers on this host; see sessions.py).
+const TOKEN_KEY = "shoal.pageToken";
+const pageToken = () => localStorage.getItem(TOKEN_KEY) || "";
+const withToken = (url) => `${url}${url.includes("?") ? "&" : "?"}csrf=${encodeURIComponent(pageToken())}`;
+
 async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const headers = { "X-Shoal-CSRF": pageToken(), ...(options.headers || {}) };
+  const response = await fetch(path, { credentials: "same-origin", ...options, headers });
   const body = await response.json().catch(() => null);
   if (!response.ok) throw new ApiError(response.status, body);
   return body;
@@ -68,7 +75,7 @@ async function act(path, body, done) {
   try {
     await api(path, {
       method: "POST",
-      headers: { "Content-Type": "application/json", "X-Shoal-CSRF": session.csrf },
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
     show(done, true);
@@ -244,7 +251,7 @@ async function servicePage(name) {
 }
 
 function followLogs(name) {
-  const source = new EventSource(`/api/v1/services/${encodeURIComponent(name)}/logs?tail=100`);
+  const source = new EventSource(withToken(`/api/v1/services/${encodeURIComponent(name)}/logs?tail=100`));
   source.onmessage = (message) => {
     const line = JSON.parse(message.data);
     const pre = document.getElementById("logs");
@@ -386,7 +393,7 @@ let pending = null;
 
 function liveEvents() {
   const live = document.getElementById("live");
-  const source = new EventSource("/api/v1/events?limit=100");
+  const source = new EventSource(withToken("/api/v1/events?limit=100"));
   source.onopen = () => {
     live.textContent = "live";
     live.className = "live on";
@@ -428,7 +435,8 @@ async function start() {
   const signout = document.getElementById("signout");
   signout.hidden = false;
   signout.onclick = async () => {
-    await fetch("/api/v1/logout", { method: "POST", headers: { "X-Shoal-CSRF": session.csrf } });
+    await fetch("/api/v1/logout", { method: "POST", headers: { "X-Shoal-CSRF": pageToken() } });
+    localStorage.removeItem(TOKEN_KEY);
     location.reload();
   };
   window.addEventListener("hashchange", render);
