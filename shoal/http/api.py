@@ -208,7 +208,10 @@ class WebApi:
         assert isinstance(handler, Unary)
         with acting_as(session.caller):
             self._authorize(request, session, method, body)
-            return await handler.handler(body, CallContext(str(request.remote)))
+            # Shielded: a browser that goes away mid-call (handler cancellation is on, for
+            # the streams) must not cut an action between its commit and its audit record.
+            call = handler.handler(body, CallContext(str(request.remote)))
+            return await asyncio.shield(call)
 
     async def stream(
         self,
