@@ -300,18 +300,28 @@ def format_bytes(size: int) -> str:
 
 
 class Progress:
-    """One status line on stderr, rewritten in place; silent when stderr is not a terminal."""
+    """Where a waiting command says how far it got, on stderr.
+
+    On a terminal: one status line, rewritten in place (with ``elapsed``).
+    Otherwise (a pipe, a CI log): one line per change of ``text``, so a log
+    reads as what happened and when it changed, not a line per poll.
+    """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty()
         self._shown = False
+        self._last = ""
 
-    def update(self, text: str) -> None:
+    def update(self, text: str, elapsed: str = "") -> None:
         if self.enabled:
-            self.stream.write("\r\x1b[K" + text)
+            self.stream.write("\r\x1b[K" + (f"{text} {elapsed}" if elapsed else text))
             self.stream.flush()
             self._shown = True
+        elif text != self._last:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        self._last = text
 
     def clear(self) -> None:
         if self.enabled and self._shown:

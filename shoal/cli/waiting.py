@@ -4,9 +4,10 @@ Writes return as soon as the store has the new desired state; the work happens
 afterwards, on agents. Scripts and tests need to block until it has happened,
 so these loops poll the manager (reads are cheap: served from its informer)
 until the condition holds or a deadline passes. Polling rather than a watch
-keeps them correct across a manager restart. While waiting, a one-line
-progress report is kept on stderr when it is a terminal; on timeout the last
-report becomes the error, so the user learns what was still missing.
+keeps them correct across a manager restart. While waiting, progress goes
+to stderr (``output.Progress``: a line rewritten in place on a terminal, a
+line per change otherwise); on timeout the last report becomes the error, so
+the user learns what was still missing.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ async def wait_tasks_gone(
                     f"timed out after {format_age(timeout)} waiting for tasks to stop ({summary}); "
                     "they keep stopping in the background"
                 )
-            progress.update(f"waiting for tasks to stop ({summary}) {deadline.waited}")
+            progress.update(f"waiting for tasks to stop ({summary})", deadline.waited)
             await asyncio.sleep(POLL_INTERVAL)
     finally:
         progress.clear()
@@ -139,7 +140,7 @@ async def wait_rollout(
                     f"timed out after {format_age(timeout)} waiting for service/{name} to roll "
                     f"out: {state.summary()}"
                 )
-            progress.update(f"service/{name}: {state.summary()} {deadline.waited}")
+            progress.update(f"service/{name}: {state.summary()}", deadline.waited)
             await asyncio.sleep(POLL_INTERVAL)
     finally:
         progress.clear()

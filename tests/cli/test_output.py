@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from shoal.cli.output import (
+    Progress,
     dump,
     format_age,
     nodes_table,
@@ -156,3 +158,37 @@ def test_wide_nodes_show_the_address_others_reach_the_node_at() -> None:
     }
     header, row = nodes_table([node], wide=True).splitlines()
     assert row.split()[header.split().index("ADDRESS")] == "192.0.2.7"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_off_a_terminal_is_one_line_per_change_without_the_clock() -> None:
+    log = io.StringIO()
+    progress = Progress(log)
+    for text, elapsed in [
+        ("web: 1/3 updated task(s) running", "1s"),
+        ("web: 1/3 updated task(s) running", "2s"),
+        ("web: 2/3 updated task(s) running", "3s"),
+        ("web: 2/3 updated task(s) running", "4s"),
+        ("web: 3/3 updated task(s) running", "5s"),
+    ]:
+        progress.update(text, elapsed)
+    progress.clear()
+    assert log.getvalue().splitlines() == [
+        "web: 1/3 updated task(s) running",
+        "web: 2/3 updated task(s) running",
+        "web: 3/3 updated task(s) running",
+    ]
+
+
+def test_progress_on_a_terminal_rewrites_one_line_with_the_clock() -> None:
+    screen = _Terminal()
+    progress = Progress(screen)
+    progress.update("web: 1/3 running", "1s")
+    progress.update("web: 1/3 running", "2s")
+    progress.clear()
+    assert screen.getvalue() == ("\r\x1b[Kweb: 1/3 running 1s\r\x1b[Kweb: 1/3 running 2s\r\x1b[K")
+    assert "\n" not in screen.getvalue()

@@ -572,3 +572,18 @@ def test_logs_of_one_task_by_name_id_or_id_prefix(cluster: Cluster) -> None:
     missing = cluster.cli("logs", "cl-one-task.9.deadbeef", check=False)
     assert missing.returncode == 1
     assert missing.stderr == "error: task 'cl-one-task.9.deadbeef' not found\n"
+
+
+def test_delete_wait_says_what_it_waits_for_one_line_per_change(cluster: Cluster) -> None:
+    slow_stop = ["sh", "-c", 'trap "sleep 2; exit 0" TERM; while true; do sleep 0.1; done']
+    cluster.apply(cluster.service("cl-slow-stop", slow_stop, replicas=2))
+    cluster.wait_running("cl-slow-stop", 2)
+
+    result = cluster.cli("delete", "service", "cl-slow-stop")
+
+    assert result.stdout == "service/cl-slow-stop deleted\n"
+    # stderr is not a terminal here: a line per change, not one per poll (~0.5s).
+    lines = result.stderr.splitlines()
+    assert lines[0] == "waiting for tasks to stop (cl-slow-stop: 2 task(s))"
+    assert len(lines) == len(set(lines)) <= 2
+    assert not task_processes("cl-slow-stop")
