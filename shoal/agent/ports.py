@@ -115,7 +115,8 @@ class PortAllocator:
         """The task's ports, recorded; the same ones again for a task that already has some.
 
         ``targets``: keep each port's ``target`` (containers); a process has none.
-        Raises ``TaskRejectedError`` when the range has no free port left.
+        Raises ``TaskRejectedError`` when the range has no free port left, or a fixed port
+        is one this agent gave another task.
         """
         if task_id in self._held:
             return self._held[task_id]
@@ -123,6 +124,14 @@ class PortAllocator:
         ports: list[TaskPort] = []
         for mapping in wanted:
             number = mapping.published or self._pick(mapping.protocol, taken)
+            if mapping.published and (number, mapping.protocol) in taken:
+                # The scheduler reserves fixed ports among fixed ports only: one this agent
+                # picked for another task's ``published: 0`` is news to it.
+                raise TaskRejectedError(
+                    f"host port {number}/{mapping.protocol} is held by another task on this "
+                    f"node (picked from the agent's range {self.low}-{self.high}); publish "
+                    "fixed ports outside the range"
+                )
             taken.add((number, mapping.protocol))
             ports.append(
                 TaskPort(

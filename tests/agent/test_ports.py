@@ -65,6 +65,20 @@ def test_ports_held_by_other_tasks_are_not_given_again_until_freed(tmp_path: Pat
     assert allocator.allocate("t3", HTTP)[0].port == freed[0].port
 
 
+def test_a_fixed_port_another_task_was_given_from_the_range_is_refused(tmp_path: Path) -> None:
+    low = next(p for p in range(40000, 60000, 3) if port_free(p, "tcp"))
+    allocator = PortAllocator(tmp_path, (low, low))
+    (dynamic,) = allocator.allocate("a", HTTP)
+    assert dynamic.port == low
+    # The scheduler reserves fixed ports among fixed ports only: it may place this here.
+    with pytest.raises(TaskRejectedError, match=f"host port {low}/tcp is held"):
+        allocator.allocate("b", [PortMapping(name="http", published=low)])
+    assert allocator.held("b") is None and allocator.held("a") == (dynamic,)
+    allocator.release("a")
+    (fixed,) = allocator.allocate("b", [PortMapping(name="http", published=low)])
+    assert fixed.port == low
+
+
 def test_fixed_ports_are_taken_as_asked_and_names_kept(tmp_path: Path) -> None:
     allocator = PortAllocator(tmp_path, (20000, 32767))
     ports = allocator.allocate(
