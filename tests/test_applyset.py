@@ -170,6 +170,22 @@ async def test_services_apply_in_dependency_order_and_cycles_are_refused(
     assert await apply(informer, [service("db", **needs("later"))]) == {"db": "configured"}
 
 
+async def test_services_restarting_on_each_others_endpoints_are_refused(
+    informer: Informer,
+) -> None:
+    def discovering(name: str, other: str, change: str) -> Service:
+        template = {"command": ["sleep", "9"], "discover": [other], "onEndpointsChange": change}
+        return service(name, template=template)
+
+    # A restarting on B's changes and B on A's would restart each other for ever.
+    await apply(informer, [discovering("a", "b", "restart")])
+    with pytest.raises(SpecError, match=r"service/b: .*restart loop b → a → b"):
+        plan_apply(informer, [discovering("b", "a", "restart")], ApplyOptions(), NOW)
+    assert "b" not in informer.services
+    # One side that only signals breaks the loop.
+    assert await apply(informer, [discovering("b", "a", "signal:SIGHUP")]) == {"b": "created"}
+
+
 def test_get_yaml_lists_load_as_documents() -> None:
     text = (
         "items:\n"

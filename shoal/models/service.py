@@ -411,6 +411,14 @@ class TaskTemplate(Model):
         for index, name in enumerate(value):
             if name in seen:
                 raise _located("duplicate_service", f"{name!r} is listed twice", (index,), name)
+            if name == "file":  # its variable would be SHOAL_ENDPOINTS_FILE, the file's path
+                raise _located(
+                    "reserved_service",
+                    "a service named 'file' cannot be discovered: SHOAL_ENDPOINTS_FILE is "
+                    "the path of the endpoints file",
+                    (index,),
+                    name,
+                )
             seen.add(name)
         return value
 

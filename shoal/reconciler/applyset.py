@@ -218,14 +218,31 @@ def check_service_dependencies(informer: Informer, services: Sequence[Service]) 
         name: [d.service for d in e.obj.spec.depends_on] for name, e in informer.services.items()
     }
     graph.update({s.name: [d.service for d in s.spec.depends_on] for s in services})
+    names = [s.name for s in services]
     problems = [
         f"service/{name}: spec.dependsOn[{index}].service: {cycle_message(cycle)}"
-        for name, index, cycle in distinct_cycles(graph, [s.name for s in services])
+        for name, index, cycle in distinct_cycles(graph, names)
+    ]
+    # Services that restart when a service they discover changes, around a loop: each
+    # restart changes the endpoints the next one restarts on, for ever.
+    restarts = {name: _restarts_on(e.obj) for name, e in informer.services.items()}
+    restarts.update({s.name: _restarts_on(s) for s in services})
+    problems += [
+        f"service/{name}: spec.template.onEndpointsChange: restart loop "
+        f"{' → '.join(cycle)}: each restart changes the endpoints the next one restarts "
+        "on; use signal:SIGNAL or none on one of them"
+        for name, _, cycle in distinct_cycles(restarts, names)
     ]
     if problems:
         raise SpecError(problems)
     by_name = {s.name: s for s in services}
     return [by_name[name] for name in dependency_order(list(by_name), graph)]
+
+
+def _restarts_on(service: Service) -> list[str]:
+    """The services whose endpoint changes restart ``service``'s tasks."""
+    template = service.spec.template
+    return list(template.discover) if template.on_endpoints_change == "restart" else []
 
 
 def owner_of(informer: Informer, service: str, kind: str = "Service") -> str | None:

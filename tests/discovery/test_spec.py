@@ -85,6 +85,12 @@ def test_a_plain_spec_says_nothing_about_discovery() -> None:
             id="twice",
         ),
         pytest.param(
+            "    discover:\n      - web\n      - file\n",
+            10,
+            "spec.template.discover[1]: a service named 'file' cannot be discovered",
+            id="file",
+        ),
+        pytest.param(
             "    discover: [client]\n    onEndpointsChange: restart\n",
             9,
             "a service that discovers itself cannot restart on every change",
