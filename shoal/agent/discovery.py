@@ -51,6 +51,7 @@ from shoal.api.address import split_host_port
 from shoal.discovery.catalog import Catalog
 from shoal.discovery.dns import DnsListener, Resolver, open_listener
 from shoal.discovery.endpointsfile import CONTAINER_DIR, FILE_ENV, FILE_NAME, View, write_atomically
+from shoal.discovery.forward import Forwarder
 from shoal.discovery.perspective import HOST, Perspective
 from shoal.errors import RuntimeBackendError
 from shoal.models import Task
@@ -191,6 +192,7 @@ class NodeDiscovery:
                         CONTAINER_DNS_PORT,
                         Perspective.container(gateway),
                         freebind=True,
+                        forwarder=Forwarder.from_resolv_conf(),
                     )
                 )
             except OSError as exc:

@@ -22,9 +22,10 @@ known service with no healthy endpoint (or none of the asked family) is ``NODATA
 (``NOERROR``, no answer, the zone's ``SOA`` in the authority section, so the empty answer
 is cached for its short TTL too).
 Every record has a TTL of ``TTL`` seconds. There is no recursion (``RA`` is clear) and a
-name outside the zone is ``REFUSED``. Before the first catalog arrived nothing is known
-for sure: every name is ``SERVFAIL``, so a client tries again instead of caching a
-``NXDOMAIN``. A packet that is not a DNS query is dropped (no header) or ``FORMERR``.
+name outside the zone is ``REFUSED``, except on a containers' listener, which relays it to
+the host's name servers (``shoal.discovery.forward``). Before the first catalog arrived
+nothing is known for sure: every name is ``SERVFAIL``, so a client tries again instead of
+caching a ``NXDOMAIN``. A packet that is not a DNS query is dropped (no header) or ``FORMERR``.
 
 Perspectives: a query that came in on a listener containers use is answered as a
 container on this node sees the cluster (``shoal.discovery.perspective``): a container
@@ -64,6 +65,7 @@ from dns.rdtypes.IN.AAAA import AAAA
 from dns.rdtypes.IN.SRV import SRV
 
 from shoal.discovery.catalog import Catalog, Endpoint
+from shoal.discovery.forward import Forwarder
 from shoal.discovery.perspective import HOST, IP, Perspective
 
 log = structlog.get_logger(__name__)
@@ -352,18 +354,51 @@ def _bare(wire: bytes, rcode: dns.rcode.Rcode) -> bytes | None:
 # ------------------------------------------------------------------------- server
 
 
+# Relayed queries in flight on one listener, at most (more are answered REFUSED).
+RELAYS = 256
+
+
+def _to_relay(wire: bytes, forwarder: Forwarder | None) -> dns.message.Message | None:
+    """The query, if ``forwarder`` should relay it: one question, outside the zone."""
+    if forwarder is None or not forwarder.servers or len(wire) < _HEADER or wire[2] & 0x80:
+        return None
+    try:
+        query = dns.message.from_wire(wire)
+    except dns.exception.DNSException:
+        return None
+    if query.opcode() != dns.opcode.QUERY or len(query.question) != 1:
+        return None
+    return None if query.question[0].name.is_subdomain(ZONE) else query
+
+
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, resolver: Resolver, perspective: Perspective) -> None:
+    def __init__(
+        self, resolver: Resolver, perspective: Perspective, forwarder: Forwarder | None
+    ) -> None:
         self.resolver = resolver
         self.perspective = perspective
+        self.forwarder = forwarder
         self.transport: asyncio.DatagramTransport | None = None
+        self.relays: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        query = _to_relay(data, self.forwarder)
+        if query is not None and len(self.relays) < RELAYS:
+            relay = asyncio.create_task(self._relay(query, addr))
+            self.relays.add(relay)
+            relay.add_done_callback(self.relays.discard)
+            return
         reply = self.resolver.handle(data, self.perspective, udp=True)
         if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    async def _relay(self, query: dns.message.Message, addr: tuple[str | int, ...]) -> None:
+        assert self.forwarder is not None
+        reply = await self.forwarder.relay(query, tcp=False)
+        if self.transport is not None:
             self.transport.sendto(reply, addr)
 
     def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable
@@ -373,9 +408,13 @@ class _Datagrams(asyncio.DatagramProtocol):
 class DnsListener:
     """One address the resolver answers on, over UDP and TCP; ``aclose`` releases both."""
 
-    def __init__(self, resolver: Resolver, perspective: Perspective) -> None:
+    def __init__(
+        self, resolver: Resolver, perspective: Perspective, forwarder: Forwarder | None = None
+    ) -> None:
         self.resolver = resolver
         self.perspective = perspective
+        # Containers' listeners: names outside the zone go to the host's servers.
+        self.forwarder = forwarder
         self.address = ""
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -399,7 +438,7 @@ class DnsListener:
                     raise
                 continue
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self.resolver, self.perspective), sock=udp
+                lambda: _Datagrams(self.resolver, self.perspective, self.forwarder), sock=udp
             )
             self._udp = transport
             self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
@@ -419,7 +458,11 @@ class DnsListener:
                 async with asyncio.timeout(TCP_IDLE):
                     size = struct.unpack("!H", await reader.readexactly(2))[0]
                     wire = await reader.readexactly(size)
-                reply = self.resolver.handle(wire, self.perspective)
+                query = _to_relay(wire, self.forwarder)
+                if query is not None and self.forwarder is not None:
+                    reply: bytes | None = await self.forwarder.relay(query, tcp=True)
+                else:
+                    reply = self.resolver.handle(wire, self.perspective)
                 if reply is None:
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -469,8 +512,9 @@ async def open_listener(
     perspective: Perspective = HOST,
     *,
     freebind: bool = False,
+    forwarder: Forwarder | None = None,
 ) -> DnsListener:
     """A started ``DnsListener`` on ``host:port``; raises ``OSError`` if it cannot bind."""
-    listener = DnsListener(resolver, perspective)
+    listener = DnsListener(resolver, perspective, forwarder)
     await listener.start(host, port, freebind=freebind)
     return listener

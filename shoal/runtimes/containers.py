@@ -40,7 +40,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import ipaddress
 import re
 import signal as signals
 import threading
@@ -219,16 +218,8 @@ def dns_search(template: TaskTemplate, host: list[str]) -> list[str]:
     return ours + [domain for domain in host if domain not in ours]
 
 
-def host_resolvers(path: Path = RESOLV_CONF) -> tuple[list[str], list[str]]:
-    """The host's name servers a container can reach, and its search domains.
-
-    A container tries the node's shoal DNS first; names outside ``shoal.`` are refused
-    there, and the resolver moves on to these (as the engines' own default would have
-    been). Loopback servers are left out, as the engines do: a container cannot reach
-    them; systemd-resolved's stub is replaced by the servers it uses.
-    """
-    servers: list[str] = []
-    search: list[str] = []
+def host_search(path: Path = RESOLV_CONF) -> list[str]:
+    """The host's search domains, which containers keep after shoal's own."""
     for candidate in (path, SYSTEMD_RESOLV_CONF):
         try:
             lines = candidate.read_text().splitlines()
@@ -236,15 +227,9 @@ def host_resolvers(path: Path = RESOLV_CONF) -> tuple[list[str], list[str]]:
             continue
         for line in lines:
             words = line.split()
-            if len(words) >= 2 and words[0] == "nameserver":
-                with contextlib.suppress(ValueError):
-                    if not ipaddress.ip_address(words[1].split("%")[0]).is_loopback:
-                        servers.append(words[1])
-            elif words and words[0] in ("search", "domain") and not search:
-                search = [w.rstrip(".") for w in words[1:] if w != "."]
-        if servers:
-            break
-    return servers, search
+            if words and words[0] in ("search", "domain"):
+                return [w.rstrip(".") for w in words[1:] if w != "."]
+    return []
 
 
 def container_config(
@@ -253,7 +238,7 @@ def container_config(
     template: TaskTemplate = launch.template
     if template.image is None:  # the models refuse this at apply time
         raise TaskRejectedError("a container task needs an image")
-    servers, search = host_resolvers() if dns_server else ([], [])
+    search = host_search() if dns_server else []
     limits = template.resources.limits
     labels = {
         **template.labels,
@@ -295,7 +280,8 @@ def container_config(
         read_only=template.read_only,
         log_max_bytes=settings.log_max_bytes,
         log_files=settings.log_files,
-        dns=[dns_server, *servers] if dns_server else [],
+        # Only shoal's listener, which relays other names (``shoal.discovery.forward``).
+        dns=[dns_server] if dns_server else [],
         dns_search=dns_search(template, search) if dns_server else [],
     )
 
