@@ -12,7 +12,9 @@
     │   └── CompactedError        a watch asked for a revision that was compacted away
     ├── RuntimeBackendError       a runtime plugin failed to do what was asked
     │   ├── RuntimeUnavailableError   the runtime cannot work on this node
-    │   └── TaskRejectedError     the task can never start here (bad executable, workdir, ...)
+    │   ├── TaskRejectedError     the task can never start here (bad executable, workdir, ...)
+    │   └── ExecUnsupportedError  the task's runtime cannot run a command in it (``shoal exec``)
+    ├── NodeUnavailableError      the node a call needs is not connected to the manager
     ├── AuthError                 a join token or credential was refused
     ├── DataKeyError              the data key is unreadable, or not the one data was sealed with
     ├── BusyError                 the manager sheds this call: too busy to serve it in time
@@ -92,6 +94,14 @@ class RuntimeUnavailableError(RuntimeBackendError):
 
 class TaskRejectedError(RuntimeBackendError):
     """The task can never start on this node as specified."""
+
+
+class ExecUnsupportedError(RuntimeBackendError):
+    """The task's runtime cannot run a command inside the task (``shoal exec``)."""
+
+
+class NodeUnavailableError(ShoalError):
+    """The node a call needs (to run a command in its task) is not connected now."""
 
 
 class AuthError(ShoalError):

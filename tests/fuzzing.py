@@ -39,11 +39,11 @@ CONTROL_METHODS = [
     ("UserList", False), ("UserRemove", False), ("NodeRemove", False), ("Version", False),
     ("ClusterStatus", False), ("Logs", True), ("WatchEvents", True), ("Backup", True),
     ("UiLogin", False),
-    ("Endpoints", True),
+    ("Endpoints", True), ("Exec", True),
 ]  # fmt: skip
 DISPATCHER_METHODS = [("Heartbeat", False), ("UpdateTaskStatus", False), ("Session", True)]
 # PublishLogs is client-streaming: its messages are checked one by one (transport).
-CLIENT_STREAMS = ["PublishLogs"]
+CLIENT_STREAMS = ["PublishLogs", "PublishExec"]
 
 FIELDS = [
     "kind", "name", "names", "service", "all", "services", "dryRun", "ignoreNotFound",
@@ -52,7 +52,7 @@ FIELDS = [
     "status", "token", "subscriptionId", "lines", "metadata", "spec", "apiVersion",
     "documents", "configs", "set", "prune", "allowEmpty", "source", "suspend", "action",
     "toRevision", "data", "since", "limit", "type", "object", "reason", "selector", "task",
-    "watch",
+    "watch", "command", "execId", "stream", "exitCode", "error",
 ]  # fmt: skip
 
 json_scalars = (

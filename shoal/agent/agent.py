@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 import shoal
 from shoal.agent.discovery import DnsSettings, NodeDiscovery
+from shoal.agent.execs import ExecJobs
 from shoal.agent.ports import DEFAULT_RANGE, PortAllocator
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
@@ -174,6 +175,7 @@ class Agent:
         self.connected = asyncio.Event()
         self.fatal: BaseException | None = None
         self._log_jobs: dict[str, asyncio.Task[Payload]] = {}
+        self._execs = ExecJobs()
         self._removals: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
         # Manager addresses to try, learned in sessions; a redirect to the leader goes first.
@@ -261,6 +263,7 @@ class Agent:
                 await self._main
         for job in self._log_jobs.values():
             job.cancel()
+        self._execs.cancel_all()
         for runner in self.runners.values():
             await runner.aclose()
         for runtime in self.runtimes.values():
@@ -453,6 +456,10 @@ class Agent:
                     job = self._log_jobs.pop(str(message["subscriptionId"]), None)
                     if job:
                         job.cancel()
+                elif kind == "exec":
+                    self._execs.start(client, message, self.runners)
+                elif kind == "exec-cancel":
+                    self._execs.cancel(str(message["execId"]))
         finally:
             for helper in helpers:
                 helper.cancel()

@@ -91,6 +91,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("delete", "delete services", "shoal.cli.commands:configure_delete"),
     Verb("scale", "set the number of replicas of services", "shoal.cli.commands:configure_scale"),
     Verb("logs", "print the output of a service's tasks", "shoal.cli.commands:configure_logs"),
+    Verb("exec", "run a command inside a running container task", "shoal.cli.exec:configure"),
     Verb("rollout", "follow and steer the rollout of a service", "shoal.cli.rollout:configure"),
     Verb("job", "run jobs and see their runs", "shoal.cli.jobs:configure"),
     Verb("node", "list and update nodes", "shoal.cli.commands:configure_node"),

@@ -24,6 +24,7 @@ from shoal.manager.backupapi import BackupApi
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.endpointsapi import EndpointsApi
 from shoal.manager.eventsapi import EventsApi
+from shoal.manager.execapi import ExecApi
 from shoal.manager.jobs import JobControl
 from shoal.manager.logstream import LogScope, ServiceLogs
 from shoal.manager.rollouts import RolloutControl, apply_warnings
@@ -165,6 +166,7 @@ class Control:
             **EventsApi(self.events).methods(),
             **BackupApi(self.informer.store).methods(),
             **EndpointsApi(self.dispatcher.endpoints).methods(),
+            **ExecApi(self.informer, self.dispatcher, self.validation["runtimes"]).methods(),
             "Get": Unary(self.get),
             "Describe": Unary(self.describe),
             "Delete": Unary(self.delete),

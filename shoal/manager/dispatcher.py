@@ -13,13 +13,18 @@ then carries, in order:
    messages (a burst is coalesced, then at most one message per window while
    changes keep coming: ``shoal.batching``), sent when a task appears,
    disappears, or changes in a way the agent acts on (desired state, ended);
-4. ``{"type": "logs", ...}`` requests when somebody runs ``shoal logs``.
+4. ``{"type": "logs", ...}`` requests when somebody runs ``shoal logs``, and
+   ``{"type": "exec", "execId", "taskId", "command"}`` when somebody runs
+   ``shoal exec`` (``{"type": "exec-cancel", "execId"}`` when they go away).
 
 Heartbeats (``Heartbeat``) only touch memory. Status comes back in batches
 through ``UpdateTaskStatus``, and the ``StatusWriter`` merges the batches of
 all agents into shared transactions; a report is applied only if it moves the
 task's state forward, so late or repeated reports are harmless. Log lines come back
-through ``PublishLogs`` and are routed to the waiting ``shoal logs`` call.
+through ``PublishLogs`` and are routed to the waiting ``shoal logs`` call; a
+command's output comes back through ``PublishExec`` (``{"execId", "stream",
+"data"}`` chunks, base64, then ``{"execId", "exitCode"}`` or ``{"execId",
+"error"}``), only from the node the exec was asked of.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import structlog
 
 from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary
 from shoal.batching import Flusher
-from shoal.errors import ShoalError
+from shoal.errors import AuthError, NodeUnavailableError, ShoalError
 from shoal.manager.endpoints import EndpointIndex, EndpointPush
 from shoal.manager.statuswriter import StatusWriter
 from shoal.models import (
@@ -53,6 +58,7 @@ from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Informer
 from shoal.reconciler.nodemonitor import HeartbeatTracker
 from shoal.reconciler.pacing import Pacer
+from shoal.security.authz import current_caller
 from shoal.store.retry import retry_on_conflict
 from shoal.store.typed import Change, Object
 
@@ -63,6 +69,8 @@ OUTBOX_LIMIT = 10_000
 LOG_QUEUE_LIMIT = 10_000
 # How long an agent's log batch may wait for a reader that does not read.
 LOG_PUT_TIMEOUT = 30.0
+# Output chunks of one ``shoal exec`` waiting for its caller.
+EXEC_QUEUE_LIMIT = 256
 
 
 class SessionError(ShoalError):
@@ -116,6 +124,17 @@ class LogSubscription:
     )
 
 
+@dataclass
+class ExecSubscription:
+    """The output of one ``shoal exec`` on its way to the caller; bounded like logs."""
+
+    id: str
+    node_id: str
+    queue: asyncio.Queue[Payload | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=EXEC_QUEUE_LIMIT)
+    )
+
+
 def peer_host(peer: str) -> str:
     """The host of a gRPC peer (``ipv4:10.0.0.5:41234``, ``ipv6:%5B::1%5D:41234``); "" if none."""
     kind, _, rest = urllib.parse.unquote(peer).partition(":")
@@ -155,6 +174,7 @@ class Dispatcher:
         self.deliveries = deliveries or (lambda tasks: None)
         self.sessions: dict[str, AgentSession] = {}  # by node id
         self.subscriptions: dict[str, LogSubscription] = {}
+        self.execs: dict[str, ExecSubscription] = {}
         self.status_writer = StatusWriter(informer)
         # Sessions with changed tasks; one flusher turns them into messages, so a
         # scheduling pass over a thousand nodes costs one wake-up, not a thousand.
@@ -177,6 +197,7 @@ class Dispatcher:
             "Heartbeat": Unary(self.heartbeat),
             "UpdateTaskStatus": Unary(self.update_task_status),
             "PublishLogs": ClientStream(self.publish_logs),
+            "PublishExec": ClientStream(self.publish_exec),
         }
 
     def _on_change(self, old: Object | None, new: Object | None) -> None:
@@ -348,6 +369,44 @@ class Dispatcher:
                 await asyncio.wait_for(subscription.queue.put(None), LOG_PUT_TIMEOUT)
         return {}
 
+    async def publish_exec(
+        self, requests: AsyncIterator[Payload], context: grpc.aio.ServicerContext
+    ) -> Payload:
+        """Output of one exec, from the node it runs on, to the waiting ``Exec`` call."""
+        caller = current_caller()
+        subscription: ExecSubscription | None = None
+        async for message in requests:
+            found = self.execs.get(str(message.get("execId")))
+            if found is None:
+                break  # the caller went away
+            if caller is not None and caller.name != found.node_id:
+                raise AuthError(f"node {caller.name} cannot answer an exec asked of another node")
+            subscription = found
+            item: Payload = {}
+            if "data" in message:
+                if message.get("stream") not in ("stdout", "stderr"):
+                    raise ValueError("stream: must be stdout or stderr")
+                if not isinstance(message["data"], str):
+                    raise ValueError("data: must be base64 text")
+                item = {"stream": message["stream"], "data": message["data"]}
+            elif "exitCode" in message:
+                code = message["exitCode"]
+                if not isinstance(code, int) or isinstance(code, bool):
+                    raise ValueError("exitCode: must be a whole number")
+                item = {"exitCode": code}
+            elif "error" in message:
+                item = {"error": str(message["error"])}
+            else:
+                continue  # the opening message
+            try:  # backpressure: a slow caller slows the command down
+                await asyncio.wait_for(subscription.queue.put(item), LOG_PUT_TIMEOUT)
+            except TimeoutError:
+                return {}
+        if subscription is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(subscription.queue.put(None), LOG_PUT_TIMEOUT)
+        return {}
+
     # ------------------------------------------------------------ log routing
 
     def request_logs(
@@ -372,6 +431,25 @@ class Dispatcher:
                 }
             )
         return subscription, missing
+
+    def request_exec(self, node_id: str, task_id: str, command: list[str]) -> ExecSubscription:
+        """Ask ``node_id``'s agent to run ``command`` in the task; its output comes to the
+        subscription. ``NodeUnavailableError`` if the node is not connected."""
+        session = self.sessions.get(node_id)
+        if session is None or session.closed:
+            raise NodeUnavailableError(f"node {node_id} is not connected to the manager")
+        subscription = ExecSubscription(id=secrets.token_hex(8), node_id=node_id)
+        self.execs[subscription.id] = subscription
+        session.send(
+            {"type": "exec", "execId": subscription.id, "taskId": task_id, "command": command}
+        )
+        return subscription
+
+    def end_exec(self, subscription: ExecSubscription) -> None:
+        self.execs.pop(subscription.id, None)
+        session = self.sessions.get(subscription.node_id)
+        if session:
+            session.send({"type": "exec-cancel", "execId": subscription.id})
 
     def end_logs(self, subscription: LogSubscription, node_ids: list[str]) -> None:
         self.subscriptions.pop(subscription.id, None)

@@ -4,7 +4,7 @@ Every manager serves the same Control and Dispatcher services. A follower's
 informer is fed by the store watch, so it answers reads (``Get``, ``Token``,
 ``Version``, ``ClusterStatus``) itself. Everything that writes, or needs the
 leader's in-memory state (``Describe``: controller outcomes and events;
-``Logs``: the agents' sessions), is forwarded to the leader over gRPC and the
+``Logs``, ``Exec``: the agents' sessions), is forwarded to the leader over gRPC and the
 answer (or the error, with its status code) returned as it came. A forwarded
 call carries ``x-shoal-forwarded`` so it is never forwarded twice: two
 managers that briefly disagree about who leads answer "not the leader"
@@ -67,7 +67,7 @@ LEADER_UNARY = (
     "DescribeSync",
     "SyncDelete",
 )
-LEADER_STREAMS = ("Logs",)
+LEADER_STREAMS = ("Logs", "Exec")
 
 
 def _forwarded(context: grpc.aio.ServicerContext) -> bool:

@@ -45,6 +45,11 @@ Health probes (optional hooks with defaults that suit host processes)
     Run ``command`` beside the task and return its ``ExecResult``; raise
     ``TimeoutError`` after ``timeout`` seconds. Default: a process on the node.
     Container runtimes run it inside the container.
+``exec_stream(handle, command)``
+    Run ``command`` inside the task for ``shoal exec``: yields ``("stdout" |
+    "stderr", bytes)`` chunks as the command writes them, then its exit code
+    (an ``int``) last. Default: raise ``ExecUnsupportedError`` (only container
+    runtimes have an inside to run it in).
 ``probe_host(handle)``
     The address an ``http`` or ``tcp`` probe connects to. Default ``127.0.0.1``;
     container runtimes answer the container's address.
@@ -82,7 +87,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shoal.errors import RuntimeBackendError
+from shoal.errors import ExecUnsupportedError, RuntimeBackendError
 from shoal.models import RuntimeInfo, TaskTemplate
 from shoal.models.task import TaskPort
 
@@ -225,6 +230,14 @@ class Runtime(abc.ABC):
             await process.wait()
             raise
         return ExecResult(process.returncode or 0, output.decode(errors="replace"))
+
+    def exec_stream(
+        self, handle: TaskHandle, command: list[str]
+    ) -> AsyncIterator[tuple[str, bytes] | int]:
+        """Run ``command`` inside the task (``shoal exec``); see the module docstring."""
+        raise ExecUnsupportedError(
+            f"exec needs a container task; this task runs on the {self.name} runtime"
+        )
 
     def file_owner(self, template: TaskTemplate) -> tuple[int, int]:
         """Who owns a task's secret and config files by default: ``(uid, gid)``.

@@ -80,6 +80,8 @@ SYSTEMD_RESOLV_CONF = Path("/run/systemd/resolve/resolv.conf")
 
 T = TypeVar("T")
 
+# Output chunks of one ``shoal exec`` waiting for the agent to send them.
+EXEC_QUEUE_LIMIT = 256
 _POLL_WITH_EVENTS = 5.0
 _POLL_WITHOUT_EVENTS = 0.5
 _STOP_POLL = 0.05
@@ -192,6 +194,12 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def exec(self, container_id: str, command: list[str]) -> ExecResult: ...
+
+    @abc.abstractmethod
+    def exec_stream(
+        self, container_id: str, command: list[str]
+    ) -> Iterator[tuple[str, bytes] | int]:
+        """Run ``command`` in the container: ``(stream, bytes)`` chunks, then the exit code."""
 
     @abc.abstractmethod
     def events(self, labels: dict[str, str]) -> Iterator[str]:
@@ -624,6 +632,51 @@ class ContainerRuntime(Runtime):
         container_id = self._container_id(handle)
         async with asyncio.timeout(timeout):
             return await self._call(lambda e: e.exec(container_id, command))
+
+    async def exec_stream(
+        self, handle: TaskHandle, command: list[str]
+    ) -> AsyncIterator[tuple[str, bytes] | int]:
+        container_id = self._container_id(handle)
+        # The command may run for long: a thread of its own, not the pool's.
+        self._ensure_events()
+        engine = await asyncio.get_running_loop().run_in_executor(self._pool, self._engine_now)
+        loop = asyncio.get_running_loop()
+        # Bounded: a command that writes faster than the caller reads waits for it.
+        queue: asyncio.Queue[tuple[str, bytes] | int | BaseException | None] = asyncio.Queue(
+            maxsize=EXEC_QUEUE_LIMIT
+        )
+        cancelled = threading.Event()
+
+        def put(item: tuple[str, bytes] | int | BaseException | None) -> None:
+            while not cancelled.is_set():
+                future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+                try:
+                    future.result(timeout=1.0)
+                    return
+                except TimeoutError:
+                    future.cancel()
+                except RuntimeError:  # the loop is gone
+                    return
+
+        def pump() -> None:
+            try:
+                for item in engine.exec_stream(container_id, command):
+                    if cancelled.is_set():
+                        return
+                    put(item)
+            except BaseException as exc:
+                put(exc)
+            finally:
+                put(None)
+
+        threading.Thread(target=pump, name=f"{self.name}-exec", daemon=True).start()
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
 
     async def probe_host(self, handle: TaskHandle) -> str:
         state = await self._state(handle)

@@ -205,6 +205,19 @@ class DockerEngine(Engine):
         text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
         return ExecResult(int(code) if code is not None else -1, text)
 
+    def exec_stream(
+        self, container_id: str, command: list[str]
+    ) -> Iterator[tuple[str, bytes] | int]:
+        with _mapped(self, f"exec in container {container_id[:12]}"):
+            exec_id = self.api.exec_create(container_id, command, stdout=True, stderr=True)["Id"]
+            for out, err in self.api.exec_start(exec_id, stream=True, demux=True):
+                if out:
+                    yield ("stdout", out)
+                if err:
+                    yield ("stderr", err)
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+        yield int(code) if code is not None else -1
+
     def events(self, labels: dict[str, str]) -> Iterator[str]:
         filters = {"type": "container", "label": [f"{k}={v}" for k, v in labels.items()]}
         with _mapped(self, "follow events"):

@@ -220,6 +220,32 @@ class PodmanEngine(Engine):
             int(code) if code is not None else -1, _demux(raw).decode(errors="replace")
         )
 
+    def exec_stream(
+        self, container_id: str, command: list[str]
+    ) -> Iterator[tuple[str, bytes] | int]:
+        # The SDK's exec_run(stream=True) hides the exec id, so the exit code: libpod directly.
+        with _mapped(self, f"exec in container {container_id[:12]}"):
+            body = {"Cmd": command, "AttachStdout": True, "AttachStderr": True, "Tty": False}
+            response = self.api.post(f"/containers/{container_id}/exec", data=json.dumps(body))
+            response.raise_for_status()
+            exec_id = response.json()["Id"]
+            started = self.api.post(
+                f"/exec/{exec_id}/start",
+                data=json.dumps({"Detach": False, "Tty": False}),
+                stream=True,
+            )
+            started.raise_for_status()
+            for frame in podman.api.stream_frames(started, demux=True):
+                out, err = frame if isinstance(frame, tuple) else (frame, None)
+                if out:
+                    yield ("stdout", bytes(out))
+                if err:
+                    yield ("stderr", bytes(err))
+            inspected = self.api.get(f"/exec/{exec_id}/json")
+            inspected.raise_for_status()
+            code = inspected.json().get("ExitCode")
+        yield int(code) if code is not None else -1
+
     def events(self, labels: dict[str, str]) -> Iterator[str]:
         filters = json.dumps(
             {"type": ["container"], "label": [f"{k}={v}" for k, v in labels.items()]}

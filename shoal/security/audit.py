@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc.aio
 
-from shoal.api.transport import Method, Payload, Unary, status_for
+from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary, status_for
 from shoal.security.authz import current_caller, is_read
 from shoal.security.ca import CertInfo
 
@@ -98,11 +98,32 @@ class AuditLog:
         """Audit the mutating methods among ``methods`` (everything that is not a read)."""
         wrapped: dict[str, Method] = {}
         for name, method in methods.items():
-            if is_read(name) or not isinstance(method, Unary):
+            if is_read(name) or isinstance(method, ClientStream):
                 wrapped[name] = method
-                continue
-            wrapped[name] = Unary(self._audited(name, method))
+            elif isinstance(method, ServerStream):
+                wrapped[name] = ServerStream(self._audited_stream(name, method))
+            else:
+                wrapped[name] = Unary(self._audited(name, method))
         return wrapped
+
+    def _audited_stream(self, name: str, method: ServerStream) -> Any:
+        """A mutating stream (``Exec``) is recorded when it ends, with how it ended."""
+
+        async def handler(
+            request: Payload, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Payload]:
+            try:
+                async for item in method.handler(request, context):
+                    yield item
+            except Exception as exc:
+                self.record(name, request, status_for(exc).name)
+                raise
+            except BaseException:  # the caller went away (cancelled)
+                self.record(name, request, "CANCELLED")
+                raise
+            self.record(name, request, "OK")
+
+        return handler
 
     def _audited(self, name: str, method: Unary) -> Any:
         async def handler(request: Payload, context: grpc.aio.ServicerContext) -> Payload:
