@@ -273,6 +273,7 @@ class Dispatcher:
             session.closed = True
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
+            self._end_execs_on(node_id)
             log.info("agent.session_ended", node=node_id, session=session.id)
 
     def _incremental(self, session: AgentSession) -> Payload | None:
@@ -444,6 +445,14 @@ class Dispatcher:
             {"type": "exec", "execId": subscription.id, "taskId": task_id, "command": command}
         )
         return subscription
+
+    def _end_execs_on(self, node_id: str) -> None:
+        """The node's session ended: its execs will never finish; tell their callers."""
+        for subscription in [s for s in self.execs.values() if s.node_id == node_id]:
+            with contextlib.suppress(asyncio.QueueFull):  # full: that caller does not read
+                subscription.queue.put_nowait(
+                    {"error": f"the session of node {node_id} ended while the command ran"}
+                )
 
     def end_exec(self, subscription: ExecSubscription) -> None:
         self.execs.pop(subscription.id, None)

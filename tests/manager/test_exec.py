@@ -137,6 +137,20 @@ async def test_a_caller_that_goes_away_cancels_the_exec(
     session.pump.cancel()
 
 
+async def test_a_node_that_goes_away_ends_the_exec_with_an_error(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    await world.put(task("t1", "docker"))
+    session = await open_session(dispatcher, "n1")
+    api = ExecApi(world.informer, dispatcher, RUNTIMES)
+    caller = asyncio.create_task(collect(api, {"task": "t1", "command": ["sleep", "100"]}))
+    await exec_request(session)
+    session.pump.cancel()  # the agent's session stream ends
+    with pytest.raises(ShoalError, match="the session of node n1 ended"):
+        await caller
+    assert dispatcher.execs == {}
+
+
 async def test_only_the_tasks_node_may_answer(world: World, dispatcher: Dispatcher) -> None:
     await world.put(task("t1", "docker"))
     session = await open_session(dispatcher, "n1")
