@@ -64,7 +64,8 @@ class ExecApi:
             raise ValueError("command: too long")
         task = find_task(self.informer, task_text)
         runtime = task.template.runtime
-        if not self.runtimes.get(runtime, False):
+        # A runtime this manager does not load (a plugin on the agents only): the agent decides.
+        if self.runtimes.get(runtime, True) is False:
             raise ExecUnsupportedError(
                 f"exec needs a container task; this task runs on the {runtime} runtime"
             )
