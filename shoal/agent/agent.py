@@ -53,6 +53,7 @@ from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channe
 from shoal.discovery.catalog import Catalog
 from shoal.errors import ApiError, AuthError, RuntimeBackendError
 from shoal.exposition import MetricsListener, serve_metrics
+from shoal.logtimes import format_time, parse_time
 from shoal.models import NodeDescription, RuntimeInfo, Task, TaskState, TaskStatus
 from shoal.models.node import DEFAULT_MAX_TASKS
 from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle
@@ -620,8 +621,11 @@ class Agent:
         runners = [self.runners[t] for t in message.get("taskIds", []) if t in self.runners]
         follow = bool(message.get("follow"))
         tail = message.get("tail")
+        since = _since(message.get("since"))
         job = asyncio.create_task(
-            client.client_stream("PublishLogs", _log_batches(subscription, runners, follow, tail)),
+            client.client_stream(
+                "PublishLogs", _log_batches(subscription, runners, follow, tail, since)
+            ),
             name=f"logs-{subscription}",
         )
         self._log_jobs[subscription] = job
@@ -656,18 +660,41 @@ def _files_of(task: Task, delivered: dict[tuple[str, str], bytes]) -> dict[tuple
     return {key: delivered[key] for key in wanted if key in delivered}
 
 
+def _since(raw: Any) -> datetime | None:
+    """The ``since`` of a logs request (RFC 3339); None when absent or unreadable."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        return parse_time(raw)
+    except ValueError:
+        return None
+
+
 async def _log_batches(
-    subscription: str, runners: list[TaskRunner], follow: bool, tail: int | None
+    subscription: str,
+    runners: list[TaskRunner],
+    follow: bool,
+    tail: int | None,
+    since: datetime | None = None,
 ) -> AsyncIterator[Payload]:
-    """Merge the logs of several tasks into batched PublishLogs messages."""
+    """Merge the logs of several tasks into batched PublishLogs messages: each line
+    with the time it was written (``timed_logs``; when the runtime cannot tell, the
+    time it was read), only those at or after ``since``."""
     # Bounded: a task that prints faster than the manager takes its lines waits.
     queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue(maxsize=LOG_QUEUE_LIMIT)
 
     async def pump(runner: TaskRunner) -> None:
         try:
             if runner.handle is not None:
-                async for line in runner.runtime.logs(runner.handle, follow=follow, tail=tail):
-                    await queue.put({"taskId": runner.task.id, "line": line})
+                lines = runner.runtime.timed_logs(
+                    runner.handle, follow=follow, tail=tail, since=since
+                )
+                async for line in lines:
+                    at = line.time or datetime.now(UTC)
+                    if since is None or at >= since:
+                        await queue.put(
+                            {"taskId": runner.task.id, "line": line.text, "time": format_time(at)}
+                        )
         except Exception:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)

@@ -237,12 +237,15 @@ class ControlClient:
         *,
         task: str | None = None,
         selector: str | None = None,
+        since: str | None = None,
     ) -> AsyncIterator[Payload]:
-        """``{"taskId", "task", "line"}`` items of one ``service``, one ``task`` (id,
-        unique id prefix or name) or the services a ``selector`` matches; ends when
-        every task's log has been sent, or never with ``follow`` (cancel to stop)."""
+        """``{"taskId", "task", "line", "time"}`` items of one ``service``, one ``task``
+        (id, unique id prefix or name) or the services a ``selector`` matches, in time
+        order, from ``since`` (``10m`` or RFC 3339) on; ends when every task's log has
+        been sent, or never with ``follow`` (cancel to stop)."""
         request: Payload = {"follow": follow}
-        for field, value in (("service", service), ("task", task), ("selector", selector)):
+        fields = (("service", service), ("task", task), ("selector", selector), ("since", since))
+        for field, value in fields:
             if value:
                 request[field] = value
         if tail is not None:

@@ -30,6 +30,7 @@ from shoal.cli.options import (
     output_option,
     selector_option,
     server_option,
+    since_time,
     subcommands,
     wait_options,
     whole_number,
@@ -342,11 +343,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
         raise UsageError("name a service or a task, or give -l SELECTOR (not both)")
 
     async def lines(control: ControlClient, **scope: str | None) -> None:
-        items = control.logs(follow=args.follow, tail=args.tail, **scope)
+        items = control.logs(follow=args.follow, tail=args.tail, since=args.since, **scope)
         async for item in items:
             line = str(item.get("line", ""))
             task = item.get("task")
-            print(f"{task} | {line}" if task and args.prefix else line, flush=True)
+            if task and args.prefix:
+                line = f"{task} | {line}"
+            if args.timestamps:
+                line = f"{item.get('time') or '-'} {line}"
+            print(line, flush=True)
 
     async def stream(control: ControlClient) -> None:
         from shoal.errors import ApiError
@@ -549,7 +554,9 @@ def configure_logs(parser: argparse.ArgumentParser) -> None:
         "examples:\n  shoal logs web -f\n"
         "  shoal logs web.2.3f9c1a0b    (one task, as `get tasks` names it)\n"
         "  shoal logs 3f9c1a            (a task by the start of its id)\n"
-        "  shoal logs -l app=web --tail 20"
+        "  shoal logs -l app=web --tail 20\n"
+        "  shoal logs web --since 10m --timestamps\n"
+        "lines of several tasks come in the order they were written"
     )
     completes(
         parser.add_argument(
@@ -575,6 +582,19 @@ def configure_logs(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="prefix each line with `TASKNAME | ` (default on)",
+    )
+    parser.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="prefix each line with the time it was written (RFC 3339)",
+    )
+    parser.add_argument(
+        "--since",
+        type=since_time,
+        metavar="DURATION|TIME",
+        help="only lines written at or after then: a duration back from now (10m, 1h30m) "
+        "or an RFC 3339 time (2026-12-01T16:30:00Z)",
     )
 
 

@@ -160,6 +160,18 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def since_time(text: str) -> str:
+    """``--since``: a duration back from now or an RFC 3339 time, checked here and
+    sent as given (the manager measures the duration against its own clock)."""
+    from shoal.logtimes import parse_since
+
+    try:
+        parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def selector(text: str) -> str:
     """A label selector, checked here and sent as its canonical text."""
     from shoal.selectors import parse_selector

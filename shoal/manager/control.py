@@ -20,6 +20,7 @@ from pydantic import ValidationError
 import shoal
 from shoal.api.transport import Method, Payload, ServerStream, Unary
 from shoal.errors import NotFoundError, SpecError
+from shoal.logtimes import parse_since
 from shoal.manager.backupapi import BackupApi
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.endpointsapi import EndpointsApi
@@ -460,9 +461,19 @@ class Control:
         for field, value in (("service", service), ("task", task)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{field}: must be a name")
+        since = request.get("since")
+        if since is not None:
+            if not isinstance(since, str):
+                raise ValueError(
+                    f"since: must be a duration like '10m' or an RFC 3339 time (got {since!r})"
+                )
+            try:
+                since = parse_since(since)
+            except ValueError as exc:
+                raise ValueError(f"since: {exc}") from None
         scope = LogScope(self.informer, service, selector if selector else None, task)
         logs = ServiceLogs(self.informer, self.dispatcher)
-        async for item in logs.stream(scope, bool(request.get("follow")), tail):
+        async for item in logs.stream(scope, bool(request.get("follow")), tail, since=since):
             yield item
 
     async def version(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:

@@ -411,9 +411,14 @@ class Dispatcher:
     # ------------------------------------------------------------ log routing
 
     def request_logs(
-        self, task_ids_by_node: dict[str, list[str]], follow: bool, tail: int | None
+        self,
+        task_ids_by_node: dict[str, list[str]],
+        follow: bool,
+        tail: int | None,
+        since: str | None = None,
     ) -> tuple[LogSubscription, list[str]]:
-        """Ask each node's agent for logs; returns the subscription and unreachable nodes."""
+        """Ask each node's agent for logs (``since``: RFC 3339, older lines are left out);
+        returns the subscription and unreachable nodes."""
         subscription = LogSubscription(id=secrets.token_hex(8))
         self.subscriptions[subscription.id] = subscription
         missing: list[str] = []
@@ -429,6 +434,7 @@ class Dispatcher:
                     "taskIds": task_ids,
                     "follow": follow,
                     "tail": tail,
+                    "since": since,
                 }
             )
         return subscription, missing

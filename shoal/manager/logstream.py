@@ -16,6 +16,15 @@ id, a unique prefix of it, or its name (followed until it ends).
 
 Each agent is asked through its session (``Dispatcher.request_logs``); a
 node that is not connected is named in one line instead of its logs.
+
+Every line carries ``time``, when it was written (RFC 3339): the agent's
+stamp (see ``Runtime.timed_logs``), or, from an agent too old to stamp, the
+time it arrived here. ``since`` leaves out older lines; the agents filter, and
+this module again for agents that do not know ``since``. Lines of several tasks
+are shown in time order: without ``follow`` all of them are gathered and sorted;
+with ``follow`` the history of the tasks there at the start is held until the
+agents have been quiet for ``HISTORY_QUIET`` (or for ``HISTORY_HOLD`` at most),
+sorted and sent, and later lines are sent as they come.
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 from shoal.api.transport import Payload
 from shoal.errors import NotFoundError
+from shoal.logtimes import format_time, parse_time
 from shoal.manager.dispatcher import Dispatcher, LogSubscription
 from shoal.models import TaskState
 from shoal.models.task import Task
@@ -35,6 +46,26 @@ from shoal.selectors import Selector
 
 # How often a followed service is looked at for new tasks.
 POLL = 0.5
+# Following: the first lines are held and sorted until the agents are this quiet...
+HISTORY_QUIET = 0.3
+# ...or for this long at most.
+HISTORY_HOLD = 2.0
+
+
+def _line_time(item: Payload) -> datetime:
+    """When an agent's line was written; now, if the agent did not say."""
+    raw = item.get("time")
+    if isinstance(raw, str):
+        try:
+            return parse_time(raw)
+        except ValueError:
+            pass
+    return datetime.now(UTC)
+
+
+def _by_time(items: list[Payload]) -> list[Payload]:
+    """Lines in time order (stable: one task's lines keep their order)."""
+    return sorted(items, key=lambda item: str(item.get("time", "")))
 
 
 def _has_log(task: Task, *, started: bool) -> bool:
@@ -126,14 +157,33 @@ class ServiceLogs:
         self.dispatcher = dispatcher
 
     async def stream(
-        self, scope: LogScope, follow: bool, tail: int | None, poll: float = POLL
+        self,
+        scope: LogScope,
+        follow: bool,
+        tail: int | None,
+        poll: float = POLL,
+        since: datetime | None = None,
     ) -> AsyncIterator[Payload]:
+        """The lines, each ``{taskId, task, line, time}`` (see the module docstring)."""
+        async for batch in self._batches(scope, follow, tail, poll, since):
+            for item in batch:
+                yield item
+
+    async def _batches(
+        self,
+        scope: LogScope,
+        follow: bool,
+        tail: int | None,
+        poll: float,
+        since: datetime | None,
+    ) -> AsyncIterator[list[Payload]]:
         merged: asyncio.Queue[Payload | None] = asyncio.Queue()
         names: dict[str, str] = {}
         asked: set[str] = set()
         open_streams = 0
         subscriptions: list[tuple[LogSubscription, list[str]]] = []
         pumps: list[asyncio.Task[None]] = []
+        since_text = None if since is None else format_time(since)
 
         async def pump(subscription: LogSubscription, nodes: int) -> None:
             while nodes:
@@ -155,17 +205,21 @@ class ServiceLogs:
                 asked.add(task.id)
             if not by_node:
                 return []
-            subscription, missing = self.dispatcher.request_logs(by_node, follow, task_tail)
+            subscription, missing = self.dispatcher.request_logs(
+                by_node, follow, task_tail, since_text
+            )
             subscriptions.append((subscription, list(by_node)))
             reachable = len(by_node) - len(missing)
             if reachable:
                 open_streams += 1
                 pumps.append(asyncio.create_task(pump(subscription, reachable)))
+            now = format_time(datetime.now(UTC))
             return [
                 {
                     "taskId": "",
                     "task": "",
                     "line": f"(node {node_id} is not connected; its logs are unavailable)",
+                    "time": now,
                 }
                 for node_id in missing
             ]
@@ -173,40 +227,71 @@ class ServiceLogs:
         def current(started: bool) -> list[Task]:
             return [t for t in scope.tasks() if t.id not in asked and _has_log(t, started=started)]
 
+        def shown(item: Payload) -> Payload | None:
+            """The line as the caller sees it; None when it is older than ``since``."""
+            at = _line_time(item)
+            if since is not None and at < since:
+                return None
+            task_id = str(item.get("taskId", ""))
+            return {
+                "taskId": task_id,
+                "task": names.get(task_id, task_id),
+                "line": item.get("line", ""),
+                "time": format_time(at),
+            }
+
         try:
-            for line in ask(current(started=False), tail):
-                yield line
             loop = asyncio.get_running_loop()
+            first = ask(current(started=False), tail)
+            if not follow:
+                while open_streams:
+                    if (got := await merged.get()) is None:
+                        open_streams -= 1
+                    elif (line := shown(got)) is not None:
+                        first.append(line)
+                yield _by_time(first)
+                return
+            held: list[Payload] | None = first
+            # Following: hold and sort the first lines (the history), then pass lines on.
+            hold_until = loop.time() + HISTORY_HOLD
+            last_arrival = loop.time()
             look_at = loop.time() + poll
             while True:
                 item: Payload | bool | None
-                if not follow:
-                    if open_streams == 0:
-                        return
-                    item = await merged.get()
-                else:
-                    try:
-                        wait = max(0.0, look_at - loop.time())
-                        item = await asyncio.wait_for(merged.get(), wait)
-                    except TimeoutError:
-                        item = False  # time to look for new tasks
+                wait = max(0.0, look_at - loop.time())
+                if held is not None:
+                    wait = min(wait, HISTORY_QUIET, max(0.0, hold_until - loop.time()))
+                try:
+                    item = await asyncio.wait_for(merged.get(), wait)
+                except TimeoutError:
+                    item = False  # time to look for new tasks, or to let the history go
                 if isinstance(item, dict):
-                    task_id = str(item.get("taskId", ""))
-                    yield {
-                        "taskId": task_id,
-                        "task": names.get(task_id, task_id),
-                        "line": item.get("line", ""),
-                    }
-                    if not follow or loop.time() < look_at:
-                        continue
-                if item is None:
+                    last_arrival = loop.time()
+                    if (line := shown(item)) is not None:
+                        if held is not None:
+                            held.append(line)
+                        else:
+                            yield [line]
+                elif item is None:
                     open_streams -= 1  # every node of one request has answered
-                if follow:
-                    look_at = loop.time() + poll
-                    for line in ask(current(started=True), None):
-                        yield line
-                    if open_streams == 0 and scope.ended():
-                        return  # deleted (or the task ended), and every log sent
+                now = loop.time()
+                if held is not None and (
+                    open_streams == 0 or now >= hold_until or now - last_arrival >= HISTORY_QUIET
+                ):
+                    yield _by_time(held)
+                    held = None
+                if item is not None and now < look_at:
+                    continue
+                look_at = now + poll
+                fresh = ask(current(started=True), None)
+                if held is not None:
+                    held.extend(fresh)
+                elif fresh:
+                    yield fresh
+                if open_streams == 0 and scope.ended():
+                    if held:
+                        yield _by_time(held)
+                    return  # deleted (or the task ended), and every log sent
         finally:
             for task in pumps:
                 task.cancel()

@@ -32,6 +32,11 @@ The agent constructs a runtime once with ``RuntimeSettings`` and calls:
 ``logs(handle, follow=..., tail=...)``
     Async iterator of output lines (stdout and stderr); with ``follow`` it keeps
     yielding until the task exits and its output is drained.
+``timed_logs(handle, follow=..., tail=..., since=...)``
+    The same lines as ``LogLine``: each with the time it was written, as near
+    the source as the runtime can tell (the engine's stamp for containers, the
+    virtual start and exit for sim; the default stamps a line when it is read),
+    and only those at or after ``since``.
 ``recover()``
     After an agent restart: the handles of every task this runtime started on
     this node and has not removed, running or exited, so the agent can adopt
@@ -83,7 +88,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -167,6 +172,14 @@ class Observation:
 
 
 @dataclass(frozen=True, slots=True)
+class LogLine:
+    """One line of a task's output and when it was written (None: not known)."""
+
+    text: str
+    time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ExecResult:
     exit_code: int
     output: str
@@ -205,6 +218,20 @@ class Runtime(abc.ABC):
     def logs(
         self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
     ) -> AsyncIterator[str]: ...
+
+    async def timed_logs(
+        self,
+        handle: TaskHandle,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: datetime | None = None,
+    ) -> AsyncIterator[LogLine]:
+        """``logs`` with times (see the module docstring); default: stamped when read."""
+        async for text in self.logs(handle, follow=follow, tail=tail):
+            at = datetime.now(UTC)
+            if since is None or at >= since:
+                yield LogLine(text, at)
 
     @abc.abstractmethod
     async def recover(self) -> list[TaskHandle]: ...

@@ -54,12 +54,14 @@ from typing import Any, TypeVar
 import structlog
 
 from shoal.errors import RuntimeBackendError, TaskRejectedError
+from shoal.logtimes import split_stamp
 from shoal.models import RuntimeInfo, TaskTemplate
 from shoal.models.container import Device, Mount, PortMapping
 from shoal.models.units import format_size
 from shoal.runtimes.base import (
     ExecResult,
     ExitStatus,
+    LogLine,
     Observation,
     Runtime,
     RuntimeSettings,
@@ -189,8 +191,12 @@ class Engine(abc.ABC):
         """Ids of every container, running or not, that has all ``labels``."""
 
     @abc.abstractmethod
-    def logs(self, container_id: str, follow: bool, tail: int | None) -> Iterator[bytes]:
-        """Raw output chunks (stdout and stderr, demultiplexed); empty when gone."""
+    def logs(
+        self, container_id: str, follow: bool, tail: int | None, since: int | None = None
+    ) -> Iterator[bytes]:
+        """Raw output chunks (stdout and stderr, demultiplexed), each line prefixed with
+        the engine's RFC 3339 time and a space; from ``since`` (Unix seconds) on; empty
+        when gone."""
 
     @abc.abstractmethod
     def exec(self, container_id: str, command: list[str]) -> ExecResult: ...
@@ -330,6 +336,14 @@ def _age(started_at: datetime | None) -> float | None:
 
 # Event actions after which a waiter looks again (Docker's and Podman's names).
 WAKE_ACTIONS = frozenset({"die", "died", "oom", "stop", "kill", "destroy", "remove", "cleanup"})
+
+
+def _stamped(line: str, since: datetime | None) -> LogLine | None:
+    """The engine's ``TIMESTAMP SP line`` as a ``LogLine``; None when before ``since``."""
+    at, text = split_stamp(line)
+    if since is not None and at is not None and at < since:
+        return None
+    return LogLine(text, at)
 
 
 def split_lines(chunks: Iterator[bytes]) -> Iterator[str]:
@@ -580,13 +594,30 @@ class ContainerRuntime(Runtime):
     async def logs(
         self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
     ) -> AsyncIterator[str]:
+        async for line in self.timed_logs(handle, follow=follow, tail=tail):
+            yield line.text
+
+    async def timed_logs(
+        self,
+        handle: TaskHandle,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: datetime | None = None,
+    ) -> AsyncIterator[LogLine]:
+        """Times from the engine's own stamps; ``since`` goes to the engine (whole
+        seconds) and is applied exactly here."""
+        after = None if since is None else int(since.timestamp())
         container_id = self._container_id(handle)
         if tail is not None and tail <= 0 and not follow:
             return
         if not follow:
-            lines = await self._call(lambda e: list(split_lines(e.logs(container_id, False, tail))))
+            lines = await self._call(
+                lambda e: list(split_lines(e.logs(container_id, False, tail, after)))
+            )
             for line in lines:
-                yield line
+                if (stamped := _stamped(line, since)) is not None:
+                    yield stamped
             return
         # Following blocks for the task's lifetime: a thread of its own, not the pool's.
         self._ensure_events()
@@ -597,7 +628,7 @@ class ContainerRuntime(Runtime):
 
         def pump() -> None:
             try:
-                for line in split_lines(engine.logs(container_id, True, tail)):
+                for line in split_lines(engine.logs(container_id, True, tail, after)):
                     if cancelled.is_set():
                         return
                     loop.call_soon_threadsafe(queue.put_nowait, line)
@@ -612,7 +643,8 @@ class ContainerRuntime(Runtime):
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                if (stamped := _stamped(item, since)) is not None:
+                    yield stamped
         finally:
             cancelled.set()
 

@@ -179,7 +179,9 @@ class DockerEngine(Engine):
         with _mapped(self, "list containers"):
             return [str(c["Id"]) for c in self.api.containers(all=True, filters=filters)]
 
-    def logs(self, container_id: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+    def logs(
+        self, container_id: str, follow: bool, tail: int | None, since: int | None = None
+    ) -> Iterator[bytes]:
         with _mapped(self, f"logs of container {container_id[:12]}"):
             try:
                 output: Any = self.api.logs(
@@ -188,7 +190,9 @@ class DockerEngine(Engine):
                     stderr=True,
                     stream=follow,
                     follow=follow,
+                    timestamps=True,
                     tail="all" if tail is None else max(tail, 0),
+                    since=since,
                 )
             except docker.errors.NotFound:
                 return

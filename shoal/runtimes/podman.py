@@ -189,15 +189,24 @@ class PodmanEngine(Engine):
             response.raise_for_status()
             return [str(c["Id"]) for c in response.json() or []]
 
-    def logs(self, container_id: str, follow: bool, tail: int | None) -> Iterator[bytes]:
+    def logs(
+        self, container_id: str, follow: bool, tail: int | None, since: int | None = None
+    ) -> Iterator[bytes]:
         if tail is not None and not follow:
             # Podman 4.3 joins partial lines when it tails (``printf 'a\\nb'`` tails as
             # "ab"): take everything and cut here.
-            output = b"".join(self.logs(container_id, False, None))
+            output = b"".join(self.logs(container_id, False, None, since))
             lines = output.splitlines(keepends=True)
             yield b"".join(lines[len(lines) - tail :] if tail > 0 else [])
             return
-        params: dict[str, Any] = {"stdout": "true", "stderr": "true", "follow": str(follow).lower()}
+        params: dict[str, Any] = {
+            "stdout": "true",
+            "stderr": "true",
+            "follow": str(follow).lower(),
+            "timestamps": "true",
+        }
+        if since is not None:
+            params["since"] = str(since)
         if tail is not None:
             params["tail"] = max(tail, 0)
         with _mapped(self, f"logs of container {container_id[:12]}"):

@@ -64,6 +64,11 @@ Stopping
     wrapper runs, then signals the group once.
 
 Logs
+    The child writes its own file, so no line carries the time it was written:
+    ``timed_logs`` gives the lines of each read the file's modification time,
+    which is exact for a line followed as it comes (read within ``_LOG_POLL``)
+    and for the last line of the history, and an upper bound for the earlier
+    ones (so ``since`` keeps the history whole once it was written to since).
     Rotation is copytruncate, because the child holds the file open: when
     ``output.log`` exceeds ``log_max_bytes`` it is copied to ``output.log.1``
     (older copies shifted up to ``log_files``) and truncated; the child's
@@ -107,6 +112,7 @@ from shoal.models import RuntimeInfo, TaskTemplate
 from shoal.models.units import format_size
 from shoal.runtimes.base import (
     ExitStatus,
+    LogLine,
     Observation,
     Runtime,
     RuntimeSettings,
@@ -642,6 +648,19 @@ class ProcessRuntime(Runtime):
     async def logs(
         self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
     ) -> AsyncIterator[str]:
+        async for line in self.timed_logs(handle, follow=follow, tail=tail):
+            yield line.text
+
+    async def timed_logs(
+        self,
+        handle: TaskHandle,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: datetime | None = None,
+    ) -> AsyncIterator[LogLine]:
+        """Each read's lines carry the log file's modification time after the read (see
+        "Logs" in the module docstring); ``since`` is applied to those times here."""
         task_id = handle.task_id
         path = self._log_path(task_id)
         reader = _LogReader(path, tail)
@@ -654,13 +673,15 @@ class ProcessRuntime(Runtime):
                 done = not follow or not (await self.inspect(handle)).running
                 async with self._lock(task_id):
                     lines = reader.read(self._rotations.get(task_id, 0))
-                for line in lines:
-                    yield line
+                written = reader.written()
+                if since is None or written is None or written >= since:
+                    for line in lines:
+                        yield LogLine(line, written)
                 if done:
                     break
                 await asyncio.sleep(_LOG_POLL)
             if reader.partial:
-                yield reader.partial.decode(errors="replace")
+                yield LogLine(reader.partial.decode(errors="replace"), reader.written())
         finally:
             reader.close()
 
@@ -834,6 +855,12 @@ class _LogReader:
         self.pos = self.file.tell()
         *lines, self.partial = (self.partial + data).split(b"\n")
         return [line.decode(errors="replace") for line in lines]
+
+    def written(self) -> datetime | None:
+        """When the log was last written to (the time of the lines just read)."""
+        if self.file is None:
+            return None
+        return datetime.fromtimestamp(os.fstat(self.file.fileno()).st_mtime, UTC)
 
     def _rest_of(self, rotated: Path) -> bytes:
         try:

@@ -30,6 +30,7 @@ from shoal.models import RuntimeInfo
 from shoal.models.service import SimBehaviour
 from shoal.runtimes.base import (
     ExitStatus,
+    LogLine,
     Observation,
     Runtime,
     RuntimeSettings,
@@ -146,19 +147,33 @@ class SimRuntime(Runtime):
     async def logs(
         self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
     ) -> AsyncIterator[str]:
+        async for line in self.timed_logs(handle, follow=follow, tail=tail):
+            yield line.text
+
+    async def timed_logs(
+        self,
+        handle: TaskHandle,
+        *,
+        follow: bool = False,
+        tail: int | None = None,
+        since: datetime | None = None,
+    ) -> AsyncIterator[LogLine]:
+        """Two lines, stamped by the sim's own clock: at the start and at the exit."""
         task = self._tasks.get(handle.task_id)
         if task is None:
             return
-        lines = [f"sim task {task.task_id} started"]
+        lines = [LogLine(f"sim task {task.task_id} started", _at(task.started))]
         exit = task.exit(time.time())
         if exit is None and follow:
             exit = await self.wait(handle)
         if exit is not None:
-            lines.append(f"sim task {task.task_id} {exit.message}")
+            ended = task.exit_at()
+            lines.append(LogLine(f"sim task {task.task_id} {exit.message}", _at(ended)))
         for line in lines[-tail:] if tail is not None else lines:
             if tail == 0:
                 break
-            yield line
+            if since is None or line.time is None or line.time >= since:
+                yield line
 
     async def recover(self) -> list[TaskHandle]:
         self._tasks = {}
@@ -233,3 +248,7 @@ def _signal_number(name: str) -> int:
         return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
     except KeyError:
         raise ValueError(f"unknown signal {name!r}") from None
+
+
+def _at(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)

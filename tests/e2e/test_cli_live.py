@@ -7,6 +7,7 @@ node back the way it found it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -16,12 +17,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
 import yaml
 
+from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from shoal.errors import ApiError
+from shoal.logtimes import parse_time
 from tests.e2e.cluster import (
     Cluster,
     cluster_at,
@@ -30,6 +34,7 @@ from tests.e2e.cluster import (
     task_processes,
     wait_for,
 )
+from tests.engines import TEST_IMAGE, ensure_test_image
 
 pytestmark = pytest.mark.slow
 
@@ -210,6 +215,51 @@ def test_logs_tail_prints_last_lines_of_each_task_with_its_name(cluster: Cluster
     assert lines is not None
     expected = {f"{names[slot]} | line {i} of {slot}" for slot in (1, 2) for i in (4, 5)}
     assert set(lines) == expected
+
+
+async def logs_refusal(cluster: Cluster, request: dict[str, Any]) -> ApiError:
+    """The error the Control API's ``Logs`` answers ``request`` with."""
+    channel = open_channel(cluster.address, cluster.credentials)
+    try:
+        async for _ in Client(channel, CONTROL_SERVICE).stream("Logs", request):
+            pass
+    except ApiError as exc:
+        return exc
+    finally:
+        await channel.close()
+    raise AssertionError(f"Logs took {request}")
+
+
+def test_logs_timestamps_since_and_two_tasks_in_the_order_written(cluster: Cluster) -> None:
+    ensure_test_image("docker")  # the engine stamps each line where it is written
+    script = 'echo "one $SHOAL_TASK_SLOT"; sleep 3; echo "two $SHOAL_TASK_SLOT"; sleep 300'
+    template = {"runtime": "docker", "image": TEST_IMAGE, "init": True, "stopGracePeriod": "1s"}
+    cluster.apply(cluster.service("cl-logtime", ["sh", "-c", script], 2, template=template))
+    try:
+        cluster.wait_running("cl-logtime", 2, timeout=60)
+
+        def stamped(*extra: str) -> list[tuple[datetime, str]] | None:
+            out = cluster.cli("logs", "cl-logtime", "--timestamps", "--no-prefix", *extra).stdout
+            lines = [line.partition(" ") for line in out.splitlines()]
+            return [(parse_time(stamp), text) for stamp, _, text in lines]
+
+        wait_for(lambda: len(stamped() or []) == 4, 30, "two lines from each task")
+        lines = stamped()
+        assert lines is not None
+        # Both tasks started within the 3 s between their lines: all "one"s come first.
+        assert [text.split()[0] for _, text in lines] == ["one", "one", "two", "two"]
+        times = [at for at, _ in lines]
+        assert times == sorted(times)
+        between = times[1] + (times[2] - times[1]) / 2
+        later = stamped("--since", between.isoformat())
+        assert later == lines[2:]
+        assert stamped("--since", "1h") == lines
+        bad = cluster.cli("logs", "cl-logtime", "--since", "soon", check=False)
+        assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
+        refused = asyncio.run(logs_refusal(cluster, {"service": "cl-logtime", "since": "soon"}))
+        assert refused.code == "INVALID_ARGUMENT" and refused.message.startswith("since: ")
+    finally:
+        cluster.cli("delete", "service", "cl-logtime", "--ignore-not-found")
 
 
 def test_logs_follow_streams_new_lines(cluster: Cluster) -> None:

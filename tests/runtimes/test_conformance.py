@@ -26,6 +26,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import structlog
 
 from shoal.errors import TaskRejectedError
 from shoal.models import TaskTemplate
-from shoal.runtimes.base import Runtime, RuntimeSettings, TaskHandle, TaskLaunch
+from shoal.runtimes.base import LogLine, Runtime, RuntimeSettings, TaskHandle, TaskLaunch
 from shoal.runtimes.process import UNKNOWN_EXIT, ProcessRuntime
 from shoal.runtimes.registry import available_runtime_classes, runtime_catalogue
 from tests.engines import ENGINES, TEST_IMAGE, client, engines_required, template_extras
@@ -491,6 +492,52 @@ async def test_logs_follow_with_tail_starts_near_the_end(runtime: Runtime, tmp_p
         assert await anext(lines) == "ready"  # the follower is reading: now the new line
         (tmp_path / "go").touch()
         assert [line async for line in lines] == ["new"]
+
+
+async def test_timed_logs_carry_when_each_line_was_written(
+    runtime: Runtime, runtime_name: str, tmp_path: Path
+) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)  # engines' clocks round
+    script = "echo first; while [ ! -e go ]; do sleep 0.05; done; echo second"
+    handle = await runtime.start(sh(script, workdir=tmp_path))
+    await wait_for_line(runtime, handle, "first")
+    await asyncio.sleep(0.2)
+    between = datetime.now(UTC)
+    await asyncio.sleep(0.2)
+    (tmp_path / "go").touch()
+    await finished(runtime, handle)
+    after = datetime.now(UTC) + timedelta(seconds=1)
+
+    async def timed(**kwargs: Any) -> list[LogLine]:
+        async with asyncio.timeout(LIMIT):
+            return [line async for line in runtime.timed_logs(handle, **kwargs)]
+
+    lines = await timed()
+    assert [line.text for line in lines] == ["first", "second"]
+    times = [line.time for line in lines]
+    assert all(t is not None and before <= t <= after for t in times)
+    assert times == sorted(times, key=lambda t: t or before)
+    assert await timed(since=after) == []
+    if runtime_name in ENGINES:  # the engine stamps each line
+        assert [line.text for line in await timed(since=between)] == ["second"]
+    else:  # the child writes its own file: its modification time, for the history
+        assert [line.text for line in await timed(since=between)] == ["first", "second"]
+
+
+@pytest.mark.parametrize("runtime_name", [pytest.param("sim", id="sim")])
+async def test_sim_logs_are_stamped_by_its_own_clock(runtime: Runtime) -> None:
+    before = datetime.now(UTC)
+    handle = await runtime.start(workload("sim", "t1", "exits"))
+    await runtime.wait(handle)
+    async with asyncio.timeout(LIMIT):
+        lines = [line async for line in runtime.timed_logs(handle)]
+        assert [line.text.split()[-1] for line in lines] == ["started", "0"]
+        started, ended = (line.time for line in lines)
+        assert started is not None and ended is not None
+        assert before <= started
+        assert abs(ended - started - timedelta(milliseconds=200)) < timedelta(milliseconds=1)
+        later = [line.text async for line in runtime.timed_logs(handle, since=ended)]
+    assert later == [lines[1].text]
 
 
 @PROCESS_ONLY  # the log files' layout is the process runtime's

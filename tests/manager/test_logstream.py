@@ -1,0 +1,173 @@
+"""``Logs`` on the manager's side (``shoal.manager.logstream``): the lines of several
+tasks in the order they were written, ``since``, and agents too old to stamp lines.
+
+Agents are played by the test: it opens their sessions on a real dispatcher (as
+the gRPC server would), reads the logs request each one is sent, and answers
+through ``PublishLogs``; tasks live in a memory store; time is virtual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shoal.logtimes import format_time, parse_time
+from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.logstream import LogScope, ServiceLogs
+from shoal.models import TaskState
+from shoal.reconciler.nodemonitor import HeartbeatTracker
+from tests.manager.test_dispatcher import Peer, Session, open_session, task
+from tests.reconciler.world import World, node, open_world, service
+
+pytestmark = pytest.mark.looptime
+
+START = datetime(2026, 12, 1, 16, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async with open_world() as opened:
+        await opened.put(
+            service("web", 2),
+            node("n1"),
+            node("n2"),
+            task("t1", "n1", TaskState.RUNNING, slot=1),
+            task("t2", "n2", TaskState.RUNNING, slot=2),
+        )
+        yield opened
+
+
+@pytest.fixture
+def dispatcher(world: World) -> Dispatcher:
+    return Dispatcher(world.informer, HeartbeatTracker(), world.events, 1.0)
+
+
+async def logs_request(session: Session) -> dict[str, Any]:
+    while (message := await session.next())["type"] != "logs":
+        pass
+    return message
+
+
+async def publish(dispatcher: Dispatcher, subscription: str, lines: list[dict[str, Any]]) -> None:
+    """One agent's answer: one batch, then the end of its stream."""
+
+    async def messages() -> AsyncIterator[dict[str, Any]]:
+        yield {"subscriptionId": subscription, "lines": lines}
+
+    await dispatcher.publish_logs(messages(), Peer())  # type: ignore[arg-type]
+
+
+def at(seconds: int) -> str:
+    return format_time(START + timedelta(seconds=seconds))
+
+
+async def collect(stream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [item async for item in stream]
+
+
+async def test_lines_of_two_tasks_come_in_the_order_they_were_written(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
+    logs = ServiceLogs(world.informer, dispatcher)
+    shown = asyncio.create_task(collect(logs.stream(LogScope(world.informer, "web"), False, None)))
+    ask1, ask2 = await logs_request(n1), await logs_request(n2)
+    # n1 answers first, though n2's task wrote in between.
+    await publish(
+        dispatcher,
+        ask1["subscriptionId"],
+        [
+            {"taskId": "t1", "line": "a", "time": at(1)},
+            {"taskId": "t1", "line": "c", "time": at(3)},
+        ],
+    )
+    await publish(
+        dispatcher, ask2["subscriptionId"], [{"taskId": "t2", "line": "b", "time": at(2)}]
+    )
+    items = await asyncio.wait_for(shown, 5)
+    assert [(i["taskId"], i["line"]) for i in items] == [("t1", "a"), ("t2", "b"), ("t1", "c")]
+    assert [parse_time(i["time"]) for i in items] == [
+        START + timedelta(seconds=s) for s in (1, 2, 3)
+    ]
+    n1.pump.cancel()
+    n2.pump.cancel()
+
+
+async def test_since_goes_to_the_agents_and_older_lines_are_left_out(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
+    logs = ServiceLogs(world.informer, dispatcher)
+    since = START + timedelta(seconds=2)
+    scope = LogScope(world.informer, "web")
+    shown = asyncio.create_task(collect(logs.stream(scope, False, None, since=since)))
+    ask1, ask2 = await logs_request(n1), await logs_request(n2)
+    assert parse_time(ask1["since"]) == since
+    # An agent that ignores ``since`` (an old one) still has its older lines dropped.
+    await publish(
+        dispatcher,
+        ask1["subscriptionId"],
+        [
+            {"taskId": "t1", "line": "old", "time": at(1)},
+            {"taskId": "t1", "line": "new", "time": at(5)},
+        ],
+    )
+    await publish(
+        dispatcher, ask2["subscriptionId"], [{"taskId": "t2", "line": "edge", "time": at(2)}]
+    )
+    items = await asyncio.wait_for(shown, 5)
+    assert [i["line"] for i in items] == ["edge", "new"]
+    n1.pump.cancel()
+    n2.pump.cancel()
+
+
+async def test_a_line_without_a_time_is_stamped_when_it_arrives(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
+    logs = ServiceLogs(world.informer, dispatcher)
+    scope = LogScope(world.informer, "web")
+    shown = asyncio.create_task(collect(logs.stream(scope, False, None)))
+    ask1, ask2 = await logs_request(n1), await logs_request(n2)
+    before = datetime.now(UTC)
+    await publish(
+        dispatcher, ask1["subscriptionId"], [{"taskId": "t1", "line": "from an old agent"}]
+    )
+    await publish(dispatcher, ask2["subscriptionId"], [])
+    (item,) = await asyncio.wait_for(shown, 5)
+    assert item["line"] == "from an old agent"
+    assert before <= parse_time(item["time"]) <= datetime.now(UTC)
+    n1.pump.cancel()
+    n2.pump.cancel()
+
+
+async def test_following_sorts_the_history_then_passes_new_lines_on(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
+    logs = ServiceLogs(world.informer, dispatcher)
+    stream = logs.stream(LogScope(world.informer, "web"), True, None)
+    first = asyncio.ensure_future(stream.__anext__())
+    ask1, ask2 = await logs_request(n1), await logs_request(n2)
+    assert ask1["follow"] is True
+
+    async def send(subscription: str, lines: list[dict[str, Any]]) -> None:
+        subscription_obj = dispatcher.subscriptions[subscription]
+        for line in lines:
+            await subscription_obj.queue.put(line)
+
+    await send(ask1["subscriptionId"], [{"taskId": "t1", "line": "h3", "time": at(3)}])
+    await send(ask2["subscriptionId"], [{"taskId": "t2", "line": "h1", "time": at(1)}])
+    got = [await asyncio.wait_for(first, 5)]
+    got.append(await asyncio.wait_for(stream.__anext__(), 5))
+    assert [i["line"] for i in got] == ["h1", "h3"]
+    # After the history, lines go on as they come (an earlier stamp no longer reorders).
+    await send(ask1["subscriptionId"], [{"taskId": "t1", "line": "live", "time": at(0)}])
+    assert (await asyncio.wait_for(stream.__anext__(), 5))["line"] == "live"
+    await stream.aclose()
+    n1.pump.cancel()
+    n2.pump.cancel()
