@@ -501,9 +501,10 @@ async def test_timed_logs_carry_when_each_line_was_written(
     script = "echo first; while [ ! -e go ]; do sleep 0.05; done; echo second"
     handle = await runtime.start(sh(script, workdir=tmp_path))
     await wait_for_line(runtime, handle, "first")
-    await asyncio.sleep(0.2)
-    between = datetime.now(UTC)
-    await asyncio.sleep(0.2)
+    # The next whole second (Podman 4.3 stamps lines to the second): "first" is before.
+    now = datetime.now(UTC)
+    between = now.replace(microsecond=0) + timedelta(seconds=1)
+    await asyncio.sleep((between - now).total_seconds() + 0.1)
     (tmp_path / "go").touch()
     await finished(runtime, handle)
     after = datetime.now(UTC) + timedelta(seconds=1)
