@@ -117,7 +117,9 @@ class HeartbeatTracker:
         self.beat(node_id)
 
     def silent_for(self, node_id: str) -> float:
-        return self.awake() - self._seen.get(node_id, self.started)
+        # Within a new term's longer grace nobody is silent, not even a node that already
+        # registered: its heartbeats wait behind the rest of the herd finding this manager.
+        return self.awake() - max(self._seen.get(node_id, self.started), self.started)
 
 
 async def probe_stalls(tracker: HeartbeatTracker, on_stall: Callable[[float], None]) -> None:
