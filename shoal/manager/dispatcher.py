@@ -237,7 +237,7 @@ class Dispatcher:
         if previous:
             previous.close()
         self.sessions[node_id] = session
-        self.heartbeats.beat(node_id)
+        self.heartbeats.registered(node_id)
         log.info("agent.session", node=node_id, session=session.id, peer=context.peer())
         try:
             yield {

@@ -116,10 +116,15 @@ class HeartbeatTracker:
         """Start ``node_id``'s grace afresh, as if it had just been heard from."""
         self.beat(node_id)
 
+    def registered(self, node_id: str) -> None:
+        """``node_id`` opened a session. Within a new term's longer grace that is no
+        heartbeat yet: its heartbeats may wait behind the rest of the herd finding this
+        manager, so it keeps the term's grace until its first one."""
+        if self.awake() >= self.started:
+            self.beat(node_id)
+
     def silent_for(self, node_id: str) -> float:
-        # Within a new term's longer grace nobody is silent, not even a node that already
-        # registered: its heartbeats wait behind the rest of the herd finding this manager.
-        return self.awake() - max(self._seen.get(node_id, self.started), self.started)
+        return self.awake() - self._seen.get(node_id, self.started)
 
 
 async def probe_stalls(tracker: HeartbeatTracker, on_stall: Callable[[float], None]) -> None:

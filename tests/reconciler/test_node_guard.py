@@ -357,7 +357,7 @@ async def test_a_node_that_registers_early_in_a_new_term_keeps_the_longer_grace(
     # A manager restarted under a herd: n000 registers at once, then its heartbeats wait
     # behind the other sessions' registrations for longer than the usual grace.
     rig10.tracker.restart(extra=5.0)
-    rig10.tracker.beat("n000")
+    rig10.tracker.registered("n000")
     rig10.run(GRACE + 1.0, beating=set())
     await rig10.monitor.reconcile("nodes")
     assert set((await rig10.states()).values()) == {"ready"}
@@ -365,6 +365,14 @@ async def test_a_node_that_registers_early_in_a_new_term_keeps_the_longer_grace(
     rig10.run(GRACE + 5.0, beating=names(9, start=1))
     await rig10.monitor.reconcile("nodes")
     assert (await rig10.states())["n000"] == "down"
+
+
+async def test_a_node_heard_from_in_a_new_term_has_the_usual_grace(rig10: Rig) -> None:
+    rig10.tracker.restart(extra=5.0)
+    rig10.run(0.5, beating=names(10))  # heartbeats: the agents found this manager
+    rig10.run(GRACE + 0.5, beating=names(9))
+    await rig10.monitor.reconcile("nodes")
+    assert (await rig10.states())["n009"] == "down"
 
 
 async def test_a_new_term_gives_every_node_a_fresh_grace(rig10: Rig) -> None:
