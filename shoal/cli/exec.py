@@ -17,7 +17,7 @@ import base64
 import contextlib
 import sys
 
-from shoal.cli.options import UsageError, command, completes, server_option
+from shoal.cli.options import UsageError, command, completes, server_option, tail_after_dashes
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ),
         "tasks",
     )
-    parser.add_argument(
-        "argv", metavar="-- COMMAND", nargs=argparse.REMAINDER, help="the command and its arguments"
-    )
+    tail_after_dashes(parser, "argv", "the command and its arguments")
     server_option(parser)
     command(parser, run)
 
@@ -43,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from shoal.api.client import open_control
 
     argv = list(args.argv)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
     if not argv:
         raise UsageError("give the command to run after --, e.g. shoal exec TASK -- ls /")
 

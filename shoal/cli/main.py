@@ -38,7 +38,7 @@ import os
 import sys
 
 import shoal
-from shoal.cli.options import Formatter, UsageError
+from shoal.cli.options import Formatter, Parser, UsageError
 from shoal.errors import ShoalError, SpecError
 
 # Not ``from typing import TYPE_CHECKING``: typing and dataclasses cost more to
@@ -184,7 +184,7 @@ def build_parser(
     Declaring a verb imports its module; the others stay unloaded, which is
     what keeps ``shoal --help`` and ``shoal version --client`` fast.
     """
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="shoal",
         formatter_class=Formatter,
         description="shoal: run services across a cluster of machines.",

@@ -14,7 +14,8 @@ the path of every command, ``shoal --help`` included.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 
 from shoal.errors import ShoalError
 from shoal.units import parse_duration
@@ -35,6 +36,47 @@ class UsageError(ShoalError):
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the line breaks of descriptions and epilogs (examples)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """A parser that takes a verb's options before, between or after its positionals.
+
+    argparse alone stops filling positionals at the first option, so
+    ``get services --server X web`` left ``web`` over (exit 2). A parser whose
+    positionals are plain words parses intermixed: its options first, then the
+    words that are left, in order. A parser of sub-verbs (``node``) hands the
+    words on as argparse does, and the sub-verb's parser, of this class too,
+    parses them intermixed. With ``tail`` set (``exec``: see ``tail_after_dashes``),
+    everything after the first ``--`` goes to that argument untouched, options
+    and further ``--`` included. Shell completion (argcomplete) follows the plain
+    argparse walk, which it is written against.
+    """
+
+    tail: str | None = None
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if (
+            self._intermixing
+            or "_ARGCOMPLETE" in os.environ
+            or any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+        ):
+            return super().parse_known_args(args, namespace)
+        words = list(args) if args is not None else None
+        tail: list[str] | None = None
+        if self.tail is not None and words is not None and "--" in words:
+            at = words.index("--")
+            words, tail = words[:at], words[at + 1 :]
+        self._intermixing = True  # parse_known_intermixed_args calls back here
+        try:
+            parsed, extras = self.parse_known_intermixed_args(words, namespace)
+        finally:
+            self._intermixing = False
+        if self.tail is not None and tail is not None:
+            setattr(parsed, self.tail, [*(getattr(parsed, self.tail, None) or []), *tail])
+        return parsed, extras
 
 
 def command(parser: argparse.ArgumentParser, func: Command) -> argparse.ArgumentParser:
@@ -61,6 +103,13 @@ def add_subcommand(
         name, help=summary, formatter_class=Formatter, **kwargs
     )
     return command(parser, func)
+
+
+def tail_after_dashes(parser: argparse.ArgumentParser, dest: str, help: str) -> None:
+    """The words after ``--`` are ``dest``'s, untouched (``exec TASK -- COMMAND...``)."""
+    parser.add_argument(dest, metavar="-- COMMAND", nargs="*", help=help)
+    if isinstance(parser, Parser):
+        parser.tail = dest
 
 
 def server_option(parser: argparse.ArgumentParser) -> None:

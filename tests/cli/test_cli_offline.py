@@ -170,6 +170,22 @@ def test_every_client_command_reports_unreachable(env: dict[str, str], argv: lis
     assert f"cannot reach a shoal manager: tried {UNREACHABLE} (" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["get", "services", "--server", UNREACHABLE, "web"], id="get"),
+        pytest.param(["exec", "web.1", "--server", UNREACHABLE, "--", "ls", "-l"], id="exec"),
+        pytest.param(
+            ["node", "update", "n1", "--server", UNREACHABLE, "--availability", "drain"], id="node"
+        ),
+    ],
+)
+def test_options_after_positionals_are_the_commands(env: dict[str, str], argv: list[str]) -> None:
+    result = shoal_cmd(env, *argv)
+    assert_clean_failure(result, 1)
+    assert f"cannot reach a shoal manager: tried {UNREACHABLE} (" in result.stderr
+
+
 def test_server_flag_beats_environment(env: dict[str, str]) -> None:
     env["SHOAL_SERVER"] = "127.0.0.1:2"
     result = shoal_cmd(env, "get", "nodes", "--server", UNREACHABLE)
