@@ -2,9 +2,9 @@
 
 ``run`` asks the manager for a run (``RunJob``) and, with ``--wait``, waits
 until that run ended: exit 0 if it succeeded, 1 if it failed (with the
-reason). ``status`` lists the kept runs: number, state, succeeded / failed /
-active tasks, when, why it failed, and the schedule's next time and skipped
-count.
+reason). While it waits, the run's counts are progress on stderr. ``status``
+lists the kept runs: number, state, succeeded / failed / active tasks, when,
+why it failed, and the schedule's next time and skipped count.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from shoal.cli.options import (
     subcommands,
 )
 from shoal.errors import ShoalError
+
+POLL_INTERVAL = 0.25
 
 
 def _job(view: dict[str, Any]) -> dict[str, Any]:
@@ -74,27 +76,42 @@ def cmd_job_run(args: argparse.Namespace) -> int:
             print(f"job/{args.name}: run requested", flush=True)
             if not args.wait:
                 return 0
-            started = time.monotonic()
-            while time.monotonic() - started < args.timeout:
-                job = _job((await control.get("services", args.name))[0])
-                new = [r for r in job.get("runs", []) if r.get("number") not in known]
-                if new and new[-1].get("state") != "active":
-                    run = new[-1]
-                    if run.get("state") == "succeeded":
-                        print(f"job/{args.name}: run {run['number']} succeeded", flush=True)
-                        return 0
+            return await _wait_run(control, args.name, known, args.timeout)
+
+    return asyncio.run(go())
+
+
+async def _wait_run(control: Any, name: str, known: set[Any], timeout: float) -> int:
+    """Until the run that is not in ``known`` has ended; its counts are progress (stderr)."""
+    progress = output.Progress()
+    started = time.monotonic()
+    line = f"job/{name}: waiting for the run to start"
+    try:
+        while time.monotonic() - started < timeout:
+            job = _job((await control.get("services", name))[0])
+            new = [r for r in job.get("runs", []) if r.get("number") not in known]
+            if new:
+                run = new[-1]
+                if run.get("state") == "succeeded":
+                    progress.clear()
+                    print(f"job/{name}: run {run['number']} succeeded", flush=True)
+                    return 0
+                if run.get("state") != "active":
+                    progress.clear()
                     print(
-                        f"error: job/{args.name}: run {run['number']} failed: "
-                        f"{run.get('reason', '')}",
+                        f"error: job/{name}: run {run['number']} failed: {run.get('reason', '')}",
                         file=sys.stderr,
                     )
                     return 1
-                await asyncio.sleep(0.25)
-            raise ShoalError(
-                f"timed out after {output.format_age(args.timeout)} waiting for the run"
-            )
-
-    return asyncio.run(go())
+                line = (
+                    f"job/{name}: run {run['number']}: {run.get('succeeded', 0)} succeeded, "
+                    f"{run.get('failed', 0)} failed, {run.get('active', 0)} running"
+                )
+            progress.update(line, output.format_age(time.monotonic() - started))
+            await asyncio.sleep(POLL_INTERVAL)
+    finally:
+        progress.clear()
+    raise ShoalError(f"timed out after {output.format_age(timeout)} waiting for the run ({line})")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

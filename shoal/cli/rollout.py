@@ -3,9 +3,10 @@
 ``status`` waits until the update reaches a final state and says so by its exit
 code: 0 on ``completed`` (or canaries healthy, ``awaiting_promotion``), 1 on
 ``paused``, ``rollback_paused`` or ``rollback_completed`` (the update did not
-land), with the rollout's message, as soon as the state is final. On a
-terminal it keeps one live line (state, batch, updated/total); otherwise it
-prints a plain line whenever the state or the count changes. A service that
+land), with the rollout's message, as soon as the state is final: that line
+alone goes to stdout. The steps on the way (state, batch, updated/total) are
+progress, on stderr (``output.Progress``: one live line on a terminal, a line
+per change otherwise). A service that
 was just created has no update to follow: ``status`` then waits for its tasks
 to run, and fails at once when a slot gave up (``maxAttempts``).
 
@@ -82,7 +83,6 @@ async def _follow(control: Any, name: str, timeout: float) -> int:
 
     progress = output.Progress()
     started = time.monotonic()
-    last = ""
     try:
         while True:
             payload = await control.describe("services", name)
@@ -123,11 +123,7 @@ async def _follow(control: Any, name: str, timeout: float) -> int:
                 raise ShoalError(
                     f"timed out after {output.format_age(timeout)} waiting for the rollout: {line}"
                 )
-            if progress.enabled:
-                progress.update(f"{line} {output.format_age(waited)}")
-            elif line != last:
-                print(line, flush=True)
-            last = line
+            progress.update(line, output.format_age(waited))
             await asyncio.sleep(POLL_INTERVAL)
     finally:
         progress.clear()

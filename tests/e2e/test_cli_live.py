@@ -637,3 +637,40 @@ def test_delete_wait_says_what_it_waits_for_one_line_per_change(cluster: Cluster
     assert lines[0] == "waiting for tasks to stop (cl-slow-stop: 2 task(s))"
     assert len(lines) == len(set(lines)) <= 2
     assert not task_processes("cl-slow-stop")
+
+
+def test_rollout_status_prints_its_result_on_stdout_and_progress_on_stderr(
+    cluster: Cluster,
+) -> None:
+    update = {"update": {"parallelism": 1, "monitor": "2s"}}
+    cluster.apply(cluster.service("cl-roll", ["sleep", "300"], replicas=2, **update))
+    cluster.wait_running("cl-roll", 2)
+    cluster.apply(cluster.service("cl-roll", ["sleep", "301"], replicas=2, **update))
+
+    result = cluster.cli("rollout", "status", "cl-roll", "--timeout", "60s")
+
+    # The result alone on stdout, for scripts; the steps on the way on stderr.
+    assert result.stdout.splitlines() == [
+        "service/cl-roll: completed, revision 2, batch 2/2, 2/2 updated: "
+        "update completed: revision 2 on 2/2 slot(s)"
+    ]
+    steps = result.stderr.splitlines()
+    # Each slot is monitored for 2s, so at least one step is seen before the end.
+    assert any(line.startswith("service/cl-roll: updating, revision 2") for line in steps), steps
+    assert all(line.startswith("service/cl-roll: ") for line in steps), steps
+    assert len(steps) == len(set(steps))
+
+
+def test_job_run_wait_shows_the_run_on_stderr_until_it_ends(cluster: Cluster) -> None:
+    job = cluster.service(
+        "cl-job", ["sleep", "1.5"], replicas=None, mode="replicated-job", job={"suspend": True}
+    )
+    cluster.apply(job)
+
+    result = cluster.cli("job", "run", "cl-job", "--wait", "--timeout", "60s")
+
+    assert result.stdout.splitlines() == [
+        "job/cl-job: run requested",
+        "job/cl-job: run 1 succeeded",
+    ]
+    assert "job/cl-job: run 1: 0 succeeded, 0 failed, 1 running" in result.stderr.splitlines()
