@@ -32,6 +32,7 @@ from shoal.errors import AuthError, ShoalError
 from shoal.http import schema
 from shoal.http.calls import CallContext, error_body
 from shoal.http.sessions import COOKIE, CSRF_HEADER, Session, Sessions, SignInError
+from shoal.logtimes import format_time, parse_since
 from shoal.security.authz import Caller, acting_as, check_role, is_read
 
 log = structlog.get_logger(__name__)
@@ -469,22 +470,34 @@ async def events(api: WebApi, request: web.Request) -> web.StreamResponse:
         "Logs",
         schema.LogLine,
         stream=True,
-        query=(("tail", "integer", "the last N lines of each task to start with"),),
+        query=(
+            ("tail", "integer", "the last N lines of each task to start with"),
+            ("since", "string", "only lines written since: a duration like 10m, or RFC 3339"),
+            ("timestamps", "boolean", "each line with its time (time: RFC 3339)"),
+        ),
     )
 )
 async def logs(api: WebApi, request: web.Request) -> web.StreamResponse:
     session = api.session(request)
     name = request.match_info["name"]
     tail = _number(request, "tail", 200)
+    timestamps = _flag(request, "timestamps")
+    call: Payload = {"service": name, "follow": True, "tail": tail}
+    if "since" in request.query:
+        try:  # checked here: once the stream has started, an error is no longer a 400
+            since = parse_since(request.query["since"])
+        except ValueError as exc:
+            raise ValueError(f"since: {exc}") from None
+        call["since"] = format_time(since)
     with acting_as(session.caller):
         # A service that does not exist is a 404 before the stream starts.
         await api.call(request, "Get", {"kind": "services", "name": name})
-        lines = api.control_stream(
-            request, session, "Logs", {"service": name, "follow": True, "tail": tail}
-        )
+        lines = api.control_stream(request, session, "Logs", call)
 
         async def items() -> AsyncIterator[tuple[Payload, int | None]]:
             async for line in lines:
+                if not timestamps:
+                    line = {k: v for k, v in line.items() if k != "time"}
                 yield line, None
 
         return await api.stream(request, items)

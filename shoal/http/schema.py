@@ -77,6 +77,8 @@ class LogLine(Model):
     task_id: str
     task: str
     line: str
+    # When it was written (RFC 3339), with timestamps=true.
+    time: str | None = None
 
 
 class ScaleRequest(Model):

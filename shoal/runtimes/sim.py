@@ -162,17 +162,23 @@ class SimRuntime(Runtime):
         task = self._tasks.get(handle.task_id)
         if task is None:
             return
+
+        def ended(exit: ExitStatus) -> LogLine:
+            return LogLine(f"sim task {task.task_id} {exit.message}", _at(task.exit_at()))
+
+        def shown(line: LogLine) -> bool:
+            return since is None or line.time is None or line.time >= since
+
         lines = [LogLine(f"sim task {task.task_id} started", _at(task.started))]
         exit = task.exit(time.time())
-        if exit is None and follow:
-            exit = await self.wait(handle)
         if exit is not None:
-            ended = task.exit_at()
-            lines.append(LogLine(f"sim task {task.task_id} {exit.message}", _at(ended)))
-        for line in lines[-tail:] if tail is not None else lines:
-            if tail == 0:
-                break
-            if since is None or line.time is None or line.time >= since:
+            lines.append(ended(exit))
+        for line in lines[-tail:] if tail else [] if tail == 0 else lines:
+            if shown(line):
+                yield line
+        if exit is None and follow:  # the start line at once, the exit line when it comes
+            line = ended(await self.wait(handle))
+            if shown(line):
                 yield line
 
     async def recover(self) -> list[TaskHandle]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -167,6 +168,13 @@ def test_a_task_killed_by_hand_shows_failed_and_replaced_without_reloading(
     assert page.evaluate("window.__notReloaded") is True
     # The logs pane follows the service: the replacement's lines arrive too.
     wait_for(lambda: "says hello" in page.inner_text("#logs"), 15, "log lines in the page")
+    # With timestamps, each line shows when it was written (RFC 3339, from the manager).
+    assert page.query_selector("#logs .time") is None
+    page.check("#log-times")
+    stamp = page.wait_for_selector("#logs .time", timeout=15_000)
+    assert stamp is not None
+    text = (stamp.text_content() or "").strip()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text), text
 
 
 def in_process_table_of(task_id: str) -> set[int]:

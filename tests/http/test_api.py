@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,7 @@ import pytest
 
 from shoal.errors import ApiError
 from shoal.http.sessions import COOKIE, CSRF_HEADER
+from shoal.logtimes import format_time, parse_time
 from tests.http.conftest import NODE, Browser, Web, page_token
 
 
@@ -259,6 +261,44 @@ async def test_a_bad_event_filter_is_a_400_before_the_stream(web: Web, admin: Br
 async def test_logs_of_a_missing_service_are_a_404(web: Web, admin: Browser) -> None:
     status, reply = await admin.get("/api/v1/services/nope/logs")
     assert status == 404 and "nope" in reply["error"]["message"]
+
+
+async def test_the_logs_stream_takes_since_and_timestamps(web: Web, admin: Browser) -> None:
+    await web.apply("api", 1)
+    await web.running("api", 1)
+    await asyncio.sleep(0.05)
+    since = format_time(datetime.now(UTC))
+    [first] = (await web.control("Get", {"kind": "tasks", "service": "api"}))["items"]
+    base = f"{web.url}/api/v1/services/api/logs?csrf={admin.csrf}"
+    async with admin.client.get(f"{base}&tail=10&timestamps=true") as response:
+        assert response.status == 200
+        [line] = await asyncio.wait_for(read_sse(response, 1), 10)
+        assert line["task"] == first["name"]
+        assert parse_time(line["time"]) <= parse_time(since)
+    async with admin.client.get(f"{base}&tail=10") as response:
+        [line] = await asyncio.wait_for(read_sse(response, 1), 10)
+        assert "time" not in line  # as `shoal logs` without -t
+    # Lines older than since are left out: the first line seen is the new task's.
+    async with admin.client.get(f"{base}&since={since}&timestamps=1") as response:
+        assert response.status == 200
+        await web.control("Scale", {"replicas": {"api": 2}})
+        [line] = await asyncio.wait_for(read_sse(response, 1), 10)
+        assert line["task"] != first["name"] and line["task"].startswith("api.")
+        assert parse_time(line["time"]) >= parse_time(since)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("since=yesterday", "since"), ("since=", "since"), ("timestamps=maybe", "timestamps")],
+)
+async def test_a_bad_logs_query_is_a_400_naming_it(
+    web: Web, admin: Browser, query: str, field: str
+) -> None:
+    await web.apply("api", 1)
+    status, reply = await admin.get(f"/api/v1/services/api/logs?{query}")
+    assert status == 400, reply
+    assert reply["error"]["field"] == field
+    assert reply["error"]["code"] == "INVALID_ARGUMENT"
 
 
 async def test_ui_login_without_a_listener_says_how_to_turn_it_on(web: Web) -> None:

@@ -7,6 +7,7 @@ const notice = document.getElementById("notice");
 let session = null; // {user, role, csrf, actions}
 let refresh = null; // re-reads the current page's data
 let pageStreams = []; // EventSources of the current page (logs)
+let logTimes = false; // the logs pane shows each line's time
 let onEvent = null; // the events page's live list
 let renders = 0; // which render is current
 const edits = {}; // replicas typed and not yet sent, by service
@@ -246,18 +247,40 @@ async function servicePage(name) {
       ? [h("h2", {}, "Notes"), h("ul", {}, Object.entries(detail.notes).map(([k, v]) => h("li", {}, `${k}: ${v}`)))]
       : null,
     h("h2", {}, "Logs"),
+    h(
+      "label",
+      { className: "muted" },
+      h("input", {
+        type: "checkbox",
+        id: "log-times",
+        checked: logTimes,
+        onchange: (event) => {
+          logTimes = event.target.checked;
+          followLogs(name); // again, from the last lines, with or without times
+        },
+      }),
+      " timestamps",
+    ),
     logs,
   ];
 }
 
 function followLogs(name) {
-  const source = new EventSource(withToken(`/api/v1/services/${encodeURIComponent(name)}/logs?tail=100`));
+  for (const source of pageStreams) source.close(); // the pane's stream: one at a time
+  document.getElementById("logs")?.replaceChildren();
+  const times = logTimes ? "&timestamps=true" : "";
+  const source = new EventSource(withToken(`/api/v1/services/${encodeURIComponent(name)}/logs?tail=100${times}`));
+  pageStreams = [source];
   source.onmessage = (message) => {
     const line = JSON.parse(message.data);
     const pre = document.getElementById("logs");
     if (!pre) return;
     const stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-    pre.append(h("span", { className: "task" }, line.task ? `${line.task} ` : ""), `${line.line}\n`);
+    pre.append(
+      line.time ? h("span", { className: "time" }, `${line.time} `) : "",
+      h("span", { className: "task" }, line.task ? `${line.task} ` : ""),
+      `${line.line}\n`,
+    );
     while (pre.childNodes.length > 4000) pre.firstChild.remove();
     if (stick) pre.scrollTop = pre.scrollHeight;
   };
@@ -265,7 +288,6 @@ function followLogs(name) {
     show(JSON.parse(message.data).error.message);
     source.close();
   });
-  pageStreams.push(source);
 }
 
 async function nodesPage() {
