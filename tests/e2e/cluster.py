@@ -162,8 +162,9 @@ class Cluster:
         if not self.token:
             self.token = self.cli("token", "worker").stdout.strip()
 
-    def start_agent(self, name: str, *labels: str, extra_args: Sequence[str] = ()) -> Daemon:
-        args = shoal_cmd(
+    def agent_args(self, name: str, state_dir: Path, *extra: str) -> list[str]:
+        """The command line of an agent called ``name`` joining this cluster."""
+        return shoal_cmd(
             "agent",
             "--manager",
             self.address,
@@ -174,8 +175,12 @@ class Cluster:
             "--name",
             name,
             "--state-dir",
-            str(self.root / "agents" / name),
+            str(state_dir),
+            *extra,
         )
+
+    def start_agent(self, name: str, *labels: str, extra_args: Sequence[str] = ()) -> Daemon:
+        args = self.agent_args(name, self.root / "agents" / name)
         for label in labels:
             args += ["--label", label]
         args += extra_args
@@ -187,24 +192,10 @@ class Cluster:
         return agent
 
     def start_fleet(self, name: str, count: int) -> Daemon:
-        """One agent process simulating ``count`` nodes (``NAME-1`` …), all ready."""
+        """One agent process simulating ``count`` nodes (``NAME-0`` …, zero-padded), all ready."""
         fleet = Daemon(
             name,
-            shoal_cmd(
-                "agent",
-                "--manager",
-                self.address,
-                "--join",
-                self.join_address,
-                "--token",
-                self.token,
-                "--name",
-                name,
-                "--state-dir",
-                str(self.root / name),
-                "--sim-nodes",
-                str(count),
-            ),
+            self.agent_args(name, self.root / name, "--sim-nodes", str(count)),
             self.root / f"fleet-{name}.log",
         )
         self.agents[name] = fleet
