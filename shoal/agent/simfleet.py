@@ -103,9 +103,8 @@ class SimFleet:
             # The next wave starts once this one has its sessions (or after a while):
             # at most a wave registers at a time, within the manager's admission.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*(a.connected.wait() for a in wave)), WAVE_WAIT
-                )
+                async with asyncio.timeout(WAVE_WAIT):
+                    await asyncio.gather(*(a.connected.wait() for a in wave))
         # A thousand agents are a lot of long-lived objects; without this every
         # full collection would walk all of them again, and that shows up as
         # latency on every node at once.

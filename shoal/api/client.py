@@ -62,8 +62,9 @@ async def _ready(channel: grpc.aio.Channel, timeout: float) -> str | None:
         remaining = deadline - loop.time()
         if remaining <= 0:
             return f"no answer within {timeout:g}s: down, paused or unreachable"
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await channel.wait_for_state_change(state)
         state = channel.get_state(try_to_connect=True)
     return None
 

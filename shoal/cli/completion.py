@@ -117,7 +117,8 @@ def _fetch(kind: str, server: str | None, parsed_args: argparse.Namespace) -> li
             return [_name(kind, item) for item in items]
 
     async def bounded() -> list[str]:
-        return await asyncio.wait_for(names(), DEADLINE)
+        async with asyncio.timeout(DEADLINE):
+            return await names()
 
     return asyncio.run(bounded())
 

@@ -362,12 +362,14 @@ class Dispatcher:
                 raise ValueError("lines: must be a list")
             try:
                 for line in lines:  # backpressure: a slow reader slows the agent down
-                    await asyncio.wait_for(subscription.queue.put(line), LOG_PUT_TIMEOUT)
+                    async with asyncio.timeout(LOG_PUT_TIMEOUT):
+                        await subscription.queue.put(line)
             except TimeoutError:
                 return {}  # the reader stopped reading; it will never see the end marker
         if subscription is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(subscription.queue.put(None), LOG_PUT_TIMEOUT)
+                async with asyncio.timeout(LOG_PUT_TIMEOUT):
+                    await subscription.queue.put(None)
         return {}
 
     async def publish_exec(
@@ -400,12 +402,14 @@ class Dispatcher:
             else:
                 continue  # the opening message
             try:  # backpressure: a slow caller slows the command down
-                await asyncio.wait_for(subscription.queue.put(item), LOG_PUT_TIMEOUT)
+                async with asyncio.timeout(LOG_PUT_TIMEOUT):
+                    await subscription.queue.put(item)
             except TimeoutError:
                 return {}
         if subscription is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(subscription.queue.put(None), LOG_PUT_TIMEOUT)
+                async with asyncio.timeout(LOG_PUT_TIMEOUT):
+                    await subscription.queue.put(None)
         return {}
 
     # ------------------------------------------------------------ log routing

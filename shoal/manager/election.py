@@ -191,7 +191,8 @@ class LeaseElection(Election):
         if lease:
             with contextlib.suppress(StoreError, NotFoundError, TimeoutError):
                 # Hand over at once instead of making the others wait for the ttl.
-                await asyncio.wait_for(self.store.revoke(lease), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.store.revoke(lease)
 
     # ----------------------------------------------------------------- fence
 
@@ -269,7 +270,8 @@ class LeaseElection(Election):
             self._fence = []
             if not self._closed:
                 try:
-                    await asyncio.wait_for(self.store.revoke(lease), self.ttl)
+                    async with asyncio.timeout(self.ttl):
+                        await self.store.revoke(lease)
                 except (StoreError, TimeoutError):
                     self._stale_leases.append(lease)
 
@@ -322,7 +324,8 @@ class LeaseElection(Election):
                 continue
             sent = time.monotonic()
             try:
-                await asyncio.wait_for(self.store.keepalive(lease), self._deadline - sent)
+                async with asyncio.timeout(self._deadline - sent):
+                    await self.store.keepalive(lease)
             except NotFoundError:
                 self._lose("the lease expired")
                 return
@@ -335,7 +338,8 @@ class LeaseElection(Election):
     async def _diagnose(self, what: str) -> str:
         """``what`` happened; say why, as far as asking each store endpoint tells."""
         try:
-            health = await asyncio.wait_for(self.store.health(), 3.0)
+            async with asyncio.timeout(3.0):
+                health = await self.store.health()
         except (StoreError, TimeoutError):
             return f"{what}; the store does not answer"
         reachable = [h for h in health if not h.detail.startswith("unreachable")]

@@ -262,7 +262,8 @@ class ServiceLogs:
                 if held is not None:
                     wait = min(wait, HISTORY_QUIET, max(0.0, hold_until - loop.time()))
                 try:
-                    item = await asyncio.wait_for(merged.get(), wait)
+                    async with asyncio.timeout(wait):
+                        item = await merged.get()
                 except TimeoutError:
                     item = False  # time to look for new tasks, or to let the history go
                 if isinstance(item, dict):

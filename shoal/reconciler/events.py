@@ -435,7 +435,8 @@ class EventRecorder:
                 await task
         if self.store is not None and self._pending:
             with contextlib.suppress(StoreError, OSError):
-                await asyncio.wait_for(self.flush(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.flush()
         for queue in list(self._watchers):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
@@ -491,7 +492,8 @@ class EventRecorder:
     async def _flusher(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval)
+                async with asyncio.timeout(self.settings.flush_interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()

@@ -178,7 +178,8 @@ class SourceFetcher:
         except OSError as exc:
             raise SourceError(f"cannot run git: {exc.strerror or exc}") from exc
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.git_timeout)
+            async with asyncio.timeout(self.git_timeout):
+                out, err = await proc.communicate()
         except TimeoutError as exc:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

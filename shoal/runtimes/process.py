@@ -190,7 +190,8 @@ class _ExitSignal:
     async def wait(self, timeout: float) -> None:
         """Until the process has exited, or ``timeout`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._exited.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._exited.wait()
 
     def close(self) -> None:
         self._loop.remove_reader(self._fd)

@@ -126,7 +126,8 @@ class SimRuntime(Runtime):
             task.changed.clear()
             try:
                 timeout = None if at is None else max(0.0, at - now)
-                await asyncio.wait_for(task.changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await task.changed.wait()
             except TimeoutError:
                 pass
 

@@ -328,3 +328,19 @@ def test_without_a_store_events_stay_bounded_in_memory() -> None:
     clock.advance(61)
     log.record("service/s5", "Created", "created")
     assert [e.object for e in log.events()] == ["service/s5"]
+
+
+async def test_closing_as_the_flusher_wakes_ends_it(store: MemoryStore) -> None:
+    # Python 3.11's wait_for swallows a cancel that comes as its awaitable finishes:
+    # a flusher woken by a record at the moment the manager closed its log went
+    # back to sleep for flush_interval, and closing waited for it.
+    clock = ManualClock()
+    for yields in range(4):
+        log = await open_log(store, clock, flush_batch=1)
+        await asyncio.sleep(0)  # the flusher is waiting for its wake-up
+        log.record(f"service/s{yields}", "Created", "created")  # wakes it
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        closing = asyncio.create_task(log.aclose())
+        done, _ = await asyncio.wait({closing}, timeout=5)
+        assert closing in done, f"closing waited for the flusher ({yields} yields)"
