@@ -33,6 +33,8 @@ from shoal.compose.models import (
     ComposeService,
     Deploy,
     FileRef,
+    TopConfig,
+    TopSecret,
     UpdateKeys,
     XShoal,
     parse_bytes,
@@ -108,37 +110,41 @@ class Converter:
         path = Path(os.path.expanduser(text))
         return path if path.is_absolute() else self.project_dir / path
 
-    def _secrets(self) -> dict[str, str]:
+    def _declared(
+        self, kind: str, tops: Mapping[str, TopSecret], external: list[str]
+    ) -> tuple[dict[str, str], list[tuple[str, Where, TopSecret, bytes]]]:
+        """The names of the stack's top-level ``kind``s (secrets or configs), by key,
+        and the ones it creates: name, where declared, declaration, bytes.
+
+        External ones go to ``external``; bad names and contents are problems.
+        """
         names: dict[str, str] = {}
-        for key, top in self.compose.secrets.items():
-            where: Where = ("secrets", key)
+        created = []
+        for key, top in tops.items():
+            where: Where = (f"{kind}s", key)
             name = top.name or (key if top.external else f"{self.stack}_{key}")
             names[key] = name
-            if not self._valid_name(where, name, "secret"):
+            if not self._valid_name(where, name, kind):
                 continue
             if top.external:
-                self.out.external_secrets.append(name)
+                external.append(name)
                 continue
-            data = self._content(where, top.file, top.environment, None, "secret")
+            content = top.content if isinstance(top, TopConfig) else None
+            data = self._content(where, top.file, top.environment, content, kind)
             if data is not None:
-                origin = f"file {top.file}" if top.file else f"environment {top.environment}"
-                self.out.secrets.append(SecretFile(name, data, origin))
+                created.append((name, where, top, data))
+        return names, created
+
+    def _secrets(self) -> dict[str, str]:
+        names, created = self._declared("secret", self.compose.secrets, self.out.external_secrets)
+        for name, _, top, data in created:
+            origin = f"file {top.file}" if top.file else f"environment {top.environment}"
+            self.out.secrets.append(SecretFile(name, data, origin))
         return names
 
     def _configs(self) -> dict[str, str]:
-        names: dict[str, str] = {}
-        for key, top in self.compose.configs.items():
-            where: Where = ("configs", key)
-            name = top.name or (key if top.external else f"{self.stack}_{key}")
-            names[key] = name
-            if not self._valid_name(where, name, "config"):
-                continue
-            if top.external:
-                self.out.external_configs.append(name)
-                continue
-            data = self._content(where, top.file, top.environment, top.content, "config")
-            if data is None:
-                continue
+        names, created = self._declared("config", self.compose.configs, self.out.external_configs)
+        for name, where, _, data in created:
             try:
                 text = data.decode()
             except UnicodeDecodeError:

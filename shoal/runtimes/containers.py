@@ -51,9 +51,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests.exceptions
 import structlog
 
-from shoal.errors import RuntimeBackendError, TaskRejectedError
+from shoal.errors import RuntimeBackendError, RuntimeUnavailableError, TaskRejectedError
 from shoal.logtimes import split_stamp
 from shoal.models import RuntimeInfo, TaskTemplate
 from shoal.models.container import Device, Mount, PortMapping
@@ -95,6 +96,29 @@ _OOM_SETTLE = 0.5
 _FRESH = 1.0
 # A container younger than this when stopped gets its stop signal a second time.
 _SETTLE = 1.0
+
+
+@contextlib.contextmanager
+def engine_errors(
+    description: str,
+    what: str,
+    api_error: type[Exception],
+    sdk_error: type[Exception],
+    explain: Callable[[BaseException], str],
+) -> Iterator[None]:
+    """An engine SDK's errors → shoal's: unreachable, or ``what`` failed and why.
+
+    ``api_error`` is the SDK's answer-from-the-engine error (``explain`` reads
+    the engine's message out of it), ``sdk_error`` the base of all its others.
+    """
+    try:
+        yield
+    except requests.exceptions.ConnectionError as exc:
+        raise RuntimeUnavailableError(f"cannot reach {description}: {exc}") from exc
+    except api_error as exc:
+        raise RuntimeBackendError(f"{what}: {explain(exc)}") from exc
+    except (sdk_error, requests.exceptions.RequestException) as exc:
+        raise RuntimeBackendError(f"{what}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ from typing import Any
 import docker
 import docker.errors
 import docker.types
-import requests.exceptions
 
 from shoal.errors import RuntimeBackendError, RuntimeUnavailableError, TaskRejectedError
 from shoal.runtimes.base import ExecResult
@@ -26,6 +25,7 @@ from shoal.runtimes.containers import (
     ContainerRuntime,
     ContainerState,
     Engine,
+    engine_errors,
     start_rejection,
     state_from_attrs,
 )
@@ -38,17 +38,11 @@ def _explain(exc: BaseException) -> str:
     return str(explanation or exc).strip()
 
 
-@contextlib.contextmanager
-def _mapped(engine: DockerEngine, what: str) -> Iterator[None]:
+def _mapped(engine: DockerEngine, what: str) -> contextlib.AbstractContextManager[None]:
     """Docker SDK and connection errors → shoal's errors."""
-    try:
-        yield
-    except requests.exceptions.ConnectionError as exc:
-        raise RuntimeUnavailableError(f"cannot reach {engine.description}: {exc}") from exc
-    except docker.errors.APIError as exc:
-        raise RuntimeBackendError(f"{what}: {_explain(exc)}") from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise RuntimeBackendError(f"{what}: {exc}") from exc
+    return engine_errors(
+        engine.description, what, docker.errors.APIError, docker.errors.DockerException, _explain
+    )
 
 
 class DockerEngine(Engine):

@@ -35,7 +35,6 @@ from typing import Any
 import podman
 import podman.api
 import podman.errors
-import requests.exceptions
 
 from shoal.errors import RuntimeBackendError, RuntimeUnavailableError, TaskRejectedError
 from shoal.runtimes.base import ExecResult
@@ -45,6 +44,7 @@ from shoal.runtimes.containers import (
     ContainerRuntime,
     ContainerState,
     Engine,
+    engine_errors,
     start_rejection,
     state_from_attrs,
 )
@@ -68,17 +68,11 @@ def _status(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
-@contextlib.contextmanager
-def _mapped(engine: PodmanEngine, what: str) -> Iterator[None]:
+def _mapped(engine: PodmanEngine, what: str) -> contextlib.AbstractContextManager[None]:
     """Podman SDK and connection errors → shoal's errors."""
-    try:
-        yield
-    except requests.exceptions.ConnectionError as exc:
-        raise RuntimeUnavailableError(f"cannot reach {engine.description}: {exc}") from exc
-    except podman.errors.APIError as exc:
-        raise RuntimeBackendError(f"{what}: {_explain(exc)}") from exc
-    except (podman.errors.PodmanError, requests.exceptions.RequestException) as exc:
-        raise RuntimeBackendError(f"{what}: {exc}") from exc
+    return engine_errors(
+        engine.description, what, podman.errors.APIError, podman.errors.PodmanError, _explain
+    )
 
 
 class PodmanEngine(Engine):
