@@ -84,15 +84,6 @@ def main() -> int:
             channel.close()
             total += sum(codes.values())
             print(f"{method:18} {sum(codes.values()):6} inputs  {dict(sorted(codes.items()))}")
-        channel = secure_channel(served.heartbeat, served.node)  # the heartbeat listener
-        codes, failed = fuzz_method(
-            channel, f"/{DISPATCHER_SERVICE}/Heartbeat", False, args.examples, args.seed
-        )
-        failures += failed
-        channel.close()
-        total += sum(codes.values())
-        listener = "Heartbeat@listener"
-        print(f"{listener:18} {sum(codes.values()):6} inputs  {dict(sorted(codes.items()))}")
     specs = collections.Counter[str]()
 
     @seed(args.seed)

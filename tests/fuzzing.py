@@ -115,7 +115,6 @@ class Served:
     admin: Any
     node: TlsIdentity
     node_name: str
-    heartbeat: str  # the heartbeat listener
     methods: dict[str, dict[str, bool]]  # service -> method -> is a stream
     web: str | None = None  # the HTTP listener (``serve_manager(http=True)``)
 
@@ -137,7 +136,6 @@ def serve_manager(root: Path, http: bool = False) -> Iterator[Served]:
         async with open_manager(settings) as manager:
             ready["web"] = manager.web.address
             ready["node"] = await manager.security.local_node("fuzz-node")
-            ready["heartbeat"] = manager.heartbeat_address
             ready["methods"] = {
                 service: {name: not isinstance(m, Unary) for name, m in methods.items()}
                 for service, methods in manager.served.items()
@@ -158,7 +156,6 @@ def serve_manager(root: Path, http: bool = False) -> Iterator[Served]:
             load_bundle(root / "admin.yaml"),
             ready["node"],
             "fuzz-node",
-            ready["heartbeat"],
             ready["methods"],
             ready["web"],
         )

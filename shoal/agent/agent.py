@@ -32,13 +32,12 @@ import contextlib
 import os
 import random
 import socket
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc.aio
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -49,7 +48,7 @@ from shoal.agent.ports import DEFAULT_RANGE, PortAllocator
 from shoal.agent.reporter import StatusReporter
 from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
 from shoal.agent.taskrunner import TaskRunner
-from shoal.api.transport import DISPATCHER_SERVICE, Client, Payload, open_channel
+from shoal.api.transport import DISPATCHER_SERVICE, Client, Duplex, Payload, open_channel
 from shoal.discovery.catalog import Catalog
 from shoal.errors import ApiError, AuthError, RuntimeBackendError
 from shoal.exposition import MetricsListener, serve_metrics
@@ -67,6 +66,9 @@ log = structlog.get_logger(__name__)
 # How often the agent re-checks its runtimes (engines may come and go).
 PROBE_PERIOD = 5.0
 HEARTBEAT_FAILURES = 3
+# Heartbeat periods without an answer after which a manager is taken for paused or
+# wedged and left (as long as HEARTBEAT_FAILURES calls that timed out once took).
+HEARTBEAT_PATIENCE = HEARTBEAT_FAILURES * 4
 # gRPC codes of a call that may well succeed if simply made again.
 TRANSIENT = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"})
 LOG_BATCH = 0.1
@@ -394,7 +396,6 @@ class Agent:
         channel = open_channel(address, self.identity)
         self.manager_address = address
         client = Client(channel, DISPATCHER_SERVICE)
-        beat_channel: grpc.aio.Channel | None = None
         helpers: list[asyncio.Task[Any]] = []
         # Set by any helper that ends (a failed call, changed runtimes): the
         # session is then over. One event per session, so a late callback of
@@ -406,7 +407,8 @@ class Agent:
                 "description": self.description().to_wire(),
                 "catalog": self.settings.catalog,
             }
-            stream = client.stream("Session", request)
+            stream = client.duplex("Session", request)
+            heard = _Heard(asyncio.get_running_loop().time(), 1.0)
             reconnect = asyncio.create_task(ended.wait())
             helpers.append(reconnect)
             opened = False
@@ -433,12 +435,14 @@ class Agent:
                     if not self.settings.advertise_address and message.get("advertiseAddress"):
                         self.advertise_address = str(message["advertiseAddress"])
                     period = float(message["heartbeatPeriod"])
-                    beats = client
-                    if message.get("heartbeatAddress"):  # the manager's heartbeat listener
-                        beat_channel = open_channel(str(message["heartbeatAddress"]), self.identity)
-                        beats = Client(beat_channel, DISPATCHER_SERVICE)
+                    heard.at, heard.period = asyncio.get_running_loop().time(), period
+                    beating = (
+                        self._stream_heartbeats(stream, heard)
+                        if message.get("streamHeartbeats")
+                        else self._heartbeat(client, session_id, period)  # an older manager
+                    )
                     for helper_job in (
-                        self._heartbeat(beats, client, session_id, period),
+                        beating,
                         self.reporter.run(client, session_id),
                         self._probe(),
                     ):
@@ -446,6 +450,10 @@ class Agent:
                         helper.add_done_callback(lambda _: ended.set())
                         helpers.append(helper)
                     log.info("agent.connected", manager=address, session=session_id)
+                elif kind == "heartbeat":
+                    heard.at = asyncio.get_running_loop().time()
+                    heard.period = float(message.get("heartbeatPeriod", heard.period))
+                    self._learn(message.get("managers", []))
                 elif kind == "assignments":
                     await self._assign(message)
                     self.connected.set()
@@ -466,8 +474,6 @@ class Agent:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await channel.close()
-            if beat_channel is not None:
-                await beat_channel.close()
         if not opened:
             raise ApiError(
                 "UNAVAILABLE", f"no session within {SESSION_OPEN_TIMEOUT:.0f}s (manager paused?)"
@@ -490,14 +496,34 @@ class Agent:
             known = [*managers, *self.managers, *self.settings.managers]
             self.managers = list(dict.fromkeys(str(m) for m in known))[:KNOWN_MANAGERS]
 
-    async def _heartbeat(
-        self, client: Client, fallback: Client, session_id: str, period: float
-    ) -> None:
-        """Heartbeat until the session is refused or heartbeats keep failing.
+    async def _stream_heartbeats(self, stream: Duplex, heard: _Heard) -> None:
+        """Heartbeat on the session stream until the manager stops answering them.
 
-        Heartbeats go to the manager's heartbeat listener (``client``); one
-        that cannot reach it (``UNAVAILABLE``) is sent on the session's own
-        channel (``fallback``) instead.
+        Each heartbeat is answered on the stream (``heard``). A slow answer is not
+        a dead manager, and re-registering is far more expensive for a busy one
+        than a late heartbeat, so the session is given up only after
+        ``HEARTBEAT_PATIENCE`` periods without any answer (a manager paused or
+        wedged), or when the stream itself ends (the manager refused the session
+        or went away).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(heard.period)
+            left = heard.at + HEARTBEAT_PATIENCE * heard.period - loop.time()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(stream.send({"type": "heartbeat"}), left)
+            except TimeoutError:
+                log.warning(
+                    "agent.heartbeats_unanswered",
+                    seconds=round(loop.time() - heard.at, 1),
+                )
+                return
+
+    async def _heartbeat(self, client: Client, session_id: str, period: float) -> None:
+        """Heartbeat calls (to a manager older than heartbeats on the session stream) until
+        the session is refused or heartbeats keep failing.
 
         A slow answer is not a dead manager: a heartbeat may take up to the
         node's grace to arrive and still be in time, and one that timed out is
@@ -511,12 +537,7 @@ class Agent:
         while True:
             await asyncio.sleep(period)
             try:
-                try:
-                    reply = await client.call("Heartbeat", request, timeout=3 * period)
-                except ApiError as exc:
-                    if exc.code != "UNAVAILABLE" or client is fallback:
-                        raise
-                    reply = await fallback.call("Heartbeat", request, timeout=3 * period)
+                reply = await client.call("Heartbeat", request, timeout=3 * period)
             except ApiError as exc:
                 failures += 1
                 log.warning("agent.heartbeat_failed", error=exc.message, in_a_row=failures)
@@ -723,7 +744,15 @@ async def _log_batches(
             task.cancel()
 
 
-async def _until(stream: AsyncIterator[Payload], stop: asyncio.Task[Any]) -> AsyncIterator[Payload]:
+@dataclass(slots=True)
+class _Heard:
+    """When the manager last answered a heartbeat (loop time), and the period it wants."""
+
+    at: float
+    period: float
+
+
+async def _until(stream: AsyncIterable[Payload], stop: asyncio.Task[Any]) -> AsyncIterator[Payload]:
     """Items of ``stream`` until ``stop`` finishes."""
     iterator = stream.__aiter__()
     while True:

@@ -12,6 +12,7 @@ code name) on the client.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -82,7 +83,13 @@ class Unary:
 
 @dataclass(frozen=True)
 class ServerStream:
+    """A stream of answers to one request. ``duplex``: the client may go on sending
+    messages after its first one (the agent's heartbeats on its session); the
+    handler reads them with ``read_more(context)``. A client that sends one
+    message and half-closes (an older agent) is served the same way."""
+
     handler: StreamHandler
+    duplex: bool = False
 
 
 @dataclass(frozen=True)
@@ -249,8 +256,24 @@ def _wrap(name: str, method: Method) -> grpc.RpcMethodHandler:
             finally:
                 _PEERS.leave(peer)
 
-        return grpc.unary_stream_rpc_method_handler(
-            stream_call, request_deserializer=decode_request, response_serializer=encode
+        if not method.duplex:
+            return grpc.unary_stream_rpc_method_handler(
+                stream_call, request_deserializer=decode_request, response_serializer=encode
+            )
+
+        async def duplex_call(
+            requests: AsyncIterator[Payload], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Payload]:
+            first = await context.read()
+            if first is grpc.aio.EOF:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "request: the stream sent no first message"
+                )
+            async for item in stream_call(first, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(
+            duplex_call, request_deserializer=decode_request, response_serializer=encode
         )
     client_streaming = method.handler
 
@@ -278,6 +301,16 @@ def _wrap(name: str, method: Method) -> grpc.RpcMethodHandler:
     return grpc.stream_unary_rpc_method_handler(
         client_stream_call, request_deserializer=decode_request, response_serializer=encode
     )
+
+
+async def read_more(context: grpc.aio.ServicerContext) -> AsyncIterator[Payload]:
+    """The messages a client sends after its first one on a ``duplex`` stream, until it
+    half-closes (one refused while decoding comes as a ``Rejected``)."""
+    while True:
+        message = await context.read()
+        if message is grpc.aio.EOF:
+            return
+        yield message
 
 
 def service_handler(service: str, methods: Mapping[str, Method]) -> grpc.GenericRpcHandler:
@@ -328,6 +361,13 @@ class Client:
         finally:
             call.cancel()
 
+    def duplex(self, method: str, request: Payload) -> Duplex:
+        """A ``duplex`` stream opened with ``request``; more go out with ``send``."""
+        stub = self.channel.stream_stream(
+            self._path(method), request_serializer=encode, response_deserializer=decode
+        )
+        return Duplex(stub(), request)
+
     async def client_stream(
         self, method: str, requests: AsyncIterator[Payload], timeout: float | None = None
     ) -> Payload:
@@ -338,6 +378,35 @@ class Client:
             return await stub(requests, timeout=timeout)  # type: ignore[no-any-return]
         except grpc.aio.AioRpcError as exc:
             raise map_rpc_error(exc) from exc
+
+
+class Duplex:
+    """The client's end of a ``duplex`` stream: iterate it for the answers; ``send`` more
+    messages (one at a time: gRPC allows one write in flight per call)."""
+
+    def __init__(self, call: Any, first: Payload) -> None:
+        self._call = call
+        self._first = first
+        self._writing = asyncio.Lock()
+
+    async def send(self, message: Payload) -> None:
+        async with self._writing:
+            try:
+                await self._call.write(message)
+            except grpc.aio.AioRpcError as exc:
+                raise map_rpc_error(exc) from exc
+            except asyncio.InvalidStateError as exc:  # the call is over
+                raise ApiError("CANCELLED", "the stream has ended") from exc
+
+    async def __aiter__(self) -> AsyncIterator[Payload]:
+        try:
+            await self.send(self._first)
+            async for item in self._call:
+                yield item
+        except grpc.aio.AioRpcError as exc:
+            raise map_rpc_error(exc) from exc
+        finally:
+            self._call.cancel()
 
 
 class TlsCredentials(Protocol):

@@ -266,8 +266,7 @@ def configure_manager(manager: argparse.ArgumentParser) -> None:
         "--heartbeat-listen",
         default=None,
         metavar="HOST:PORT",
-        help="where agents' heartbeats are heard, on threads of their own (default: the "
-        "--listen host, any free port; agents learn it in their session)",
+        help=argparse.SUPPRESS,  # ignored: heartbeats travel on the agents' sessions now
     )
     manager.add_argument(
         "--disruption-threshold",
@@ -460,10 +459,15 @@ async def _manager(args: argparse.Namespace) -> int:
         join_listen=args.join_listen,
         cert_expiry=args.cert_expiry,
         disruption_threshold=args.disruption_threshold,
-        heartbeat_listen=args.heartbeat_listen,
         events=EventSettings(limit=args.event_limit, ttl=args.event_ttl),
         http_listen=_http_listen(args.http_listen, args.listen, default_on=False),
     )
+    if args.heartbeat_listen:
+        print(
+            "shoal manager: --heartbeat-listen is ignored: agents send their heartbeats on "
+            "their session's connection",
+            file=sys.stderr,
+        )
     async with open_manager(settings) as manager:
         web = f", web UI on {manager.web.url}" if manager.web.url else ""
         print(

@@ -21,6 +21,7 @@ shed: they are how a manager keeps knowing its nodes are alive.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +101,7 @@ class Admission:
                 if not registered:
                     self.registering -= 1
 
-        gated["Session"] = ServerStream(admitted)
+        gated["Session"] = dataclasses.replace(session, handler=admitted)
         return gated
 
 

@@ -4,7 +4,7 @@ An agent opens one ``Session`` stream. Its first request registers the node
 (the caller's node certificate must name it, node description written, node ``ready``); the stream
 then carries, in order:
 
-1. ``{"type": "session", "sessionId", "heartbeatPeriod"}``;
+1. ``{"type": "session", "sessionId", "heartbeatPeriod", "streamHeartbeats": true}``;
 2. ``{"type": "assignments", "full": true, "tasks": [...]}``: every task the
    scheduler assigned to this node, history included (the agent stops and
    removes what it runs but is not in this set); a global task whose node is
@@ -17,7 +17,18 @@ then carries, in order:
    ``{"type": "exec", "execId", "taskId", "command"}`` when somebody runs
    ``shoal exec`` (``{"type": "exec-cancel", "execId"}`` when they go away).
 
-Heartbeats (``Heartbeat``) only touch memory. Status comes back in batches
+The session is a duplex stream: after registering, the agent sends
+``{"type": "heartbeat"}`` on it every heartbeat period, and each is answered
+with ``{"type": "heartbeat", "heartbeatPeriod", "managers"}`` among the
+messages above (the agent's sign that this manager still hears it). So a node
+holds one connection to the manager, not one for its session and another for
+its heartbeats (each mutual-TLS connection costs the manager about 95 KB).
+Heartbeats are read on the event loop, which no reconcile holds for more than
+about 10 ms at a time (``shoal.reconciler.pacing``); a stall of the loop or of
+the whole process is measured by the node monitor's awake clock and never
+counted as the nodes' silence. Agents older than this send ``Heartbeat``
+calls instead (same answers) and half-close the stream after registering.
+Heartbeats only touch memory. Status comes back in batches
 through ``UpdateTaskStatus``, and the ``StatusWriter`` merges the batches of
 all agents into shared transactions; a report is applied only if it moves the
 task's state forward, so late or repeated reports are harmless. Log lines come back
@@ -40,7 +51,15 @@ from datetime import UTC, datetime
 import grpc.aio
 import structlog
 
-from shoal.api.transport import ClientStream, Method, Payload, ServerStream, Unary
+from shoal.api.transport import (
+    ClientStream,
+    Method,
+    Payload,
+    Rejected,
+    ServerStream,
+    Unary,
+    read_more,
+)
 from shoal.batching import Flusher
 from shoal.errors import AuthError, NodeUnavailableError, ShoalError
 from shoal.manager.endpoints import EndpointIndex, EndpointPush
@@ -193,7 +212,7 @@ class Dispatcher:
 
     def methods(self) -> dict[str, Method]:
         return {
-            "Session": ServerStream(self.session),
+            "Session": ServerStream(self.session, duplex=True),
             "Heartbeat": Unary(self.heartbeat),
             "UpdateTaskStatus": Unary(self.update_task_status),
             "PublishLogs": ClientStream(self.publish_logs),
@@ -239,13 +258,16 @@ class Dispatcher:
         self.sessions[node_id] = session
         self.heartbeats.registered(node_id)
         log.info("agent.session", node=node_id, session=session.id, peer=context.peer())
+        reader: asyncio.Task[None] | None = None
         try:
             yield {
                 "type": "session",
                 "sessionId": session.id,
                 "heartbeatPeriod": self.heartbeat_period,
                 "advertiseAddress": address,
+                "streamHeartbeats": True,  # send them on this stream, not as calls
             }
+            reader = asyncio.create_task(self._read(session, context), name=f"session-{node_id}")
             tasks = [e.obj for e in self.informer.tasks_on_node(node_id) if _placed(e.obj)]
             session.sent = {t.id: _fingerprint(t) for t in tasks}
             full: Payload = {
@@ -271,10 +293,36 @@ class Dispatcher:
                 yield message
         finally:
             session.closed = True
+            if reader is not None:
+                reader.cancel()
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
             self._end_execs_on(node_id)
             log.info("agent.session_ended", node=node_id, session=session.id)
+
+    async def _read(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
+        """What the agent sends on its session after registering: heartbeats, each answered
+        on the stream (the agent's sign that this manager still hears it)."""
+        async for message in read_more(context):
+            if isinstance(message, Rejected) or message.get("type") != "heartbeat":
+                if isinstance(message, Rejected):
+                    log.warning("agent.session_message_refused", node=session.node_id)
+                    session.close()
+                    return
+                continue  # a kind a newer agent sends: not ours to judge
+            if not self._beat(session):
+                return
+            session.send({"type": "heartbeat", "heartbeatPeriod": self.heartbeat_period})
+
+    def _beat(self, session: AgentSession) -> bool:
+        """Record a heartbeat of ``session``; False (and the session closed) if its node was
+        marked down meanwhile or the session is over: the agent must register again."""
+        entry = self.informer.nodes.get(session.node_id)
+        if session.closed or entry is None or entry.obj.status.state != NodeState.READY:
+            session.close()
+            return False
+        self.heartbeats.beat(session.node_id)
+        return True
 
     def _incremental(self, session: AgentSession) -> Payload | None:
         changed: list[Task] = []
@@ -333,12 +381,10 @@ class Dispatcher:
         return session
 
     async def heartbeat(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
+        """A heartbeat as a call of its own (agents older than heartbeats on the session)."""
         session = self._session_for(request)
-        entry = self.informer.nodes.get(session.node_id)
-        if entry is None or entry.obj.status.state != NodeState.READY:
-            session.close()
+        if not self._beat(session):
             raise SessionError(f"node {session.node_id} was marked down; register again")
-        self.heartbeats.beat(session.node_id)
         return {"heartbeatPeriod": self.heartbeat_period}
 
     async def update_task_status(

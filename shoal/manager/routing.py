@@ -13,13 +13,14 @@ instead of bouncing a call between them.
 Agents keep their sessions with the leader only (its node monitor needs their
 heartbeats). A follower answers ``Session`` with one ``redirect`` message
 naming the leader (or none, during an election) and the managers; the leader's
-first ``session`` message and every heartbeat reply carry the manager list too,
+first ``session`` message and every heartbeat answer carry the manager list too,
 so an agent that was given one address learns the others, and keeps learning
 them for as long as its session lasts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -83,13 +84,11 @@ class Router:
         store: Store,
         identity: Callable[[], TlsCredentials],
         conditions: Callable[[], list[dict[str, Any]]] = list,
-        heartbeat_address: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.election = election
         self.store = store
         self.identity = identity  # this manager's certificate: forwarding wants one
         self.conditions = conditions
-        self.heartbeat_address = heartbeat_address
         self._channels: dict[str, tuple[grpc.aio.Channel, TlsCredentials]] = {}
 
     async def aclose(self) -> None:
@@ -232,14 +231,11 @@ class Router:
                 }
                 return
             async for message in session.handler(request, context):
-                if message.get("type") == "session":
+                if message.get("type") in ("session", "heartbeat"):
                     message = {**message, "managers": self.manager_addresses()}
-                    heartbeats = self.heartbeat_address()
-                    if heartbeats:  # heartbeats go to a listener of their own
-                        message["heartbeatAddress"] = heartbeats
                 yield message
 
-        routed["Session"] = ServerStream(gated)
+        routed["Session"] = dataclasses.replace(session, handler=gated)
         heartbeat = methods["Heartbeat"]
         assert isinstance(heartbeat, Unary)
 

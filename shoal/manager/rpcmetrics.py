@@ -57,10 +57,6 @@ class RpcMetrics:
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         return _Interceptor(self)
 
-    def thread_interceptor(self) -> grpc.ServerInterceptor:
-        """For a synchronous server (the heartbeat listener's threads): unary calls."""
-        return _ThreadInterceptor(self)
-
     def labels_of(self, full_method: str) -> tuple[str, str]:
         """``/shoal.v1.Control/Apply`` → ``("shoal.v1.Control", "Apply")``."""
         service, _, method = full_method.lstrip("/").partition("/")
@@ -146,34 +142,3 @@ def _streaming(
             metrics.done(labels, _code(context, error), began)
 
     return call
-
-
-class _ThreadInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, metrics: RpcMetrics) -> None:
-        self.metrics = metrics
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        labels = self.metrics.labels_of(str(details.method))
-        metrics = self.metrics
-        behaviour = handler.unary_unary
-
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            metrics.started.labels(*labels).inc()
-            began = time.monotonic()
-            error: BaseException | None = None
-            try:
-                return behaviour(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                metrics.done(labels, _code(context, error), began)
-
-        return handler._replace(unary_unary=call)

@@ -47,7 +47,6 @@ from shoal.manager.control import Control
 from shoal.manager.discovery import SD_PATH, discovery_route
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.election import Election, LeaseElection, SoleElection, manager_info
-from shoal.manager.heartbeats import HeartbeatListener
 from shoal.manager.metrics import ClusterCollector, ElectionCollector
 from shoal.manager.routing import Router
 from shoal.manager.rpcmetrics import RpcMetrics
@@ -110,9 +109,6 @@ class ManagerSettings:
     join_listen: str | None = None
     # Node and user certificates' validity (renewed at 50-80 % of it).
     cert_expiry: float = 90 * 24 * 3600.0
-    # Where heartbeats are heard, on threads of their own (default: the --listen
-    # host, any free port; agents learn it in their session).
-    heartbeat_listen: str | None = None
     # More than this share of the nodes silent at once: the node monitor orphans
     # nothing (shoal.reconciler.nodemonitor); 1.0 turns the guard off.
     disruption_threshold: float = 0.55
@@ -257,20 +253,18 @@ class Manager:
             runtimes,
             secret_store=self.secret_store,
         )
-        self.heartbeat_address: str | None = None
         self.web = WebUi()
         router = Router(
             self.election,
             store,
             lambda: self.security.identity,
             self.conditions,
-            lambda: self.heartbeat_address,
         )
         self._stack.push_async_callback(router.aclose)
         security = self.security
         # gRPC sets SO_REUSEPORT by default, and then a second manager on a port
         # already taken starts "fine" and the kernel splits the clients between them.
-        rpc_metrics = RpcMetrics(self.registry)  # the main listener's and the heartbeats'
+        rpc_metrics = RpcMetrics(self.registry)
         server = grpc.aio.server(
             options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)],
             interceptors=[rpc_metrics.interceptor()],
@@ -321,20 +315,6 @@ class Manager:
         await server.start()
         self._stack.push_async_callback(server.stop, 1.0)
         self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-        listener = HeartbeatListener(
-            self.dispatcher,
-            router.manager_addresses,
-            security.server_credentials(),
-            lambda request, context: security.authorizer.node_caller(
-                DISPATCHER_SERVICE, "Heartbeat", request, context
-            ),
-            interceptors=[rpc_metrics.thread_interceptor()],
-        )
-        any_port = f"[{host}]:0" if ":" in host else f"{host}:0"
-        heartbeat_port = listener.start(settings.heartbeat_listen or any_port)
-        self._stack.callback(listener.stop)
-        advertised_host, _ = split_host_port(settings.advertise or self.address)
-        self.heartbeat_address = f"{advertised_host}:{heartbeat_port}"
         metrics_address = self._serve_metrics()
         if settings.http_listen:
             await self.web.start(

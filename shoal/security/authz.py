@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -268,7 +269,7 @@ def _guard(method: Method, check: Check) -> Method:
             async for item in streaming(request, context):
                 yield item
 
-        return ServerStream(stream_call)
+        return dataclasses.replace(method, handler=stream_call)
     client_streaming = method.handler
 
     async def client_stream_call(requests: AsyncIterator[Payload], context: Any) -> Payload:

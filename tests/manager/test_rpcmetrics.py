@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import grpc.aio
@@ -102,43 +101,3 @@ async def test_an_unknown_method_adds_no_label(
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     families = [f for f in registry.collect() if f.name == "shoal_grpc_server_handled"]
     assert [s.labels["grpc_method"] for f in families for s in f.samples] == []
-
-
-def test_a_thread_server_is_counted_too() -> None:
-    """The heartbeat listener is a synchronous server on threads of its own."""
-
-    def beat(request: Payload, context: grpc.ServicerContext) -> Payload:
-        if request.get("sessionId") != "s1":
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no such session")
-        return {"ok": True}
-
-    registry = CollectorRegistry()
-    server = grpc.server(
-        ThreadPoolExecutor(2), interceptors=[RpcMetrics(registry).thread_interceptor()]
-    )
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                SERVICE,
-                {
-                    "Heartbeat": grpc.unary_unary_rpc_method_handler(
-                        beat, request_deserializer=decode, response_serializer=encode
-                    )
-                },
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary(
-                f"/{SERVICE}/Heartbeat", request_serializer=encode, response_deserializer=decode
-            )
-            assert call({"sessionId": "s1"}) == {"ok": True}
-            with pytest.raises(grpc.RpcError):
-                call({"sessionId": "old"})
-    finally:
-        server.stop(0)
-    assert handled(registry, "Heartbeat", "OK") == 1.0
-    assert handled(registry, "Heartbeat", "FAILED_PRECONDITION") == 1.0

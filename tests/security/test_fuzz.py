@@ -102,21 +102,6 @@ def test_dispatcher_answers_every_payload_definitely(served: Served, method: str
         channel.close()
 
 
-def test_the_heartbeat_listener_answers_every_payload_definitely(served: Served) -> None:
-    channel = secure_channel(served.heartbeat, served.node)
-
-    @BOUNDED
-    @given(RAW)
-    def check(body: bytes) -> None:
-        code = call_raw(channel, f"/{DISPATCHER_SERVICE}/Heartbeat", body)
-        assert code not in NEVER, body
-
-    try:
-        check()
-    finally:
-        channel.close()
-
-
 @pytest.mark.parametrize(
     ("service", "method", "as_node"),
     [
