@@ -162,6 +162,13 @@ def peer_host(peer: str) -> str:
     return rest.rpartition(":")[0].removeprefix("[").removesuffix("]")
 
 
+def _reader_ended(session: AgentSession, job: asyncio.Task[None]) -> None:
+    """A session whose messages can no longer be read is over (the agent registers again)."""
+    if not job.cancelled() and job.exception() is not None:
+        log.error("agent.session_read_failed", node=session.node_id, error=repr(job.exception()))
+        session.close()
+
+
 def _placed(task: Task) -> bool:
     """Whether the scheduler has given the task to its node (a global task has its
     node from birth, but is the agent's only once it is ``assigned``)."""
@@ -268,6 +275,7 @@ class Dispatcher:
                 "streamHeartbeats": True,  # send them on this stream, not as calls
             }
             reader = asyncio.create_task(self._read(session, context), name=f"session-{node_id}")
+            reader.add_done_callback(lambda job: _reader_ended(session, job))
             tasks = [e.obj for e in self.informer.tasks_on_node(node_id) if _placed(e.obj)]
             session.sent = {t.id: _fingerprint(t) for t in tasks}
             full: Payload = {

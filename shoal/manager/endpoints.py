@@ -12,8 +12,9 @@ of a few comparisons per task change; the ``Endpoint`` objects and their wire
 form are built only when somebody asks (a session opens, a flush sends the
 changed services, a client lists them), once per task and cached until that
 task's endpoint changes. A service's wire list is built once per change and
-shared by every message that carries it, so sending one change to a thousand
-agents encodes it once.
+shared by every message that carries it, and a message of changes is encoded
+to JSON once (``shoal.api.transport.Encoded``), so sending one change to a
+thousand agents encodes it once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from shoal.api.transport import Encoded
 from shoal.batching import Flusher
 from shoal.discovery.catalog import Endpoint, EndpointPort
 from shoal.models import DesiredState, Node, NodeState, Service, Task, TaskState
@@ -273,9 +275,10 @@ class EndpointPush:
         sessions = [s for s in self._recipients() if s.catalog_ready and not s.closed]
         if not sessions:
             return  # whoever opens a session later gets the full catalog
-        message = self.index.changes_message(names)
-        if message is None:
+        changes = self.index.changes_message(names)
+        if changes is None:
             return
+        message = Encoded(changes)  # one encoding for every session
         pace = Pacer()
         for session in sessions:
             session.send(message)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc.aio
 import pytest
 
 from shoal.manager.dispatcher import Dispatcher
-from shoal.models import DesiredState, Task, TaskState, TaskStatus
+from shoal.models import DesiredState, NodeState, Task, TaskState, TaskStatus
 from shoal.reconciler.nodemonitor import HeartbeatTracker
 from shoal.store.typed import TASKS, Change
 from tests.reconciler.world import World, node, open_world, service
@@ -24,16 +25,25 @@ pytestmark = pytest.mark.looptime
 
 
 class Peer:
-    """What the handler asks of a gRPC context."""
+    """What the handler asks of a gRPC context: the peer, and what the agent sends after
+    its first message (``sent``; ``None`` half-closes)."""
+
+    def __init__(self) -> None:
+        self.sent: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:50000"
+
+    async def read(self) -> object:
+        message = await self.sent.get()
+        return grpc.aio.EOF if message is None else message
 
 
 @dataclass
 class Session:
     messages: asyncio.Queue[dict[str, Any]]
     pump: asyncio.Task[None]
+    context: Peer
 
     async def next(self) -> dict[str, Any]:
         return await asyncio.wait_for(self.messages.get(), 5)
@@ -62,14 +72,15 @@ async def open_session(dispatcher: Dispatcher, node_id: str, catalog: bool = Fal
         "description": node(node_id).description.to_wire(),
         "catalog": catalog,
     }
-    stream = dispatcher.session(request, Peer())  # type: ignore[arg-type]
+    context = Peer()
+    stream = dispatcher.session(request, context)  # type: ignore[arg-type]
     messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     async def pump() -> None:
         async for message in stream:
             messages.put_nowait(message)
 
-    session = Session(messages, asyncio.create_task(pump()))
+    session = Session(messages, asyncio.create_task(pump()), context)
     assert (await session.next())["type"] == "session"
     return session
 
@@ -202,3 +213,41 @@ async def test_secret_bytes_go_only_to_the_node_of_a_task_about_to_start(world: 
     assert await second.quiet()  # the other node gets nothing
     first.pump.cancel()
     second.pump.cancel()
+
+
+async def test_heartbeats_on_the_session_are_heard_and_answered(world: World) -> None:
+    now = [0.0]
+    tracker = HeartbeatTracker(clock=lambda: now[0], probe_period=1e9)  # never stalled
+    dispatcher = Dispatcher(world.informer, tracker, world.events, 1.0)
+    session = await open_session(dispatcher, "n1")
+    assert (await session.next())["type"] == "assignments"
+    now[0] = 5.0
+    assert tracker.silent_for("n1") == 5.0
+    session.context.sent.put_nowait({"type": "heartbeat"})
+    assert await session.next() == {"type": "heartbeat", "heartbeatPeriod": 1.0}
+    assert tracker.silent_for("n1") == 0.0
+    session.context.sent.put_nowait({"type": "a kind of a newer agent"})  # ignored
+    now[0] = 6.0
+    session.context.sent.put_nowait({"type": "heartbeat"})
+    assert (await session.next())["type"] == "heartbeat"
+    assert tracker.silent_for("n1") == 0.0
+
+    # Marked down meanwhile (its heartbeats came too late): the session ends, and
+    # the agent must register again.
+    await world.put(node("n1", state=NodeState.DOWN))
+    session.context.sent.put_nowait({"type": "heartbeat"})
+    await asyncio.wait_for(session.pump, 5)
+    assert session.messages.empty()
+    assert "n1" not in dispatcher.sessions
+
+
+async def test_an_agent_that_half_closes_keeps_its_session(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    """An agent older than heartbeats on the session sends one message, then half-closes."""
+    session = await open_session(dispatcher, "n1")
+    assert (await session.next())["type"] == "assignments"
+    session.context.sent.put_nowait(None)
+    assert await session.quiet()
+    assert not session.pump.done() and "n1" in dispatcher.sessions
+    session.pump.cancel()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from shoal.api.transport import encode
 from shoal.discovery.catalog import Catalog
 from shoal.manager.dispatcher import Dispatcher, peer_host
 from shoal.models import TaskState, TaskStatus
@@ -63,6 +64,7 @@ async def test_one_message_per_change_is_shared_by_every_session(
             message = await session.next()
         seen.append(message)
     assert seen[0] is seen[1]  # built once, sent twice
+    assert encode(seen[0]) is encode(seen[1])  # and encoded once
     assert dispatcher.endpoint_push.messages == 2
     first.pump.cancel()
     second.pump.cancel()
