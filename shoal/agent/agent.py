@@ -513,7 +513,8 @@ class Agent:
             try:
                 if left <= 0:
                     raise TimeoutError
-                await asyncio.wait_for(stream.send({"type": "heartbeat"}), left)
+                async with asyncio.timeout(left):
+                    await stream.send({"type": "heartbeat"})
             except TimeoutError:
                 log.warning(
                     "agent.heartbeats_unanswered",
