@@ -19,7 +19,6 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import structlog
-import yaml
 
 from shoal.api.transport import SERVER_OPTIONS, Method, server_credentials, service_handler
 from shoal.errors import AuthError
@@ -34,7 +33,7 @@ from shoal.security.ca import (
     read_cert,
     renew_at,
 )
-from shoal.security.contexts import ADMIN_BUNDLE
+from shoal.security.contexts import ADMIN_BUNDLE, CredentialsError, dump_text, parse_text
 from shoal.security.credentials import TlsIdentity, write_private
 from shoal.security.datakey import DataKey
 from shoal.security.join import CERTIFICATES_SERVICE, JOIN_SERVICE, JoinService
@@ -153,16 +152,16 @@ class ManagerSecurity:
             bundle = self.identity_control.bundle(ADMIN_USER, ROLE_ADMIN)
             bundle["servers"] = servers
             bundle["name"] = "local"
-            write_private(path, yaml.safe_dump(bundle, sort_keys=False).encode())
+            write_private(path, dump_text(bundle))
         return path
 
     def _bundle_current(self, path: Path) -> bool:
         try:
-            bundle = yaml.safe_load(path.read_text())
+            bundle = parse_text(path.read_text(), str(path))
             if bundle.get("ca") != self.ca.cert_pem.decode():
                 return False
             info = read_cert(str(bundle["cert"]).encode())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, CredentialsError):
             return False
         if self.state.is_revoked("user", info.common_name, info.issued_at):
             return False

@@ -104,6 +104,19 @@ def test_client_verbs_load_grpc_but_no_daemon(tmp_path: Path, argv: list[str]) -
     assert offending(modules, (*DAEMON_MODULES, "pydantic", "shoal.models")) == []
 
 
+def test_reading_the_credentials_shoal_wrote_loads_no_yaml(tmp_path: Path) -> None:
+    # Every client command reads a bundle; PyYAML alone would cost it ~15 ms.
+    state = tmp_path / "state"
+    state.mkdir()
+    pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    bundle = {"name": "local", "servers": [], "ca": pem, "cert": pem, "key": pem}
+    (state / "admin.yaml").write_text(json.dumps(bundle, indent=2))  # as shoal writes it
+    returned, modules = loaded(tmp_path, "get", "services", "--server", "127.0.0.1:1")
+    assert returned == 1  # it read the bundle and went as far as the failed call
+    assert "grpc" in modules
+    assert offending(modules, ("yaml",)) == []
+
+
 def test_apply_loads_the_models_but_no_daemon(tmp_path: Path) -> None:
     spec = tmp_path / "web.yaml"
     spec.write_text(

@@ -35,6 +35,22 @@ def write_local(state: Path, servers: list[str], address: str | None = None) -> 
         (state / "manager.json").write_text(json.dumps({"address": address, "pid": os.getpid()}))
 
 
+def test_config_is_written_as_json_and_yaml_is_still_read(tmp_path: Path) -> None:
+    config = Config(tmp_path / "config.yaml")
+    config.contexts["prod"] = Context.from_bundle(bundle("prod", ["prod:7420"]), "prod")
+    config.current = "prod"
+    config.save()
+    written = json.loads(config.path.read_text())  # JSON, which is YAML too
+    assert yaml.safe_load(config.path.read_text()) == written
+    assert written["current"] == "prod"
+    # A file written by hand (or by an older shoal) in YAML is read as before.
+    config.path.write_text(yaml.safe_dump(written))
+    assert Config.load(config.path).contexts["prod"].servers == ["prod:7420"]
+    config.path.write_text("current: [unclosed\n")
+    with pytest.raises(CredentialsError, match="not YAML"):
+        Config.load(config.path)
+
+
 def test_no_credentials_says_what_to_do(tmp_path: Path) -> None:
     env = {"SHOAL_CONFIG": str(tmp_path / "none.yaml"), "XDG_STATE_HOME": str(tmp_path / "x")}
     with pytest.raises(CredentialsError, match="shoal up"):
