@@ -228,7 +228,8 @@ def user_env() -> dict[str, str]:
 
 
 def compare(address: str, replicas: int, rounds: int) -> list[tuple[float, float]]:
-    env = {**user_env(), "SHOAL_SERVER": address}
+    # The state dir of the benchmark's `shoal up` holds the admin bundle the CLI signs in with.
+    env = {**user_env(), "SHOAL_SERVER": address, "SHOAL_STATE_DIR": os.environ["SHOAL_STATE_DIR"]}
     pairs: list[tuple[float, float]] = []
     with open_supervisord() as (conf, include), tempfile.TemporaryDirectory() as specs:
         for index in range(rounds):
