@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import html
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ STATIC = Path(__file__).parent / "static"
 HISTORY = 200
 # A comment line this often keeps proxies from closing a quiet stream.
 PING = 15.0
+# An open stream checks this often that its session goes on (not signed out, its
+# user not removed); it also ends at the session's expiry.
+SESSION_CHECK = 1.0
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -181,14 +185,20 @@ class WebApi:
         another server on this host received reads nothing; actions check the token in
         ``_authorize``, which audits a refusal)."""
         session = self.sessions.open(request.cookies.get(COOKIE))
-        if self.revoked(session.caller):
-            raise SignInError(f"user {session.caller.name} was removed: its sessions are refused")
+        self.still_open(session)
         if request.method == "GET":
             try:
                 self.sessions.check_csrf(session, page_token(request))
             except AuthError as exc:  # 401: the page shows how to sign in
                 raise SignInError(f"{exc}; a page signed in by a `shoal ui` link has it") from exc
         return session
+
+    def still_open(self, session: Session) -> None:
+        """``SignInError`` once ``session`` has ended: it expired (its time, or its user's
+        certificate's), was signed out, or its user was removed."""
+        self.sessions.check(session)
+        if self.revoked(session.caller):
+            raise SignInError(f"user {session.caller.name} was removed: its sessions are refused")
 
     def _authorize(
         self, request: web.Request, session: Session, method: str, body: Payload
@@ -217,9 +227,11 @@ class WebApi:
     async def stream(
         self,
         request: web.Request,
+        session: Session,
         items: Callable[[], AsyncIterator[tuple[Payload, int | None]]],
     ) -> web.StreamResponse:
-        """Send ``items()`` (payload, SSE id) as server-sent events until the client goes."""
+        """Send ``items()`` (payload, SSE id) as server-sent events until the client goes,
+        or until ``session`` ends (then an ``event: failure`` saying why)."""
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -236,20 +248,46 @@ class WebApi:
                 await asyncio.sleep(PING)
                 await response.write(b": ping\n\n")
 
-        pinger = asyncio.create_task(ping())
-        try:
-            async for payload, event_id in items():
-                await response.write(_sse(payload, event_id))
-        except (ShoalError, ValueError) as exc:
+        async def fail(exc: Exception) -> None:
             _, body = error_body(exc)
             with contextlib.suppress(ConnectionError):
                 await response.write(_sse(body, event="failure"))
-        except ConnectionError:
-            pass  # the client went away
+
+        async def send() -> None:
+            try:
+                async for payload, event_id in items():
+                    await response.write(_sse(payload, event_id))
+            except (ShoalError, ValueError) as exc:
+                await fail(exc)
+            except ConnectionError:
+                pass  # the client went away
+
+        async def guard() -> SignInError:
+            while True:
+                left = (session.expires_at - datetime.now(UTC)).total_seconds()
+                await asyncio.sleep(max(0.0, min(left, SESSION_CHECK)))
+                try:
+                    self.still_open(session)
+                except SignInError as exc:
+                    return exc
+
+        workers = [asyncio.create_task(job) for job in (ping(), send(), guard())]
+        try:
+            _, sender, guarding = workers
+            await asyncio.wait((sender, guarding), return_when=asyncio.FIRST_COMPLETED)
+            if not sender.done():
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+                ended = guarding.result()
+                assert isinstance(ended, SignInError)
+                await fail(ended)
         finally:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await pinger
+            for worker in workers:
+                worker.cancel()
+            for worker in workers:
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await worker
         return response
 
     def control_stream(
@@ -459,7 +497,7 @@ async def events(api: WebApi, request: web.Request) -> web.StreamResponse:
                 event = item["event"]
                 yield event, int(event["cursor"])
 
-        return await api.stream(request, items)
+        return await api.stream(request, session, items)
 
 
 @_route(
@@ -500,7 +538,7 @@ async def logs(api: WebApi, request: web.Request) -> web.StreamResponse:
                     line = {k: v for k, v in line.items() if k != "time"}
                 yield line, None
 
-        return await api.stream(request, items)
+        return await api.stream(request, session, items)
 
 
 # ---------------------------------------------------------------- actions

@@ -42,7 +42,9 @@ class WebLogin:
                 "(`shoal up` serves one on loopback unless --http-listen off)"
             )
         # The session is the user's own, whoever forwarded the call.
-        token, expires = self.sessions.new_link(Caller(caller.name, caller.role, caller.issued_at))
+        token, expires = self.sessions.new_link(
+            Caller(caller.name, caller.role, caller.issued_at, not_after=caller.not_after)
+        )
         return {
             "url": f"{base}/login?token={token}",
             "expiresAt": expires.isoformat(),

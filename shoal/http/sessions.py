@@ -9,8 +9,10 @@ user and role (the certificate's), and the token is gone.
 The cookie is ``base64url(payload).base64url(HMAC-SHA256)`` with a key each
 manager draws at start (so a restart signs everyone out): the payload names
 the user, role, the certificate's issue time (a removed user's sessions are
-refused like its certificates), the session id and when it expires. It is
-``HttpOnly`` and ``SameSite=Strict``.
+refused like its certificates), the session id and when it expires: after
+``SESSION_TTL``, or when the user's certificate does, if that is sooner. It is
+``HttpOnly`` and ``SameSite=Strict``. An open stream ends (an ``event: failure``)
+within ``shoal.http.api.SESSION_CHECK`` of its session's end, whatever ended it.
 
 The cookie alone is not enough: browsers send a cookie to **every port** of its
 host (RFC 6265 §8.5), so any other web server on this host could receive it. So
@@ -65,6 +67,12 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _bounded(expires: datetime, caller: Caller) -> datetime:
+    """``expires``, or the caller's certificate's end if sooner: a session (or a link)
+    never outlives the identity it was minted for."""
+    return min(expires, caller.not_after) if caller.not_after is not None else expires
+
+
 class Sessions:
     """Login links and session cookies of one manager's web listener."""
 
@@ -86,7 +94,7 @@ class Sessions:
         while len(self._links) >= MAX_LINKS:
             self._links.pop(next(iter(self._links)))
         token = secrets.token_urlsafe(32)
-        expires = now + self.link_ttl
+        expires = _bounded(now + self.link_ttl, caller)
         self._links[self._digest(token)] = (caller, expires)
         return token, expires
 
@@ -99,7 +107,7 @@ class Sessions:
         caller, expires = found
         if expires <= now:
             raise SignInError("this login link has expired: run `shoal ui` for a new one")
-        return Session(secrets.token_urlsafe(16), caller, now + self.session_ttl)
+        return Session(secrets.token_urlsafe(16), caller, _bounded(now + self.session_ttl, caller))
 
     # ----------------------------------------------------------- cookies
 
@@ -143,9 +151,13 @@ class Sessions:
             session = None
         if session is None:
             raise SignInError("the session cookie is not valid here: sign in again with `shoal ui`")
-        if session.expires_at <= now or session.id in self._ended:
-            raise SignInError("the session has ended: sign in again with `shoal ui`")
+        self.check(session, now)
         return session
+
+    def check(self, session: Session, now: datetime | None = None) -> None:
+        """``SignInError`` once the session has expired or was signed out."""
+        if session.expires_at <= (now or datetime.now(UTC)) or session.id in self._ended:
+            raise SignInError("the session has ended: sign in again with `shoal ui`")
 
     def end(self, session: Session, now: datetime | None = None) -> None:
         """Sign out: the cookie is refused from now on, even if a copy is kept."""

@@ -61,6 +61,9 @@ class Caller:
     role: str
     issued_at: datetime
     via: str | None = None
+    # When the caller's certificate stops being valid (None: not known here, as for a
+    # call a follower forwarded).
+    not_after: datetime | None = None
 
     @property
     def kind(self) -> str:
@@ -189,7 +192,7 @@ class Authorizer:
                 raise AuthError(f"the certificate of user {name} was revoked (user removed)")
             caller = Caller(name, role, issued, via=info.common_name)
         elif info.role in USER_ROLES:
-            caller = Caller(info.common_name, info.role, info.issued_at)
+            caller = Caller(info.common_name, info.role, info.issued_at, not_after=info.not_after)
         else:
             raise AuthError(
                 f"{info.role} certificate of node {info.common_name} cannot call "

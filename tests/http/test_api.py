@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ import pytest
 from shoal.errors import ApiError
 from shoal.http.sessions import COOKIE, CSRF_HEADER
 from shoal.logtimes import format_time, parse_time
+from shoal.security.ca import read_cert
 from tests.http.conftest import NODE, Browser, Web, page_token
 
 
@@ -199,13 +201,54 @@ async def test_a_body_that_is_not_json_is_a_400(web: Web, admin: Browser) -> Non
         assert (await response.json())["error"]["field"] == "request"
 
 
-async def test_a_removed_users_session_ends(web: Web) -> None:
+async def sse_failure(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    """Read a stream until its ``event: failure`` message; that message's error."""
+    failing = False
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        failing = failing or line == "event: failure"
+        if failing and line.startswith("data: "):
+            error: dict[str, Any] = json.loads(line[6:])["error"]
+            return error
+    raise AssertionError("the stream ended with no failure message")
+
+
+async def test_a_removed_users_session_ends_with_its_open_streams(web: Web) -> None:
     viewer = await web.browser(await web.viewer("gone"))
     try:
         assert (await viewer.get("/api/v1/services"))[0] == 200
-        await web.control("UserRemove", {"name": "gone"})
+        async with viewer.client.get(
+            f"{web.url}/api/v1/events?limit=1&csrf={viewer.csrf}"
+        ) as response:
+            assert response.status == 200
+            await web.control("UserRemove", {"name": "gone"})
+            error = await asyncio.wait_for(sse_failure(response), 5)
+            assert error["code"] == "UNAUTHENTICATED" and "removed" in error["message"]
         status, reply = await viewer.get("/api/v1/services")
         assert status == 401 and "removed" in reply["error"]["message"]
+    finally:
+        await viewer.close()
+
+
+async def test_a_session_ends_when_its_users_certificate_does(web: Web) -> None:
+    # A user whose certificate is valid for 10 s more (the CA's shortest).
+    cert, key = web.manager.security.ca.issue_pair("brief", "viewer", timedelta(seconds=10))
+    brief = dataclasses.replace(web.admin, cert_pem=cert, key_pem=key, user="brief")
+    not_after = read_cert(cert).not_after
+    viewer = await web.browser(brief)
+    try:
+        status, session = await viewer.get("/api/v1/session")
+        assert status == 200 and session["user"] == "brief"
+        assert datetime.fromisoformat(session["expiresAt"]) <= not_after
+        async with viewer.client.get(
+            f"{web.url}/api/v1/events?limit=1&csrf={viewer.csrf}"
+        ) as response:
+            assert response.status == 200
+            error = await asyncio.wait_for(sse_failure(response), 15)
+            assert datetime.now(UTC) >= not_after
+            assert error["code"] == "UNAUTHENTICATED" and "ended" in error["message"]
+        status, reply = await viewer.get("/api/v1/services")
+        assert status == 401 and "ended" in reply["error"]["message"]
     finally:
         await viewer.close()
 

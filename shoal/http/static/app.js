@@ -285,8 +285,10 @@ function followLogs(name) {
     if (stick) pre.scrollTop = pre.scrollHeight;
   };
   source.addEventListener("failure", (message) => {
-    show(JSON.parse(message.data).error.message);
+    const error = JSON.parse(message.data).error;
     source.close();
+    if (error.code === "UNAUTHENTICATED") signedOut(error.message);
+    else show(error.message);
   });
 }
 
@@ -424,6 +426,14 @@ function liveEvents() {
     live.textContent = "reconnecting";
     live.className = "live";
   };
+  source.addEventListener("failure", (message) => {
+    const error = JSON.parse(message.data).error;
+    source.close();
+    live.textContent = "offline";
+    live.className = "live";
+    if (error.code === "UNAUTHENTICATED") signedOut(error.message); // the session ended
+    else show(error.message);
+  });
   source.onmessage = (message) => {
     const event = JSON.parse(message.data);
     recent.push(event);
