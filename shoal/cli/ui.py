@@ -25,8 +25,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     reply = asyncio.run(ask())
     print(reply["url"], flush=True)
     print(
-        f"open it in a browser to sign in as {reply['user']} ({reply['role']}); it works once, "
-        f"until {reply['expiresAt']}",
+        f"open it in a browser and press Sign in, to sign in as {reply['user']} "
+        f"({reply['role']}); it works once, until {reply['expiresAt']}",
         file=sys.stderr,
     )
     if args.open:
@@ -40,9 +40,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     command(parser, cmd_ui)
     parser.epilog = (
         "Prints a login link for the web UI of the manager it reaches, signing in as\n"
-        "the user (and with the role) of the credentials in use. The link works once,\n"
-        "within two minutes; the session it opens lasts 8 hours or until the manager\n"
-        "restarts. The manager needs --http-listen (`shoal up` turns it on)."
+        "the user (and with the role) of the credentials in use. Opening it shows a\n"
+        "Sign in button (a link previewer uses nothing up); pressing it signs in. The\n"
+        "link works once, within two minutes; the session it opens lasts 8 hours (never\n"
+        "past the user's certificate) or until the manager restarts. The manager needs\n"
+        "--http-listen (`shoal up` turns it on)."
     )
     server_option(parser)
     parser.add_argument("--open", action="store_true", help="also open it in a browser")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +62,20 @@ LOGIN_FAILED = """<!doctype html>
 </main></body></html>
 """
 
-# What /login answers: signin.js keeps the page token and goes on to the UI.
+# What opening a login link answers: nothing is used up until the button is pressed
+# (a link previewer that fetches the URL signs nobody in).
+SIGN_IN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>shoal: sign in</title>
+<link rel="stylesheet" href="/static/style.css"></head>
+<body><main><h1>Sign in to shoal</h1>
+<p>This link signs this browser in as <strong>{who}</strong>. It works once, until {until}.</p>
+<form method="post" action="/login"><input type="hidden" name="token" value="{token}">
+<button type="submit" id="sign-in">Sign in as {who}</button></form>
+<p class="muted">Not your link, or not what you asked for? Close this page.</p>
+</main></body></html>
+"""
+
+# What the posted form answers: signin.js keeps the page token and goes on to the UI.
 SIGNED_IN = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>shoal: signing in</title>
 <meta name="shoal-page-token" content="{token}">
@@ -175,7 +189,8 @@ class WebApi:
             status, body = error_body(exc)
             response = web.json_response(body, status=status)
         if not response.prepared:
-            response.headers.update(SECURITY_HEADERS)
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
         return response
 
     # --------------------------------------------------------- sessions
@@ -319,33 +334,70 @@ async def index(api: WebApi, request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
 
+def _page(
+    template: str, status: int = 200, headers: Mapping[str, str] | None = None, **values: str
+) -> web.Response:
+    escaped = {name: html.escape(value) for name, value in values.items()}
+    return web.Response(
+        status=status,
+        content_type="text/html",
+        text=template.format(**escaped),
+        headers={"Cache-Control": "no-store", **SECURITY_HEADERS, **(headers or {})},
+    )
+
+
 @_route(
     schema.RouteDoc(
         "GET",
         "/login",
-        "open a login link from `shoal ui`: sets the session cookie; the page it answers "
-        "with hands the UI the page token",
+        "open a login link from `shoal ui`: a page with a Sign in button that posts the "
+        "token; the link is not used up",
         None,
         None,
         query=(("token", "string", "the single-use token of the link"),),
         public=True,
     )
 )
+async def login_page(api: WebApi, request: web.Request) -> web.StreamResponse:
+    token = request.query.get("token", "")
+    try:
+        caller, expires = api.sessions.peek(token)
+    except SignInError as exc:  # a person opened this link: answer with a page
+        return _page(LOGIN_FAILED, 401, reason=str(exc))
+    who = f"{caller.name} ({caller.role})"
+    until = expires.isoformat(timespec="seconds")
+    # With no-referrer, browsers send the form's POST with Origin: null, which the sign-in
+    # refuses (same_origin): same-origin keeps the origin, and still tells nobody else.
+    policy = {"Referrer-Policy": "same-origin"}
+    return _page(SIGN_IN, headers=policy, who=who, until=until, token=token)
+
+
+@_route(
+    schema.RouteDoc(
+        "POST",
+        "/login",
+        "sign in: the login page's form (token=...), posted from this listener's own origin; "
+        "uses the link up, sets the session cookie, and the page it answers with hands the "
+        "UI the page token",
+        None,
+        None,
+        form=(("token", "string", "the single-use token of the link"),),
+        public=True,
+    )
+)
 async def login(api: WebApi, request: web.Request) -> web.StreamResponse:
     try:
-        session = api.sessions.redeem(request.query.get("token", ""))
-    except SignInError as exc:  # a person opened this link: answer with a page
-        return web.Response(
-            status=401,
-            content_type="text/html",
-            text=LOGIN_FAILED.format(reason=html.escape(str(exc))),
-        )
+        same_origin(request)
+    except AuthError as exc:
+        return _page(LOGIN_FAILED, 403, reason=str(exc))
+    form = await request.post()
+    token = form.get("token")
+    try:
+        session = api.sessions.redeem(token if isinstance(token, str) else "")
+    except SignInError as exc:
+        return _page(LOGIN_FAILED, 401, reason=str(exc))
     # A page, not a redirect: it hands the page token to the UI (sessions.py says why).
-    response = web.Response(
-        content_type="text/html",
-        text=SIGNED_IN.format(token=html.escape(api.sessions.csrf_token(session))),
-        headers={"Cache-Control": "no-store", **SECURITY_HEADERS},
-    )
+    response = _page(SIGNED_IN, token=api.sessions.csrf_token(session))
     response.set_cookie(
         COOKIE,
         api.sessions.cookie(session),
@@ -356,6 +408,21 @@ async def login(api: WebApi, request: web.Request) -> web.StreamResponse:
     )
     log.info("http.signed_in", user=session.caller.name, role=session.caller.role)
     return response
+
+
+def same_origin(request: web.Request) -> None:
+    """``AuthError`` unless the browser says the request comes from this listener's own
+    page (login CSRF: a page elsewhere posting its owner's link would sign the visitor
+    in to the owner's session). Browsers send ``Origin`` on every ``POST``; an origin
+    includes the port, so another server on this host is "elsewhere" too."""
+    origin = request.headers.get("Origin", "")
+    fetch_site = request.headers.get("Sec-Fetch-Site", "same-origin")
+    host = urllib.parse.urlsplit(origin).netloc if "://" in origin else ""
+    if not host or host.lower() != request.host.lower() or fetch_site != "same-origin":
+        raise AuthError(
+            f"this sign-in came from another page ({origin or 'no Origin header'}), not from "
+            "the one the link opens: refused. Sign in from the page the link opens."
+        )
 
 
 @_route(schema.RouteDoc("GET", "/api/v1/openapi.json", "this document", None, None, public=True))

@@ -148,6 +148,7 @@ class RouteDoc:
     # Server-sent events: each ``data:`` line is one ``response`` object.
     stream: bool = False
     query: tuple[tuple[str, str, str], ...] = ()  # (name, type, description)
+    form: tuple[tuple[str, str, str], ...] = ()  # fields of a posted HTML form, as query
     public: bool = False  # needs no session
 
 
@@ -196,6 +197,16 @@ def openapi(routes: Sequence[RouteDoc]) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": _ref(route.body)}},
             }
+        if route.form:
+            fields = {name: {"type": kind, "description": text} for name, kind, text in route.form}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {"type": "object", "properties": fields, "required": list(fields)}
+                    }
+                },
+            }
         if route.response is not None:
             media = "text/event-stream" if route.stream else "application/json"
             operation["responses"]["200"] = {
@@ -207,7 +218,11 @@ def openapi(routes: Sequence[RouteDoc]) -> dict[str, Any]:
                 "content": {media: {"schema": _ref(route.response)}},
             }
         elif route.path == "/login":
-            operation["responses"]["303"] = {"description": "signed in: on to the UI"}
+            operation["responses"]["200"] = {
+                "description": "a page: the Sign in button (GET), or signed in, on to the UI "
+                "(POST); a link that is not valid (401) or a form posted from another page "
+                "(403) is a page that says so"
+            }
         else:
             operation["responses"]["200"] = {"description": "a page or asset of the web UI"}
         for status, text in ERRORS.items():

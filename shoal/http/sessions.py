@@ -98,6 +98,15 @@ class Sessions:
         self._links[self._digest(token)] = (caller, expires)
         return token, expires
 
+    def peek(self, token: str, now: datetime | None = None) -> tuple[Caller, datetime]:
+        """Whom a login token signs in, and until when it works; it is not used up."""
+        found = self._links.get(self._digest(token))
+        if found is None:
+            raise SignInError("this login link is not valid: it was used already or never issued")
+        if found[1] <= (now or datetime.now(UTC)):
+            raise SignInError("this login link has expired: run `shoal ui` for a new one")
+        return found
+
     def redeem(self, token: str, now: datetime | None = None) -> Session:
         """The session a login token opens; the token is used up, whatever happens."""
         now = now or datetime.now(UTC)

@@ -88,6 +88,7 @@ def sign_in(browser: Any, link: str) -> Any:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.goto(link)
+    page.click("#sign-in")
     page.wait_for_selector("#who:not(:empty)")
     return page
 
@@ -118,10 +119,32 @@ def test_sign_in_and_the_services_page_lists_the_service(cluster: Cluster, admin
     page.wait_for_selector(f"td[data-replicas-shown={SERVICE}]:has-text('2 / 2')")
     assert "2 / 2" in row.inner_text()
     assert page.query_selector(f"button[data-action=scale][data-service={SERVICE}]") is not None
-    # The link worked once: opened again, it signs nobody in.
+    # A link previewer fetching the link uses nothing up: the page only offers a button.
     link = login_link(cluster)
+    with urllib.request.urlopen(link, timeout=10) as previewed:
+        assert previewed.status == 200 and "Set-Cookie" not in previewed.headers
+    # Login CSRF: a page of another origin posting this link's form signs nobody in.
+    elsewhere = page.context.browser.new_context().new_page()
+    base, token = link.split("/login?token=")
+    elsewhere.route(
+        "http://elsewhere.test/**",
+        lambda route: route.fulfill(
+            content_type="text/html",
+            body=f'<form method="post" action="{base}/login"><input name="token" '
+            f'value="{token}"><button id="go">go</button></form>',
+        ),
+    )
+    elsewhere.goto("http://elsewhere.test/")
+    with elsewhere.expect_navigation():
+        elsewhere.click("#go")
+    assert "another page" in elsewhere.inner_text("body")
+    assert not [c for c in elsewhere.context.cookies() if c["name"] == COOKIE]
+    elsewhere.context.close()
+    # The link still works, once: opened again after that, it signs nobody in.
     first = page.context.browser.new_context().new_page()
-    assert first.goto(link).status == 200  # redirected on to the UI, signed in
+    assert first.goto(link).status == 200
+    first.click("#sign-in")
+    first.wait_for_selector("#who:not(:empty)")
     second = page.context.browser.new_context().new_page()
     response = second.goto(link)
     assert response is not None and response.status == 401

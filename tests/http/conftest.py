@@ -48,10 +48,16 @@ class Web:
         return Context.from_bundle(bundle, "viewer bundle")
 
     async def browser(self, as_: Context | None = None) -> Browser:
-        """A signed-in HTTP client: a login link from UiLogin, opened once."""
+        """A signed-in HTTP client: a login link from UiLogin, opened, and its Sign in
+        button pressed (the form POSTed, from the listener's own origin, as a browser)."""
         link = await self.control("UiLogin", {}, as_)
         client = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
         async with client.get(link["url"], allow_redirects=False) as response:
+            assert response.status == 200, await response.text()
+            token = login_form_token(await response.text())
+        async with client.post(
+            f"{self.url}/login", data={"token": token}, headers={"Origin": self.url}
+        ) as response:
             assert response.status == 200, await response.text()
             return Browser(client, self.url, page_token(await response.text()))
 
@@ -78,6 +84,13 @@ class Web:
                 return
             assert loop.time() < deadline, f"{service}: {len(up)} of {count} running"
             await asyncio.sleep(0.05)
+
+
+def login_form_token(login_page: str) -> str:
+    """The login token in the page a link opens (its form's hidden field)."""
+    found = re.search(r'<input type="hidden" name="token" value="([^"]+)">', login_page)
+    assert found, login_page
+    return html.unescape(found.group(1))
 
 
 def page_token(signed_in_page: str) -> str:

@@ -15,7 +15,7 @@ from shoal.errors import ApiError
 from shoal.http.sessions import COOKIE, CSRF_HEADER
 from shoal.logtimes import format_time, parse_time
 from shoal.security.ca import read_cert
-from tests.http.conftest import NODE, Browser, Web, page_token
+from tests.http.conftest import NODE, Browser, Web, login_form_token, page_token
 
 
 def audit(web: Web) -> list[dict[str, Any]]:
@@ -31,25 +31,39 @@ async def status_with_cookie(web: Web, cookie: str) -> int:
         return response.status
 
 
-async def test_a_login_link_signs_in_once(web: Web) -> None:
+async def test_a_login_link_signs_in_once_and_only_when_its_form_is_posted(web: Web) -> None:
     link = await web.control("UiLogin", {})
     assert link["user"] == "admin" and link["role"] == "admin"
     assert link["url"].startswith(f"{web.url}/login?token=")
+    token = link["url"].split("token=", 1)[1]
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
-        async with client.get(link["url"], allow_redirects=False) as response:
+        # Opening the link (as a chat's link previewer does, twice) signs nobody in and
+        # does not use it up: it answers a page with a Sign in button.
+        for _ in range(2):
+            async with client.get(link["url"], allow_redirects=False) as response:
+                assert response.status == 200
+                assert COOKIE not in response.cookies
+                page = await response.text()
+                assert login_form_token(page) == token
+                assert '<form method="post" action="/login">' in page
+                assert "admin (admin)" in page  # whom the button signs in
+        async with client.get(f"{web.url}/api/v1/session") as response:
+            assert response.status == 401
+        # The button: the form posted from the listener's own page.
+        async with client.post(
+            f"{web.url}/login", data={"token": token}, headers={"Origin": web.url}
+        ) as response:
             assert response.status == 200
             cookie = response.cookies[COOKIE]
             assert cookie["httponly"] and cookie["samesite"] == "Strict"
-            token = page_token(await response.text())
+            csrf = page_token(await response.text())
         async with client.get(f"{web.url}/api/v1/session") as response:
             # The cookie alone, as any other server on this host could get it: refused.
             assert response.status == 401
             assert "X-Shoal-CSRF" in (await response.json())["error"]["message"]
         async with client.get(f"{web.url}/api/v1/events?csrf=wrong") as response:
             assert response.status == 401
-        async with client.get(
-            f"{web.url}/api/v1/session", headers={CSRF_HEADER: token}
-        ) as response:
+        async with client.get(f"{web.url}/api/v1/session", headers={CSRF_HEADER: csrf}) as response:
             assert response.status == 200
             session = await response.json()
             assert (session["user"], session["role"], session["actions"]) == (
@@ -58,14 +72,46 @@ async def test_a_login_link_signs_in_once(web: Web) -> None:
                 True,
             )
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
-        async with client.get(link["url"], allow_redirects=False) as response:
-            assert response.status == 401  # used already: a page that says so
-            assert "used already" in await response.text()
-            assert COOKIE not in response.cookies
+        for method in ("GET", "POST"):  # used now: the page says so, and signs nobody in
+            async with client.request(
+                method, link["url"], data={"token": token}, headers={"Origin": web.url}
+            ) as response:
+                assert response.status == 401, method
+                assert "used already" in await response.text()
+                assert COOKIE not in response.cookies
         async with client.get(f"{web.url}/api/v1/services") as response:
             assert response.status == 401
             body = await response.json()
             assert body["error"]["code"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Origin": "http://evil.example"}, id="other-site"),
+        pytest.param({"Origin": "http://127.0.0.1:1"}, id="other-port"),
+        pytest.param({"Origin": "null"}, id="opaque-origin"),
+        pytest.param({}, id="no-origin"),
+        pytest.param({"Origin": "SELF", "Sec-Fetch-Site": "cross-site"}, id="fetch-cross-site"),
+    ],
+)
+async def test_a_login_form_posted_from_elsewhere_signs_nobody_in(
+    web: Web, headers: dict[str, str]
+) -> None:
+    """Login CSRF: another page must not post its owner's link and so sign the victim's
+    browser in to the attacker's session. The refusal does not use the link up."""
+    link = await web.control("UiLogin", {})
+    token = link["url"].split("token=", 1)[1]
+    sent = {k: web.url if v == "SELF" else v for k, v in headers.items()}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        async with client.post(f"{web.url}/login", data={"token": token}, headers=sent) as response:
+            assert response.status == 403
+            assert COOKIE not in response.cookies
+            assert "Sign in from the page" in await response.text()
+        async with client.post(
+            f"{web.url}/login", data={"token": token}, headers={"Origin": web.url}
+        ) as response:
+            assert response.status == 200 and COOKIE in response.cookies
 
 
 async def test_a_forged_or_altered_cookie_is_refused(web: Web, admin: Browser) -> None:

@@ -47,7 +47,15 @@ def serve(root: Path) -> Iterator[tuple[str, str, str, str]]:
         channel.close()
         host, port = str(link.hostname), str(link.port)
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
-        connection.request("GET", f"{link.path}?{link.query}")
+        connection.request(  # the login page's Sign in button, as a browser sends it
+            "POST",
+            link.path,
+            body=link.query,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Origin": f"http://{host}:{port}",
+            },
+        )
         response = connection.getresponse()
         assert response.status == 200
         cookie = response.headers["Set-Cookie"].split(";", 1)[0]
