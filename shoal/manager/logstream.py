@@ -25,6 +25,14 @@ are shown in time order: without ``follow`` all of them are gathered and sorted;
 with ``follow`` the history of the tasks there at the start is held until the
 agents have been quiet for ``HISTORY_QUIET`` (or for ``HISTORY_HOLD`` at most),
 sorted and sent, and later lines are sent as they come.
+
+A reader that does not keep up (a slow terminal, a browser tab in the
+background) holds at most ``PENDING_LIMIT`` lines on this manager. With that
+many waiting, the agents' lines wait for it ``BEHIND`` at most; after that,
+lines are dropped until it has room again, and where they went missing the
+reader gets one line per task, ``(shoal: N lines dropped here: ...)``; the
+stream goes on. So a reader that is only busy loses nothing, and one that does
+not read neither grows the manager's memory nor holds the agents up.
 """
 
 from __future__ import annotations
@@ -50,6 +58,10 @@ POLL = 0.5
 HISTORY_QUIET = 0.3
 # ...or for this long at most.
 HISTORY_HOLD = 2.0
+# Lines waiting for one reader, at most; more are dropped (and the reader told how many)...
+PENDING_LIMIT = 10_000
+# ...once it has taken none for this long with that many waiting.
+BEHIND = 1.0
 
 
 def _line_time(item: Payload) -> datetime:
@@ -152,9 +164,12 @@ class LogScope:
 class ServiceLogs:
     """One ``Logs`` call (see the module docstring)."""
 
-    def __init__(self, informer: Informer, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, informer: Informer, dispatcher: Dispatcher, limit: int = PENDING_LIMIT
+    ) -> None:
         self.informer = informer
         self.dispatcher = dispatcher
+        self.limit = limit
 
     async def stream(
         self,
@@ -177,7 +192,7 @@ class ServiceLogs:
         poll: float,
         since: datetime | None,
     ) -> AsyncIterator[list[Payload]]:
-        merged: asyncio.Queue[Payload | None] = asyncio.Queue()
+        merged: asyncio.Queue[Payload | None] = asyncio.Queue(self.limit)
         names: dict[str, str] = {}
         asked: set[str] = set()
         open_streams = 0
@@ -185,14 +200,41 @@ class ServiceLogs:
         pumps: list[asyncio.Task[None]] = []
         since_text = None if since is None else format_time(since)
 
+        # Lines dropped while ``merged`` was full, by task (the reader is told, below).
+        dropped: dict[str, int] = defaultdict(int)
+
+        def own_up() -> None:
+            """Say, where the lines went missing, how many of each task's were dropped."""
+            now = format_time(datetime.now(UTC))
+            for task_id in list(dropped):
+                if merged.full():
+                    return
+                merged.put_nowait(
+                    {
+                        "taskId": task_id,
+                        "line": f"(shoal: {dropped.pop(task_id)} lines dropped here: this "
+                        f"reader fell more than {self.limit} lines behind)",
+                        "time": now,
+                    }
+                )
+
         async def pump(subscription: LogSubscription, nodes: int) -> None:
             while nodes:
                 item = await subscription.queue.get()
                 if item is None:
                     nodes -= 1
-                else:
-                    merged.put_nowait(item)
-            merged.put_nowait(None)
+                    continue
+                if dropped:
+                    own_up()
+                if not dropped:
+                    try:  # a reader that is only busy catches up: the agent waits a little
+                        async with asyncio.timeout(BEHIND):
+                            await merged.put(item)
+                        continue
+                    except TimeoutError:
+                        pass
+                dropped[str(item.get("taskId", ""))] += 1  # it is behind: no more waiting
+            await merged.put(None)
 
         def ask(tasks: list[Task], task_tail: int | None) -> list[Payload]:
             """Request the logs of ``tasks``; lines for nodes that cannot be asked."""
@@ -266,6 +308,8 @@ class ServiceLogs:
                         item = await merged.get()
                 except TimeoutError:
                     item = False  # time to look for new tasks, or to let the history go
+                if dropped:
+                    own_up()  # there is room now
                 if isinstance(item, dict):
                     last_arrival = loop.time()
                     if (line := shown(item)) is not None:

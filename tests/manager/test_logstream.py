@@ -171,3 +171,52 @@ async def test_following_sorts_the_history_then_passes_new_lines_on(
     await stream.aclose()
     n1.pump.cancel()
     n2.pump.cancel()
+
+
+async def test_a_reader_that_does_not_read_is_told_how_many_lines_it_lost(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    """A slow reader of a chatty service holds at most ``limit`` lines on the manager:
+    the agent is not held up, and what did not fit is dropped, with a line that says how
+    many; the stream then goes on."""
+    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
+    logs = ServiceLogs(world.informer, dispatcher, limit=100)
+    stream = logs.stream(LogScope(world.informer, "web"), True, None)
+    first = asyncio.ensure_future(stream.__anext__())
+    ask1, ask2 = await logs_request(n1), await logs_request(n2)
+    await publish(dispatcher, ask2["subscriptionId"], [])
+    subscription = dispatcher.subscriptions[ask1["subscriptionId"]]
+    await subscription.queue.put({"taskId": "t1", "line": "history", "time": at(0)})
+    assert (await asyncio.wait_for(first, 5))["line"] == "history"
+    # The reader stops reading; the task writes 1,000 lines, and the agent sends them all.
+    lines = [{"taskId": "t1", "line": f"line {n}", "time": at(1)} for n in range(1000)]
+    for line in lines:
+        await asyncio.wait_for(subscription.queue.put(line), 5)
+    await asyncio.sleep(5)
+    assert subscription.queue.empty()  # taken from the agent: it is not held up
+    got = [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(101)]
+    assert [g["line"] for g in got[:100]] == [f"line {n}" for n in range(100)]
+    marker = got[100]
+    assert (marker["taskId"], marker["task"]) == ("t1", got[0]["task"])
+    assert "900 lines dropped" in marker["line"]
+    await subscription.queue.put({"taskId": "t1", "line": "after", "time": at(2)})
+    assert (await asyncio.wait_for(stream.__anext__(), 5))["line"] == "after"
+    await stream.aclose()
+    n1.pump.cancel()
+    n2.pump.cancel()
+
+
+async def test_a_history_longer_than_the_readers_limit_is_sent_whole(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
+    logs = ServiceLogs(world.informer, dispatcher, limit=100)
+    shown = asyncio.create_task(collect(logs.stream(LogScope(world.informer, "web"), False, None)))
+    ask1, ask2 = await logs_request(n1), await logs_request(n2)
+    lines = [{"taskId": "t1", "line": f"line {n}", "time": at(1)} for n in range(1000)]
+    await publish(dispatcher, ask1["subscriptionId"], lines)
+    await publish(dispatcher, ask2["subscriptionId"], [])
+    items = await asyncio.wait_for(shown, 5)
+    assert [i["line"] for i in items] == [f"line {n}" for n in range(1000)]
+    n1.pump.cancel()
+    n2.pump.cancel()
