@@ -45,7 +45,7 @@ import shoal
 from shoal.agent.discovery import DnsSettings, NodeDiscovery
 from shoal.agent.execs import ExecJobs
 from shoal.agent.ports import DEFAULT_RANGE, PortAllocator
-from shoal.agent.reporter import StatusReporter
+from shoal.agent.reporter import CallSender, StatusReporter, StreamSender
 from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
 from shoal.agent.taskrunner import TaskRunner
 from shoal.api.transport import DISPATCHER_SERVICE, Client, Duplex, Payload, open_channel
@@ -72,6 +72,8 @@ HEARTBEAT_PATIENCE = HEARTBEAT_FAILURES * 4
 # gRPC codes of a call that may well succeed if simply made again.
 TRANSIENT = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"})
 LOG_BATCH = 0.1
+# Session messages read ahead of the one being handled.
+READ_AHEAD = 8
 LOG_QUEUE_LIMIT = 10_000
 # A manager that has not opened the session by then is paused or wedged: try another.
 SESSION_OPEN_TIMEOUT = 15.0
@@ -409,6 +411,7 @@ class Agent:
             }
             stream = client.duplex("Session", request)
             heard = _Heard(asyncio.get_running_loop().time(), 1.0)
+            status_sender: StreamSender | None = None
             reconnect = asyncio.create_task(ended.wait())
             helpers.append(reconnect)
             opened = False
@@ -441,15 +444,20 @@ class Agent:
                         if message.get("streamHeartbeats")
                         else self._heartbeat(client, session_id, period)  # an older manager
                     )
+                    if message.get("streamStatus"):
+                        status_sender = StreamSender(stream)
+                    sender = status_sender or CallSender(client, self.settings.name, session_id)
                     for helper_job in (
                         beating,
-                        self.reporter.run(client, session_id),
+                        self.reporter.run(sender),
                         self._probe(),
                     ):
                         helper = asyncio.create_task(helper_job)
                         helper.add_done_callback(lambda _: ended.set())
                         helpers.append(helper)
                     log.info("agent.connected", manager=address, session=session_id)
+                elif kind == "status" and status_sender is not None:
+                    status_sender.answered(message)
                 elif kind == "heartbeat":
                     heard.at = asyncio.get_running_loop().time()
                     heard.period = float(message.get("heartbeatPeriod", heard.period))
@@ -754,20 +762,44 @@ class _Heard:
 
 
 async def _until(stream: AsyncIterable[Payload], stop: asyncio.Task[Any]) -> AsyncIterator[Payload]:
-    """Items of ``stream`` until ``stop`` finishes."""
-    iterator = stream.__aiter__()
-    while True:
-        item = asyncio.ensure_future(iterator.__anext__())
-        done, _ = await asyncio.wait({item, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if item not in done:
-            item.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await item
-            return
+    """Items of ``stream`` until ``stop`` finishes.
+
+    One task reads the stream ahead (a few messages, so gRPC's flow control still
+    holds the manager back) for the whole session, instead of racing each message
+    against ``stop``: a thousand simulated nodes in one process read a lot of them.
+    """
+    queue: asyncio.Queue[tuple[Payload | None, BaseException | None]] = asyncio.Queue(
+        maxsize=READ_AHEAD
+    )
+
+    async def pump() -> None:
         try:
-            yield item.result()
-        except StopAsyncIteration:
+            async for item in stream:
+                await queue.put((item, None))
+        except Exception as exc:  # handed to the reader, raised there
+            await queue.put((None, exc))
             return
+        await queue.put((None, None))
+
+    def stopped(_: object) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # full: the reader is not waiting
+            queue.put_nowait((None, None))
+
+    pumping = asyncio.create_task(pump())
+    stop.add_done_callback(stopped)
+    try:
+        while not stop.done():
+            item, error = await queue.get()
+            if error is not None:
+                raise error
+            if item is None:
+                return
+            yield item
+    finally:
+        stop.remove_done_callback(stopped)
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
 
 
 @contextlib.asynccontextmanager

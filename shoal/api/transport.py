@@ -144,6 +144,7 @@ DEFAULT_REQUEST_LIMIT = 1024 * 1024
 REQUEST_LIMITS = {
     "Apply": 32 * 1024 * 1024,  # many services at once
     "UpdateTaskStatus": 16 * 1024 * 1024,  # a busy node's status batch
+    "Session": 16 * 1024 * 1024,  # the same batches, sent on the session (each message)
     "PublishLogs": 8 * 1024 * 1024,  # one batch of up to 500 log lines
 }
 # Calls one connection may have in flight at once (streams included); a peer that

@@ -4,7 +4,8 @@ An agent opens one ``Session`` stream. Its first request registers the node
 (the caller's node certificate must name it, node description written, node ``ready``); the stream
 then carries, in order:
 
-1. ``{"type": "session", "sessionId", "heartbeatPeriod", "streamHeartbeats": true}``;
+1. ``{"type": "session", "sessionId", "heartbeatPeriod", "streamHeartbeats": true,
+   "streamStatus": true}``;
 2. ``{"type": "assignments", "full": true, "tasks": [...]}``: every task the
    scheduler assigned to this node, history included (the agent stops and
    removes what it runs but is not in this set); a global task whose node is
@@ -28,9 +29,12 @@ about 10 ms at a time (``shoal.reconciler.pacing``); a stall of the loop or of
 the whole process is measured by the node monitor's awake clock and never
 counted as the nodes' silence. Agents older than this send ``Heartbeat``
 calls instead (same answers) and half-close the stream after registering.
-Heartbeats only touch memory. Status comes back in batches
-through ``UpdateTaskStatus``, and the ``StatusWriter`` merges the batches of
-all agents into shared transactions; a report is applied only if it moves the
+Heartbeats only touch memory. Status comes back in batches on the same
+stream, ``{"type": "status", "batch", "updates"}``, each answered
+``{"type": "status", "batch"}`` once written (with ``"error": {"code",
+"message"}`` if it could not be; older agents send ``UpdateTaskStatus``
+calls), and the ``StatusWriter`` merges the batches of all agents into shared
+transactions; a report is applied only if it moves the
 task's state forward, so late or repeated reports are harmless. Log lines come back
 through ``PublishLogs`` and are routed to the waiting ``shoal logs`` call; a
 command's output comes back through ``PublishExec`` (``{"execId", "stream",
@@ -52,6 +56,7 @@ import grpc.aio
 import structlog
 
 from shoal.api.transport import (
+    MALFORMED,
     ClientStream,
     Method,
     Payload,
@@ -59,6 +64,7 @@ from shoal.api.transport import (
     ServerStream,
     Unary,
     read_more,
+    status_for,
 )
 from shoal.batching import Flusher
 from shoal.errors import AuthError, NodeUnavailableError, ShoalError
@@ -169,6 +175,11 @@ def _reader_ended(session: AgentSession, job: asyncio.Task[None]) -> None:
         session.close()
 
 
+def _reports(request: Payload) -> dict[str, TaskStatus]:
+    """The reports of a status batch (``updates``: task id and status each)."""
+    return {str(u["taskId"]): TaskStatus.from_wire(u["status"]) for u in request["updates"]}
+
+
 def _placed(task: Task) -> bool:
     """Whether the scheduler has given the task to its node (a global task has its
     node from birth, but is the agent's only once it is ``assigned``)."""
@@ -272,7 +283,9 @@ class Dispatcher:
                 "sessionId": session.id,
                 "heartbeatPeriod": self.heartbeat_period,
                 "advertiseAddress": address,
-                "streamHeartbeats": True,  # send them on this stream, not as calls
+                # Heartbeats and status batches come on this stream, not as calls.
+                "streamHeartbeats": True,
+                "streamStatus": True,
             }
             reader = asyncio.create_task(self._read(session, context), name=f"session-{node_id}")
             reader.add_done_callback(lambda job: _reader_ended(session, job))
@@ -310,17 +323,41 @@ class Dispatcher:
 
     async def _read(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
         """What the agent sends on its session after registering: heartbeats, each answered
-        on the stream (the agent's sign that this manager still hears it)."""
-        async for message in read_more(context):
-            if isinstance(message, Rejected) or message.get("type") != "heartbeat":
+        on the stream (the agent's sign that this manager still hears it), and status
+        batches, each answered once written (or with the error that kept it out)."""
+        writes: set[asyncio.Task[None]] = set()
+        try:
+            async for message in read_more(context):
                 if isinstance(message, Rejected):
                     log.warning("agent.session_message_refused", node=session.node_id)
                     session.close()
                     return
-                continue  # a kind a newer agent sends: not ours to judge
-            if not self._beat(session):
-                return
-            session.send({"type": "heartbeat", "heartbeatPeriod": self.heartbeat_period})
+                kind = message.get("type")
+                if kind == "heartbeat":
+                    if not self._beat(session):
+                        return
+                    session.send({"type": "heartbeat", "heartbeatPeriod": self.heartbeat_period})
+                elif kind == "status":  # written while the next messages are read
+                    write = asyncio.create_task(self._status(session, message))
+                    writes.add(write)
+                    write.add_done_callback(writes.discard)
+                # else: a kind a newer agent sends, not ours to judge
+        finally:
+            for write in writes:
+                write.cancel()
+
+    async def _status(self, session: AgentSession, message: Payload) -> None:
+        """Write one status batch sent on the session; answer it on the session."""
+        answer: Payload = {"type": "status", "batch": message.get("batch")}
+        try:
+            if session.closed:
+                raise SessionError(f"the session of node {session.node_id} is over")
+            await self.status_writer.submit(session.node_id, _reports(message))
+        except (ShoalError, ValueError, *MALFORMED) as exc:
+            if isinstance(exc, MALFORMED):
+                exc = ValueError(f"malformed status batch: {exc!r}")
+            answer["error"] = {"code": status_for(exc).name, "message": str(exc)}
+        session.send(answer)
 
     def _beat(self, session: AgentSession) -> bool:
         """Record a heartbeat of ``session``; False (and the session closed) if its node was
@@ -399,8 +436,7 @@ class Dispatcher:
         self, request: Payload, context: grpc.aio.ServicerContext
     ) -> Payload:
         session = self._session_for(request)
-        reports = {str(u["taskId"]): TaskStatus.from_wire(u["status"]) for u in request["updates"]}
-        await self.status_writer.submit(session.node_id, reports)
+        await self.status_writer.submit(session.node_id, _reports(request))
         return {}
 
     async def publish_logs(

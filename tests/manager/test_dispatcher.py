@@ -251,3 +251,33 @@ async def test_an_agent_that_half_closes_keeps_its_session(
     assert await session.quiet()
     assert not session.pump.done() and "n1" in dispatcher.sessions
     session.pump.cancel()
+
+
+async def test_status_batches_on_the_session_are_written_then_answered(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    await world.put(task("t1", "n1", TaskState.ASSIGNED), task("t2", "n2", TaskState.ASSIGNED))
+    session = await open_session(dispatcher, "n1")
+    assert ids(await session.next()) == ["t1"]
+    running = TaskStatus(state=TaskState.RUNNING).to_wire()
+    session.context.sent.put_nowait(
+        {"type": "status", "batch": 1, "updates": [{"taskId": "t1", "status": running}]}
+    )
+    assert await session.next() == {"type": "status", "batch": 1}
+    assert world.informer.tasks["t1"].obj.status.state == TaskState.RUNNING
+
+    # Another node's task: no say over it (written nothing, answered all the same).
+    session.context.sent.put_nowait(
+        {"type": "status", "batch": 2, "updates": [{"taskId": "t2", "status": running}]}
+    )
+    assert await session.next() == {"type": "status", "batch": 2}
+    assert world.informer.tasks["t2"].obj.status.state == TaskState.ASSIGNED
+
+    # A malformed batch is answered with the field at fault; the session goes on.
+    session.context.sent.put_nowait({"type": "status", "batch": 3, "updates": [{"status": {}}]})
+    answer = await session.next()
+    assert answer["batch"] == 3
+    assert answer["error"]["code"] == "INVALID_ARGUMENT"
+    assert "taskId" in answer["error"]["message"]
+    assert "n1" in dispatcher.sessions
+    session.pump.cancel()
