@@ -9,9 +9,12 @@ expect it, so ``up`` says on its way out what keeps running and how to stop it.
 
 ``shoal down`` stops them: it asks each runtime what it still runs for the
 node (``Runtime.recover``, the same list ``up`` would adopt), stops each task
-with SIGTERM and a grace period, and removes it. The store is kept: services,
-secrets and history are still in the state dir, and ``shoal up`` starts the
-services again. It refuses while ``shoal up`` runs on that state dir.
+with SIGTERM and a grace period, and removes it; then it unmounts and removes
+the tasks' secret and config files (``shoal.agent.taskfiles``) and drops their
+port records (``shoal.agent.ports``), as the agent does when a task ends. The
+store is kept: services, secrets and history are still in the state dir, and
+``shoal up`` starts the services again. It refuses while ``shoal up`` runs on
+that state dir.
 """
 
 from __future__ import annotations
@@ -84,6 +87,21 @@ async def stopping_message(state_dir: Path, node_name: str) -> str:
     )
 
 
+async def release_task_files(state_dir: Path, node_name: str) -> None:
+    """Unmount and remove the secret and config files of ``up``'s tasks, and drop their
+    port records: what the agent does when a task ends, for tasks that ended without it."""
+    from shoal.agent.ports import PortAllocator
+    from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
+
+    agent_dir = state_dir / "agent"
+    files = TaskFileStore(default_runtime_dir(node_name, agent_dir))
+    for task_id in files.leftovers():
+        await files.release(task_id)
+    ports = PortAllocator(agent_dir / "ports")
+    ports.load()
+    ports.forget_except(())
+
+
 async def _close(found: list[tuple[Runtime, TaskHandle]]) -> None:
     for runtime in {id(r): r for r, _ in found}.values():
         await runtime.aclose()
@@ -119,6 +137,7 @@ def cmd_down(args: argparse.Namespace) -> int:
                 await runtime.remove(handle)
         finally:
             await _close(found)
+        await release_task_files(state_dir, name)
         return stopped
 
     found = asyncio.run(down())

@@ -2,7 +2,8 @@
 
 A real ``shoal up`` with a process service: after SIGTERM its tasks' processes
 are still in ``/proc`` and ``up`` says so, naming ``shoal down``; ``shoal down``
-then stops them (gone from ``/proc``) and a second run finds nothing.
+then stops them (gone from ``/proc``), unmounts and removes their secret files
+and drops their port records, and a second run finds nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from tests.e2e.cluster import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+def mount_points() -> set[Path]:
+    """Every mount point on this machine, from /proc/mounts (octal escapes undone)."""
+    lines = Path("/proc/mounts").read_text().splitlines()
+    return {
+        Path(line.split()[1].encode().decode("unicode_escape")) for line in lines if line.strip()
+    }
 
 
 def test_up_stopping_names_what_keeps_running_and_down_stops_it(tmp_path: Path) -> None:
@@ -48,10 +57,24 @@ def test_up_stopping_names_what_keeps_running_and_down_stops_it(tmp_path: Path) 
 
     try:
         wait_for(lambda: cli("get", "nodes").returncode == 0, 30, "shoal up to answer")
+        (tmp_path / "pass").write_text("s3cret")
+        assert cli("secret", "create", "ud-pass", "-f", str(tmp_path / "pass")).returncode == 0
         spec = tmp_path / "ud.yaml"
-        spec.write_text(service_yaml("ud-sleep", ["sleep", "300"], 2, str(tmp_path)))
+        template = {"secrets": [{"source": "ud-pass"}], "ports": [{"name": "http"}]}
+        spec.write_text(
+            service_yaml("ud-sleep", ["sleep", "300"], 2, str(tmp_path), template=template)
+        )
         assert cli("apply", "-f", str(spec)).returncode == 0
         wait_for(lambda: len(tasks_in_process_table("ud-sleep")) == 2, 30, "two task processes")
+        # Each task's secret files (a tmpfs of its own, as root) and its port record.
+        task_dirs = {
+            Path(env["SHOAL_SECRETS_DIR"]).parent for env in task_processes("ud-sleep").values()
+        }
+        assert len(task_dirs) == 2 and all((d / "secrets" / "ud-pass").exists() for d in task_dirs)
+        if os.geteuid() == 0:
+            assert task_dirs <= mount_points()
+        port_records = state / "agent" / "ports"
+        assert len(list(port_records.glob("*.json"))) == 2
 
         refused = cli("down", "--state-dir", str(state), "--name", "updown")
         assert refused.returncode == 1
@@ -68,6 +91,10 @@ def test_up_stopping_names_what_keeps_running_and_down_stops_it(tmp_path: Path) 
         assert down.returncode == 0, down.stderr
         assert down.stdout.splitlines()[-1] == "stopped 2 tasks (process: 2)"
         assert task_processes("ud-sleep") == {}
+        # Nothing of the tasks is left behind: no tmpfs, no secret file, no port record.
+        assert not task_dirs & mount_points()
+        assert not any(d.exists() for d in task_dirs)
+        assert list(port_records.glob("*.json")) == []
         again = cli("down", "--state-dir", str(state), "--name", "updown")
         assert again.returncode == 0 and again.stderr == "nothing was running\n"
     finally:
