@@ -709,17 +709,30 @@ async def _log_batches(
 ) -> AsyncIterator[Payload]:
     """Merge the logs of several tasks into batched PublishLogs messages: each line
     with the time it was written (``timed_logs``; when the runtime cannot tell, the
-    time it was read), only those at or after ``since``."""
+    time it was read), only those at or after ``since``.
+
+    Following, when every task's runtime marks where its history ends
+    (``Runtime.marks_history``), the opening message says ``marksHistory`` and the
+    message that carries the last line of every task's history says ``historyEnd``
+    (so the manager sorts the whole history, however long the agent takes to send
+    it). Both are fields a manager that does not know them ignores."""
     # Bounded: a task that prints faster than the manager takes its lines waits.
-    queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue(maxsize=LOG_QUEUE_LIMIT)
+    # True: one task's history is all in the queue; None: one task's lines all are.
+    queue: asyncio.Queue[dict[str, str] | bool | None] = asyncio.Queue(maxsize=LOG_QUEUE_LIMIT)
 
     async def pump(runner: TaskRunner) -> None:
+        marked = False
         try:
             if runner.handle is not None:
                 lines = runner.runtime.timed_logs(
                     runner.handle, follow=follow, tail=tail, since=since
                 )
                 async for line in lines:
+                    if line.history_end:
+                        if not marked:
+                            await queue.put(True)
+                            marked = True
+                        continue
                     at = line.time or datetime.now(UTC)
                     if since is None or at >= since:
                         await queue.put(
@@ -727,27 +740,44 @@ async def _log_batches(
                         )
         except Exception:
             with contextlib.suppress(asyncio.QueueFull):
+                if not marked:
+                    queue.put_nowait(True)
                 queue.put_nowait(None)
             raise
+        if not marked:
+            await queue.put(True)
         await queue.put(None)
 
+    marks = follow and all(r.runtime.marks_history for r in runners)
     pumps = [asyncio.create_task(pump(r)) for r in runners]
-    remaining = len(pumps)
+    remaining = pending = len(pumps)
     try:
-        yield {"subscriptionId": subscription, "lines": []}
+        opening: Payload = {"subscriptionId": subscription, "lines": []}
+        if marks:
+            opening["marksHistory"] = True
+            if not pending:
+                opening["historyEnd"] = True
+        yield opening
         while remaining:
             batch: list[dict[str, str]] = []
+            history_end = False
             item = await queue.get()
             while True:
                 if item is None:
                     remaining -= 1
+                elif isinstance(item, bool):
+                    pending -= 1
+                    history_end = marks and pending == 0
                 else:
                     batch.append(item)
-                if queue.empty() or len(batch) >= 500:
+                if history_end or queue.empty() or len(batch) >= 500:
                     break
                 item = queue.get_nowait()
-            if batch:
-                yield {"subscriptionId": subscription, "lines": batch}
+            if batch or history_end:
+                message: Payload = {"subscriptionId": subscription, "lines": batch}
+                if history_end:
+                    message["historyEnd"] = True
+                yield message
     finally:
         for task in pumps:
             task.cancel()

@@ -139,12 +139,29 @@ class AgentSession:
             self.outbox.put_nowait(None)
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryMark:
+    """Where one node's agent is in a followed log's history (``shoal.manager.logstream``).
+
+    ``opened``: its stream opened; ``promised``: True when the agent will mark the end
+    of its tasks' history (older agents do not); ``ended``: it has sent the whole of it.
+    """
+
+    opened: bool = False
+    promised: bool = False
+    ended: bool = False
+
+
 @dataclass
 class LogSubscription:
-    """Lines on their way to one ``shoal logs`` call; bounded, so agents wait for it."""
+    """Lines on their way to one ``shoal logs`` call; bounded, so agents wait for it.
+
+    Each node's stream puts its lines, a ``HistoryMark`` when it opens and, from an
+    agent that promised one, when its history has been sent, and ``None`` at its end.
+    """
 
     id: str
-    queue: asyncio.Queue[Payload | None] = field(
+    queue: asyncio.Queue[Payload | HistoryMark | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=LOG_QUEUE_LIMIT)
     )
 
@@ -444,16 +461,24 @@ class Dispatcher:
     ) -> Payload:
         subscription: LogSubscription | None = None
         async for message in requests:
+            opening = subscription is None
             subscription = self.subscriptions.get(str(message.get("subscriptionId")))
             if subscription is None:
                 break  # the reader went away
             lines = message.get("lines", ())
             if not isinstance(lines, list):
                 raise ValueError("lines: must be a list")
+            items: list[Payload | HistoryMark] = list(lines)
+            if opening:
+                items.insert(
+                    0, HistoryMark(opened=True, promised=bool(message.get("marksHistory")))
+                )
+            if message.get("historyEnd"):
+                items.append(HistoryMark(ended=True))
             try:
-                for line in lines:  # backpressure: a slow reader slows the agent down
+                for item in items:  # backpressure: a slow reader slows the agent down
                     async with asyncio.timeout(LOG_PUT_TIMEOUT):
-                        await subscription.queue.put(line)
+                        await subscription.queue.put(item)
             except TimeoutError:
                 return {}  # the reader stopped reading; it will never see the end marker
         if subscription is not None:

@@ -22,9 +22,13 @@ stamp (see ``Runtime.timed_logs``), or, from an agent too old to stamp, the
 time it arrived here. ``since`` leaves out older lines; the agents filter, and
 this module again for agents that do not know ``since``. Lines of several tasks
 are shown in time order: without ``follow`` all of them are gathered and sorted;
-with ``follow`` the history of the tasks there at the start is held until the
-agents have been quiet for ``HISTORY_QUIET`` (or for ``HISTORY_HOLD`` at most),
-sorted and sent, and later lines are sent as they come.
+with ``follow`` the history of the tasks there at the start is held, sorted and
+sent once every node has sent its own, and later lines are sent as they come.
+An agent says where its tasks' history ends (``HistoryMark``: it promises to on
+its stream's opening message, ``marksHistory``, and marks the end with
+``historyEnd``); an agent too old to do so is taken to be done once the agents
+have been quiet for ``HISTORY_QUIET``. The hold lasts ``HISTORY_HOLD`` at most,
+or ``HISTORY_MARKED_HOLD`` when every node promised a mark.
 
 A reader that does not keep up (a slow terminal, a browser tab in the
 background) holds at most ``PENDING_LIMIT`` lines on this manager. With that
@@ -46,7 +50,7 @@ from datetime import UTC, datetime
 from shoal.api.transport import Payload
 from shoal.errors import NotFoundError
 from shoal.logtimes import format_time, parse_time
-from shoal.manager.dispatcher import Dispatcher, LogSubscription
+from shoal.manager.dispatcher import Dispatcher, HistoryMark, LogSubscription
 from shoal.models import TaskState
 from shoal.models.task import Task
 from shoal.reconciler.informer import Informer
@@ -54,14 +58,41 @@ from shoal.selectors import Selector
 
 # How often a followed service is looked at for new tasks.
 POLL = 0.5
-# Following: the first lines are held and sorted until the agents are this quiet...
+# Following: the first lines are held and sorted until each agent marked the end of its
+# history, or, from an agent that does not mark it, until the agents are this quiet...
 HISTORY_QUIET = 0.3
-# ...or for this long at most.
+# ...for this long at most (an agent that never opens its stream must not hold the rest)...
 HISTORY_HOLD = 2.0
 # Lines waiting for one reader, at most; more are dropped (and the reader told how many)...
 PENDING_LIMIT = 10_000
 # ...once it has taken none for this long with that many waiting.
 BEHIND = 1.0
+# ...or this long once every node promised to mark it.
+HISTORY_MARKED_HOLD = 30.0
+
+
+class _History:
+    """How far the nodes of a followed call's first request are with their history."""
+
+    def __init__(self, nodes: int) -> None:
+        self.nodes = nodes
+        self.opened = 0
+        self.promised = 0
+        self.ended = 0
+
+    def note(self, mark: HistoryMark) -> None:
+        self.opened += mark.opened
+        self.promised += mark.promised
+        self.ended += mark.ended
+
+    def sent(self, quiet: bool) -> bool:
+        """Whether every node has sent its history (``quiet``: the agents are quiet)."""
+        if self.opened < self.nodes or self.ended < self.promised:
+            return False
+        return quiet or self.promised == self.opened
+
+    def hold(self) -> float:
+        return HISTORY_MARKED_HOLD if self.promised == self.nodes else HISTORY_HOLD
 
 
 def _line_time(item: Payload) -> datetime:
@@ -192,13 +223,14 @@ class ServiceLogs:
         poll: float,
         since: datetime | None,
     ) -> AsyncIterator[list[Payload]]:
-        merged: asyncio.Queue[Payload | None] = asyncio.Queue(self.limit)
+        merged: asyncio.Queue[Payload | HistoryMark | None] = asyncio.Queue(self.limit)
         names: dict[str, str] = {}
         asked: set[str] = set()
         open_streams = 0
         subscriptions: list[tuple[LogSubscription, list[str]]] = []
         pumps: list[asyncio.Task[None]] = []
         since_text = None if since is None else format_time(since)
+        history: _History | None = None
 
         # Lines dropped while ``merged`` was full, by task (the reader is told, below).
         dropped: dict[str, int] = defaultdict(int)
@@ -218,11 +250,15 @@ class ServiceLogs:
                     }
                 )
 
-        async def pump(subscription: LogSubscription, nodes: int) -> None:
+        async def pump(subscription: LogSubscription, nodes: int, marks: bool) -> None:
             while nodes:
                 item = await subscription.queue.get()
                 if item is None:
                     nodes -= 1
+                    continue
+                if isinstance(item, HistoryMark):
+                    if marks:  # never dropped: the history waits for them
+                        await merged.put(item)
                     continue
                 if dropped:
                     own_up()
@@ -238,7 +274,7 @@ class ServiceLogs:
 
         def ask(tasks: list[Task], task_tail: int | None) -> list[Payload]:
             """Request the logs of ``tasks``; lines for nodes that cannot be asked."""
-            nonlocal open_streams
+            nonlocal open_streams, history
             by_node: dict[str, list[str]] = defaultdict(list)
             for task in tasks:
                 assert task.node_id is not None
@@ -254,7 +290,11 @@ class ServiceLogs:
             reachable = len(by_node) - len(missing)
             if reachable:
                 open_streams += 1
-                pumps.append(asyncio.create_task(pump(subscription, reachable)))
+                # Only the first request's history is held: only its marks count.
+                first_request = history is None
+                if first_request:
+                    history = _History(reachable)
+                pumps.append(asyncio.create_task(pump(subscription, reachable, first_request)))
             now = format_time(datetime.now(UTC))
             return [
                 {
@@ -289,17 +329,17 @@ class ServiceLogs:
                 while open_streams:
                     if (got := await merged.get()) is None:
                         open_streams -= 1
-                    elif (line := shown(got)) is not None:
+                    elif isinstance(got, dict) and (line := shown(got)) is not None:
                         first.append(line)
                 yield _by_time(first)
                 return
             held: list[Payload] | None = first
             # Following: hold and sort the first lines (the history), then pass lines on.
-            hold_until = loop.time() + HISTORY_HOLD
-            last_arrival = loop.time()
+            started = last_arrival = loop.time()
             look_at = loop.time() + poll
             while True:
-                item: Payload | bool | None
+                item: Payload | HistoryMark | bool | None
+                hold_until = started + (history.hold() if history else HISTORY_HOLD)
                 wait = max(0.0, look_at - loop.time())
                 if held is not None:
                     wait = min(wait, HISTORY_QUIET, max(0.0, hold_until - loop.time()))
@@ -317,11 +357,17 @@ class ServiceLogs:
                             held.append(line)
                         else:
                             yield [line]
+                elif isinstance(item, HistoryMark):
+                    assert history is not None  # marks come from the first request only
+                    history.note(item)
                 elif item is None:
                     open_streams -= 1  # every node of one request has answered
                 now = loop.time()
+                quiet = now - last_arrival >= HISTORY_QUIET
                 if held is not None and (
-                    open_streams == 0 or now >= hold_until or now - last_arrival >= HISTORY_QUIET
+                    open_streams == 0
+                    or now >= hold_until
+                    or (history is not None and history.sent(quiet))
                 ):
                     yield _by_time(held)
                     held = None

@@ -29,14 +29,17 @@ The agent constructs a runtime once with ``RuntimeSettings`` and calls:
     task is a no-op.
 ``remove(handle)``
     Release what the task left behind (records, log files). Only after ``stop``.
-``logs(handle, follow=..., tail=...)``
-    Async iterator of output lines (stdout and stderr); with ``follow`` it keeps
-    yielding until the task exits and its output is drained.
 ``timed_logs(handle, follow=..., tail=..., since=...)``
-    The same lines as ``LogLine``: each with the time it was written, as near
-    the source as the runtime can tell (the engine's stamp for containers, the
-    virtual start and exit for sim; the default stamps a line when it is read),
-    and only those at or after ``since``.
+    Async iterator of output lines (stdout and stderr) as ``LogLine``: each with
+    the time it was written, as near the source as the runtime can tell (the
+    engine's stamp for containers, the virtual start and exit for sim), and only
+    those at or after ``since``. With ``follow`` it keeps yielding until the task
+    exits and its output is drained; a runtime whose ``marks_history`` is True
+    then yields ``HISTORY_END`` once, between the output there was when the call
+    began and the lines written after (``shoal logs -f`` sorts the history of
+    several tasks and needs to know where it ends).
+``logs(handle, follow=..., tail=...)``
+    The same lines' text only (given: from ``timed_logs``).
 ``recover()``
     After an agent restart: the handles of every task this runtime started on
     this node and has not removed, running or exited, so the agent can adopt
@@ -88,7 +91,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -177,6 +180,11 @@ class LogLine:
 
     text: str
     time: datetime | None = None
+    # Not a line: where a followed log's history ends (``HISTORY_END``).
+    history_end: bool = False
+
+
+HISTORY_END = LogLine("", None, history_end=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +200,8 @@ class Runtime(abc.ABC):
     #: Whether specs for this runtime take the container fields (image, ports,
     #: mounts, ...: ``shoal.models.container.CONTAINER_FIELDS``) and need an image.
     container_fields: ClassVar[bool] = False
+    #: Whether a followed ``timed_logs`` yields ``HISTORY_END`` (see the module docstring).
+    marks_history: ClassVar[bool] = False
 
     def __init__(self, settings: RuntimeSettings) -> None:
         self.settings = settings
@@ -215,23 +225,22 @@ class Runtime(abc.ABC):
     async def remove(self, handle: TaskHandle) -> None: ...
 
     @abc.abstractmethod
-    def logs(
-        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
-    ) -> AsyncIterator[str]: ...
-
-    async def timed_logs(
+    def timed_logs(
         self,
         handle: TaskHandle,
         *,
         follow: bool = False,
         tail: int | None = None,
         since: datetime | None = None,
-    ) -> AsyncIterator[LogLine]:
-        """``logs`` with times (see the module docstring); default: stamped when read."""
-        async for text in self.logs(handle, follow=follow, tail=tail):
-            at = datetime.now(UTC)
-            if since is None or at >= since:
-                yield LogLine(text, at)
+    ) -> AsyncIterator[LogLine]: ...
+
+    async def logs(
+        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[str]:
+        """The text of ``timed_logs``' lines."""
+        async for line in self.timed_logs(handle, follow=follow, tail=tail):
+            if not line.history_end:
+                yield line.text
 
     @abc.abstractmethod
     async def recover(self) -> list[TaskHandle]: ...

@@ -615,12 +615,6 @@ class ContainerRuntime(Runtime):
         self._fresh.pop(container_id, None)
         await self._call(lambda e: e.remove(container_id))
 
-    async def logs(
-        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
-    ) -> AsyncIterator[str]:
-        async for line in self.timed_logs(handle, follow=follow, tail=tail):
-            yield line.text
-
     async def timed_logs(
         self,
         handle: TaskHandle,

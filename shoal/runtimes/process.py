@@ -111,6 +111,7 @@ from shoal.errors import RuntimeBackendError, TaskRejectedError
 from shoal.models import RuntimeInfo, TaskTemplate
 from shoal.models.units import format_size
 from shoal.runtimes.base import (
+    HISTORY_END,
     ExitStatus,
     LogLine,
     Observation,
@@ -340,6 +341,7 @@ class ProcessRuntime(Runtime):
     """Runs tasks as plain subprocesses in their own process groups."""
 
     name = "process"
+    marks_history = True
 
     def __init__(self, settings: RuntimeSettings) -> None:
         super().__init__(settings)
@@ -652,12 +654,6 @@ class ProcessRuntime(Runtime):
             handles.append(self._handle(record))
         return handles
 
-    async def logs(
-        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
-    ) -> AsyncIterator[str]:
-        async for line in self.timed_logs(handle, follow=follow, tail=tail):
-            yield line.text
-
     async def timed_logs(
         self,
         handle: TaskHandle,
@@ -676,6 +672,7 @@ class ProcessRuntime(Runtime):
             # start of the output in the rotated copy.
             async with self._lock(task_id):
                 reader.open(self._rotations.get(task_id, 0))
+            marked = not follow  # the first read is the history: mark its end once
             while True:
                 done = not follow or not (await self.inspect(handle)).running
                 async with self._lock(task_id):
@@ -686,9 +683,14 @@ class ProcessRuntime(Runtime):
                         yield LogLine(line, written)
                 if done:
                     break
+                if not marked:
+                    yield HISTORY_END
+                    marked = True
                 await asyncio.sleep(_LOG_POLL)
             if reader.partial:
                 yield LogLine(reader.partial.decode(errors="replace"), reader.written())
+            if not marked:
+                yield HISTORY_END
         finally:
             reader.close()
 

@@ -29,6 +29,7 @@ from shoal.errors import NotFoundError, TaskRejectedError
 from shoal.models import RuntimeInfo
 from shoal.models.service import SimBehaviour
 from shoal.runtimes.base import (
+    HISTORY_END,
     ExitStatus,
     LogLine,
     Observation,
@@ -72,6 +73,7 @@ class SimRuntime(Runtime):
     """Simulated tasks; see the module docstring."""
 
     name = "sim"
+    marks_history = True
 
     def __init__(self, settings: RuntimeSettings) -> None:
         super().__init__(settings)
@@ -145,12 +147,6 @@ class SimRuntime(Runtime):
         if self._tasks.pop(handle.task_id, None) is not None:
             self._append({"op": "remove", "id": handle.task_id})
 
-    async def logs(
-        self, handle: TaskHandle, *, follow: bool = False, tail: int | None = None
-    ) -> AsyncIterator[str]:
-        async for line in self.timed_logs(handle, follow=follow, tail=tail):
-            yield line.text
-
     async def timed_logs(
         self,
         handle: TaskHandle,
@@ -177,7 +173,10 @@ class SimRuntime(Runtime):
         for line in lines[-tail:] if tail else [] if tail == 0 else lines:
             if shown(line):
                 yield line
-        if exit is None and follow:  # the start line at once, the exit line when it comes
+        if not follow:
+            return
+        yield HISTORY_END
+        if exit is None:  # the start line at once, the exit line when it comes
             line = ended(await self.wait(handle))
             if shown(line):
                 yield line

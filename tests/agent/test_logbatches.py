@@ -46,3 +46,21 @@ async def test_each_line_goes_out_with_when_it_was_written(runtime: SimRuntime) 
     assert await lines_sent(runner, since=started) == [line]
     assert await lines_sent(runner, since=started + timedelta(milliseconds=1)) == []
     await runner.remove()
+
+
+async def test_following_marks_where_the_history_ends(runtime: SimRuntime) -> None:
+    reports = Reports()
+    runner = TaskRunner(task(TaskState.ASSIGNED), runtime, reports, "n1", None)
+    await reports.until(TaskState.RUNNING)
+    sent = _log_batches("sub", [runner], True, None)
+    opening = await anext(sent)
+    assert opening == {"subscriptionId": "sub", "lines": [], "marksHistory": True}
+    history = await anext(sent)
+    assert [line["line"] for line in history["lines"]] == ["sim task t1 started"]
+    assert history["historyEnd"] is True
+    assert runner.handle is not None
+    await runtime.stop(runner.handle, "SIGTERM", 1.0)
+    rest = [m async for m in sent]
+    assert [line["line"] for m in rest for line in m["lines"]] == ["sim task t1 killed by SIGTERM"]
+    assert not any("historyEnd" in m for m in rest)
+    await runner.remove()

@@ -206,6 +206,57 @@ async def test_a_reader_that_does_not_read_is_told_how_many_lines_it_lost(
     n2.pump.cancel()
 
 
+class Agent:
+    """One node's ``PublishLogs`` call, fed message by message by the test."""
+
+    def __init__(self, dispatcher: Dispatcher, subscription: str) -> None:
+        self.subscription = subscription
+        self.messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def stream() -> AsyncIterator[dict[str, Any]]:
+            while (message := await self.messages.get()) is not None:
+                yield {"subscriptionId": subscription, **message}
+
+        self.call = asyncio.create_task(dispatcher.publish_logs(stream(), Peer()))  # type: ignore[arg-type]
+
+    def send(self, **message: Any) -> None:
+        self.messages.put_nowait({"lines": [], **message})
+
+
+def line(task_id: str, text: str, seconds: int) -> dict[str, Any]:
+    return {"taskId": task_id, "line": text, "time": at(seconds)}
+
+
+async def test_following_holds_the_history_until_each_agent_marks_its_end(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
+    logs = ServiceLogs(world.informer, dispatcher)
+    stream = logs.stream(LogScope(world.informer, "web"), True, None)
+    first = asyncio.ensure_future(stream.__anext__())
+    a1 = Agent(dispatcher, (await logs_request(n1))["subscriptionId"])
+    a2 = Agent(dispatcher, (await logs_request(n2))["subscriptionId"])
+    a1.send(marksHistory=True)
+    a2.send(marksHistory=True)
+    a1.send(lines=[line("t1", "h3", 3)], historyEnd=True)
+    a2.send(lines=[line("t2", "h1", 1)])
+    # n2 is slow to read the rest of its history: far longer than any quiet window.
+    await asyncio.sleep(1.5)
+    assert not first.done()
+    a2.send(lines=[line("t2", "h2", 2)], historyEnd=True)
+    got = [await asyncio.wait_for(first, 5)]
+    got += [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(2)]
+    assert [i["line"] for i in got] == ["h1", "h2", "h3"]
+    a1.send(lines=[line("t1", "live", 0)])
+    assert (await asyncio.wait_for(stream.__anext__(), 5))["line"] == "live"
+    await stream.aclose()
+    for agent in (a1, a2):
+        agent.messages.put_nowait(None)
+        await agent.call
+    n1.pump.cancel()
+    n2.pump.cancel()
+
+
 async def test_a_history_longer_than_the_readers_limit_is_sent_whole(
     world: World, dispatcher: Dispatcher
 ) -> None:
@@ -218,5 +269,29 @@ async def test_a_history_longer_than_the_readers_limit_is_sent_whole(
     await publish(dispatcher, ask2["subscriptionId"], [])
     items = await asyncio.wait_for(shown, 5)
     assert [i["line"] for i in items] == [f"line {n}" for n in range(1000)]
+    n1.pump.cancel()
+    n2.pump.cancel()
+
+
+async def test_an_agent_that_does_not_mark_its_history_gets_the_quiet_window(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
+    logs = ServiceLogs(world.informer, dispatcher)
+    stream = logs.stream(LogScope(world.informer, "web"), True, None)
+    first = asyncio.ensure_future(stream.__anext__())
+    a1 = Agent(dispatcher, (await logs_request(n1))["subscriptionId"])
+    a2 = Agent(dispatcher, (await logs_request(n2))["subscriptionId"])
+    a1.send(marksHistory=True)
+    a2.send()  # an older agent: its opening message promises nothing
+    a1.send(lines=[line("t1", "h3", 3)], historyEnd=True)
+    a2.send(lines=[line("t2", "h1", 1)])
+    got = [await asyncio.wait_for(first, 1)]
+    got.append(await asyncio.wait_for(stream.__anext__(), 1))
+    assert [i["line"] for i in got] == ["h1", "h3"]
+    await stream.aclose()
+    for agent in (a1, a2):
+        agent.messages.put_nowait(None)
+        await agent.call
     n1.pump.cancel()
     n2.pump.cancel()

@@ -525,6 +525,40 @@ async def test_timed_logs_carry_when_each_line_was_written(
         assert [line.text for line in await timed(since=between)] == ["first", "second"]
 
 
+async def test_followed_logs_mark_where_the_history_ends(
+    runtime: Runtime, runtime_name: str, tmp_path: Path
+) -> None:
+    # The process runtime reads the file itself: it knows where the history ends.
+    assert runtime.marks_history or runtime_name in ENGINES
+    script = "echo old1; echo old2; while [ ! -e go ]; do sleep 0.05; done; echo new"
+    handle = await runtime.start(sh(script, workdir=tmp_path))
+    await wait_for_line(runtime, handle, "old2")
+    lines = runtime.timed_logs(handle, follow=True)
+    history: list[str] = []
+    async with asyncio.timeout(LIMIT):
+        if runtime.marks_history:
+            while not (line := await anext(lines)).history_end:
+                history.append(line.text)
+            assert history == ["old1", "old2"]  # all of it, before a line was added
+        (tmp_path / "go").touch()
+        rest = [line async for line in lines]
+    assert not any(line.history_end for line in rest)  # once only
+    assert [*history, *(line.text for line in rest)] == ["old1", "old2", "new"]
+    assert [line async for line in runtime.logs(handle, follow=True)] == ["old1", "old2", "new"]
+
+
+@pytest.mark.parametrize("runtime_name", [pytest.param("sim", id="sim")])
+async def test_sim_marks_where_a_followed_history_ends(runtime: Runtime) -> None:
+    assert runtime.marks_history
+    handle = await runtime.start(workload("sim", "t1", "forever"))
+    lines = runtime.timed_logs(handle, follow=True)
+    async with asyncio.timeout(LIMIT):
+        assert (await anext(lines)).text.endswith("started")
+        assert (await anext(lines)).history_end
+        await runtime.stop(handle, "SIGTERM", 1.0)
+        assert [line.history_end async for line in lines] == [False]
+
+
 @pytest.mark.parametrize("runtime_name", [pytest.param("sim", id="sim")])
 async def test_sim_logs_are_stamped_by_its_own_clock(runtime: Runtime) -> None:
     before = datetime.now(UTC)
