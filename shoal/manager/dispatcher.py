@@ -51,6 +51,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc.aio
 import structlog
@@ -91,6 +92,9 @@ log = structlog.get_logger(__name__)
 
 # Messages waiting for one agent; lines waiting for one log reader.
 OUTBOX_LIMIT = 10_000
+# How long a closed session's stream may take to end by itself (its writer may be
+# stuck on an agent that does not read) before its handler is cancelled.
+CLOSE_GRACE = 1.0
 LOG_QUEUE_LIMIT = 10_000
 # How long an agent's log batch may wait for a reader that does not read.
 LOG_PUT_TIMEOUT = 30.0
@@ -110,6 +114,11 @@ class AgentSession:
     hostile) cannot make the manager queue without end. When the outbox is full
     the session is closed; the agent registers again and receives the full
     assignment set, which is exactly what it missed.
+
+    A closed session's stream ends at once, with the reason (FAILED_PRECONDITION):
+    heartbeats on it are no longer recorded, so an agent left on it would be
+    declared down. A stream whose writer is stuck (the agent does not read) is
+    ended by cancelling its handler after ``CLOSE_GRACE``.
     """
 
     id: str
@@ -120,6 +129,8 @@ class AgentSession:
     dirty: set[str] = field(default_factory=set)
     sent: dict[str, tuple[str, bool]] = field(default_factory=dict)
     closed: bool = False
+    reason: str = ""  # why it was closed, for the agent
+    handler: asyncio.Task[Any] | None = None  # the RPC serving its stream
     # Whether the agent asked for the endpoint catalog, and whether it got the full one.
     catalog: bool = True
     catalog_ready: bool = False
@@ -131,12 +142,23 @@ class AgentSession:
             self.outbox.put_nowait(message)
         except asyncio.QueueFull:
             log.warning("agent.outbox_full", node=self.node_id, limit=OUTBOX_LIMIT)
-            self.closed = True  # the stream ends at its next message; the agent re-registers
+            self.close(f"{OUTBOX_LIMIT} messages unread; register again")
 
-    def close(self) -> None:
+    def close(self, reason: str = "") -> None:
+        """End the session: its stream ends (with ``reason``) and the agent registers again."""
+        if self.closed:
+            return
         self.closed = True
+        self.reason = reason
         with contextlib.suppress(asyncio.QueueFull):  # full: the stream sees ``closed``
             self.outbox.put_nowait(None)
+        if self.handler is not None and not self.handler.done():
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, self._end)
+
+    def _end(self) -> None:
+        if self.handler is not None and not self.handler.done():
+            log.warning("agent.session_cancelled", node=self.node_id, reason=self.reason)
+            self.handler.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +211,7 @@ def _reader_ended(session: AgentSession, job: asyncio.Task[None]) -> None:
     """A session whose messages can no longer be read is over (the agent registers again)."""
     if not job.cancelled() and job.exception() is not None:
         log.error("agent.session_read_failed", node=session.node_id, error=repr(job.exception()))
-        session.close()
+        session.close("its messages could not be read; register again")
 
 
 def _reports(request: Payload) -> dict[str, TaskStatus]:
@@ -243,7 +265,7 @@ class Dispatcher:
     def close_sessions(self) -> None:
         """End every agent session (this manager stopped leading); agents reconnect."""
         for session in list(self.sessions.values()):
-            session.close()
+            session.close("this manager stopped leading; find the leader")
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -289,8 +311,9 @@ class Dispatcher:
         )
         previous = self.sessions.get(node_id)
         if previous:
-            previous.close()
+            previous.close("a newer session of this node replaced it")
         self.sessions[node_id] = session
+        session.handler = asyncio.current_task()
         self.heartbeats.registered(node_id)
         log.info("agent.session", node=node_id, session=session.id, peer=context.peer())
         reader: asyncio.Task[None] | None = None
@@ -329,6 +352,8 @@ class Dispatcher:
                 if message is None:
                     break
                 yield message
+            if session.reason:
+                raise SessionError(session.reason)
         finally:
             session.closed = True
             if reader is not None:
@@ -347,7 +372,7 @@ class Dispatcher:
             async for message in read_more(context):
                 if isinstance(message, Rejected):
                     log.warning("agent.session_message_refused", node=session.node_id)
-                    session.close()
+                    session.close("a session message was refused")
                     return
                 kind = message.get("type")
                 if kind == "heartbeat":
@@ -381,7 +406,8 @@ class Dispatcher:
         marked down meanwhile or the session is over: the agent must register again."""
         entry = self.informer.nodes.get(session.node_id)
         if session.closed or entry is None or entry.obj.status.state != NodeState.READY:
-            session.close()
+            state = "removed" if entry is None else entry.obj.status.state.value
+            session.close(f"node {session.node_id} is {state}; register again")
             return False
         self.heartbeats.beat(session.node_id)
         return True

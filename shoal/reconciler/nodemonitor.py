@@ -118,9 +118,11 @@ class HeartbeatTracker:
 
     def registered(self, node_id: str) -> None:
         """``node_id`` opened a session. Within a new term's longer grace that is no
-        heartbeat yet: its heartbeats may wait behind the rest of the herd finding this
-        manager, so it keeps the term's grace until its first one."""
-        if self.awake() >= self.started:
+        heartbeat yet for a node not heard from in this term: its heartbeats may wait
+        behind the rest of the herd finding this manager, so it keeps the term's grace
+        until its first one. A node heard from before (its session ended and it came
+        back) starts its usual grace afresh, as outside the term's grace."""
+        if self.awake() >= self.started or node_id in self._seen:
             self.beat(node_id)
 
     def silent_for(self, node_id: str) -> float:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc.aio
 import pytest
 
-from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.dispatcher import CLOSE_GRACE, Dispatcher, SessionError
 from shoal.models import DesiredState, NodeState, Task, TaskState, TaskStatus
 from shoal.reconciler.nodemonitor import HeartbeatTracker
 from shoal.store.typed import TASKS, Change
@@ -236,9 +236,45 @@ async def test_heartbeats_on_the_session_are_heard_and_answered(world: World) ->
     # the agent must register again.
     await world.put(node("n1", state=NodeState.DOWN))
     session.context.sent.put_nowait({"type": "heartbeat"})
-    await asyncio.wait_for(session.pump, 5)
+    with pytest.raises(SessionError, match="node n1 is down; register again"):
+        await asyncio.wait_for(session.pump, 5)
     assert session.messages.empty()
     assert "n1" not in dispatcher.sessions
+
+
+async def test_a_closed_session_ends_its_stream_and_says_why(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    session = await open_session(dispatcher, "n1")
+    assert (await session.next())["type"] == "assignments"
+    dispatcher.close_sessions()  # this manager stopped leading
+    with pytest.raises(SessionError, match="stopped leading"):
+        await asyncio.wait_for(session.pump, 5)
+
+
+async def test_a_closed_session_ends_even_while_its_agent_reads_nothing(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    # The RPC's writer is stuck on an agent that stopped reading (flow control), so
+    # the stream never comes back for its next message: its handler is cancelled,
+    # and the agent, its stream gone, registers again instead of heartbeating into
+    # a session nobody hears.
+    request = {"nodeId": "n1", "description": node("n1").description.to_wire()}
+    stream = dispatcher.session(request, Peer())  # type: ignore[arg-type]
+    unread = asyncio.Event()
+
+    async def handler() -> None:
+        async for message in stream:
+            if message["type"] == "assignments":
+                await unread.wait()  # the write to the agent never completes
+
+    job = asyncio.create_task(handler())
+    await asyncio.sleep(0.5)
+    assert "n1" in dispatcher.sessions
+    dispatcher.close_sessions()
+    await asyncio.sleep(CLOSE_GRACE + 0.5)
+    assert job.cancelled()
+    await stream.aclose()
 
 
 async def test_an_agent_that_half_closes_keeps_its_session(

@@ -375,6 +375,20 @@ async def test_a_node_heard_from_in_a_new_term_has_the_usual_grace(rig10: Rig) -
     assert (await rig10.states())["n009"] == "down"
 
 
+async def test_a_node_heard_from_that_registers_again_in_a_new_term_starts_afresh(
+    rig10: Rig,
+) -> None:
+    # Early in a term n000 heartbeats, loses its session and registers again 1.2 s
+    # later: its silence counts from that registration, not from the old session.
+    rig10.tracker.restart(extra=5.0)
+    rig10.run(0.5, beating=names(10))
+    rig10.run(1.2, beating=names(9, start=1))
+    rig10.tracker.registered("n000")
+    rig10.run(GRACE - 0.5, beating=names(9, start=1))
+    await rig10.monitor.reconcile("nodes")
+    assert (await rig10.states())["n000"] == "ready"
+
+
 async def test_a_new_term_gives_every_node_a_fresh_grace(rig10: Rig) -> None:
     rig10.run(GRACE + 0.5, beating=set())
     rig10.tracker.restart(extra=5.0)
