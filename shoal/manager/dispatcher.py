@@ -24,10 +24,10 @@ with ``{"type": "heartbeat", "heartbeatPeriod", "managers"}`` among the
 messages above (the agent's sign that this manager still hears it). So a node
 holds one connection to the manager, not one for its session and another for
 its heartbeats (each mutual-TLS connection costs the manager about 95 KB).
-Heartbeats are read on the event loop, which no reconcile holds for more than
-about 10 ms at a time (``shoal.reconciler.pacing``); a stall of the loop or of
-the whole process is measured by the node monitor's awake clock and never
-counted as the nodes' silence. Agents older than this send ``Heartbeat``
+Heartbeats are read on the event loop, which the long reconcile passes hand
+back every 10 ms or so (``shoal.reconciler.pacing``); whatever still holds it
+(a long call, a stall of the whole process) is measured by the node monitor's
+awake clock and never counted as the nodes' silence. Agents older than this send ``Heartbeat``
 calls instead (same answers) and half-close the stream after registering.
 Heartbeats only touch memory. Status comes back in batches on the same
 stream, ``{"type": "status", "batch", "updates"}``, each answered
