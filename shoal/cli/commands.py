@@ -27,6 +27,7 @@ from shoal.cli.options import (
     command,
     completes,
     key_value,
+    named_subcommand,
     output_option,
     selector_option,
     server_option,
@@ -607,16 +608,15 @@ def configure_node(parser: argparse.ArgumentParser) -> None:
     from shoal.cli.identity import add_node_rm
 
     add_node_rm(group)
-    update = add_subcommand(
+    update = named_subcommand(
         group,
         "update",
         cmd_node_update,
         "change a node's availability or labels",
         epilog="availability: active (takes tasks), pause (keeps its tasks, takes no\n"
         "new ones), drain (its tasks move elsewhere)",
+        names="nodes",
     )
-    server_option(update)
-    completes(update.add_argument("name", metavar="NAME"), "nodes")
     update.add_argument("--availability", choices=["active", "pause", "drain"])
     update.add_argument(
         "--label-add",

@@ -18,10 +18,8 @@ from typing import Any
 from shoal.cli import output
 from shoal.cli.options import (
     DEFAULT_TIMEOUT,
-    add_subcommand,
-    completes,
     duration,
-    server_option,
+    named_subcommand,
     subcommands,
 )
 from shoal.errors import ShoalError
@@ -116,9 +114,7 @@ async def _wait_run(control: Any, name: str, known: set[Any], timeout: float) ->
 
 def configure(parser: argparse.ArgumentParser) -> None:
     group = subcommands(parser, "job_command")
-    run = add_subcommand(group, "run", cmd_job_run, "start a run of a job now")
-    server_option(run)
-    completes(run.add_argument("name", metavar="NAME"), "services")
+    run = named_subcommand(group, "run", cmd_job_run, "start a run of a job now", names="services")
     run.add_argument(
         "--wait", action="store_true", help="wait until the run ended (exit 1 if it failed)"
     )
@@ -129,6 +125,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="with --wait: give up after this long (default 60s)",
     )
-    status = add_subcommand(group, "status", cmd_job_status, "list a job's runs")
-    server_option(status)
-    completes(status.add_argument("name", metavar="NAME"), "services")
+    named_subcommand(group, "status", cmd_job_status, "list a job's runs", names="services")

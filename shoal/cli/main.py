@@ -5,9 +5,9 @@ lives in a module of its own that is imported only when that verb is run, so
 ``shoal --help`` loads no verb at all and ``shoal get`` loads neither the
 daemons (agent, manager, runtimes, engine SDKs) nor the models.
 
-Adding a verb is one line in ``VERBS``::
+Adding a verb is one line in the table of ``VERBS``::
 
-    Verb("diff", "show what apply would change", "shoal.cli.diff:configure"),
+    diff        diff               show what apply would change, as a unified diff
 
 where ``shoal.cli.diff.configure(parser)`` declares the verb's arguments on the
 parser it is given and binds the function that runs it with
@@ -76,75 +76,54 @@ class Verb:
         return f"Verb({self.name!r}, {self.summary!r}, {self.target!r})"
 
 
-# In the order ``shoal --help`` lists them.
-VERBS: tuple[Verb, ...] = (
-    Verb(
-        "apply", "create or update services from YAML specs", "shoal.cli.commands:configure_apply"
-    ),
-    Verb("diff", "show what apply would change, as a unified diff", "shoal.cli.diff:configure"),
-    Verb("get", "list services, tasks or nodes", "shoal.cli.commands:configure_get"),
-    Verb(
-        "describe",
-        "show a service or node in detail, with its tasks and events",
-        "shoal.cli.commands:configure_describe",
-    ),
-    Verb("delete", "delete services", "shoal.cli.commands:configure_delete"),
-    Verb("scale", "set the number of replicas of services", "shoal.cli.commands:configure_scale"),
-    Verb("logs", "print the output of a service's tasks", "shoal.cli.commands:configure_logs"),
-    Verb("exec", "run a command inside a running container task", "shoal.cli.exec:configure"),
-    Verb("rollout", "follow and steer the rollout of a service", "shoal.cli.rollout:configure"),
-    Verb("job", "run jobs and see their runs", "shoal.cli.jobs:configure"),
-    Verb("node", "list and update nodes", "shoal.cli.commands:configure_node"),
-    Verb(
-        "sync",
-        "keep the cluster in line with a directory or git repository",
-        "shoal.cli.sync:configure",
-    ),
-    Verb("stack", "deploy Compose files as stacks", "shoal.cli.stack:configure"),
-    Verb("token", "print (or rotate) a join token", "shoal.cli.identity:configure_token"),
-    Verb("user", "add, list and remove users", "shoal.cli.identity:configure_user"),
-    Verb(
-        "context",
-        "manage contexts: which cluster, as whom",
-        "shoal.cli.identity:configure_context",
-    ),
-    Verb("version", "print the client and server versions", "shoal.cli.version:configure"),
-    Verb("ui", "print a login link for the web UI", "shoal.cli.ui:configure"),
-    Verb(
-        "completion",
-        "print the shell completion script (bash, zsh or fish)",
-        "shoal.cli.completion:configure",
-    ),
-    Verb("cluster", "the managers and the store", "shoal.cli.cluster:configure"),
-    Verb("events", "what the cluster did and why (-w to follow)", "shoal.cli.events:configure"),
-    Verb(
-        "endpoints",
-        "where a service's healthy tasks are: addresses and ports (-w to follow)",
-        "shoal.cli.endpoints:configure",
-    ),
-    Verb("store", "back up the store, restore it", "shoal.cli.store:configure"),
-    Verb("secret", "manage secrets (encrypted at rest)", "shoal.cli.secrets:configure_secret"),
-    Verb("config", "manage configs", "shoal.cli.secrets:configure_config"),
-    Verb(
-        "up",
-        "run a single-node cluster (manager + local agent, SQLite store)",
-        "shoal.cli.daemons:configure_up",
-        daemon=True,
-    ),
-    Verb(
-        "down",
-        "stop the tasks a stopped `shoal up` left running",
-        "shoal.cli.down:configure",
-        daemon=True,
-    ),
-    Verb("manager", "run a manager on a store", "shoal.cli.daemons:configure_manager", daemon=True),
-    Verb(
-        "agent",
-        "run an agent that joins a manager",
-        "shoal.cli.daemons:configure_agent",
-        daemon=True,
-    ),
-)
+# In the order ``shoal --help`` lists them: NAME, where it is declared (a module of
+# ``shoal.cli``; ``commands:get`` is ``shoal.cli.commands:configure_get``, a bare module
+# its ``configure``), and its help line.
+# A ``*`` before the name marks a daemon (see ``Verb.daemon``).
+_TABLE = """\
+apply       commands:apply     create or update services from YAML specs
+diff        diff               show what apply would change, as a unified diff
+get         commands:get       list services, tasks or nodes
+describe    commands:describe  show a service or node in detail, with its tasks and events
+delete      commands:delete    delete services
+scale       commands:scale     set the number of replicas of services
+logs        commands:logs      print the output of a service's tasks
+exec        exec               run a command inside a running container task
+rollout     rollout            follow and steer the rollout of a service
+job         jobs               run jobs and see their runs
+node        commands:node      list and update nodes
+sync        sync               keep the cluster in line with a directory or git repository
+stack       stack              deploy Compose files as stacks
+token       identity:token     print (or rotate) a join token
+user        identity:user      add, list and remove users
+context     identity:context   manage contexts: which cluster, as whom
+version     version            print the client and server versions
+ui          ui                 print a login link for the web UI
+completion  completion         print the shell completion script (bash, zsh or fish)
+cluster     cluster            the managers and the store
+events      events             what the cluster did and why (-w to follow)
+endpoints   endpoints          where a service's healthy tasks are (addresses, ports; -w to follow)
+store       store              back up the store, restore it
+secret      secrets:secret     manage secrets (encrypted at rest)
+config      secrets:config     manage configs
+*up         daemons:up         run a single-node cluster (manager + local agent, SQLite store)
+*down       down               stop the tasks a stopped `shoal up` left running
+*manager    daemons:manager    run a manager on a store
+*agent      daemons:agent      run an agent that joins a manager
+"""
+
+
+def _verbs(table: str) -> tuple[Verb, ...]:
+    verbs = []
+    for row in table.splitlines():
+        name, where, summary = row.split(maxsplit=2)
+        module, _, function = where.partition(":")
+        target = f"shoal.cli.{module}:configure{'_' + function if function else ''}"
+        verbs.append(Verb(name.lstrip("*"), summary, target, daemon=name.startswith("*")))
+    return tuple(verbs)
+
+
+VERBS: tuple[Verb, ...] = _verbs(_TABLE)
 
 
 def find_verb(name: str, verbs: Sequence[Verb] = VERBS) -> Verb | None:

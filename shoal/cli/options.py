@@ -105,6 +105,17 @@ def add_subcommand(
     return command(parser, func)
 
 
+def named_subcommand(
+    group: Any, name: str, func: Command, summary: str, names: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """A sub-verb about one object on a manager (``sync now NAME``): ``add_subcommand``
+    with ``--server``/``--context`` and a ``NAME`` that completes with ``names``."""
+    parser = add_subcommand(group, name, func, summary, **kwargs)
+    server_option(parser)
+    completes(parser.add_argument("name", metavar="NAME"), names)
+    return parser
+
+
 def tail_after_dashes(parser: argparse.ArgumentParser, dest: str, help: str) -> None:
     """The words after ``--`` are ``dest``'s, untouched (``exec TASK -- COMMAND...``)."""
     parser.add_argument(dest, metavar="-- COMMAND", nargs="*", help=help)

@@ -28,10 +28,8 @@ from typing import Any
 from shoal.cli import output
 from shoal.cli.options import (
     DEFAULT_TIMEOUT,
-    add_subcommand,
-    completes,
     duration,
-    server_option,
+    named_subcommand,
     subcommands,
 )
 from shoal.errors import ShoalError
@@ -186,16 +184,15 @@ ACTIONS = {
 
 def configure(parser: argparse.ArgumentParser) -> None:
     group = subcommands(parser, "rollout_command")
-    status = add_subcommand(
+    status = named_subcommand(
         group,
         "status",
         cmd_rollout_status,
         "follow a service's update until it is completed, paused or rolled back",
         epilog="Exit code 0 on completed (or canaries awaiting promotion), 1 on paused or "
         "rolled back (with the reason) or on timeout.",
+        names="services",
     )
-    server_option(status)
-    completes(status.add_argument("name", metavar="NAME"), "services")
     status.add_argument(
         "--timeout",
         type=duration,
@@ -203,18 +200,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="give up after this long, e.g. 30s, 2m (default 60s)",
     )
-    history = add_subcommand(
-        group, "history", cmd_rollout_history, "list the kept revisions of a service"
+    history = named_subcommand(
+        group,
+        "history",
+        cmd_rollout_history,
+        "list the kept revisions of a service",
+        names="services",
     )
-    server_option(history)
-    completes(history.add_argument("name", metavar="NAME"), "services")
     history.add_argument(
         "--revision", type=revision_number, metavar="N", help="print revision N's template"
     )
     for action, summary in ACTIONS.items():
-        sub = add_subcommand(group, action, _act(action), summary)
-        server_option(sub)
-        completes(sub.add_argument("name", metavar="NAME"), "services")
+        sub = named_subcommand(group, action, _act(action), summary, names="services")
         if action == "undo":
             sub.add_argument(
                 "--to-revision", type=revision_number, metavar="N", help="a kept revision number"

@@ -17,7 +17,7 @@ from typing import Any
 from shoal.cli import output
 from shoal.cli.options import (
     add_subcommand,
-    completes,
+    named_subcommand,
     output_option,
     server_option,
     subcommands,
@@ -242,32 +242,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     server_option(ls)
     output_option(ls, ("table", "yaml", "json"), "table (default), yaml or json")
 
-    status = add_subcommand(
+    status = named_subcommand(
         group,
         "status",
         cmd_status,
         "show a Sync: revisions, conditions, health, inventory, events",
         epilog="Exit code 0 when the Sync is Ready, 1 otherwise.",
+        names="syncs",
     )
-    server_option(status)
-    completes(status.add_argument("name", metavar="NAME"), "syncs")
     output_option(status, ("table", "yaml", "json"), "table (default), yaml or json")
 
-    now = add_subcommand(
+    now = named_subcommand(
         group,
         "now",
         cmd_now,
         "fetch and apply at once instead of at the next interval",
         epilog="Waits for the run and exits 1 if it failed (--no-wait returns at once).",
+        names="syncs",
     )
-    server_option(now)
-    completes(now.add_argument("name", metavar="NAME"), "syncs")
     wait_options(now, "for the run's outcome")
     for name, func, summary in (
         ("suspend", cmd_suspend, "stop fetching, applying and correcting drift"),
         ("resume", cmd_resume, "start again (runs at once)"),
         ("delete", cmd_delete, "delete a Sync; the services it applied keep running"),
     ):
-        verb = add_subcommand(group, name, func, summary)
-        server_option(verb)
-        completes(verb.add_argument("name", metavar="NAME"), "syncs")
+        named_subcommand(group, name, func, summary, names="syncs")
