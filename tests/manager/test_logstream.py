@@ -9,6 +9,7 @@ through ``PublishLogs``; tasks live in a memory store; time is virtual.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -227,34 +228,46 @@ def line(task_id: str, text: str, seconds: int) -> dict[str, Any]:
     return {"taskId": task_id, "line": text, "time": at(seconds)}
 
 
-async def test_following_holds_the_history_until_each_agent_marks_its_end(
+@contextlib.asynccontextmanager
+async def following(
     world: World, dispatcher: Dispatcher
-) -> None:
+) -> AsyncIterator[tuple[AsyncIterator[dict[str, Any]], asyncio.Future[Any], Agent, Agent]]:
+    """``Logs -f`` of web: the stream, its first item to come, and n1's and n2's agents."""
     n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
-    logs = ServiceLogs(world.informer, dispatcher)
-    stream = logs.stream(LogScope(world.informer, "web"), True, None)
+    stream = ServiceLogs(world.informer, dispatcher).stream(
+        LogScope(world.informer, "web"), True, None
+    )
     first = asyncio.ensure_future(stream.__anext__())
     a1 = Agent(dispatcher, (await logs_request(n1))["subscriptionId"])
     a2 = Agent(dispatcher, (await logs_request(n2))["subscriptionId"])
-    a1.send(marksHistory=True)
-    a2.send(marksHistory=True)
-    a1.send(lines=[line("t1", "h3", 3)], historyEnd=True)
-    a2.send(lines=[line("t2", "h1", 1)])
-    # n2 is slow to read the rest of its history: far longer than any quiet window.
-    await asyncio.sleep(1.5)
-    assert not first.done()
-    a2.send(lines=[line("t2", "h2", 2)], historyEnd=True)
-    got = [await asyncio.wait_for(first, 5)]
-    got += [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(2)]
-    assert [i["line"] for i in got] == ["h1", "h2", "h3"]
-    a1.send(lines=[line("t1", "live", 0)])
-    assert (await asyncio.wait_for(stream.__anext__(), 5))["line"] == "live"
-    await stream.aclose()
-    for agent in (a1, a2):
-        agent.messages.put_nowait(None)
-        await agent.call
-    n1.pump.cancel()
-    n2.pump.cancel()
+    try:
+        yield stream, first, a1, a2
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+        for agent in (a1, a2):
+            agent.messages.put_nowait(None)
+            await agent.call
+        n1.pump.cancel()
+        n2.pump.cancel()
+
+
+async def test_following_holds_the_history_until_each_agent_marks_its_end(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    async with following(world, dispatcher) as (stream, first, a1, a2):
+        a1.send(marksHistory=True)
+        a2.send(marksHistory=True)
+        a1.send(lines=[line("t1", "h3", 3)], historyEnd=True)
+        a2.send(lines=[line("t2", "h1", 1)])
+        # n2 is slow to read the rest of its history: far longer than any quiet window.
+        await asyncio.sleep(1.5)
+        assert not first.done()
+        a2.send(lines=[line("t2", "h2", 2)], historyEnd=True)
+        got = [await asyncio.wait_for(first, 5)]
+        got += [await asyncio.wait_for(stream.__anext__(), 5) for _ in range(2)]
+        assert [i["line"] for i in got] == ["h1", "h2", "h3"]
+        a1.send(lines=[line("t1", "live", 0)])
+        assert (await asyncio.wait_for(stream.__anext__(), 5))["line"] == "live"
 
 
 async def test_a_history_longer_than_the_readers_limit_is_sent_whole(
@@ -276,22 +289,11 @@ async def test_a_history_longer_than_the_readers_limit_is_sent_whole(
 async def test_an_agent_that_does_not_mark_its_history_gets_the_quiet_window(
     world: World, dispatcher: Dispatcher
 ) -> None:
-    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
-    logs = ServiceLogs(world.informer, dispatcher)
-    stream = logs.stream(LogScope(world.informer, "web"), True, None)
-    first = asyncio.ensure_future(stream.__anext__())
-    a1 = Agent(dispatcher, (await logs_request(n1))["subscriptionId"])
-    a2 = Agent(dispatcher, (await logs_request(n2))["subscriptionId"])
-    a1.send(marksHistory=True)
-    a2.send()  # an older agent: its opening message promises nothing
-    a1.send(lines=[line("t1", "h3", 3)], historyEnd=True)
-    a2.send(lines=[line("t2", "h1", 1)])
-    got = [await asyncio.wait_for(first, 1)]
-    got.append(await asyncio.wait_for(stream.__anext__(), 1))
-    assert [i["line"] for i in got] == ["h1", "h3"]
-    await stream.aclose()
-    for agent in (a1, a2):
-        agent.messages.put_nowait(None)
-        await agent.call
-    n1.pump.cancel()
-    n2.pump.cancel()
+    async with following(world, dispatcher) as (stream, first, a1, a2):
+        a1.send(marksHistory=True)
+        a2.send()  # an older agent: its opening message promises nothing
+        a1.send(lines=[line("t1", "h3", 3)], historyEnd=True)
+        a2.send(lines=[line("t2", "h1", 1)])
+        got = [await asyncio.wait_for(first, 1)]
+        got.append(await asyncio.wait_for(stream.__anext__(), 1))
+        assert [i["line"] for i in got] == ["h1", "h3"]
