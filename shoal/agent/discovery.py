@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -177,6 +178,7 @@ class NodeDiscovery:
             if gateway is None:
                 continue
             self.gateways[name] = gateway
+            sources = await _subnets(runtime)
             shared = [
                 listener
                 for listener in self.container_listeners.values()
@@ -193,6 +195,7 @@ class NodeDiscovery:
                         Perspective.container(gateway),
                         freebind=True,
                         forwarder=Forwarder.from_resolv_conf(),
+                        sources=sources,
                     )
                 )
             except OSError as exc:
@@ -203,6 +206,8 @@ class NodeDiscovery:
                     error=str(exc),
                 )
                 continue
+            if shared:
+                listener.allow(sources)
             self.container_listeners[name] = listener
             runtime.use_dns(gateway)
             log.info("dns.listening_for_containers", runtime=name, address=listener.address)
@@ -354,3 +359,16 @@ class NodeDiscovery:
                     await listener.aclose()
         self.listener = None
         self.container_listeners.clear()
+
+
+async def _subnets(runtime: Runtime) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The runtime's container subnets: whom its gateway's DNS listener answers (besides
+    loopback). None known: only loopback, and the agent says so."""
+    try:
+        found = [ipaddress.ip_network(text, strict=False) for text in await runtime.dns_subnets()]
+    except (RuntimeBackendError, ValueError) as exc:
+        log.warning("dns.no_container_subnets", runtime=runtime.name, error=str(exc))
+        return []
+    if not found:
+        log.warning("dns.no_container_subnets", runtime=runtime.name, error="none reported")
+    return found

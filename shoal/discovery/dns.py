@@ -27,6 +27,12 @@ the host's name servers (``shoal.discovery.forward``). Before the first catalog 
 nothing is known for sure: every name is ``SERVFAIL``, so a client tries again instead of
 caching a ``NXDOMAIN``. A packet that is not a DNS query is dropped (no header) or ``FORMERR``.
 
+Sources: a listener containers use (on an engine's bridge gateway, where anything that
+reaches the gateway could ask) answers only this machine's loopback and the subnets of the
+engines' networks it serves; a query from anywhere else is dropped over UDP (no answer to
+reflect off it) and its connection closed over TCP. The node's own listener answers anyone
+who reaches the address it was given.
+
 Perspectives: a query that came in on a listener containers use is answered as a
 container on this node sees the cluster (``shoal.discovery.perspective``): a container
 endpoint on this node by its container address (and its in-container port in ``SRV``).
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import random
 import socket
 import struct
@@ -371,13 +378,21 @@ def _to_relay(wire: bytes, forwarder: Forwarder | None) -> dns.message.Message |
     return None if query.question[0].name.is_subdomain(ZONE) else query
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(
-        self, resolver: Resolver, perspective: Perspective, forwarder: Forwarder | None
+        self,
+        resolver: Resolver,
+        perspective: Perspective,
+        forwarder: Forwarder | None,
+        accepts: Callable[[object], bool],
     ) -> None:
         self.resolver = resolver
         self.perspective = perspective
         self.forwarder = forwarder
+        self.accepts = accepts
         self.transport: asyncio.DatagramTransport | None = None
         self.relays: set[asyncio.Task[None]] = set()
 
@@ -385,6 +400,8 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if not self.accepts(addr[0]):
+            return  # dropped, not refused: no answer to bounce off this listener
         query = _to_relay(data, self.forwarder)
         if query is not None and len(self.relays) < RELAYS:
             relay = asyncio.create_task(self._relay(query, addr))
@@ -409,16 +426,39 @@ class DnsListener:
     """One address the resolver answers on, over UDP and TCP; ``aclose`` releases both."""
 
     def __init__(
-        self, resolver: Resolver, perspective: Perspective, forwarder: Forwarder | None = None
+        self,
+        resolver: Resolver,
+        perspective: Perspective,
+        forwarder: Forwarder | None = None,
+        sources: Iterable[Network] | None = None,
     ) -> None:
         self.resolver = resolver
         self.perspective = perspective
         # Containers' listeners: names outside the zone go to the host's servers.
         self.forwarder = forwarder
+        # Who may ask besides loopback (None: anyone), see ``accepts``.
+        self.sources: list[Network] | None = None if sources is None else list(sources)
         self.address = ""
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+
+    def allow(self, networks: Iterable[Network]) -> None:
+        """Answer queries from ``networks`` too (another engine's subnets on this gateway)."""
+        self.sources = [*(self.sources or []), *networks]
+
+    def accepts(self, source: object) -> bool:
+        """Whether a query from ``source`` (an address) is answered: from anywhere on a
+        listener without ``sources``; else from loopback or one of ``sources``."""
+        if self.sources is None:
+            return True
+        try:
+            address = ipaddress.ip_address(str(source).partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return address.is_loopback or any(address in network for network in self.sources)
 
     async def start(self, host: str, port: int, *, freebind: bool = False) -> None:
         """Bind ``host:port`` (port 0: any free one, the same for UDP and TCP).
@@ -438,7 +478,8 @@ class DnsListener:
                     raise
                 continue
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(self.resolver, self.perspective, self.forwarder), sock=udp
+                lambda: _Datagrams(self.resolver, self.perspective, self.forwarder, self.accepts),
+                sock=udp,
             )
             self._udp = transport
             self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
@@ -449,7 +490,8 @@ class DnsListener:
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._connections) >= TCP_CONNECTIONS:
+        peer = writer.get_extra_info("peername")
+        if len(self._connections) >= TCP_CONNECTIONS or not self.accepts(peer[0] if peer else ""):
             writer.close()
             return
         self._connections.add(task)
@@ -513,8 +555,9 @@ async def open_listener(
     *,
     freebind: bool = False,
     forwarder: Forwarder | None = None,
+    sources: Iterable[Network] | None = None,
 ) -> DnsListener:
     """A started ``DnsListener`` on ``host:port``; raises ``OSError`` if it cannot bind."""
-    listener = DnsListener(resolver, perspective, forwarder)
+    listener = DnsListener(resolver, perspective, forwarder, sources)
     await listener.start(host, port, freebind=freebind)
     return listener

@@ -293,6 +293,11 @@ class Runtime(abc.ABC):
         """Where this runtime's tasks reach the node, if not at its own addresses."""
         return None
 
+    async def dns_subnets(self) -> list[str]:
+        """The subnets this runtime's tasks have addresses in, behind ``dns_gateway``
+        (whom the node's DNS listener on that gateway answers)."""
+        return []
+
     def use_dns(self, server: str) -> None:  # noqa: B027 - optional hook
         """Give tasks started from now on ``server`` as their name server."""
 

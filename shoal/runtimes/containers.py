@@ -239,6 +239,10 @@ class Engine(abc.ABC):
         """The host's address on the network containers are started on (its gateway)."""
         return None
 
+    def subnets(self) -> list[str]:
+        """The subnets of the network containers are started on (CIDR)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
 
@@ -736,6 +740,9 @@ class ContainerRuntime(Runtime):
 
     async def dns_gateway(self) -> str | None:
         return await self._call(lambda e: e.gateway())
+
+    async def dns_subnets(self) -> list[str]:
+        return await self._call(lambda e: e.subnets())
 
     def use_dns(self, server: str) -> None:
         self._dns_server = server

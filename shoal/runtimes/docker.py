@@ -226,15 +226,20 @@ class DockerEngine(Engine):
                     yield str(container_id)
 
     def gateway(self) -> str | None:
+        found = [str(c["Gateway"]) for c in self._bridge_config() if c.get("Gateway")]
+        return found[0] if found else None
+
+    def subnets(self) -> list[str]:
+        return [str(c["Subnet"]) for c in self._bridge_config() if c.get("Subnet")]
+
+    def _bridge_config(self) -> list[dict[str, Any]]:
+        """The IPAM configs of the default bridge network (none: no such network)."""
         with _mapped(self, "inspect network bridge"):
             try:
                 network = self.api.inspect_network("bridge")
             except docker.errors.NotFound:
-                return None
-        for config in (network.get("IPAM") or {}).get("Config") or []:
-            if config.get("Gateway"):
-                return str(config["Gateway"])
-        return None
+                return []
+        return list((network.get("IPAM") or {}).get("Config") or [])
 
     def close(self) -> None:
         self.client.close()

@@ -268,16 +268,20 @@ class PodmanEngine(Engine):
                     yield str(container_id)
 
     def gateway(self) -> str | None:
+        found = [str(s["gateway"]) for s in self._network_subnets() if s.get("gateway")]
+        return found[0] if found else None
+
+    def subnets(self) -> list[str]:
+        return [str(s["subnet"]) for s in self._network_subnets() if s.get("subnet")]
+
+    def _network_subnets(self) -> list[dict[str, Any]]:
+        """The subnets of the network ``podman`` (none: no such network)."""
         with _mapped(self, "inspect network podman"):
             response = self.api.get("/networks/podman/json")
             if response.status_code == 404:
-                return None
+                return []
             response.raise_for_status()
-            subnets = response.json().get("subnets") or []
-        for subnet in subnets:
-            if subnet.get("gateway"):
-                return str(subnet["gateway"])
-        return None
+            return list(response.json().get("subnets") or [])
 
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import socket
 import struct
 from collections.abc import AsyncIterator
 
 import dns.asyncquery
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -306,3 +308,43 @@ def test_random_names_never_raise(labels: list[str], rdtype: str, container: boo
     assert wire is not None and "error" not in seen
     response = dns.message.from_wire(wire)
     assert response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+
+
+def outside_address() -> str:
+    """An address of this machine that is not loopback (the one its default route uses)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+        address = str(probe.getsockname()[0])
+    assert not ipaddress.ip_address(address).is_loopback, "this machine has no route out"
+    return address
+
+
+async def test_a_containers_listener_answers_only_its_subnets_and_loopback() -> None:
+    """A listener on an engine's gateway answers the containers of that engine's networks
+    (and this machine's loopback); queries from anywhere else are dropped (UDP) or the
+    connection closed (TCP): it is no open resolver for whoever reaches the gateway."""
+    resolver = Resolver(fed(), NODE)
+    served = await open_listener(
+        resolver,
+        "0.0.0.0",
+        0,
+        Perspective.container("172.17.0.1"),
+        sources=[ipaddress.ip_network("10.123.0.0/16")],
+    )
+    try:
+        _, port = where(served)
+        outside = outside_address()
+        query = dns.message.make_query("web.shoal.", "A")
+        with pytest.raises(dns.exception.Timeout):
+            await dns.asyncquery.udp(query, outside, port=port, timeout=1, source=outside)
+        with pytest.raises((EOFError, ConnectionError)):
+            await dns.asyncquery.tcp(query, outside, port=port, timeout=5, source=outside)
+        local = await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=5)
+        assert answers(local, "A") == ["127.0.0.3", "172.17.0.1"]
+        served.allow([ipaddress.ip_network(f"{outside}/32")])  # the engine's subnet now
+        got = await dns.asyncquery.udp(query, outside, port=port, timeout=5, source=outside)
+        assert answers(got, "A") == ["127.0.0.3", "172.17.0.1"]
+        got = await dns.asyncquery.tcp(query, outside, port=port, timeout=5, source=outside)
+        assert answers(got, "A") == ["127.0.0.3", "172.17.0.1"]
+    finally:
+        await served.aclose()
