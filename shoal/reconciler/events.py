@@ -252,21 +252,27 @@ class EventRecorder:
         service: str | None = None,
         node: str | None = None,
         quiet: bool = False,
+        update: bool = False,
     ) -> None:
         """Note an event; never waits and never raises. ``quiet``: log it at debug level
-        only (task state changes: ``shoal events`` shows them, the log need not)."""
+        only (task state changes: ``shoal events`` shows them, the log need not).
+        ``update``: the message says what holds now (``12 tasks pending: …``): when the
+        object's last event has this reason, that event takes the new message (and
+        counts one more) instead of a new event being added; only a new one is logged."""
         if len(message) > MAX_MESSAGE:  # one event must always fit a store write
             cut = len(message) - MAX_MESSAGE
             message = f"{message[:MAX_MESSAGE]}… ({cut} more characters)"
-        (log.warning if warning else log.debug if quiet else log.info)(
-            reason, object=obj, message=message
-        )
+        last = self._newest(self._last.get(obj, ""))
+        repeat = last is not None and last.reason == reason and (update or last.message == message)
+        if not (repeat and update):
+            (log.warning if warning else log.debug if quiet else log.info)(
+                reason, object=obj, message=message
+            )
         self._counts.recorded += 1
         own_service, own_node = _scope(obj)
         now = self.clock.now()
-        last = self._newest(self._last.get(obj, ""))
-        if last is not None and last.reason == reason and last.message == message:
-            event = replace(last, time=now, count=last.count + 1, warning=warning)
+        if last is not None and repeat:
+            event = replace(last, time=now, count=last.count + 1, warning=warning, message=message)
         elif self.store is not None and len(self._pending) >= self.settings.max_pending:
             self._aggregate(obj, reason, message, warning, service or own_service, now)
             return
@@ -491,6 +497,8 @@ class EventRecorder:
 
     async def _flusher(self) -> None:
         while True:
+            # Not ``wait_for``: on Python 3.11 it swallows a cancel that comes as the
+            # event is set, and ``aclose`` then waits for a flusher asleep for an interval.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.flush_interval):
                     await self._wake.wait()

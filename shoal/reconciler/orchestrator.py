@@ -61,7 +61,7 @@ HISTORY_PER_SLOT = 4
 MAX_RESTART_DELAY = 300.0
 # A task that ran at least this long before failing resets the failure streak.
 HEALTHY_RUN = 30.0
-# A deleted service's tasks are retired this many at a time.
+# A deleted service's tasks: the pass looks whether to yield every this many.
 RETIRE_SLICE = 200
 # The note (``shoal describe``) of a service held by ``dependsOn``.
 HELD_NOTE = "dependsOn"
@@ -205,9 +205,12 @@ class Orchestrator(Controller):
             self.gate.release(key)
             self.reports.forget(key)
             self.restarts.pop(key, None)
-            for first in range(0, len(tasks), RETIRE_SLICE):
-                self._retire(tasks[first : first + RETIRE_SLICE], plan, now, "service deleted")
-                await pace()
+            # Task by task: no slot is kept, so what never ran goes at once, whatever
+            # else its slot holds, and only what runs waits for its agent to stop it.
+            for done, task_entry in enumerate(tasks):
+                self._retire([task_entry], plan, now, "service deleted")
+                if done % RETIRE_SLICE == 0:
+                    await pace()
         elif held is not None:
             self._hold(entry.obj, held)
         else:
@@ -483,8 +486,13 @@ class Orchestrator(Controller):
             self.events.record(f"service/{task.service}", "TaskShutdown", f"{task.name}: {reason}")
 
     def _retire(self, entries: list[Entry[Task]], plan: Plan, now: datetime, reason: str) -> None:
-        """Shut a slot's tasks down; delete them once all are terminal."""
-        if all(e.obj.status.state.terminal for e in entries):
+        """Shut a slot's tasks down; delete them once all are terminal.
+
+        A task that never reached a node is deleted at once: nobody runs it, so
+        there is nothing to stop and nobody to wait for (100,000 pending tasks of
+        a deleted service are 100,000 deletions, not a shutdown write and an
+        event each first)."""
+        if all(e.obj.status.state.terminal or _never_placed(e.obj) for e in entries):
             for entry in entries:
                 plan.changes.append(Change.delete(TASKS + entry.obj.id, entry.revision))
             return
@@ -528,6 +536,10 @@ def _matters(old: Task, new: Task, rolling: bool) -> bool:
             and (new.status.state == TaskState.RUNNING) != (old.status.state == TaskState.RUNNING)
         )
     )
+
+
+def _never_placed(task: Task) -> bool:
+    return task.status.state in (TaskState.NEW, TaskState.PENDING)
 
 
 def _keeps_tasks(node: Node) -> bool:

@@ -23,7 +23,16 @@ two tasks ever hold one GPU at once.
 A node takes at most the tasks its agent advertised (``--max-tasks``). A task
 that fits nowhere stays ``pending`` with a message saying why (per reason, how
 many nodes), updated only when the reason changes; the service gets one
-``Unschedulable`` event per reason and pass in which tasks newly wait for it.
+``Unschedulable`` event per reason, updated in place with how many of its tasks
+wait for it (``100000 tasks pending: …``), not one event per task or pass.
+
+A task that fits nowhere is *parked*: no pass looks at it again until
+something that could change the answer changes: a node (joins, leaves,
+changes state, availability, labels or resources), room freed on a node (a
+task ended, is stopping or was deleted), or its service (its placement). So
+100,000 tasks that wait cost one look each, not one per pass; a pass stops
+after ``PASS`` changes (placements and new messages), and tasks that need no
+write cost only the look.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
-from shoal.models import DesiredState, Node, Task, TaskState, TaskStatus
+from shoal.models import DesiredState, Node, Service, Task, TaskState, TaskStatus
 from shoal.reconciler.events import EventRecorder
 from shoal.reconciler.informer import Entry, Informer
 from shoal.reconciler.loop import Controller, Done, Outcome, Requeue
@@ -44,7 +53,7 @@ from shoal.reconciler.spread import Rank, SpreadTree
 from shoal.store.typed import Change, Object
 
 KEY = "pending"
-# Pending tasks placed per pass; the rest wait for the next pass, right after.
+# Changes (placements, new messages) per pass; the rest wait for the next pass, right after.
 PASS = 2000
 
 
@@ -165,8 +174,17 @@ class Scheduler(Controller):
         # pass costs what is pending, not what exists: pending task ids, and what
         # each node already carries. Built from the informer on first use.
         self._pending: set[str] = set()
+        # Pending tasks that fit nowhere when last looked at, per service: not
+        # looked at again until something that could change that changes.
+        self._parked: dict[str, set[str]] = defaultdict(set)
+        # Pending tasks per service and status message (the Unschedulable counts).
+        self._waiting: dict[str, Counter[str]] = defaultdict(Counter)
         self._loads: dict[str, NodeLoad] = defaultdict(NodeLoad)
         self._indexed = False
+        # Counts the wake-ups: a pass that saw one happen parks nothing it looked at.
+        self._wakes = 0
+        # Services seen deleted: their tasks are the orchestrator's to remove.
+        self._deleted: set[str] = set()
 
     def starting(self) -> None:
         # While this manager followed, no change reached ``keys_for``: the
@@ -177,19 +195,47 @@ class Scheduler(Controller):
         return (KEY,)
 
     def keys_for(self, old: Object | None, new: Object | None) -> Iterable[str]:
-        if isinstance(new or old, Node):
+        obj = new or old
+        if isinstance(obj, Node):
+            if isinstance(old, Node) and isinstance(new, Node) and not _node_changed(old, new):
+                return ()
+            self._unpark()
             return (KEY,)
+        if isinstance(obj, Service):
+            if new is None:
+                self._deleted.add(obj.metadata.name)
+            else:
+                self._deleted.discard(obj.metadata.name)
+            moved = isinstance(new, Service) and (
+                not isinstance(old, Service) or old.spec.placement != new.spec.placement
+            )
+            # Created again, or placed differently: its waiting tasks may fit now.
+            return (KEY,) if moved and self._unpark(obj.metadata.name) else ()
         old_task = old if isinstance(old, Task) else None
         new_task = new if isinstance(new, Task) else None
         if old_task is None and new_task is None:
             return ()
         if self._indexed:
             self._track(old_task, new_task)
-        if new_task is not None and _pending(new_task):
-            return (KEY,)
         if old_task is not None and old_task.node_id and (new is None or _freed(old_task, new)):
+            self._unpark()
             return (KEY,)  # capacity was freed
+        if new_task is not None and _pending(new_task):
+            # A parked task's own message being written wakes nothing.
+            return (KEY,) if not self._indexed or new_task.id in self._pending else ()
         return ()
+
+    def _unpark(self, service: str | None = None) -> bool:
+        """Look again at the waiting tasks (of ``service``, or all); whether there were any."""
+        self._wakes += 1
+        names = [service] if service is not None else list(self._parked)
+        unparked = False
+        for name in names:
+            parked = self._parked.pop(name, None)
+            if parked:
+                self._pending |= parked
+                unparked = True
+        return unparked
 
     def _track(self, old: Task | None, new: Task | None) -> None:
         if old is not None and old.node_id and _loads_node(old):
@@ -200,13 +246,27 @@ class Scheduler(Controller):
             self._loads[old.node_id].hold(old, -1)
         if new is not None and new.node_id and _holds_units(new):
             self._loads[new.node_id].hold(new)
+        if old is not None and _pending(old):
+            waiting = self._waiting[old.service]
+            waiting[old.status.message] -= 1
+            if waiting[old.status.message] <= 0:
+                del waiting[old.status.message]
+                if not waiting:
+                    del self._waiting[old.service]
         if new is not None and _pending(new):
-            self._pending.add(new.id)
+            self._waiting[new.service][new.status.message] += 1
+            if new.id not in self._parked.get(new.service, ()):
+                self._pending.add(new.id)  # a parked task stays parked while it waits
         elif old is not None:
             self._pending.discard(old.id)
+            parked = self._parked.get(old.service)
+            if parked is not None:
+                parked.discard(old.id)
 
     def _index(self) -> None:
         self._pending.clear()
+        self._parked.clear()
+        self._waiting.clear()
         self._loads.clear()
         for entry in self.informer.all_tasks():
             self._track(None, entry.obj)
@@ -217,12 +277,9 @@ class Scheduler(Controller):
             self._index()
         found = (self.informer.tasks.get(i) for i in self._pending)
         pending = [e for e in found if e is not None and _pending(e.obj)]
+        self._pending = {e.obj.id for e in pending}
         if not pending:
             return Done()
-        more = len(pending) > PASS
-        if more:
-            pending.sort(key=lambda e: (e.obj.service, e.obj.slot, e.obj.created_at))
-            pending = pending[:PASS]
         nodes = [e.obj for e in self.informer.nodes.values() if e.obj.schedulable]
         # This pass counts its own placements in scratch copies of the loads it
         # changes; the real indexes learn about them when the commit comes back.
@@ -230,18 +287,53 @@ class Scheduler(Controller):
         by_service: dict[str, list[Entry[Task]]] = defaultdict(list)
         for entry in pending:
             by_service[entry.obj.service].append(entry)
+        for name in [n for n in by_service if n in self._deleted]:
+            # A deleted service's tasks: the orchestrator removes them, none is placed
+            # (parked, in case a service of that name comes back first).
+            ids = {e.obj.id for e in by_service.pop(name)}
+            self._pending -= ids
+            self._parked[name] |= ids
         now = datetime.now(UTC)
-        changes: list[Change] = []
+        wakes = self._wakes
+        outcome = _Pass()
         pace = Pacer()
         for name, entries in sorted(by_service.items()):
+            if len(outcome.changes) >= PASS:
+                break
             entries.sort(key=lambda e: (e.obj.slot, e.obj.node_id or "", e.obj.created_at))
-            changes.extend(await self._place_service(name, entries, nodes, loads, now, pace))
+            await self._place_service(name, entries, nodes, loads, now, pace, outcome)
         # The pass yielded: a node drained or went down meanwhile gets none of it
         # (those tasks stay pending for the next pass).
-        changes = [c for c in changes if self._still_schedulable(c)]
-        if changes:
-            await self.informer.commit(changes)
-        return Requeue(0.001) if more else Done()
+        changes = [c for c in outcome.changes if self._still_schedulable(c)]
+        # Looked at and fitting nowhere: parked until something could change that,
+        # unless something did while the pass yielded (a task gone is not parked).
+        for name, ids in outcome.parked.items() if self._wakes == wakes else ():
+            ids &= self._pending
+            self._pending -= ids
+            self._parked[name] |= ids
+        try:
+            if changes:
+                await self.informer.commit(changes)
+        except BaseException:
+            for name in outcome.parked:  # their messages may not be written
+                self._unpark(name)
+            raise
+        for name, messages in sorted(outcome.news.items()):
+            self._unschedulable(name, messages, outcome.waiting[name])
+        return Requeue(0.001) if self._pending else Done()
+
+    def _unschedulable(self, name: str, messages: set[str], looked: Counter[str]) -> None:
+        """One event per service and reason, saying how many of its tasks wait for it now."""
+        waiting = self._waiting.get(name, Counter()) if self._indexed else Counter()
+        for message in sorted(messages):
+            many = waiting[message] or looked[message]
+            self.events.record(
+                f"service/{name}",
+                "Unschedulable",
+                f"{many} task{'s' if many != 1 else ''} pending: {message}",
+                True,
+                update=True,
+            )
 
     def _still_schedulable(self, change: Change) -> bool:
         task = change.obj
@@ -258,7 +350,9 @@ class Scheduler(Controller):
         loads: _ScratchLoads,
         now: datetime,
         pace: Pacer,
-    ) -> list[Change]:
+        outcome: _Pass,
+    ) -> None:
+        """Place ``entries`` (in order) until the pass has ``PASS`` changes."""
         service_entry = self.informer.service(name)
         placement = service_entry.obj.spec.placement if service_entry else None
         max_per_node = placement.max_replicas_per_node if placement else 0
@@ -287,11 +381,13 @@ class Scheduler(Controller):
         # T tasks on N nodes costs O(T log N), not O(T N).
         trees: dict[Shape, SpreadTree] = {}
         unschedulable: dict[Shape, str] = {}
-        changes: list[Change] = []
+        changes = outcome.changes
         # Per reason: how many tasks wait, and whether any is new to it (worth an event).
-        waiting: Counter[str] = Counter()
-        news: set[str] = set()
+        waiting = outcome.waiting[name]
+        parked = outcome.parked[name]
         for entry in entries:
+            if len(changes) >= PASS:
+                break
             await pace()
             task = entry.obj
             shape = shape_of(task)
@@ -318,8 +414,9 @@ class Scheduler(Controller):
                     message = unschedulable[shape] = _no_node_message(task, reasons, len(nodes))
             if chosen is None:
                 waiting[message] += 1
+                parked.add(task.id)
                 if task.status.message != message:
-                    news.add(message)
+                    outcome.news[name].add(message)
                     status = task.status.model_copy(update={"message": message, "timestamp": now})
                     changes.append(
                         Change.put(task.model_copy(update={"status": status}), entry.revision)
@@ -338,17 +435,18 @@ class Scheduler(Controller):
             )
             loads.add(chosen.id, assigned)
             changes.append(Change.put(assigned, entry.revision))
-        # One event per service and reason, not one per task: 100,000 tasks that
-        # cannot be placed are one line in ``describe`` and in the log.
-        for message in sorted(news):
-            many = waiting[message]
-            self.events.record(
-                f"service/{name}",
-                "Unschedulable",
-                f"{many} task{'s' if many != 1 else ''} pending: {message}",
-                True,
-            )
-        return changes
+
+
+@dataclass
+class _Pass:
+    """What one scheduling pass decided, per service where it matters."""
+
+    changes: list[Change] = field(default_factory=list)
+    # Tasks looked at that fit nowhere (to park), per service.
+    parked: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # Per service and reason: tasks looked at that wait for it, and reasons new to some.
+    waiting: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    news: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
 class _ScratchLoads:
@@ -372,6 +470,15 @@ def _fits_node(
     check: Callable[[Node, Task], str | None], by_id: dict[str, Node], task: Task, node_id: str
 ) -> bool:
     return check(by_id[node_id], task) is None
+
+
+def _node_changed(old: Node, new: Node) -> bool:
+    """Whether a node's change can change where tasks fit (not a heartbeat's time)."""
+    return (
+        old.spec != new.spec
+        or old.status.state != new.status.state
+        or old.description != new.description
+    )
 
 
 def _freed(old: Task, new: Object) -> bool:

@@ -97,6 +97,30 @@ async def test_a_repeat_updates_the_last_event_with_its_count(store: MemoryStore
     await log.aclose()
 
 
+async def test_an_update_takes_the_place_of_the_objects_last_event_of_its_reason(
+    store: MemoryStore,
+) -> None:
+    clock = ManualClock()
+    log = await open_log(store, clock)
+    log.record("service/web", "Unschedulable", "3 tasks pending: full", update=True)
+    await log.flush()
+    log.record("service/web", "Unschedulable", "5 tasks pending: full", update=True)
+    await log.flush()
+    await settle(log, store)
+    assert len((await store.range(PREFIX))[0]) == 1
+    (event,) = log.events()
+    assert (event.message, event.count) == ("5 tasks pending: full", 2)
+    # Another event came between: the next update is an event of its own.
+    log.record("service/web", "Deleted", "deleted")
+    log.record("service/web", "Unschedulable", "1 task pending: full", update=True)
+    assert [(e.reason, e.message) for e in log.for_object("service/web")] == [
+        ("Unschedulable", "5 tasks pending: full"),
+        ("Deleted", "deleted"),
+        ("Unschedulable", "1 task pending: full"),
+    ]
+    await log.aclose()
+
+
 async def test_the_leader_trims_past_the_limit_oldest_first(store: MemoryStore) -> None:
     clock = ManualClock()
     log = await open_log(store, clock, limit=5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.models import Availability, DesiredState, TaskState
+from shoal.models import Availability, DesiredState, TaskState, TaskStatus
 from shoal.models.rollout import UpdateState, UpdateStatus
 from shoal.models.service import ServiceStatus
 from shoal.reconciler.loop import Done, Requeue
@@ -72,10 +72,9 @@ async def test_scale_down_of_tasks_never_placed_ends_them_at_once(
     await orch.reconcile("web")
     await world.put(service(replicas=0))
     await orch.reconcile("web")
-    # Nobody runs a pending task, so nobody else would report it stopped.
-    assert {t.status.state for t in world.tasks()} == {TaskState.SHUTDOWN}
-    await orch.reconcile("web")
+    # Nobody runs a pending task: there is nothing to stop and nobody to wait for.
     assert world.tasks() == []
+    assert [e.reason for e in world.events.for_object("service/web")] == []
 
 
 async def test_a_failed_task_is_restarted_after_the_delay_doubling_per_failure(
@@ -232,6 +231,24 @@ async def test_deleting_the_service_shuts_down_then_deletes_its_tasks(
         await world.report(task, TaskState.SHUTDOWN)
     await orch.reconcile("web")
     assert world.tasks() == []
+
+
+async def test_deleting_a_service_whose_tasks_wait_for_a_node_deletes_them_in_one_pass(
+    world: World, orch: Orchestrator
+) -> None:
+    await world.put(node("n1"), service(replicas=500))
+    await orch.reconcile("web")
+    for task in world.tasks()[::50]:  # ten run on n1, here and there among the slots
+        entry = world.informer.tasks[task.id]
+        running = task.model_copy(update={"node_id": "n1", "status": TaskStatus(state="running")})
+        await world.informer.commit([Change.put(running, entry.revision)])
+    await world.informer.commit([Change.delete(SERVICES + "web", None)])
+    await orch.reconcile("web")
+    # Nobody ran the others: no shutdown to write or wait for, no event for each.
+    assert [(t.node_id, t.desired_state) for t in world.tasks()] == [
+        ("n1", DesiredState.SHUTDOWN)
+    ] * 10
+    assert len(world.events.for_object("service/web")) == 10  # TaskShutdown, one each
 
 
 async def test_global_service_has_one_task_per_eligible_node(
