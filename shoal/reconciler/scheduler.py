@@ -218,8 +218,9 @@ class Scheduler(Controller):
         if self._indexed:
             self._track(old_task, new_task)
         if old_task is not None and old_task.node_id and (new is None or _freed(old_task, new)):
-            self._unpark()
-            return (KEY,)  # capacity was freed
+            # Room was freed: worth a pass if anything waits for room.
+            unparked = self._unpark()
+            return (KEY,) if unparked or self._pending or not self._indexed else ()
         if new_task is not None and _pending(new_task):
             # A parked task's own message being written wakes nothing.
             return (KEY,) if not self._indexed or new_task.id in self._pending else ()
@@ -228,7 +229,8 @@ class Scheduler(Controller):
     def _unpark(self, service: str | None = None) -> bool:
         """Look again at the waiting tasks (of ``service``, or all); whether there were any."""
         self._wakes += 1
-        names = [service] if service is not None else list(self._parked)
+        # A deleted service's tasks stay parked: they wait for the orchestrator, not room.
+        names = [service] if service is not None else list(self._parked.keys() - self._deleted)
         unparked = False
         for name in names:
             parked = self._parked.pop(name, None)

@@ -248,10 +248,13 @@ async def test_a_deleted_services_waiting_tasks_are_not_placed_on_freed_room(
     await world.informer.commit([Change.put(pending(i), 0) for i in range(1, 9)])
     await world.settle()
     await world.informer.commit([Change.delete("/services/big", None)])
-    # The orchestrator shuts the placed tasks down: room frees on n1.
+    await world.settle()
+    woken = world.woken
+    # The orchestrator shuts the placed tasks down: room frees on n1, for nobody.
     for entry in [e for e in world.informer.tasks.values() if e.obj.node_id]:
         stopping = entry.obj.model_copy(update={"desired_state": DesiredState.SHUTDOWN})
         await world.informer.commit([Change.put(stopping, entry.revision)])
+    assert world.woken == woken
     await world.settle()
     assert [t.slot for t in await world.tasks() if t.status.state == TaskState.PENDING] == [
         6,
