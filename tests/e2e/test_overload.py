@@ -266,9 +266,6 @@ def test_a_second_cluster_on_a_port_in_use_refuses_to_start_and_says_so(
 # ------------------------------------------------------- a huge service
 
 
-# Not yet passing (issue 8): creating 100,000 pending tasks on one node did not
-# settle within 300 s in any run so far. Kept out of the default run until it
-# does; run it with `pytest -m huge tests/e2e/test_overload.py`.
 @pytest.mark.huge
 def test_100000_replicas_on_one_node_wait_pending_and_delete_returns_at_once(
     metered: tuple[Cluster, int],
@@ -287,26 +284,30 @@ def test_100000_replicas_on_one_node_wait_pending_and_delete_returns_at_once(
     def node_ready() -> None:
         assert node_states(cluster) == {"n1": "ready"}
 
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 240
     while not settled():
         node_ready()
-        assert time.monotonic() < deadline, "256 tasks running and the rest pending in 300 s"
+        assert time.monotonic() < deadline, "256 tasks running and the rest pending in 240 s"
         time.sleep(1)
     watch(4 * GRACE, node_ready, interval=0.5)
     assert pending_count(metrics_port) == 100_000 - 256
     events = cluster.call("Describe", {"kind": "services", "name": "ov-huge"})["events"]
     unschedulable = [e for e in events if e["reason"] == "Unschedulable"]
     assert len(unschedulable) == 1
-    assert unschedulable[0]["message"].startswith("99744 tasks pending: ")
-    assert "task limit reached (--max-tasks 256)" in unschedulable[0]["message"]
+    assert unschedulable[0]["message"] == (
+        "99744 tasks pending: no suitable node (1 node(s): task limit reached (--max-tasks 256))"
+    )
 
     deleted = cluster.cli("delete", "service", "ov-huge", "--no-wait", timeout=30)
     assert deleted.returncode == 0
+    # Acknowledged while the work goes on: the service is gone, its tasks not yet.
+    assert total_tasks(metrics_port) > 0
+    assert "ov-huge" not in cluster.cli("get", "services").stdout
 
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 240
     while task_processes("ov-huge") or total_tasks(metrics_port):
         node_ready()
-        assert time.monotonic() < deadline, "every task gone within 300 s"
+        assert time.monotonic() < deadline, "every task gone within 240 s"
         time.sleep(1)
 
 
