@@ -41,6 +41,7 @@ from scale import held, load_average, process_usage, running_tasks, service
 
 from shoal.api.transport import CONTROL_SERVICE, Client
 from shoal.errors import ApiError
+from shoal.security.contexts import CredentialsError
 from tests.etcdcluster import EtcdCluster
 
 
@@ -129,17 +130,18 @@ def metric(url: str, name: str) -> float:
 
 
 async def wait_leader(address: str, timeout: float) -> None:
-    channel = bench_channel(address)
-    try:
-        client = Client(channel, CONTROL_SERVICE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ApiError, OSError):
-                if (await client.call("ClusterStatus", {}, timeout=5)).get("leader"):
+    """Until the manager at ``address`` names a leader (its admin bundle may not exist yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ApiError, OSError, CredentialsError):
+            channel = bench_channel(address)
+            try:
+                status = await Client(channel, CONTROL_SERVICE).call("ClusterStatus", {}, timeout=5)
+                if status.get("leader"):
                     return
-            await asyncio.sleep(0.2)
-    finally:
-        await channel.close()
+            finally:
+                await channel.close()
+        await asyncio.sleep(0.2)
     raise TimeoutError(f"no manager leads after {timeout:.0f}s")
 
 
@@ -198,8 +200,8 @@ def one_run(args: argparse.Namespace, number: int) -> bool:
         fleet: subprocess.Popen[bytes] | None = None
         try:
             etcd.start()
+            os.environ["SHOAL_STATE_DIR"] = str(root / "m0")  # the first manager's admin bundle
             managers = Managers(root, etcd.url("bench"), args)
-            os.environ["SHOAL_STATE_DIR"] = str(root / "m0")  # its admin bundle
             for index in (1, 2):
                 asyncio.run(wait_leader(managers.address(index), 60))
             token = subprocess.run(
