@@ -29,7 +29,6 @@ from tests.e2e.cluster import (
     processes_with_env,
     shoal_cmd,
     task_processes,
-    tasks_in_process_table,
     wait_for,
 )
 
@@ -261,70 +260,3 @@ def test_a_second_cluster_on_a_port_in_use_refuses_to_start_and_says_so(
     # The first cluster still answers every call, alone.
     for _ in range(20):
         assert sorted(node_states(cluster)) == ["n1", "n2", "n3"]
-
-
-# ------------------------------------------------------- a huge service
-
-
-@pytest.mark.huge
-def test_100000_replicas_on_one_node_wait_pending_and_delete_returns_at_once(
-    metered: tuple[Cluster, int],
-) -> None:
-    cluster, metrics_port = metered
-    cluster.start_agent("n1")  # the default --max-tasks: 256
-    cluster.apply(cluster.service("ov-huge", ["sleep", "600"], replicas=100_000))
-
-    def settled() -> bool:
-        return (
-            metric(metrics_port, "shoal_service_running_tasks") == 256.0
-            and len(tasks_in_process_table("ov-huge")) == 256
-            and pending_count(metrics_port) == 100_000 - 256
-        )
-
-    def node_ready() -> None:
-        assert node_states(cluster) == {"n1": "ready"}
-
-    deadline = time.monotonic() + 240
-    while not settled():
-        node_ready()
-        assert time.monotonic() < deadline, "256 tasks running and the rest pending in 240 s"
-        time.sleep(1)
-    watch(4 * GRACE, node_ready, interval=0.5)
-    assert pending_count(metrics_port) == 100_000 - 256
-    events = cluster.call("Describe", {"kind": "services", "name": "ov-huge"})["events"]
-    unschedulable = [e for e in events if e["reason"] == "Unschedulable"]
-    assert len(unschedulable) == 1
-    assert unschedulable[0]["message"] == (
-        "99744 tasks pending: no suitable node (1 node(s): task limit reached (--max-tasks 256))"
-    )
-
-    deleted = cluster.cli("delete", "service", "ov-huge", "--no-wait", timeout=30)
-    assert deleted.returncode == 0
-    # Acknowledged while the work goes on: the service is gone, its tasks not yet.
-    assert total_tasks(metrics_port) > 0
-    assert "ov-huge" not in cluster.cli("get", "services").stdout
-
-    deadline = time.monotonic() + 240
-    while task_processes("ov-huge") or total_tasks(metrics_port):
-        node_ready()
-        assert time.monotonic() < deadline, "every task gone within 240 s"
-        time.sleep(1)
-
-
-def pending_count(port: int) -> float:
-    return tasks_by_state(port).get("pending", 0.0)
-
-
-def total_tasks(port: int) -> float:
-    return sum(tasks_by_state(port).values())
-
-
-def tasks_by_state(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
-        text = reply.read().decode()
-    return {
-        sample.labels["state"]: float(sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "shoal_tasks"
-    }
