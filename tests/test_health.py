@@ -126,3 +126,34 @@ async def test_failures_in_the_start_period_do_not_count(runtime: ProcessRuntime
         reason = await watch(never, runtime, HANDLE, lambda detail: None)
     assert loop.time() - began >= 0.6
     assert "failed 2 time(s)" in reason
+
+
+async def test_a_process_bound_to_its_node_address_only_passes_its_probes(
+    runtime: ProcessRuntime,
+) -> None:
+    """A process told ``SHOAL_NODE_ADDRESS=127.0.0.2`` that binds there (and not on
+    127.0.0.1) is probed where it was told to listen; one on 127.0.0.1 still passes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    there = await asyncio.start_server(answer, "127.0.0.2", 0)
+    here = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        port = there.sockets[0].getsockname()[1]
+        for kind in ("tcp", "http"):
+            told = await probe(
+                check(**{kind: {"port": port}}), runtime, HANDLE, address="127.0.0.2"
+            )
+            assert told.ok, told.detail
+            assert "127.0.0.2" in told.detail
+            assert not (await probe(check(**{kind: {"port": port}}), runtime, HANDLE)).ok
+        loopback = here.sockets[0].getsockname()[1]
+        result = await probe(check(tcp={"port": loopback}), runtime, HANDLE, address="127.0.0.2")
+        assert result.ok, result.detail
+    finally:
+        there.close()
+        here.close()

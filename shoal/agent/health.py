@@ -3,8 +3,10 @@
 The same code serves every runtime; the runtime only says where a probe runs
 (``Runtime.exec`` for ``exec`` probes: on the node for processes, inside the
 container for containers) and where ``http`` and ``tcp`` probes connect
-(``Runtime.probe_host``). A probe may name one of the task's ports instead of a
-number: a process's port as the agent picked it, a container's target port.
+(``Runtime.probe_host``: the container's address; loopback for a process, which
+is probed first at the ``SHOAL_NODE_ADDRESS`` it was told to bind to). A probe
+may name one of the task's ports instead of a number: a process's port as the
+agent picked it, a container's target port.
 
 Semantics, close to Docker's: the first probe runs as soon as the task was
 started, then one every ``interval``. A probe that succeeds makes the task
@@ -19,6 +21,8 @@ task, and the restart policy applies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -36,9 +40,14 @@ class ProbeResult:
 
 
 async def probe(
-    check: HealthCheck, runtime: Runtime, handle: TaskHandle, ports: Mapping[str, int] = {}
+    check: HealthCheck,
+    runtime: Runtime,
+    handle: TaskHandle,
+    ports: Mapping[str, int] = {},
+    address: str = "",
 ) -> ProbeResult:
-    """Run the check's probe once; ``ports`` resolves a port named in the probe."""
+    """Run the check's probe once; ``ports`` resolves a port named in the probe, and
+    ``address`` is the task's ``SHOAL_NODE_ADDRESS`` (see ``_hosts``)."""
     try:
         async with asyncio.timeout(check.timeout):
             if check.exec:
@@ -46,17 +55,37 @@ async def probe(
                 output = result.output.strip()[-_DETAIL_CHARS:]
                 detail = f"exit code {result.exit_code}" + (f": {output}" if output else "")
                 return ProbeResult(result.exit_code == 0, detail)
-            host = await runtime.probe_host(handle)
             port = _resolve(check.port, ports)
-            if check.http:
-                return await _http(host, port, check.http.path)
-            _, writer = await asyncio.open_connection(host, port)
-            writer.close()
-            return ProbeResult(True, f"connected to {host}:{port}")
+            *first, last = _hosts(await runtime.probe_host(handle), address)
+            for host in first:
+                with contextlib.suppress(OSError):
+                    return await _connect(check, host, port)
+            return await _connect(check, last, port)
     except TimeoutError:
         return ProbeResult(False, f"timed out after {check.timeout:g}s")
     except (OSError, RuntimeBackendError) as exc:
         return ProbeResult(False, str(exc)[:_DETAIL_CHARS] or type(exc).__name__)
+
+
+async def _connect(check: HealthCheck, host: str, port: int) -> ProbeResult:
+    if check.http:
+        return await _http(host, port, check.http.path)
+    _, writer = await asyncio.open_connection(host, port)
+    writer.close()
+    return ProbeResult(True, f"connected to {host}:{port}")
+
+
+def _hosts(probe_host: str, address: str) -> list[str]:
+    """Where ``http`` and ``tcp`` probes connect, in turn. A task on the node's own network
+    (its runtime probes it on loopback: a process) was told ``SHOAL_NODE_ADDRESS`` to
+    bind to: that address first, then loopback, for a server that listens there only."""
+    try:
+        local = ipaddress.ip_address(probe_host).is_loopback
+    except ValueError:
+        local = False
+    if local and address and address != probe_host:
+        return [address, probe_host]
+    return [probe_host]
 
 
 def _resolve(port: int | str | None, ports: Mapping[str, int]) -> int:
@@ -89,6 +118,7 @@ async def watch(
     handle: TaskHandle,
     on_healthy: Callable[[str], None],
     ports: Mapping[str, int] = {},
+    address: str = "",
 ) -> str:
     """Probe until the task is unhealthy; return why. Calls ``on_healthy`` once, when it is."""
     loop = asyncio.get_running_loop()
@@ -96,7 +126,7 @@ async def watch(
     healthy = False
     failures = 0
     while True:
-        result = await probe(check, runtime, handle, ports)
+        result = await probe(check, runtime, handle, ports, address)
         if result.ok:
             failures = 0
             if not healthy:

@@ -341,7 +341,9 @@ class TaskRunner:
         ports = self._running.get("ports") or ()
         # A probe may name a port: where the task listens (a container: its target).
         named = {p.name: p.target or p.port for p in ports}
-        return asyncio.create_task(watch(check, self.runtime, handle, healthy, named))
+        return asyncio.create_task(
+            watch(check, self.runtime, handle, healthy, named, self._address)
+        )
 
     def restart(self, reason: str) -> None:
         """Stop the task so that the orchestrator replaces it (see the lifecycle's end)."""

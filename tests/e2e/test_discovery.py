@@ -216,6 +216,26 @@ def test_dns_lists_exactly_the_healthy_replicas(cluster: Cluster, nodes: list[No
         wait_for(lambda a=address, p=port: serves(a, p), 10, f"a server on {address}:{port}")
 
 
+def test_an_http_probe_reaches_a_server_bound_to_its_node_address_only(
+    cluster: Cluster, nodes: list[Node]
+) -> None:
+    # WEB binds $SHOAL_NODE_ADDRESS (127.0.0.2 and .3 here), not 127.0.0.1.
+    health = {"http": {"port": "http", "path": "/"}, "interval": "300ms", "startPeriod": "20s"}
+    cluster.apply(
+        cluster.service(
+            "bound", WEB, replicas=2, template={"ports": [{"name": "http"}], "healthcheck": health}
+        )
+    )
+    cluster.wait_running("bound", 2)
+
+    def healthy() -> list[dict[str, Any]]:
+        return [t for t in cluster.tasks("bound") if t["status"].get("health") == "healthy"]
+
+    wait_for(lambda: len(healthy()) == 2, 20, "both replicas healthy")
+    assert len(cluster.tasks("bound")) == 2  # none was failed and replaced
+    assert len(expected(cluster, "bound", nodes)) == 2
+
+
 def test_unknown_names_are_nxdomain_and_empty_services_nodata(
     cluster: Cluster, nodes: list[Node]
 ) -> None:
