@@ -87,19 +87,21 @@ async def stopping_message(state_dir: Path, node_name: str) -> str:
     )
 
 
-async def release_task_files(state_dir: Path, node_name: str) -> None:
-    """Unmount and remove the secret and config files of ``up``'s tasks, and drop their
-    port records: what the agent does when a task ends, for tasks that ended without it."""
+async def release_task_files(state_dir: Path, node_name: str, task_ids: set[str]) -> None:
+    """Unmount and remove the secret and config files of ``task_ids`` (tasks of ``up``'s
+    that ``down`` removed), and drop their port records: what the agent does when a task
+    ends. Tasks of a runtime ``down`` could not reach keep theirs: they may still run."""
     from shoal.agent.ports import PortAllocator
     from shoal.agent.taskfiles import TaskFileStore, default_runtime_dir
 
     agent_dir = state_dir / "agent"
     files = TaskFileStore(default_runtime_dir(node_name, agent_dir))
     for task_id in files.leftovers():
-        await files.release(task_id)
+        if task_id in task_ids:
+            await files.release(task_id)
     ports = PortAllocator(agent_dir / "ports")
-    ports.load()
-    ports.forget_except(())
+    held = ports.load()
+    ports.forget_except(set(held) - task_ids)
 
 
 async def _close(found: list[tuple[Runtime, TaskHandle]]) -> None:
@@ -137,7 +139,7 @@ def cmd_down(args: argparse.Namespace) -> int:
                 await runtime.remove(handle)
         finally:
             await _close(found)
-        await release_task_files(state_dir, name)
+        await release_task_files(state_dir, name, {handle.task_id for _, handle in found})
         return stopped
 
     found = asyncio.run(down())

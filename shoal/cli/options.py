@@ -66,9 +66,12 @@ class Parser(argparse.ArgumentParser):
             return super().parse_known_args(args, namespace)
         words = list(args) if args is not None else None
         tail: list[str] | None = None
-        if self.tail is not None and words is not None and "--" in words:
-            at = words.index("--")
-            words, tail = words[:at], words[at + 1 :]
+        if self.tail is not None and words is not None:
+            if "--" in words:
+                at = words.index("--")
+                words, tail = words[:at], words[at + 1 :]
+            elif (start := self._tail_start(words)) is not None:
+                words, tail = words[:start], words[start:]  # ``exec TASK ls -la``, as docker
         self._intermixing = True  # parse_known_intermixed_args calls back here
         try:
             parsed, extras = self.parse_known_intermixed_args(words, namespace)
@@ -77,6 +80,31 @@ class Parser(argparse.ArgumentParser):
         if self.tail is not None and tail is not None:
             setattr(parsed, self.tail, [*(getattr(parsed, self.tail, None) or []), *tail])
         return parsed, extras
+
+    def _tail_start(self, words: list[str]) -> int | None:
+        """Without ``--``: where the tail starts, the first word after the positionals
+        before it (options of this verb and their values skipped); None if none is left."""
+        wanted = sum(1 for a in self._actions if not a.option_strings and a.dest != self.tail)
+        seen = 0
+        index = 0
+        while index < len(words):
+            word = words[index]
+            action = self._option_string_actions.get(word)
+            if action is not None:
+                index += 1 if action.nargs == 0 else 2
+                continue
+            if (
+                word.startswith("-")
+                and "=" in word
+                and word.split("=", 1)[0] in (self._option_string_actions)
+            ):
+                index += 1
+                continue
+            if seen == wanted:
+                return index
+            seen += 1
+            index += 1
+        return None
 
 
 def command(parser: argparse.ArgumentParser, func: Command) -> argparse.ArgumentParser:

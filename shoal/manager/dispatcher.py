@@ -486,27 +486,36 @@ class Dispatcher:
         self, requests: AsyncIterator[Payload], context: grpc.aio.ServicerContext
     ) -> Payload:
         subscription: LogSubscription | None = None
-        async for message in requests:
-            opening = subscription is None
-            subscription = self.subscriptions.get(str(message.get("subscriptionId")))
-            if subscription is None:
-                break  # the reader went away
-            lines = message.get("lines", ())
-            if not isinstance(lines, list):
-                raise ValueError("lines: must be a list")
-            items: list[Payload | HistoryMark] = list(lines)
-            if opening:
-                items.insert(
-                    0, HistoryMark(opened=True, promised=bool(message.get("marksHistory")))
-                )
-            if message.get("historyEnd"):
-                items.append(HistoryMark(ended=True))
-            try:
-                for item in items:  # backpressure: a slow reader slows the agent down
-                    async with asyncio.timeout(LOG_PUT_TIMEOUT):
-                        await subscription.queue.put(item)
-            except TimeoutError:
-                return {}  # the reader stopped reading; it will never see the end marker
+        # An agent that promised to mark the end of its history and whose stream ends
+        # (or breaks) before it did is done with it all the same: the reader must not
+        # hold its lines for a mark that will never come.
+        owed = False
+        try:
+            async for message in requests:
+                opening = subscription is None
+                subscription = self.subscriptions.get(str(message.get("subscriptionId")))
+                if subscription is None:
+                    break  # the reader went away
+                lines = message.get("lines", ())
+                if not isinstance(lines, list):
+                    raise ValueError("lines: must be a list")
+                items: list[Payload | HistoryMark] = list(lines)
+                if opening:
+                    owed = bool(message.get("marksHistory"))
+                    items.insert(0, HistoryMark(opened=True, promised=owed))
+                if message.get("historyEnd"):
+                    items.append(HistoryMark(ended=True))
+                    owed = False
+                try:
+                    for item in items:  # backpressure: a slow reader slows the agent down
+                        async with asyncio.timeout(LOG_PUT_TIMEOUT):
+                            await subscription.queue.put(item)
+                except TimeoutError:
+                    return {}  # the reader stopped reading; it will never see the end marker
+        finally:
+            if subscription is not None and owed:
+                with contextlib.suppress(asyncio.QueueFull):
+                    subscription.queue.put_nowait(HistoryMark(ended=True))
         if subscription is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LOG_PUT_TIMEOUT):

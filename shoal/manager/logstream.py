@@ -68,7 +68,7 @@ PENDING_LIMIT = 10_000
 # ...once it has taken none for this long with that many waiting.
 BEHIND = 1.0
 # ...or this long once every node promised to mark it.
-HISTORY_MARKED_HOLD = 30.0
+HISTORY_MARKED_HOLD = 10.0
 
 
 class _History:

@@ -57,7 +57,11 @@ def every_command() -> Iterator[object]:
         (group,) = (a for a in top._actions if isinstance(a, argparse._SubParsersAction))
         for path, leaf in _leaves(group._name_parser_map[verb.name], [verb.name]):
             positionals = [
-                a for a in leaf._actions if not a.option_strings and a.nargs != argparse.REMAINDER
+                a
+                for a in leaf._actions
+                if not a.option_strings
+                and a.nargs != argparse.REMAINDER
+                and a.dest != getattr(leaf, "tail", None)  # exec's command: its own words
             ]
             if positionals and "--server" in leaf._option_string_actions:
                 # Options the verb cannot go without come first, in every spelling.
@@ -115,6 +119,22 @@ def test_exec_leaves_what_follows_the_double_dash_to_the_command() -> None:
     args = parse(["exec", "web.1", "--", "sh", "-c", "x", "--server", "y", "--", "z"])
     assert args["server"] is None
     assert args["argv"] == ["sh", "-c", "x", "--server", "y", "--", "z"]
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        pytest.param(["exec", "web.1", "ls", "-l", "--server", "x"], id="no-dashes"),
+        pytest.param(["exec", "--server", "m:1", "web.1", "ls", "-l", "--server", "x"], id="opt"),
+        pytest.param(["exec", "--server=m:1", "web.1", "ls", "-l", "--server", "x"], id="opt="),
+    ],
+)
+def test_exec_without_dashes_gives_the_command_what_follows_the_task(words: list[str]) -> None:
+    # As ``docker exec CONTAINER ls -l``: the command starts after the task, and its
+    # own options stay its own.
+    args = parse(words)
+    assert args["task"] == "web.1"
+    assert args["argv"] == ["ls", "-l", "--server", "x"]
 
 
 def test_an_unknown_option_after_a_positional_is_still_a_usage_error() -> None:

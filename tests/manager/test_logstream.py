@@ -297,3 +297,18 @@ async def test_an_agent_that_does_not_mark_its_history_gets_the_quiet_window(
         got = [await asyncio.wait_for(first, 1)]
         got.append(await asyncio.wait_for(stream.__anext__(), 1))
         assert [i["line"] for i in got] == ["h1", "h3"]
+
+
+async def test_an_agent_whose_stream_ends_before_its_mark_holds_nothing_back(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    async with following(world, dispatcher) as (stream, first, a1, a2):
+        a1.send(marksHistory=True)
+        a2.send(marksHistory=True)
+        a1.send(lines=[line("t1", "h3", 3)], historyEnd=True)
+        a2.send(lines=[line("t2", "h1", 1)])
+        a2.messages.put_nowait(None)  # n2's stream ends (its agent restarted) before the mark
+        await a2.call
+        got = [await asyncio.wait_for(first, 1)]
+        got.append(await asyncio.wait_for(stream.__anext__(), 1))
+        assert [i["line"] for i in got] == ["h1", "h3"]
