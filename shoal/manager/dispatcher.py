@@ -487,9 +487,10 @@ class Dispatcher:
     ) -> Payload:
         subscription: LogSubscription | None = None
         # An agent that promised to mark the end of its history and whose stream ends
-        # (or breaks) before it did is done with it all the same: the reader must not
-        # hold its lines for a mark that will never come.
+        # (or breaks) before it did is done with it all the same, and a stream that
+        # breaks ends this node's part: the reader must not wait for either for ever.
         owed = False
+        finished = False
         try:
             async for message in requests:
                 opening = subscription is None
@@ -511,16 +512,22 @@ class Dispatcher:
                         async with asyncio.timeout(LOG_PUT_TIMEOUT):
                             await subscription.queue.put(item)
                 except TimeoutError:
-                    return {}  # the reader stopped reading; it will never see the end marker
+                    finished = True  # the reader stopped reading; it will never see the end
+                    return {}
+            if subscription is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LOG_PUT_TIMEOUT):
+                        if owed:
+                            await subscription.queue.put(HistoryMark(ended=True))
+                        await subscription.queue.put(None)
+            finished = True
+            return {}
         finally:
-            if subscription is not None and owed:
+            if subscription is not None and not finished:  # the stream broke
                 with contextlib.suppress(asyncio.QueueFull):
-                    subscription.queue.put_nowait(HistoryMark(ended=True))
-        if subscription is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LOG_PUT_TIMEOUT):
-                    await subscription.queue.put(None)
-        return {}
+                    if owed:
+                        subscription.queue.put_nowait(HistoryMark(ended=True))
+                    subscription.queue.put_nowait(None)
 
     async def publish_exec(
         self, requests: AsyncIterator[Payload], context: grpc.aio.ServicerContext

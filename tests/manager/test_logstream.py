@@ -312,3 +312,24 @@ async def test_an_agent_whose_stream_ends_before_its_mark_holds_nothing_back(
         got = [await asyncio.wait_for(first, 1)]
         got.append(await asyncio.wait_for(stream.__anext__(), 1))
         assert [i["line"] for i in got] == ["h1", "h3"]
+
+
+async def test_a_node_whose_stream_breaks_does_not_hold_the_reader_for_ever(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    n1, n2 = await open_session(dispatcher, "n1"), await open_session(dispatcher, "n2")
+    logs = ServiceLogs(world.informer, dispatcher)
+    shown = asyncio.create_task(collect(logs.stream(LogScope(world.informer, "web"), False, None)))
+    ask1, ask2 = await logs_request(n1), await logs_request(n2)
+    await publish(dispatcher, ask1["subscriptionId"], [line("t1", "from n1", 1)])
+
+    async def broken() -> AsyncIterator[dict[str, Any]]:
+        yield {"subscriptionId": ask2["subscriptionId"], "lines": [line("t2", "from n2", 2)]}
+        raise ConnectionResetError("n2's agent went away mid-stream")
+
+    with pytest.raises(ConnectionResetError):
+        await dispatcher.publish_logs(broken(), Peer())  # type: ignore[arg-type]
+    items = await asyncio.wait_for(shown, 5)
+    assert [i["line"] for i in items] == ["from n1", "from n2"]
+    n1.pump.cancel()
+    n2.pump.cancel()
