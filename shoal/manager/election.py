@@ -60,6 +60,7 @@ import structlog
 from pydantic import ValidationError
 
 from shoal.errors import CompactedError, NotFoundError, NotLeaderError, StoreError
+from shoal.manager.leasekeeper import LeaseKeeper
 from shoal.models.base import Model
 from shoal.store.base import Compare, EventType, Put, Store
 from shoal.supervise import supervise
@@ -71,6 +72,8 @@ MANAGERS = "/cluster/managers/"
 _CLUSTER = "/cluster/"
 
 Callback = Callable[[], Awaitable[None]]
+# A keeper renews the lease only while this manager's event loop ran within this long.
+LOOP_GRACE = 30.0
 
 
 class ManagerInfo(Model):
@@ -167,6 +170,7 @@ class LeaseElection(Election):
         self._stale_leases: list[int] = []  # of earlier terms, revoked when the store answers
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._keeper: LeaseKeeper | None = None
 
     async def start(self, on_elected: Callback, on_deposed: Callback) -> None:
         self._tasks = [
@@ -199,7 +203,7 @@ class LeaseElection(Election):
     def compares(self) -> list[Compare]:
         if not self.is_leader or not self._fence:
             raise self.not_leader()
-        if time.monotonic() >= self._deadline:
+        if time.monotonic() >= self._lease_deadline():
             self._lose("the lease was not renewed in time")
             raise self.not_leader()
         return list(self._fence)
@@ -212,6 +216,14 @@ class LeaseElection(Election):
         if kv is None or [kv.create_revision, kv.value] != ours:
             self._lose("the leader key is no longer ours")
             raise self.not_leader()
+
+    def _lease_deadline(self) -> float:
+        return self._keeper.deadline if self._keeper is not None else self._deadline
+
+    def _keeper_lost(self, why: str) -> None:
+        if self._keeper is not None and self._keeper.last_error is not None:
+            self.last_error = self._keeper.last_error  # why it could not renew
+        self._lose(why)
 
     def _lose(self, why: str) -> None:
         if self.is_leader:
@@ -249,7 +261,15 @@ class LeaseElection(Election):
         lease = await self.store.grant_lease(self.ttl)
         self._deadline = granted + self.ttl
         self.me = self.me.model_copy(update={"lease": lease})
-        keeper = asyncio.create_task(self._keep_alive(lease), name="election-keepalive")
+        renewer = self.store.lease_renewer(lease)
+        if renewer is not None:  # renewed from a thread (shoal.manager.leasekeeper)
+            self._keeper = LeaseKeeper(
+                renewer, self.ttl, self._deadline, self._keeper_lost, LOOP_GRACE
+            )
+            self._keeper.start()
+            keeper = asyncio.create_task(self._touch(self._keeper), name="election-touch")
+        else:
+            keeper = asyncio.create_task(self._keep_alive(lease), name="election-keepalive")
         try:
             await self.store.put(MANAGERS + self.me.id, self.me.to_json_bytes(), lease=lease)
             self.last_error = None
@@ -267,6 +287,9 @@ class LeaseElection(Election):
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+            if self._keeper is not None:
+                await self._keeper.aclose()
+                self._keeper = None
             self._fence = []
             if not self._closed:
                 try:
@@ -311,6 +334,14 @@ class LeaseElection(Election):
         if self.leader is None:
             # The observer has not seen the key we just lost to yet; the txn decides anyway.
             await asyncio.sleep(0.1)
+
+    async def _touch(self, keeper: LeaseKeeper) -> None:
+        """Tell the keeper this loop runs, every ttl/3; note its keep-alive errors."""
+        while True:
+            keeper.touch()
+            if keeper.last_error is not None:
+                self.last_error = keeper.last_error
+            await asyncio.sleep(self.ttl / 3)
 
     async def _keep_alive(self, lease: int) -> None:
         """Renew every ttl/3; declare the lease lost when its local deadline passes."""

@@ -94,7 +94,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Protocol
 
 from shoal.errors import StoreError
 
@@ -240,6 +240,17 @@ class EndpointHealth:
     revision: int = 0
 
 
+class LeaseRenewer(Protocol):
+    """Renews one lease from any thread (``Store.lease_renewer``)."""
+
+    def renew(self, timeout: float) -> None:
+        """Renew once, blocking up to ``timeout`` s: ``NotFoundError`` if the lease is gone,
+        ``StoreError`` if the store did not answer."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Store(abc.ABC):
     """The contract above. Subclasses implement every abstract method."""
 
@@ -288,6 +299,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def revoke(self, lease: int) -> None: ...
+
+    def lease_renewer(self, lease: int) -> LeaseRenewer | None:
+        """A renewer of ``lease`` to call from another thread (blocking), on a connection of
+        its own; ``None`` (embedded stores): renew with ``keepalive`` on the loop."""
+        return None
 
     @abc.abstractmethod
     async def compact(self, revision: int) -> None: ...

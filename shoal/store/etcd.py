@@ -249,6 +249,7 @@ class EtcdStore(Store):
         self._tls = tls
         # Members are verified by the name in the URL (its first host), or server-name=.
         self._tls_name = (tls.server_name if tls else None) or endpoints[0][0]
+        self._target = target
         self._channel = self._open_channel(target)
         self._kv = rpc.KVStub(self._channel)
         self._leases = rpc.LeaseStub(self._channel)
@@ -301,7 +302,7 @@ class EtcdStore(Store):
         if self._closed:
             raise StoreUnavailableError(f"{self.url} is closed")
 
-    def _error(self, exc: grpc.aio.AioRpcError, what: str, write: bool) -> ShoalError:
+    def _error(self, exc: grpc.RpcError, what: str, write: bool) -> ShoalError:
         """Map an etcd/gRPC failure to the most specific shoal error."""
         code = exc.code()
         details = exc.details() or code.name
@@ -560,6 +561,16 @@ class EtcdStore(Store):
         if response.TTL <= 0:
             raise NotFoundError(f"lease {lease} does not exist or has expired")
 
+    def lease_renewer(self, lease: int) -> _Renewer:
+        """A blocking renewer on a synchronous channel of its own (``grpc.aio`` stays on
+        this loop: its channels belong to one event loop)."""
+        if self._tls is None:
+            channel = grpc.insecure_channel(self._target, options=_CHANNEL_OPTIONS)
+        else:
+            options = [*_CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", self._tls_name)]
+            channel = grpc.secure_channel(self._target, self._tls.credentials(), options=options)
+        return _Renewer(channel, lease, functools.partial(self._error, write=False))
+
     async def revoke(self, lease: int) -> None:
         request = rpc.LeaseRevokeRequest(ID=lease)
         with contextlib.suppress(NotFoundError):  # already gone: revoking is idempotent
@@ -605,3 +616,30 @@ class EtcdStore(Store):
             stream.cancel()
         with contextlib.suppress(Exception):
             await self._channel.close()
+
+
+class _Renewer:
+    """One lease's keep-alives, blocking, from any thread (``EtcdStore.lease_renewer``)."""
+
+    def __init__(self, channel: grpc.Channel, lease: int, error: Callable[..., ShoalError]) -> None:
+        self._channel = channel
+        self._leases = rpc.LeaseStub(channel)
+        self._lease = lease
+        self._error = error  # EtcdStore._error: the same messages as the store's own calls
+
+    def renew(self, timeout: float) -> None:
+        request = rpc.LeaseKeepAliveRequest(ID=self._lease)
+        replies = self._leases.LeaseKeepAlive(iter([request]), timeout=timeout, wait_for_ready=True)
+        try:
+            reply = next(replies, None)
+        except grpc.RpcError as exc:
+            raise self._error(exc, what="a lease keep-alive") from exc
+        finally:
+            replies.cancel()
+        if reply is None:
+            raise StoreUnavailableError("etcd closed a lease keep-alive")
+        if reply.TTL <= 0:
+            raise NotFoundError(f"lease {self._lease} does not exist or has expired")
+
+    def close(self) -> None:
+        self._channel.close()

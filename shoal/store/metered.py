@@ -18,7 +18,16 @@ from collections.abc import AsyncIterator, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from shoal.store.base import Compare, EndpointHealth, Event, KeyValue, Op, Store, TxnResult
+from shoal.store.base import (
+    Compare,
+    EndpointHealth,
+    Event,
+    KeyValue,
+    LeaseRenewer,
+    Op,
+    Store,
+    TxnResult,
+)
 
 # From a memory store's microseconds to a struggling etcd's seconds.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -81,6 +90,9 @@ class MeteredStore(Store):
 
     async def revoke(self, lease: int) -> None:
         await self.inner.revoke(lease)
+
+    def lease_renewer(self, lease: int) -> LeaseRenewer | None:
+        return self.inner.lease_renewer(lease)
 
     async def compact(self, revision: int) -> None:
         await self.inner.compact(revision)

@@ -8,6 +8,7 @@ pause would) and check that its next write fails in etcd, not just locally.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -122,6 +123,29 @@ async def test_leader_that_cannot_renew_steps_down_by_its_deadline(
         assert election.is_leader
         kv = await store.get(LEADER_KEY)
         assert kv is not None and kv.lease == election.me.lease
+    finally:
+        await election.aclose()
+
+
+async def test_a_leader_whose_event_loop_is_held_past_its_ttl_keeps_the_lead(
+    store: EtcdStore,
+) -> None:
+    terms = Terms()
+    election = LeaseElection(store, manager_info("127.0.0.1:1"), ttl=2.0)
+    await election.start(terms.on_elected, terms.on_deposed)
+    try:
+        await asyncio.wait_for(terms.elected.wait(), 5)
+        kv = await store.get(LEADER_KEY)
+        assert kv is not None
+        term = kv.create_revision
+        # A pass that holds the loop (and its thread) for 1.5 ttl: nothing on it runs.
+        time.sleep(3.0)  # noqa: ASYNC251
+        await asyncio.sleep(0.5)
+        assert terms.log == ["elected"]
+        assert election.is_leader
+        election.compares()  # may still write
+        kv = await store.get(LEADER_KEY)
+        assert kv is not None and kv.create_revision == term  # the same term
     finally:
         await election.aclose()
 
