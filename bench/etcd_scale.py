@@ -54,6 +54,14 @@ class Managers:
         self.metrics = [free_port() for _ in range(3)]
         self.joins = [free_port() for _ in range(3)]
         self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            self._start(args, store)
+        except BaseException:
+            self.stop()  # what started, if the first never led
+            raise
+
+    def _start(self, args: argparse.Namespace, store: str) -> None:
+        root = self.root
         env = {**os.environ, "SHOAL_LOG_FORMAT": "json"}
         for index, (port, metrics) in enumerate(zip(self.ports, self.metrics, strict=True)):
             command = [sys.executable, "-m", "shoal", "manager", "--store", store]
