@@ -86,12 +86,22 @@ async def until(check: Callable[[], Awaitable[T | None]], what: str) -> T:
 
 
 async def command_pid(runtime: ProcessRuntime, handle: TaskHandle) -> int:
-    """The pid of the task's command (the wrapper's only child)."""
+    """The pid of the task's command (the wrapper's only child), once it runs the command:
+    the child is first the wrapper's fork, then ``setpriv``, and only then the command,
+    with the task's ids."""
     wrapper = (await runtime.inspect(handle)).pid
     assert wrapper is not None
 
+    def runs_the_command(pid: int) -> bool:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"shoal-task" not in argv and os.path.basename(argv[0]) != b"setpriv"
+
     async def child() -> list[int]:
-        return children(wrapper)
+        found = children(wrapper)
+        return found if len(found) == 1 and runs_the_command(found[0]) else []
 
     (pid,) = await until(child, "the task's command")
     return pid
