@@ -182,6 +182,12 @@ class ClusterCollector(Collector):
         for entry in sorted(nodes, key=lambda e: e.obj.id):
             age.add_metric([entry.obj.id], max(0.0, self.heartbeats.silent_for(entry.obj.id)))
         yield age
+        yield CounterMetricFamily(
+            "shoal_heartbeats",
+            "Agents' heartbeats this manager received (on their session streams, or as calls "
+            "from older agents).",
+            value=self.heartbeats.heard,
+        )
 
     def _syncs(self) -> Iterator[Metric]:
         condition = GaugeMetricFamily(

@@ -80,6 +80,7 @@ class HeartbeatTracker:
         self.probe_period = probe_period
         self.tolerance = tolerance
         self._seen: dict[str, float] = {}
+        self.heard = 0  # heartbeats received, for ``shoal_heartbeats_total``
         self._last_tick = clock()
         # Seconds the manager was stalled, in all (``stalled``) and the longest.
         self.stalled = 0.0
@@ -110,11 +111,16 @@ class HeartbeatTracker:
         self._seen.clear()
 
     def beat(self, node_id: str) -> None:
+        """A heartbeat of ``node_id`` arrived."""
+        self._heard_from(node_id)
+        self.heard += 1
+
+    def _heard_from(self, node_id: str) -> None:
         self._seen[node_id] = self.awake()
 
     def forgive(self, node_id: str) -> None:
         """Start ``node_id``'s grace afresh, as if it had just been heard from."""
-        self.beat(node_id)
+        self._heard_from(node_id)
 
     def registered(self, node_id: str) -> None:
         """``node_id`` opened a session. Within a new term's longer grace that is no
@@ -123,7 +129,7 @@ class HeartbeatTracker:
         until its first one. A node heard from before (its session ended and it came
         back) starts its usual grace afresh, as outside the term's grace."""
         if self.awake() >= self.started or node_id in self._seen:
-            self.beat(node_id)
+            self._heard_from(node_id)
 
     def silent_for(self, node_id: str) -> float:
         return self.awake() - self._seen.get(node_id, self.started)

@@ -399,3 +399,13 @@ async def test_a_new_term_gives_every_node_a_fresh_grace(rig10: Rig) -> None:
     rig10.run(GRACE + 5.0 + 0.2, beating=names(9))
     await rig10.monitor.reconcile("nodes")
     assert (await rig10.states())["n009"] == "down"
+
+
+def test_heartbeats_are_counted_and_registering_or_forgiving_is_not_one() -> None:
+    tracker = HeartbeatTracker(clock=ManualTime())
+    tracker.registered("n1")
+    tracker.forgive("n1")
+    assert tracker.heard == 0
+    tracker.beat("n1")
+    tracker.beat("n2")
+    assert tracker.heard == 2
