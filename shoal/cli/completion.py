@@ -4,8 +4,11 @@ Completion is argcomplete's: the script ``shoal completion SHELL`` prints is
 argcomplete's shell code for the ``shoal`` command. On every Tab the shell runs
 ``shoal`` with ``_ARGCOMPLETE`` set; ``shoal.cli.main`` then hands the command
 line to ``complete`` here instead of running a verb. argcomplete walks the same
-parser a command is parsed with (verbs, sub-verbs, options, choices), so what
-completes cannot drift from what parses. argcomplete was picked over a static
+parser a command is parsed with (verbs, sub-verbs, options, choices), so the
+names it offers cannot drift from what parses. It reads the line as plain argparse
+does, though, not with the options-anywhere rule of ``shoal.cli.options.Parser``:
+after an option written between two positionals it may offer the names of the
+wrong positional. argcomplete was picked over a static
 generator (shtab) because resource names come from the live cluster: an
 argument declared with ``options.completes(action, kind)`` calls ``live_names``
 here, which asks the manager (the ``--server``/``--context`` already on the

@@ -11,8 +11,7 @@ So ``LeaseElection`` renews through a ``LeaseKeeper`` when the store offers a
 renewer usable from another thread (``Store.lease_renewer``: for etcd, a
 synchronous gRPC channel of its own). The keeper's thread does nothing else
 and needs only the GIL, which the loop's passes give up every few
-milliseconds (as the heartbeat listener's threads do,
-``shoal.manager.heartbeats``).
+milliseconds.
 
 Safety does not rest on the keeper: every write the leader makes still
 carries the fence (``shoal.manager.election``). What a thread could hide is a

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -129,8 +128,6 @@ class PeerCache:
     def __init__(self, size: int = 4096) -> None:
         self.size = size
         self._cache: dict[bytes, CertInfo] = {}
-        # The heartbeat listener's threads share the cache with the event loop.
-        self._lock = threading.Lock()
 
     def info(self, context: PeerContext) -> CertInfo:
         auth = context.auth_context() or {}
@@ -140,10 +137,9 @@ class PeerCache:
         info = self._cache.get(pem)
         if info is None:
             info = cert_info(x509.load_pem_x509_certificate(pem))
-            with self._lock:
-                if len(self._cache) >= self.size:
-                    self._cache.pop(next(iter(self._cache)), None)
-                self._cache[pem] = info
+            if len(self._cache) >= self.size:
+                self._cache.pop(next(iter(self._cache)), None)
+            self._cache[pem] = info
         return info
 
 
