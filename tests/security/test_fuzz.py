@@ -11,11 +11,15 @@ Seeded (``derandomize``) and bounded, so CI runs the same cases in seconds;
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shoal.api.transport import CONTROL_SERVICE, DISPATCHER_SERVICE
 from shoal.errors import SpecError
@@ -24,13 +28,16 @@ from tests.fuzzing import (
     CLIENT_STREAMS,
     CONTROL_METHODS,
     DISPATCHER_METHODS,
+    PAYLOADS,
     RAW,
     Served,
     call_raw,
+    json_values,
     secure_channel,
     serve_manager,
     spec_texts,
 )
+from tests.reconciler.world import node
 
 BOUNDED = settings(
     max_examples=40,
@@ -142,5 +149,72 @@ def test_a_missing_field_is_named(served: Served) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             channel.unary_unary(f"/{CONTROL_SERVICE}/Get")(b"x" * (2 * 1024 * 1024), timeout=5)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        channel.close()
+
+
+# What an agent may send on its session after registering: the kinds the manager reads,
+# with fuzzed fields, besides anything at all.
+SESSION_MESSAGES = st.one_of(
+    RAW,
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["status", "heartbeat", "other"])}, optional={"batch": json_values}
+    )
+    .flatmap(lambda head: PAYLOADS.map(lambda body: {**body, **head}))
+    .map(lambda p: orjson.dumps(p, option=orjson.OPT_NON_STR_KEYS)),
+)
+
+
+def test_session_messages_after_registering_are_answered_definitely(served: Served) -> None:
+    """A session's later messages (heartbeats, status batches, anything) never get
+    UNKNOWN or INTERNAL: a message the manager cannot take ends the session with a
+    named reason; while the session lives, a status batch is answered (with a named
+    error if it could not be written) and a heartbeat sent after it is answered."""
+    channel = secure_channel(served.address, served.node)
+    register = orjson.dumps(
+        {
+            "nodeId": served.node_name,
+            "description": node(served.node_name).description.to_wire(),
+            "catalog": False,
+        }
+    )
+
+    @BOUNDED
+    @given(SESSION_MESSAGES)
+    def check(body: bytes) -> None:
+        sent: queue.Queue[bytes | None] = queue.Queue()
+        for message in (register, body, orjson.dumps({"type": "heartbeat"})):
+            sent.put(message)
+        call = channel.stream_stream(f"/{DISPATCHER_SERVICE}/Session")(
+            iter(sent.get, None), timeout=5
+        )
+        try:
+            parsed = orjson.loads(body) if body[:1] == b"{" else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        awaited = {"heartbeat"} | ({"status"} if (parsed or {}).get("type") == "status" else set())
+        try:
+            kinds = []
+            for raw in call:
+                answer = orjson.loads(raw)
+                kinds.append(answer["type"])
+                error = answer.get("error") or {}
+                assert error.get("code") not in NEVER, (body, answer)
+                if answer["type"] == "status":
+                    assert not error or error.get("message"), (body, answer)
+                awaited.discard(answer["type"])
+                if not awaited:
+                    break
+            assert kinds[:2] == ["session", "assignments"], (body, kinds)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            assert code.name not in NEVER | {"DEADLINE_EXCEEDED"}, (body, code, exc.details())
+            assert exc.details(), (body, code)
+        finally:
+            sent.put(None)
+            call.cancel()
+
+    try:
+        check()
     finally:
         channel.close()
