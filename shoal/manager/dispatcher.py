@@ -267,6 +267,15 @@ class Dispatcher:
         for session in list(self.sessions.values()):
             session.close("this manager stopped leading; find the leader")
 
+    async def aclose(self) -> None:
+        """Stop the flusher and the endpoint catalog's pushes (the manager is closing)."""
+        job, self._flush_job = self._flush_job, None
+        if job is not None:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        await self.endpoint_push.aclose()
+
     def methods(self) -> dict[str, Method]:
         return {
             "Session": ServerStream(self.session, duplex=True),

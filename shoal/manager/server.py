@@ -242,7 +242,7 @@ class Manager:
             settings.heartbeat_period,
             deliveries=self.secret_store.deliveries,
         )
-        self._stack.push_async_callback(self.dispatcher.endpoint_push.aclose)
+        self._stack.push_async_callback(self.dispatcher.aclose)
         # A removed node's session ends at once (its next calls are refused anyway).
         self.security.state.on_revoked(self._revoked)
         self.control = Control(

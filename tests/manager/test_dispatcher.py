@@ -317,3 +317,16 @@ async def test_status_batches_on_the_session_are_written_then_answered(
     assert "taskId" in answer["error"]["message"]
     assert "n1" in dispatcher.sessions
     session.pump.cancel()
+
+
+async def test_closing_the_dispatcher_leaves_no_flusher_behind(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    """A manager that closes stops the dispatcher's flusher; nothing it started runs on."""
+    session = await open_session(dispatcher, "n1")
+    await session.next()
+    flushers = [t for t in asyncio.all_tasks() if t.get_name() == "dispatcher-flush"]
+    assert len(flushers) == 1
+    await dispatcher.aclose()
+    assert flushers[0].done()
+    session.pump.cancel()
