@@ -25,7 +25,7 @@ not converge within ``--timeout`` is reported, not hidden. ``--runs N``
 repeats the whole run with fresh processes; ``--lock PATH`` holds an
 ``flock`` on PATH for each run only (shared machines); ``--quiet`` prints
 only the summary lines; ``--profile DIR`` records the manager and the first
-fleet with ``py-spy`` (``pip install py-spy``) into DIR for the whole run.
+fleet with ``py-spy`` (``pip install py-spy``) into DIR during the apply.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 HEARTBEAT = 2.0
 # How often the scale-down phase reads the task gauge from /metrics.
 SCRAPE_PERIOD = 1.0
+# Seconds between the nodes joining and the apply in which their idle cost is measured.
+IDLE_WINDOW = 5.0
 
 
 @dataclass
@@ -181,6 +183,7 @@ def reconcile_quantiles(metrics_url: str) -> dict[str, tuple[float, float]]:
 
 async def scenario(
     args: argparse.Namespace,
+    number: int,
     metrics_url: str,
     address: str,
     manager_pid: int,
@@ -193,17 +196,29 @@ async def scenario(
     results["timeline"] = timeline
     total = args.services * args.replicas
 
+    # What 1,000 idle nodes cost (sessions, heartbeats), in cores, before the apply.
+    idle_before = [process_usage(p)[0] for p in (manager_pid, *(f.pid for f in fleets))]
+    await asyncio.sleep(IDLE_WINDOW)
+    results["idle_cores"] = [
+        (process_usage(p)[0] - b) / IDLE_WINDOW
+        for p, b in zip((manager_pid, *(f.pid for f in fleets)), idle_before, strict=True)
+    ]
     cpu_before, _ = process_usage(manager_pid)
-    fleet_before = sum(process_usage(f.pid)[0] for f in fleets)
+    fleets_before = [process_usage(f.pid)[0] for f in fleets]
     services = [service(f"scale-{i}", args.replicas) for i in range(args.services)]
+    spies = profile(args.profile, number, manager_pid, fleets[0].pid) if args.profile else []
     apply_started = time.monotonic()
     await client.call("Apply", {"services": services}, timeout=120)
     timeline.add(0, "apply")
-    await wait_until(client, timeline, "apply", lambda r: r == total, args.timeout)
+    try:
+        await wait_until(client, timeline, "apply", lambda r: r == total, args.timeout)
+    finally:
+        stop_profilers(spies)
     seconds = time.monotonic() - apply_started
     cpu_after, _ = process_usage(manager_pid)
-    fleet_after = sum(process_usage(f.pid)[0] for f in fleets)
-    results["apply_fleet_cpu_s"] = fleet_after - fleet_before
+    fleets_cpu = [process_usage(f.pid)[0] - b for f, b in zip(fleets, fleets_before, strict=True)]
+    results["apply_fleets_cpu_s"] = fleets_cpu
+    results["apply_fleet_cpu_s"] = sum(fleets_cpu)
     results["apply_s"] = seconds
     results["tasks_per_s"] = total / seconds
     results["apply_cpu_s"] = cpu_after - cpu_before
@@ -370,24 +385,33 @@ def start_processes(
     return manager, fleets, procs
 
 
-def profile(
-    out: str, number: int, manager: subprocess.Popen[bytes], fleet: subprocess.Popen[bytes]
-) -> list[subprocess.Popen[bytes]]:
-    """``py-spy record`` of the manager and of a fleet, as folded stacks (text)."""
+def profile(out: str, number: int, manager: int, fleet: int) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` of the manager and of a fleet (pids), as folded stacks (text)."""
     Path(out).mkdir(parents=True, exist_ok=True)
     search = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
     binary = shutil.which("py-spy", path=search) or "py-spy"
     return [
         subprocess.Popen(
             [
-                *(binary, "record", "--pid", str(proc.pid), "--rate", "50", "--format", "raw"),
+                *(binary, "record", "--pid", str(pid), "--rate", "50", "--format", "raw"),
                 *("--output", str(Path(out) / f"run{number}-{name}.txt")),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for name, proc in (("manager", manager), ("fleet", fleet))
+        for name, pid in (("manager", manager), ("fleet", fleet))
     ]
+
+
+def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
+    """py-spy writes its file on SIGINT."""
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        try:
+            spy.wait(30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
 
 
 def load_average() -> str:
@@ -427,11 +451,11 @@ def one_run(args: argparse.Namespace, number: int) -> bool:
         log = (root / "bench.log").open("wb")
         try:
             manager, fleets, procs = start_processes(args, root, address, log)
-            if args.profile:
-                procs += profile(args.profile, number, manager, fleets[0])
             join_s = asyncio.run(wait_for_nodes(address, args.nodes, args.timeout))
             try:
-                asyncio.run(scenario(args, metrics_url, address, manager.pid, fleets, results))
+                asyncio.run(
+                    scenario(args, number, metrics_url, address, manager.pid, fleets, results)
+                )
             except NotConverged as exc:
                 error = str(exc)
             cpu_total, peak_rss = process_usage(manager.pid)
@@ -444,13 +468,9 @@ def one_run(args: argparse.Namespace, number: int) -> bool:
                 log.flush()
                 lines = (root / "bench.log").read_text(errors="replace").splitlines()
                 print("\n".join(lines[-20:]), file=sys.stderr)
-            for proc in reversed(procs):  # the profilers first: they write on SIGINT
+            for proc in reversed(procs):
                 if proc.poll() is None:
-                    spy = str(proc.args[0]).endswith("py-spy")  # type: ignore[index]
-                    proc.send_signal(signal.SIGINT if spy else signal.SIGTERM)
-                    if spy:
-                        with contextlib.suppress(subprocess.TimeoutExpired):
-                            proc.wait(30)
+                    proc.send_signal(signal.SIGTERM)
             for proc in procs:
                 try:
                     proc.wait(30)
@@ -471,6 +491,11 @@ def one_run(args: argparse.Namespace, number: int) -> bool:
         f"failover_s={results.get('failover_s', float('nan')):.1f} "
         f"scale_down_s={results.get('scale_down_gone_s', float('nan')):.1f} "
         f"rss_mb={peak_rss / 1e6:.0f} manager_cpu_s={cpu_total:.1f} "
+        f"apply_cpu_s=manager:{results.get('apply_cpu_s', float('nan')):.1f},fleets:"
+        + "+".join(f"{c:.1f}" for c in results.get("apply_fleets_cpu_s", []))
+        + " idle_cores="
+        + "+".join(f"{c:.2f}" for c in results.get("idle_cores", []))
+        + " "
         f"p99_ms=orchestrator:{orchestrator:.0f},scheduler:{scheduler:.0f} "
         f"load={load_before}->{load_average()}" + (f" error={error!r}" if error else ""),
         flush=True,
