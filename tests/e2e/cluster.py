@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.agent.taskfiles import default_runtime_dir
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from shoal.security.contexts import Context, load_bundle
 
@@ -59,6 +61,19 @@ def processes_with_env(key: str, value: str) -> dict[int, dict[str, str]]:
         )
         found[int(entry.name)] = env
     return found
+
+
+def release_task_files(agents: dict[str, Path]) -> None:
+    """Unmount and remove what killed agents left of their tasks' secret files (a tmpfs
+    per task under each agent's runtime dir, which a live agent would have released)."""
+    runtime_dirs = [default_runtime_dir(name, state_dir) for name, state_dir in agents.items()]
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        points = [line.split()[4] for line in mountinfo]
+    for point in sorted(points, reverse=True):
+        if any(Path(point).is_relative_to(d) for d in runtime_dirs):
+            subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
+    for runtime_dir in runtime_dirs:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 def task_processes(service: str) -> dict[int, dict[str, str]]:
@@ -114,6 +129,7 @@ class Cluster:
     join_port: int = field(default_factory=free_port)
     manager: Daemon | None = None
     agents: dict[str, Daemon] = field(default_factory=dict)
+    state_dirs: dict[str, Path] = field(default_factory=dict)  # each agent's, by name
     token: str = ""
     manager_args: tuple[str, ...] = ()
 
@@ -184,6 +200,7 @@ class Cluster:
         for label in labels:
             args += ["--label", label]
         args += extra_args
+        self.state_dirs[name] = self.root / "agents" / name
         agent = self.agents.get(name) or Daemon(name, args, self.root / f"agent-{name}.log")
         agent.args = args
         self.agents[name] = agent
@@ -193,6 +210,7 @@ class Cluster:
 
     def start_fleet(self, name: str, count: int) -> Daemon:
         """One agent process simulating ``count`` nodes (``NAME-0`` …, zero-padded), all ready."""
+        self.state_dirs[name] = self.root / name
         fleet = Daemon(
             name,
             self.agent_args(name, self.root / name, "--sim-nodes", str(count)),
@@ -352,3 +370,4 @@ def cluster_at(root: Path, manager_args: Sequence[str] = ()) -> Iterator[Cluster
         for pid in processes_with_env("E2E_RUN", str(root)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        release_task_files(cluster.state_dirs)

@@ -25,6 +25,7 @@ from tests.e2e.cluster import (
     Daemon,
     free_port,
     processes_with_env,
+    release_task_files,
     service_yaml,
     shoal_cmd,
     wait_for,
@@ -237,3 +238,4 @@ def ha_cluster(root: Path, managers: int = 3, agents: int = 2) -> Iterator[HAClu
             for pid in processes_with_env("E2E_RUN", str(root)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            release_task_files({name: root / "agents" / name for name in cluster.agents})
