@@ -18,25 +18,24 @@ arrives as UNAVAILABLE, but from the server, with its own message.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import grpc
-import grpc.aio
-
-from shoal.api.transport import CONTROL_SERVICE, Client, Payload, open_channel
+from shoal.api.wire import CONTROL_SERVICE, Payload
 from shoal.errors import ApiError
-from shoal.security.contexts import CredentialsError, resolve
+from shoal.security.contexts import Context, CredentialsError, resolve
 
 if TYPE_CHECKING:
+    from shoal.api.unary import UnaryConnection
     from shoal.models import Service
     from shoal.models.secret import ConfigDocument
     from shoal.models.sync import Sync
 
 UNAVAILABLE = "UNAVAILABLE"
+T = TypeVar("T")
 
 
 CONNECT_TIMEOUT = 3.0
@@ -51,46 +50,50 @@ def unreachable_message(tried: list[tuple[str, str]]) -> str:
     )
 
 
-async def _ready(channel: grpc.aio.Channel, timeout: float) -> str | None:
-    """None once the channel is connected (TLS done), else why it is not."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    state = channel.get_state(try_to_connect=True)
-    while state != grpc.ChannelConnectivity.READY:
-        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            return "connection refused, or the TLS handshake failed"
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return f"no answer within {timeout:g}s: down, paused or unreachable"
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(remaining):
-                await channel.wait_for_state_change(state)
-        state = channel.get_state(try_to_connect=True)
-    return None
+class Transport(Protocol):
+    """How a ``ControlClient`` reaches its manager: grpc.aio (``shoal.api.channels``)
+    or the CLI's unary client (``UnaryTransport``). Errors come as ``ApiError``."""
+
+    async def call(self, method: str, request: Payload, timeout: float | None) -> Payload: ...
+
+    def stream(self, method: str, request: Payload) -> AsyncIterator[Payload]: ...
+
+
+class UnaryTransport:
+    """Unary calls on a blocking ``UnaryConnection``: each ``call`` coroutine finishes
+    without ever suspending, so ``complete`` runs it without an event loop.
+    Streaming methods need grpc.aio (``open_control``)."""
+
+    def __init__(self, connection: UnaryConnection) -> None:
+        self._connection = connection
+
+    async def call(self, method: str, request: Payload, timeout: float | None) -> Payload:
+        from shoal.api.unary import ConnectionLost
+
+        message = json.dumps(request, separators=(",", ":")).encode()
+        try:
+            reply = self._connection.call(f"/{CONTROL_SERVICE}/{method}", message, timeout)
+        except ConnectionLost as exc:
+            lost = [(self._connection.address, "connection lost")]
+            raise ApiError(UNAVAILABLE, unreachable_message(lost)) from exc
+        value = json.loads(reply)
+        if not isinstance(value, dict):
+            raise ApiError("INTERNAL", f"{method}: the answer is not a JSON object")
+        return value
+
+    def stream(self, method: str, request: Payload) -> AsyncIterator[Payload]:
+        raise RuntimeError(f"{method} streams: open the client with open_control, not connect")
 
 
 class ControlClient:
     """Typed calls to the Control service of one manager."""
 
-    def __init__(self, channel: grpc.aio.Channel, address: str) -> None:
+    def __init__(self, transport: Transport, address: str) -> None:
         self.address = address
-        self._channel = channel
-        self._client = Client(channel, CONTROL_SERVICE)
-
-    def _remap(self, exc: ApiError) -> ApiError:
-        """Tell "no manager there" apart from an UNAVAILABLE the manager itself sent."""
-        if exc.code != UNAVAILABLE:
-            return exc
-        state = self._channel.get_state(try_to_connect=False)
-        if state == grpc.ChannelConnectivity.READY:
-            return exc
-        return ApiError(UNAVAILABLE, unreachable_message([(self.address, "connection lost")]))
+        self._transport = transport
 
     async def _call(self, method: str, request: Payload, timeout: float | None = 30.0) -> Payload:
-        try:
-            return await self._client.call(method, request, timeout=timeout)
-        except ApiError as exc:
-            raise self._remap(exc) from exc
+        return await self._transport.call(method, request, timeout)
 
     async def apply(
         self,
@@ -251,11 +254,8 @@ class ControlClient:
                 request[field] = value
         if tail is not None:
             request["tail"] = tail
-        try:
-            async for item in self._client.stream("Logs", request):
-                yield item
-        except ApiError as exc:
-            raise self._remap(exc) from exc
+        async for item in self._transport.stream("Logs", request):
+            yield item
 
     async def events(self, request: Payload) -> Payload:
         """``{events, cursor}``: kept events matching ``request``'s filters (see eventsapi)."""
@@ -263,11 +263,8 @@ class ControlClient:
 
     async def stream(self, method: str, request: Payload) -> AsyncIterator[Payload]:
         """A server-streaming method by name (``WatchEvents``, ``Backup``)."""
-        try:
-            async for item in self._client.stream(method, request):
-                yield item
-        except ApiError as exc:
-            raise self._remap(exc) from exc
+        async for item in self._transport.stream(method, request):
+            yield item
 
     async def sync_now(self, name: str) -> str:
         """Ask for a run of Sync ``name``; the ``requestedAt`` stamp its status will echo
@@ -307,29 +304,74 @@ class ControlClient:
         return str(response.get("version", "unknown"))
 
 
+def _target(server: str | None, context: str | None) -> Context:
+    try:
+        return resolve(server, context)
+    except CredentialsError as exc:
+        raise ApiError("UNAUTHENTICATED", str(exc)) from exc
+
+
 @contextlib.asynccontextmanager
 async def open_control(
     server: str | None = None, context: str | None = None
 ) -> AsyncIterator[ControlClient]:
-    """A ``ControlClient`` on the first manager that answers, closed on exit.
+    """A ``ControlClient`` on grpc.aio to the first manager that answers, closed on exit:
+    for streaming calls and commands that wait on an event loop.
 
     ``server`` is an address or a comma list; ``context`` a context name (see
     ``shoal.security.contexts.resolve``).
     """
-    try:
-        target = resolve(server, context)
-    except CredentialsError as exc:
-        raise ApiError("UNAUTHENTICATED", str(exc)) from exc
+    from shoal.api.channels import open_grpc
+
+    target = _target(server, context)
+    async with open_grpc(target, target.servers, CONNECT_TIMEOUT) as transport:
+        yield ControlClient(transport, transport.address)
+
+
+@contextlib.contextmanager
+def connect(server: str | None = None, context: str | None = None) -> Iterator[ControlClient]:
+    """A ``ControlClient`` for unary calls on the CLI's own client (``shoal.api.unary``:
+    neither grpc nor asyncio is imported), to the first manager that answers, the
+    same way ``open_control`` picks one; run its calls with ``complete``."""
+    from shoal.api.unary import ConnectError, UnaryConnection, tls_context
+
+    target = _target(server, context)
+    tls = tls_context(target)
     tried: list[tuple[str, str]] = []
     for address in target.servers:
-        channel = open_channel(address, target)
-        why = await _ready(channel, CONNECT_TIMEOUT)
-        if why is None:
-            try:
-                yield ControlClient(channel, address)
-            finally:
-                await channel.close()
-            return
-        tried.append((address, why))
-        await channel.close()
+        try:
+            connection = UnaryConnection.open(address, tls, CONNECT_TIMEOUT)
+        except ConnectError as exc:
+            tried.append((address, str(exc)))
+            continue
+        try:
+            yield ControlClient(UnaryTransport(connection), address)
+        finally:
+            connection.close()
+        return
     raise ApiError(UNAVAILABLE, unreachable_message(tried))
+
+
+def complete(work: Awaitable[T]) -> T:
+    """The result of ``work``, a coroutine of unary calls on a client from ``connect``.
+
+    Those calls block and never suspend, so the coroutine runs to its end in one
+    step and no event loop is needed; one that does suspend (a sleep, a stream)
+    is a bug in its caller, who should have used ``open_control``.
+    """
+    steps = work.__await__()
+    try:
+        steps.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    steps.close()
+    raise RuntimeError("this work waits on an event loop: run it on open_control")
+
+
+def run_unary(
+    server: str | None, context: str | None, work: Callable[[ControlClient], Awaitable[T]]
+) -> T:
+    """``work`` on a client from ``connect``, completed (see ``complete``)."""
+    with connect(server, context) as control:
+        return complete(work(control))

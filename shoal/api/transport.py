@@ -15,12 +15,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import grpc.aio
 import orjson
 
+from shoal.api.wire import CONTROL_SERVICE as CONTROL_SERVICE
+from shoal.api.wire import DEFAULT_ADDRESS as DEFAULT_ADDRESS
+from shoal.api.wire import DEFAULT_PORT as DEFAULT_PORT
+from shoal.api.wire import DISPATCHER_SERVICE as DISPATCHER_SERVICE
+from shoal.api.wire import MANAGER_NAME, MAX_MESSAGE
+from shoal.api.wire import Payload as Payload
+from shoal.api.wire import TlsCredentials as TlsCredentials
 from shoal.errors import (
     ApiError,
     AuthError,
@@ -33,15 +40,12 @@ from shoal.errors import (
     StoreUnavailableError,
 )
 
-Payload = dict[str, Any]
 UnaryHandler = Callable[[Payload, grpc.aio.ServicerContext], Awaitable[Payload]]
 StreamHandler = Callable[[Payload, grpc.aio.ServicerContext], AsyncIterator[Payload]]
 ClientStreamHandler = Callable[
     [AsyncIterator[Payload], grpc.aio.ServicerContext], Awaitable[Payload]
 ]
 
-# Messages of a few MiB are legitimate (a full assignment set for a busy node).
-MAX_MESSAGE = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
     # One connection per channel: gRPC otherwise shares connections between
     # channels to the same target, and a process hosting many agents
@@ -421,22 +425,6 @@ class Duplex:
             self._call.cancel()
 
 
-class TlsCredentials(Protocol):
-    """What a mutual-TLS channel needs (``shoal.security.credentials.TlsIdentity``)."""
-
-    @property
-    def ca_pem(self) -> bytes: ...
-    @property
-    def cert_pem(self) -> bytes: ...
-    @property
-    def key_pem(self) -> bytes: ...
-
-
-# Managers are verified by this name (a SAN of every manager certificate), not by
-# the address dialled: a manager may be reached at any address.
-MANAGER_NAME = "shoal-manager"
-
-
 def open_channel(address: str, tls: TlsCredentials) -> grpc.aio.Channel:
     """A mutual-TLS channel to the manager at ``HOST:PORT`` (or a comma list of them)."""
     credentials = grpc.ssl_channel_credentials(
@@ -471,9 +459,3 @@ def server_credentials(current: Callable[[], TlsCredentials]) -> grpc.ServerCred
     return grpc.dynamic_ssl_server_credentials(
         configuration(served), fetch, require_client_authentication=True
     )
-
-
-CONTROL_SERVICE = "shoal.v1.Control"
-DISPATCHER_SERVICE = "shoal.v1.Dispatcher"
-DEFAULT_PORT = 7420
-DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"

@@ -1,8 +1,11 @@
 """The client commands: each talks to the Control service of one manager.
 
 Every command is a ``func(args) -> int`` set on its subparser (the convention
-the daemon commands in ``shoal.cli.daemons`` share), running its own event loop
-with ``asyncio.run``. Commands raise ``ShoalError`` (or ``UsageError``) for
+the daemon commands in ``shoal.cli.daemons`` share). Its calls are coroutines of
+one ``ControlClient``: plain unary work runs with ``_run`` on the CLI's own
+blocking client (``shoal.api.unary``: no grpc, no event loop, a fast start);
+work that streams, sleeps or waits runs with ``_run_on_loop`` on grpc.aio in
+``asyncio.run``. Commands raise ``ShoalError`` (or ``UsageError``) for
 expected failures and let ``shoal.cli.main`` turn them into one ``error:`` line
 and an exit code, so no command prints its own error format.
 
@@ -61,6 +64,14 @@ SERVICE_KINDS = ("service", "services", "svc")
 
 
 def _run(args: argparse.Namespace, work: Callable[[ControlClient], Awaitable[T]]) -> T:
+    """``work``'s unary calls on the CLI's own client: neither grpc nor asyncio loaded."""
+    from shoal.api.client import run_unary
+
+    return run_unary(args.server, getattr(args, "context", None), work)
+
+
+def _run_on_loop(args: argparse.Namespace, work: Callable[[ControlClient], Awaitable[T]]) -> T:
+    """``work`` on grpc.aio in an event loop: for streams, sleeps and waits."""
     import asyncio
 
     from shoal.api.client import open_control
@@ -264,7 +275,7 @@ def _watch(
             await asyncio.sleep(WATCH_PERIOD)
 
     try:
-        _run(args, watch)
+        _run_on_loop(args, watch)
     except KeyboardInterrupt:
         return 0
     return 0
@@ -320,7 +331,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
             await wait_tasks_gone(control, deleted, args.timeout, output.Progress())
 
-    _run(args, delete)
+    (_run_on_loop if args.wait else _run)(args, delete)
     return 0
 
 
@@ -375,7 +386,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 raise NotFoundError(f"service or task {target!r} not found") from None
 
     try:
-        _run(args, stream)
+        _run_on_loop(args, stream)
     except KeyboardInterrupt:
         return 0  # the way to stop `logs -f`
     return 0

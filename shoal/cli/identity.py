@@ -156,20 +156,11 @@ def cmd_context_show(args: argparse.Namespace) -> int:
 
 
 def cmd_context_import(args: argparse.Namespace) -> int:
-    from shoal.security.contexts import Context, load_bundle
+    from shoal.security.contexts import load_bundle
 
     imported = load_bundle(Path(args.file))
     name = args.name or imported.name
-    context = Context(
-        name,
-        imported.servers,
-        imported.ca_pem,
-        imported.cert_pem,
-        imported.key_pem,
-        imported.user,
-        imported.role,
-        imported.cluster,
-    )
+    context = imported._replace(name=name)
     config = _config()
     config.contexts[name] = context
     if config.current is None or args.use:

@@ -12,15 +12,9 @@ def cmd_version(args: argparse.Namespace) -> int:
     print(f"Client Version: {shoal.__version__}", flush=True)
     if args.client:
         return 0
-    import asyncio
+    from shoal.api.client import run_unary
 
-    from shoal.api.client import open_control
-
-    async def ask() -> str:
-        async with open_control(args.server) as control:
-            return await control.version()
-
-    print(f"Server Version: {asyncio.run(ask())}", flush=True)
+    print(f"Server Version: {run_unary(args.server, None, lambda c: c.version())}", flush=True)
     return 0
 
 

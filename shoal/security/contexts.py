@@ -41,9 +41,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shoal.api.address import manager_address
 from shoal.errors import ShoalError
@@ -56,18 +55,22 @@ class CredentialsError(ShoalError):
     """No usable credentials, or a bundle or config file that cannot be read."""
 
 
-@dataclass(frozen=True)
-class Context:
+# A NamedTuple, not a dataclass: importing dataclasses (inspect, ast, dis) would cost
+# every command ~15 ms, a tenth of its budget.
+class Context(NamedTuple):
     """Credentials and manager addresses of one cluster (``TlsCredentials`` for a channel)."""
 
     name: str
     servers: list[str]
     ca_pem: bytes
     cert_pem: bytes
-    key_pem: bytes = field(repr=False)
+    key_pem: bytes
     user: str = ""
     role: str = ""
     cluster: str = ""
+
+    def __repr__(self) -> str:  # never the key
+        return f"Context(name={self.name!r}, servers={self.servers!r}, user={self.user!r})"
 
     @classmethod
     def from_bundle(cls, data: Any, source: str) -> Context:
@@ -211,16 +214,7 @@ def _local(state_dir: Path) -> Context | None:
             context = load_bundle(path)
             live = live_endpoints(state_dir)
             servers = list(dict.fromkeys([*live, *context.servers]))
-            return Context(
-                context.name,
-                servers,
-                context.ca_pem,
-                context.cert_pem,
-                context.key_pem,
-                context.user,
-                context.role,
-                context.cluster,
-            )
+            return context._replace(servers=servers)
     return None
 
 
@@ -269,16 +263,7 @@ def resolve(
         )
     explicit = server or env.get("SHOAL_SERVER")
     if explicit:
-        chosen = Context(
-            chosen.name,
-            split_servers(explicit),
-            chosen.ca_pem,
-            chosen.cert_pem,
-            chosen.key_pem,
-            chosen.user,
-            chosen.role,
-            chosen.cluster,
-        )
+        chosen = chosen._replace(servers=split_servers(explicit))
     if not chosen.servers:
         raise CredentialsError(f"context {chosen.name!r} lists no manager addresses")
     return chosen

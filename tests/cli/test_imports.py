@@ -1,4 +1,4 @@
-"""What the command line loads: never the daemons, and for quick verbs not even gRPC.
+"""What the command line loads: never the daemons, and for unary verbs not even gRPC.
 
 The CLI is started for every command a user or a script types, so what it
 imports is what it costs. These run the real ``shoal.cli.main`` in a fresh
@@ -32,6 +32,8 @@ DAEMON_MODULES = (
 )
 # Verbs that never talk to a manager need neither gRPC nor the models.
 REMOTE_MODULES = ("grpc", "asyncio", "pydantic", "shoal.models", "yaml")
+# Unary calls go through the CLI's own client (shoal.api.unary): no grpc, no event loop.
+LOOP_MODULES = ("grpc", "asyncio")
 # Only a Tab (``_ARGCOMPLETE`` set) or ``shoal completion`` loads the completion library.
 COMPLETION_MODULES = ("argcomplete",)
 
@@ -95,13 +97,14 @@ def test_local_verbs_load_neither_daemons_nor_grpc(
         pytest.param(["version"], id="version"),
     ],
 )
-def test_client_verbs_load_grpc_but_no_daemon(tmp_path: Path, argv: list[str]) -> None:
+def test_unary_client_verbs_load_neither_grpc_nor_a_daemon(tmp_path: Path, argv: list[str]) -> None:
     # Nothing listens on port 1: the command goes all the way to the failed
-    # call (exit code 1), having loaded everything it needs for a real one.
+    # call (exit code 1), having loaded everything it needs for a real one
+    # (tests/e2e/test_cli_live.py checks the same against a live manager).
     returned, modules = loaded(tmp_path, *argv, "--server", "127.0.0.1:1")
     assert returned == 1
-    assert "grpc" in modules  # it did get as far as calling
-    assert offending(modules, (*DAEMON_MODULES, "pydantic", "shoal.models")) == []
+    assert "shoal.api.unary" in modules  # it did get as far as calling
+    assert offending(modules, (*DAEMON_MODULES, *LOOP_MODULES, "pydantic", "shoal.models")) == []
 
 
 def test_reading_the_credentials_shoal_wrote_loads_no_yaml(tmp_path: Path) -> None:
@@ -113,7 +116,7 @@ def test_reading_the_credentials_shoal_wrote_loads_no_yaml(tmp_path: Path) -> No
     (state / "admin.yaml").write_text(json.dumps(bundle, indent=2))  # as shoal writes it
     returned, modules = loaded(tmp_path, "get", "services", "--server", "127.0.0.1:1")
     assert returned == 1  # it read the bundle and went as far as the failed call
-    assert "grpc" in modules
+    assert "shoal.api.unary" in modules
     assert offending(modules, ("yaml",)) == []
 
 

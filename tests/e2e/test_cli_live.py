@@ -14,6 +14,7 @@ import queue
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ import yaml
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
 from shoal.errors import ApiError
 from shoal.logtimes import parse_time
+from tests.cli.test_imports import PROBE, offending
 from tests.e2e.cluster import (
     Cluster,
     cluster_at,
@@ -89,6 +91,26 @@ def test_get_json_and_yaml_shapes_and_yaml_applies_back_unchanged(cluster: Clust
     again = apply_stdin(cluster, exported)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "service/cl-json unchanged"
+
+
+def test_get_services_from_a_manager_loads_neither_grpc_nor_asyncio(cluster: Cluster) -> None:
+    # A unary command's whole run, answer included, on the CLI's own client:
+    # what makes `shoal get services` start fast (bench/cli.py measures it).
+    cluster.apply(cluster.service("cl-unary", ["sleep", "300"]))
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, "get", "services", "--server", cluster.address],
+        env=cluster.cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    *printed, last = result.stdout.strip().splitlines()
+    report = json.loads(last)
+    assert report["code"] == 0, result.stderr
+    assert any(line.startswith("cl-unary ") for line in printed), result.stdout
+    assert offending(set(report["modules"]), ("grpc", "asyncio")) == []
 
 
 # -------------------------------------------------------------- apply checks
