@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/etcd_scale.py [--runs 1] [--replicas 20000] [--nodes 200]
         [--lease-ttl 5] [--heartbeat 2] [--timeout 300] [--lock /tmp/shoal-heavy.lock]
-        [--quiet]
+        [--quiet] [--keep DIR]
 
 Starts a 3-member etcd on loopback with no limit flags (``--max-txn-ops`` 128,
 ``--max-request-bytes`` 1.5 MiB: ``tests/etcdcluster.py``), three real
@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,6 +43,8 @@ from shoal.api.transport import CONTROL_SERVICE, Client
 from shoal.errors import ApiError
 from shoal.security.contexts import CredentialsError
 from tests.etcdcluster import EtcdCluster
+
+WRITES = "shoal_store_write_duration_seconds"
 
 
 class Managers:
@@ -115,6 +117,37 @@ class Managers:
                         reasons[f"keep-alive failed: {str(record.get('error'))[:80]}"] += 1
         return reasons
 
+    def progress(self) -> str:
+        """Tasks and nodes by state (the leader's gauges), store writes and loop stalls so far."""
+        parts = []
+        for index, port in enumerate(self.metrics):
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                samples = [
+                    s
+                    for f in text_string_to_metric_families(text.read().decode())
+                    for s in f.samples
+                ]
+            except OSError:
+                parts.append(f"m{index}=?")
+                continue
+            found: defaultdict[str, float] = defaultdict(float)
+            for s in samples:
+                if s.name in ("shoal_tasks", "shoal_nodes") and s.value:
+                    found[f"{s.name[6:]}.{s.labels['state']}"] += s.value
+                elif s.name == "shoal_manager_stall_seconds_total":
+                    found["stall_s"] = s.value
+                elif s.name in (WRITES + "_count", WRITES + "_sum"):
+                    found[s.name.rsplit("_", 1)[1]] += s.value
+            writes = found.pop("count", 0)
+            mean = found.pop("sum", 0) / writes if writes else 0
+            shown = " ".join(
+                f"{k}={v:.0f}" if k != "stall_s" else f"{k}={v:.1f}"
+                for k, v in sorted(found.items())
+            )
+            parts.append(f"m{index}[writes={writes:.0f} mean={mean * 1000:.0f}ms {shown}]")
+        return " ".join(parts)
+
     def peak_rss_mb(self) -> list[float]:
         return [process_usage(p.pid)[1] / 1e6 if p.poll() is None else 0.0 for p in self.procs]
 
@@ -172,10 +205,16 @@ async def scenario(args: argparse.Namespace, managers: Managers, result: dict[st
         await client.call("Apply", {"services": [service("big", args.replicas)]}, timeout=120)
         result["apply_call_s"] = time.monotonic() - started
         running = 0
+        shown = started
         while time.monotonic() - started < args.timeout:
             with contextlib.suppress(ApiError):
                 running = await running_tasks(client)
             result["running"] = running
+            if not args.quiet and time.monotonic() >= shown + 5:
+                shown = time.monotonic()
+                print(
+                    f"  {shown - started:5.0f}s running={running} {managers.progress()}", flush=True
+                )
             if running == args.replicas:
                 result["converge_s"] = time.monotonic() - started
                 return
@@ -201,8 +240,12 @@ def one_run(args: argparse.Namespace, number: int) -> bool:
     rss: list[float] = []
     stalls: list[float] = []
     why: Counter[str] = Counter()
-    with tempfile.TemporaryDirectory() as state:
-        root = Path(state)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            root = Path(args.keep) / f"run{number}"
+            root.mkdir(parents=True, exist_ok=False)
+        else:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         etcd = EtcdCluster(root / "etcd")
         managers: Managers | None = None
         fleet: subprocess.Popen[bytes] | None = None
@@ -278,6 +321,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300, help="seconds per phase")
     parser.add_argument("--lock", help="flock this file for each run (shared machines)")
     parser.add_argument("--quiet", action="store_true", help="only the summary lines")
+    parser.add_argument("--keep", help="keep each run's logs and state under this directory")
     args = parser.parse_args()
     converged = 0
     for number in range(1, args.runs + 1):
