@@ -412,9 +412,11 @@ class Dispatcher:
 
     def _beat(self, session: AgentSession) -> bool:
         """Record a heartbeat of ``session``; False (and the session closed) if its node was
-        marked down meanwhile or the session is over: the agent must register again."""
+        marked down meanwhile or the session is over: the agent must register again. A
+        node held ``unknown`` keeps its session: the node monitor writes it ready again."""
         entry = self.informer.nodes.get(session.node_id)
-        if session.closed or entry is None or entry.obj.status.state != NodeState.READY:
+        live = (NodeState.READY, NodeState.UNKNOWN)
+        if session.closed or entry is None or entry.obj.status.state not in live:
             state = "removed" if entry is None else entry.obj.status.state.value
             session.close(f"node {session.node_id} is {state}; register again")
             return False

@@ -33,6 +33,12 @@ Overload must degrade, never collapse, so the rule has three guards:
   outage is therefore handled in one pass, a large one in a steady stream
   that the rest of the cluster can absorb.
 
+A node held ``unknown`` (by the guard, or waiting its turn) kept its session
+and its tasks: when its heartbeats resume on that session the monitor writes
+it ``ready`` again (within ``GUARD_RECHECK``). Its agent is not made to
+register again, which would cost a new session and a full assignment set per
+node, all at once when a whole fleet had been held.
+
 Each time a manager starts leading (at its start, or after a leader change)
 every node gets a fresh, longer grace: nobody could heartbeat to a manager
 that was not leading, and agents need time to find it.
@@ -80,6 +86,7 @@ class HeartbeatTracker:
         self.probe_period = probe_period
         self.tolerance = tolerance
         self._seen: dict[str, float] = {}
+        self._beats: dict[str, float] = {}  # the last heartbeat itself (not a forgiving)
         self.heard = 0  # heartbeats received, for ``shoal_heartbeats_total``
         self._last_tick = clock()
         # Seconds the manager was stalled, in all (``stalled``) and the longest.
@@ -109,10 +116,12 @@ class HeartbeatTracker:
         """A new leadership term: forget who was heard when; every node gets ``extra`` more."""
         self.started = self.awake() + extra
         self._seen.clear()
+        self._beats.clear()
 
     def beat(self, node_id: str) -> None:
         """A heartbeat of ``node_id`` arrived."""
         self._heard_from(node_id)
+        self._beats[node_id] = self._seen[node_id]
         self.heard += 1
 
     def _heard_from(self, node_id: str) -> None:
@@ -133,6 +142,11 @@ class HeartbeatTracker:
 
     def silent_for(self, node_id: str) -> float:
         return self.awake() - self._seen.get(node_id, self.started)
+
+    def beat_within(self, node_id: str, seconds: float) -> bool:
+        """Whether a heartbeat of ``node_id`` itself arrived in the last ``seconds``."""
+        last = self._beats.get(node_id)
+        return last is not None and self.awake() - last < seconds
 
 
 async def probe_stalls(tracker: HeartbeatTracker, on_stall: Callable[[float], None]) -> None:
@@ -273,6 +287,7 @@ class NodeMonitor(Controller):
         ready = 0
         silent: list[tuple[Entry[Node], float]] = []
         held: list[Entry[Node]] = []
+        back: list[Entry[Node]] = []
         for entry in list(self.informer.nodes.values()):
             node = entry.obj
             state = node.status.state
@@ -285,10 +300,19 @@ class NodeMonitor(Controller):
                 else:
                     silent.append((entry, quiet))
             elif state == NodeState.UNKNOWN:
-                held.append(entry)
+                if self.heartbeats.beat_within(node.id, grace):
+                    # Its heartbeats resumed on the session it kept: ready again.
+                    ready += 1
+                    back.append(entry)
+                else:
+                    held.append(entry)
             elif state == NodeState.DOWN:
                 changes.extend(self._orphan_tasks(node, now))  # tasks that raced the marking
         in_service = ready + len(held)
+        for entry in back:
+            message = "heartbeats resumed on its session"
+            changes.append(self._mark(entry, NodeState.READY, message, now))
+            self.events.record(f"node/{entry.obj.id}", "NodeReady", message)
         was_engaged = self.guard.engaged
         self._judge(len(silent) + len(held), in_service, now)
         if was_engaged and not self.guard.engaged:
@@ -323,6 +347,8 @@ class NodeMonitor(Controller):
             if len(waiting) > granted:
                 wait = self.budget.wait(in_service)
                 next_check = wait if next_check is None else min(next_check, wait)
+        if held:  # look again soon for those whose heartbeats resume
+            next_check = GUARD_RECHECK if next_check is None else min(next_check, GUARD_RECHECK)
         if changes:
             await self.informer.commit(changes)
         return Done() if next_check is None else Requeue(next_check + 0.05)

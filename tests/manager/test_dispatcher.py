@@ -242,6 +242,25 @@ async def test_heartbeats_on_the_session_are_heard_and_answered(world: World) ->
     assert "n1" not in dispatcher.sessions
 
 
+async def test_a_node_held_unknown_keeps_its_session_and_is_heard(world: World) -> None:
+    # Its heartbeats came late (the guard held it, or it waited its turn to be
+    # declared down); its tasks were left alone, so it needs no new session.
+    now = [0.0]
+    tracker = HeartbeatTracker(clock=lambda: now[0], probe_period=1e9)
+    dispatcher = Dispatcher(world.informer, tracker, world.events, 1.0)
+    session = await open_session(dispatcher, "n1")
+    assert (await session.next())["type"] == "assignments"
+    await world.put(node("n1", state=NodeState.UNKNOWN))
+    now[0] = 5.0
+
+    session.context.sent.put_nowait({"type": "heartbeat"})
+
+    assert (await session.next())["type"] == "heartbeat"
+    assert tracker.silent_for("n1") == 0.0
+    assert dispatcher.sessions["n1"] is not None and not session.pump.done()
+    session.pump.cancel()
+
+
 async def test_a_closed_session_ends_its_stream_and_says_why(
     world: World, dispatcher: Dispatcher
 ) -> None:

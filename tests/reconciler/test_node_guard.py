@@ -248,6 +248,51 @@ async def test_nodes_that_return_under_the_guard_find_their_tasks_untouched(rig1
     ]
 
 
+async def test_held_nodes_whose_heartbeats_resume_are_ready_again_without_registering(
+    rig10: Rig,
+) -> None:
+    # The fleet's heartbeats came late (its own process starved, say) but its
+    # sessions never ended: its agents will not register again, so the monitor
+    # itself writes them ready once they are heard from.
+    rig10.run(GRACE + 0.5, beating=names(4))
+    await rig10.monitor.reconcile("nodes")
+    assert rig10.monitor.guard.engaged
+    tasks_before = await rig10.stored_tasks()
+
+    rig10.run(0.5, beating=names(10))
+    await rig10.monitor.reconcile("nodes")
+
+    assert set((await rig10.states()).values()) == {"ready"}
+    assert await rig10.stored_tasks() == tasks_before
+    assert not rig10.monitor.guard.engaged
+    assert [e.reason for e in rig10.events.for_object(CLUSTER_OBJECT)] == [
+        "DisruptionGuardEngaged",
+        "DisruptionGuardReleased",
+    ]
+    assert [e.reason for e in rig10.events.for_object("node/n004")] == ["NodeReady"]
+
+
+async def test_a_node_waiting_its_turn_that_is_heard_again_never_goes_down() -> None:
+    rig = await open_rig(200, burst_share=0.0, burst_min=20, rate_share=0.0, rate_min=2.0)
+    try:
+        rig.run(GRACE + 0.5, beating=names(140))  # 60 silent: 20 down, 40 wait their turn
+        outcome = await rig.monitor.reconcile("nodes")
+        assert isinstance(outcome, Requeue)
+        waiting = {n for n, s in (await rig.states()).items() if s == "unknown"}
+        assert len(waiting) == 40
+
+        rig.run(outcome.after, beating=names(140) | waiting)
+        await rig.monitor.reconcile("nodes")
+
+        states = await rig.states()
+        assert {n for n, s in states.items() if s == "unknown"} == set()
+        assert sum(1 for s in states.values() if s == "down") == 20
+        assert {n for n, s in states.items() if s == "ready"} == names(140) | waiting
+        assert len(await rig.orphaned()) == 20
+    finally:
+        await rig.informer.aclose()
+
+
 async def test_when_the_share_drops_the_held_nodes_go_down(rig10: Rig) -> None:
     rig10.run(GRACE + 0.5, beating=names(4))
     await rig10.monitor.reconcile("nodes")
