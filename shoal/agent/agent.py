@@ -425,6 +425,9 @@ class Agent:
             async for message in _until(stream, reconnect):
                 kind = message.get("type")
                 opened = True
+                # Any message says the manager is there (heartbeats are answered only
+                # now and then: shoal.manager.dispatcher).
+                heard.at = asyncio.get_running_loop().time()
                 if kind == "redirect":
                     self._learn(message.get("managers", []))
                     self.redirect = message.get("leader")
@@ -439,13 +442,17 @@ class Agent:
                         self.advertise_address = str(message["advertiseAddress"])
                     period = float(message["heartbeatPeriod"])
                     heard.at, heard.period = asyncio.get_running_loop().time(), period
+                    if message.get("streamStatus"):
+                        status_sender = StreamSender(stream)
                     beating = (
-                        self._stream_heartbeats(stream, heard)
+                        self._stream_heartbeats(
+                            stream,
+                            heard,
+                            status_sender if message.get("beatsOnStatus") else None,
+                        )
                         if message.get("streamHeartbeats")
                         else self._heartbeat(client, session_id, period)  # an older manager
                     )
-                    if message.get("streamStatus"):
-                        status_sender = StreamSender(stream)
                     sender = status_sender or CallSender(client, self.settings.name, session_id)
                     for helper_job in (
                         beating,
@@ -459,7 +466,6 @@ class Agent:
                 elif kind == "status" and status_sender is not None:
                     status_sender.answered(message)
                 elif kind == "heartbeat":
-                    heard.at = asyncio.get_running_loop().time()
                     heard.period = float(message.get("heartbeatPeriod", heard.period))
                     self._learn(message.get("managers", []))
                 elif kind == "assignments":
@@ -504,23 +510,33 @@ class Agent:
             known = [*managers, *self.managers, *self.settings.managers]
             self.managers = list(dict.fromkeys(str(m) for m in known))[:KNOWN_MANAGERS]
 
-    async def _stream_heartbeats(self, stream: Duplex, heard: _Heard) -> None:
-        """Heartbeat on the session stream until the manager stops answering them.
+    async def _stream_heartbeats(
+        self, stream: Duplex, heard: _Heard, status: StreamSender | None = None
+    ) -> None:
+        """Heartbeat on the session stream until the manager stops answering.
 
-        Each heartbeat is answered on the stream (``heard``). A slow answer is not
-        a dead manager, and re-registering is far more expensive for a busy one
-        than a late heartbeat, so the session is given up only after
-        ``HEARTBEAT_PATIENCE`` periods without any answer (a manager paused or
-        wedged), or when the stream itself ends (the manager refused the session
-        or went away).
+        The manager answers heartbeats now and then, and sends other messages;
+        any of them sets ``heard``. A slow answer is not a dead manager, and
+        re-registering is far more expensive for a busy one than a late
+        heartbeat, so the session is given up only after ``HEARTBEAT_PATIENCE``
+        periods without any message (a manager paused or wedged), or when the
+        stream itself ends (the manager refused the session or went away).
+        ``status``: the manager counts a status batch as a heartbeat, so none
+        is sent within a period after one.
         """
         loop = asyncio.get_running_loop()
+        beat = loop.time()
         while True:
-            await asyncio.sleep(heard.period)
-            left = heard.at + HEARTBEAT_PATIENCE * heard.period - loop.time()
+            last = max(beat, status.sent_at) if status is not None else beat
+            await asyncio.sleep(max(0.0, last + heard.period - loop.time()))
+            now = loop.time()
+            left = heard.at + HEARTBEAT_PATIENCE * heard.period - now
             try:
                 if left <= 0:
                     raise TimeoutError
+                if status is not None and status.sent_at + heard.period > now:
+                    continue  # a status batch went meanwhile: it was this period's beat
+                beat = now
                 async with asyncio.timeout(left):
                     await stream.send({"type": "heartbeat"})
             except TimeoutError:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from typing import Protocol
 
 import structlog
@@ -67,14 +68,19 @@ class StreamSender:
         self.stream = stream
         self._batches = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[None]] = {}
+        # When the last batch was sent (loop time): a manager that counts batches as
+        # heartbeats needs no heartbeat for a period after it.
+        self.sent_at = -math.inf
 
     async def __call__(self, updates: Updates) -> None:
         batch = next(self._batches)
-        answer = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
         self._waiting[batch] = answer
         try:
             async with asyncio.timeout(ANSWER_TIMEOUT):
                 await self.stream.send({"type": "status", "batch": batch, "updates": updates})
+                self.sent_at = loop.time()
                 await answer
         except TimeoutError as exc:
             raise ApiError("DEADLINE_EXCEEDED", f"status batch {batch} was not answered") from exc

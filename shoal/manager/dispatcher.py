@@ -19,9 +19,14 @@ then carries, in order:
    ``shoal exec`` (``{"type": "exec-cancel", "execId"}`` when they go away).
 
 The session is a duplex stream: after registering, the agent sends
-``{"type": "heartbeat"}`` on it every heartbeat period, and each is answered
-with ``{"type": "heartbeat", "heartbeatPeriod", "managers"}`` among the
-messages above (the agent's sign that this manager still hears it). So a node
+``{"type": "heartbeat"}`` on it every heartbeat period, and the first and then
+every ``ANSWER_EVERY``-th is answered with ``{"type": "heartbeat",
+"heartbeatPeriod", "managers"}`` among the messages above (the agent's sign
+that this manager still hears it; it leaves a manager only after 12 periods
+without any message from it, so an answer every 4 periods is plenty, and a
+thousand nodes cost the manager a quarter of the writes). A status batch counts
+as a heartbeat of its node (``"beatsOnStatus": true`` in the session message),
+so an agent that sent one within the period sends no heartbeat. So a node
 holds one connection to the manager, not one for its session and another for
 its heartbeats (each mutual-TLS connection costs the manager about 95 KB).
 Heartbeats are read on the event loop, which the long reconcile passes hand
@@ -100,6 +105,8 @@ LOG_QUEUE_LIMIT = 10_000
 LOG_PUT_TIMEOUT = 30.0
 # Output chunks of one ``shoal exec`` waiting for its caller.
 EXEC_QUEUE_LIMIT = 256
+# A session's heartbeats answered: the first, then every this many (module docstring).
+ANSWER_EVERY = 4
 
 
 class SessionError(ShoalError):
@@ -134,6 +141,7 @@ class AgentSession:
     # Whether the agent asked for the endpoint catalog, and whether it got the full one.
     catalog: bool = True
     catalog_ready: bool = False
+    beats: int = 0  # heartbeats read on the stream (every ANSWER_EVERY-th is answered)
 
     def send(self, message: Payload) -> None:
         if self.closed:
@@ -335,6 +343,7 @@ class Dispatcher:
                 # Heartbeats and status batches come on this stream, not as calls.
                 "streamHeartbeats": True,
                 "streamStatus": True,
+                "beatsOnStatus": True,
             }
             reader = asyncio.create_task(self._read(session, context), name=f"session-{node_id}")
             reader.add_done_callback(lambda job: _reader_ended(session, job))
@@ -387,8 +396,14 @@ class Dispatcher:
                 if kind == "heartbeat":
                     if not self._beat(session):
                         return
-                    session.send({"type": "heartbeat", "heartbeatPeriod": self.heartbeat_period})
+                    session.beats += 1
+                    if session.beats % ANSWER_EVERY == 1:
+                        session.send(
+                            {"type": "heartbeat", "heartbeatPeriod": self.heartbeat_period}
+                        )
                 elif kind == "status":  # written while the next messages are read
+                    if self._live(session):  # as good as a heartbeat (module docstring)
+                        self.heartbeats.heard_from(session.node_id)
                     write = asyncio.create_task(self._status(session, message))
                     writes.add(write)
                     write.add_done_callback(writes.discard)
@@ -410,13 +425,22 @@ class Dispatcher:
             answer["error"] = {"code": status_for(exc).name, "message": str(exc)}
         session.send(answer)
 
+    def _live(self, session: AgentSession) -> bool:
+        """Whether ``session`` is open and its node ``ready`` or held ``unknown`` (its
+        messages are its beats)."""
+        entry = self.informer.nodes.get(session.node_id)
+        return (
+            not session.closed
+            and entry is not None
+            and entry.obj.status.state in (NodeState.READY, NodeState.UNKNOWN)
+        )
+
     def _beat(self, session: AgentSession) -> bool:
         """Record a heartbeat of ``session``; False (and the session closed) if its node was
         marked down meanwhile or the session is over: the agent must register again. A
         node held ``unknown`` keeps its session: the node monitor writes it ready again."""
         entry = self.informer.nodes.get(session.node_id)
-        live = (NodeState.READY, NodeState.UNKNOWN)
-        if session.closed or entry is None or entry.obj.status.state not in live:
+        if not self._live(session):
             state = "removed" if entry is None else entry.obj.status.state.value
             session.close(f"node {session.node_id} is {state}; register again")
             return False

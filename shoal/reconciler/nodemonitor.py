@@ -124,6 +124,11 @@ class HeartbeatTracker:
         self._beats[node_id] = self._seen[node_id]
         self.heard += 1
 
+    def heard_from(self, node_id: str) -> None:
+        """Another message of ``node_id`` arrived (a status batch): as good as a heartbeat,
+        but not counted as one."""
+        self._heard_from(node_id)
+
     def _heard_from(self, node_id: str) -> None:
         self._seen[node_id] = self.awake()
 

@@ -15,7 +15,7 @@ from typing import Any
 import grpc.aio
 import pytest
 
-from shoal.manager.dispatcher import CLOSE_GRACE, Dispatcher, SessionError
+from shoal.manager.dispatcher import ANSWER_EVERY, CLOSE_GRACE, Dispatcher, SessionError
 from shoal.models import DesiredState, NodeState, Task, TaskState, TaskStatus
 from shoal.reconciler.nodemonitor import HeartbeatTracker
 from shoal.store.typed import TASKS, Change
@@ -227,10 +227,19 @@ async def test_heartbeats_on_the_session_are_heard_and_answered(world: World) ->
     assert await session.next() == {"type": "heartbeat", "heartbeatPeriod": 1.0}
     assert tracker.silent_for("n1") == 0.0
     session.context.sent.put_nowait({"type": "a kind of a newer agent"})  # ignored
-    now[0] = 6.0
-    session.context.sent.put_nowait({"type": "heartbeat"})
-    assert (await session.next())["type"] == "heartbeat"
-    assert tracker.silent_for("n1") == 0.0
+    # Every heartbeat is heard; the first and then every ANSWER_EVERY-th is answered
+    # (the agent takes any message for a sign of the manager: a thousand nodes'
+    # answers were a quarter of the manager's idle CPU).
+    for beat in range(2, 2 * ANSWER_EVERY + 1):
+        now[0] = 4.0 + beat
+        session.context.sent.put_nowait({"type": "heartbeat"})
+        await asyncio.sleep(0.1)
+        assert tracker.silent_for("n1") == 0.0
+        answered = not session.messages.empty()
+        assert answered == (beat % ANSWER_EVERY == 1), beat
+        if answered:
+            assert (await session.next())["type"] == "heartbeat"
+    assert tracker.heard == 2 * ANSWER_EVERY
 
     # Marked down meanwhile (its heartbeats came too late): the session ends, and
     # the agent must register again.
@@ -335,6 +344,34 @@ async def test_status_batches_on_the_session_are_written_then_answered(
     assert answer["error"]["code"] == "INVALID_ARGUMENT"
     assert "taskId" in answer["error"]["message"]
     assert "n1" in dispatcher.sessions
+    session.pump.cancel()
+
+
+async def test_a_status_batch_is_as_good_as_a_heartbeat(world: World) -> None:
+    """The session message says so, and an agent then sends no heartbeat within a
+    period after a batch: the batch must keep its node from being declared down."""
+    now = [0.0]
+    tracker = HeartbeatTracker(clock=lambda: now[0], probe_period=1e9)
+    dispatcher = Dispatcher(world.informer, tracker, world.events, 1.0)
+    request = {"nodeId": "n1", "description": node("n1").description.to_wire()}
+    stream = dispatcher.session(request, Peer())  # type: ignore[arg-type]
+    assert (await anext(stream))["beatsOnStatus"] is True
+    await stream.aclose()
+
+    session = await open_session(dispatcher, "n1")
+    assert (await session.next())["type"] == "assignments"
+    now[0] = 5.0
+    session.context.sent.put_nowait({"type": "status", "batch": 1, "updates": []})
+    assert await session.next() == {"type": "status", "batch": 1}
+    assert tracker.silent_for("n1") == 0.0
+    assert tracker.heard == 0  # shoal_heartbeats_total counts heartbeats only
+
+    # A node marked down is not revived by a late batch (it must register again).
+    await world.put(node("n1", state=NodeState.DOWN))
+    now[0] = 9.0
+    session.context.sent.put_nowait({"type": "status", "batch": 2, "updates": []})
+    await session.next()
+    assert tracker.silent_for("n1") == 4.0
     session.pump.cancel()
 
 
