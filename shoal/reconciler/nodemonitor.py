@@ -86,7 +86,9 @@ class HeartbeatTracker:
         self.probe_period = probe_period
         self.tolerance = tolerance
         self._seen: dict[str, float] = {}
-        self._beats: dict[str, float] = {}  # the last heartbeat itself (not a forgiving)
+        # The last message of the node itself (a heartbeat or a status batch), not a
+        # forgiving or a registration.
+        self._beats: dict[str, float] = {}
         self.heard = 0  # heartbeats received, for ``shoal_heartbeats_total``
         self._last_tick = clock()
         # Seconds the manager was stalled, in all (``stalled``) and the longest.
@@ -128,6 +130,7 @@ class HeartbeatTracker:
         """Another message of ``node_id`` arrived (a status batch): as good as a heartbeat,
         but not counted as one."""
         self._heard_from(node_id)
+        self._beats[node_id] = self._seen[node_id]
 
     def _heard_from(self, node_id: str) -> None:
         self._seen[node_id] = self.awake()
@@ -149,7 +152,8 @@ class HeartbeatTracker:
         return self.awake() - self._seen.get(node_id, self.started)
 
     def beat_within(self, node_id: str, seconds: float) -> bool:
-        """Whether a heartbeat of ``node_id`` itself arrived in the last ``seconds``."""
+        """Whether ``node_id`` itself (a heartbeat or a status batch; not a forgiving or a
+        registration) was heard from in the last ``seconds``."""
         last = self._beats.get(node_id)
         return last is not None and self.awake() - last < seconds
 

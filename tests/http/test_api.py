@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -279,7 +278,7 @@ async def test_a_removed_users_session_ends_with_its_open_streams(web: Web) -> N
 async def test_a_session_ends_when_its_users_certificate_does(web: Web) -> None:
     # A user whose certificate is valid for 10 s more (the CA's shortest).
     cert, key = web.manager.security.ca.issue_pair("brief", "viewer", timedelta(seconds=10))
-    brief = dataclasses.replace(web.admin, cert_pem=cert, key_pem=key, user="brief")
+    brief = web.admin._replace(cert_pem=cert, key_pem=key, user="brief")
     not_after = read_cert(cert).not_after
     viewer = await web.browser(brief)
     try:

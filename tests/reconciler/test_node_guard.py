@@ -63,8 +63,15 @@ class Rig:
     events: EventRecorder
     monitor: NodeMonitor
 
-    def run(self, seconds: float, beating: set[str] | None = None, step: float = 0.1) -> None:
-        """Let ``seconds`` pass with a live event loop: the probe ticks, ``beating`` beat."""
+    def run(
+        self,
+        seconds: float,
+        beating: set[str] | None = None,
+        step: float = 0.1,
+        reporting: set[str] | None = None,
+    ) -> None:
+        """Let ``seconds`` pass with a live event loop: the probe ticks, ``beating`` beat,
+        ``reporting`` send status batches instead (which stand for heartbeats)."""
         elapsed = 0.0
         while elapsed < seconds - 1e-9:
             self.time.advance(step)
@@ -72,6 +79,8 @@ class Rig:
             self.tracker.tick()
             for node_id in beating or ():
                 self.tracker.beat(node_id)
+            for node_id in reporting or ():
+                self.tracker.heard_from(node_id)
 
     async def stored_nodes(self) -> dict[str, Node]:
         kvs, _ = await self.store.range("/nodes/")
@@ -272,6 +281,21 @@ async def test_held_nodes_whose_heartbeats_resume_are_ready_again_without_regist
     assert [e.reason for e in rig10.events.for_object("node/n004")] == ["NodeReady"]
 
 
+async def test_held_nodes_heard_from_in_status_batches_only_are_ready_again(
+    rig10: Rig,
+) -> None:
+    # A busy agent sends status batches instead of heartbeats (each stands for one).
+    rig10.run(GRACE + 0.5, beating=names(4))
+    await rig10.monitor.reconcile("nodes")
+    assert rig10.monitor.guard.engaged
+
+    rig10.run(0.5, beating=names(4), reporting=names(10) - names(4))
+    await rig10.monitor.reconcile("nodes")
+
+    assert set((await rig10.states()).values()) == {"ready"}
+    assert not rig10.monitor.guard.engaged
+
+
 async def test_a_node_waiting_its_turn_that_is_heard_again_never_goes_down() -> None:
     rig = await open_rig(200, burst_share=0.0, burst_min=20, rate_share=0.0, rate_min=2.0)
     try:
@@ -279,14 +303,17 @@ async def test_a_node_waiting_its_turn_that_is_heard_again_never_goes_down() -> 
         outcome = await rig.monitor.reconcile("nodes")
         assert isinstance(outcome, Requeue)
         waiting = {n for n, s in (await rig.states()).items() if s == "unknown"}
+        down = {n for n, s in (await rig.states()).items() if s == "down"}
         assert len(waiting) == 40
 
-        rig.run(outcome.after, beating=names(140) | waiting)
+        # The down nodes' agents beat too (before they learn their sessions are over):
+        # a node declared down, its tasks orphaned, is not ready again without registering.
+        rig.run(outcome.after, beating=names(140) | waiting | down)
         await rig.monitor.reconcile("nodes")
 
         states = await rig.states()
         assert {n for n, s in states.items() if s == "unknown"} == set()
-        assert sum(1 for s in states.values() if s == "down") == 20
+        assert {n for n, s in states.items() if s == "down"} == down and len(down) == 20
         assert {n for n, s in states.items() if s == "ready"} == names(140) | waiting
         assert len(await rig.orphaned()) == 20
     finally:
