@@ -64,18 +64,25 @@ Stopping
     wrapper runs, then signals the group once.
 
 Logs
-    The child writes its own file, so no line carries the time it was written:
-    ``timed_logs`` gives the lines of each read the file's modification time,
-    which is exact for a line followed as it comes (read within ``_LOG_POLL``)
-    and for the last line of the history, and an upper bound for the earlier
-    ones (so ``since`` keeps the history whole once it was written to since).
+    The child writes its own file, so no line carries the time it was written.
+    The runtime keeps those times on the side (``shoal.runtimes.processlogs``):
+    while it runs, one follower for all of its tasks (one asyncio task, a
+    ``stat`` per live task's log every ``FOLLOW_INTERVAL``, no thread or process
+    per task) appends ``<size> <mtime>`` to the task's ``output.times`` whenever
+    the log grew. ``timed_logs`` gives each line the time of the first entry past
+    it: the time of its own write for the last line of each growth, at most
+    ``FOLLOW_INTERVAL`` late for the others, and so ``since`` and the merge of
+    several tasks' histories work on those times. Only lines written while no
+    runtime followed the task (the agent was down; the index is kept across an
+    adoption and goes on where it stopped) share the log's modification time when
+    they were first seen: an upper bound, at least the last time recorded before.
     Rotation is copytruncate, because the child holds the file open: when
     ``output.log`` exceeds ``log_max_bytes`` it is copied to ``output.log.1``
     (older copies shifted up to ``log_files``) and truncated; the child's
     ``O_APPEND`` writes continue at the new end. Lines written between the copy
-    and the truncate are lost, the usual price of copytruncate. The check rides
-    on ``inspect``/``wait``/``logs`` (one ``stat``; ``wait`` looks every 2 s),
-    not on a timer of its own.
+    and the truncate are lost, the usual price of copytruncate. The time index
+    goes with the copy (``output.times.1``) and a new one starts. The check rides
+    on the follower and on ``inspect``/``wait``/``logs`` (one ``stat``).
 
 User and limits
     ``user`` and ``resources.limits`` are applied as ``shoal.runtimes.isolation``
@@ -103,7 +110,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import structlog
 
@@ -126,6 +133,13 @@ from shoal.runtimes.isolation import (
     TaskUser,
     privileges_prefix,
     resolve_user,
+)
+from shoal.runtimes.processlogs import (
+    FOLLOW_INTERVAL,
+    INDEX_NAME,
+    LOG_NAME,
+    LogReader,
+    TimeIndex,
 )
 
 log = structlog.get_logger(__name__)
@@ -159,7 +173,6 @@ _LOG_POLL = 0.2
 _KILL_TIMEOUT = 5.0
 # How long ``stop`` waits for the wrapper to fork a command that was just let go.
 _COMMAND_START = 2.0
-_READ_CHUNK = 64 * 1024
 
 
 class _ExitSignal:
@@ -316,27 +329,6 @@ def exit_status(code: int) -> ExitStatus:
     return ExitStatus(exit_code=code, message=f"exited with code {code}")
 
 
-def _tail_offset(f: IO[bytes], lines: int) -> int:
-    """Offset where the last ``lines`` lines of ``f`` start (a final partial line counts)."""
-    end = f.seek(0, os.SEEK_END)
-    if lines <= 0:
-        return end
-    found = 0
-    pos = end
-    while pos > 0:
-        start = max(0, pos - 8192)
-        f.seek(start)
-        block = f.read(pos - start)
-        index = len(block)
-        while (index := block.rfind(b"\n", 0, index)) != -1:
-            if start + index != end - 1:  # the newline ending the last line opens nothing
-                found += 1
-                if found == lines:
-                    return start + index + 1
-        pos = start
-    return 0
-
-
 class ProcessRuntime(Runtime):
     """Runs tasks as plain subprocesses in their own process groups."""
 
@@ -350,6 +342,10 @@ class ProcessRuntime(Runtime):
         self._killed: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._rotations: dict[str, int] = {}
+        # The log follower (see "Logs"): the tasks it looks at, each one's time index.
+        self._followed: set[str] = set()
+        self._indexes: dict[str, TimeIndex] = {}
+        self._follower: asyncio.Task[None] | None = None
         self._cgroups: Cgroups | str | None = None
 
     # -- paths and records -------------------------------------------------
@@ -360,7 +356,13 @@ class ProcessRuntime(Runtime):
         return self.settings.state_dir / "tasks" / task_id
 
     def _log_path(self, task_id: str) -> Path:
-        return self._task_dir(task_id) / "output.log"
+        return self._task_dir(task_id) / LOG_NAME
+
+    def _index(self, task_id: str) -> TimeIndex:
+        index = self._indexes.get(task_id)
+        if index is None:
+            index = self._indexes[task_id] = TimeIndex(self._task_dir(task_id) / INDEX_NAME)
+        return index
 
     def _exit_path(self, task_id: str) -> Path:
         return self._task_dir(task_id) / "exit"
@@ -452,6 +454,7 @@ class ProcessRuntime(Runtime):
         # fork/exec, mkdir and file writes block: run them off the event loop.
         popen, record = await asyncio.to_thread(self._spawn, launch)
         self._children[launch.task_id] = popen
+        self._follow(launch.task_id)
         return self._handle(record)
 
     def _spawn(self, launch: TaskLaunch) -> tuple[subprocess.Popen[bytes], _Record]:
@@ -627,8 +630,10 @@ class ProcessRuntime(Runtime):
             log.warning("removing a running task: killing it first", task_id=task_id)
             await self.stop(handle, "SIGKILL", 0.0)
         task_dir = self._task_dir(task_id)
+        self._followed.discard(task_id)
         try:
-            await asyncio.to_thread(shutil.rmtree, task_dir)
+            async with self._lock(task_id):  # no reader writes the time index meanwhile
+                await asyncio.to_thread(shutil.rmtree, task_dir)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -636,7 +641,7 @@ class ProcessRuntime(Runtime):
         cgroups = self.cgroups()
         if isinstance(cgroups, Cgroups):
             await asyncio.to_thread(cgroups.remove, task_id)
-        for table in (self._children, self._exits, self._locks, self._rotations):
+        for table in (self._children, self._exits, self._locks, self._rotations, self._indexes):
             table.pop(task_id, None)
         self._killed.discard(task_id)
 
@@ -652,7 +657,16 @@ class ProcessRuntime(Runtime):
                 log.error("task record names another task; skipping it", path=str(path))
                 continue
             handles.append(self._handle(record))
+            self._follow(record.task_id)  # its index goes on where it stopped
         return handles
+
+    async def aclose(self) -> None:
+        """Stop following logs; the tasks keep running."""
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
 
     async def timed_logs(
         self,
@@ -662,11 +676,10 @@ class ProcessRuntime(Runtime):
         tail: int | None = None,
         since: datetime | None = None,
     ) -> AsyncIterator[LogLine]:
-        """Each read's lines carry the log file's modification time after the read (see
-        "Logs" in the module docstring); ``since`` is applied to those times here."""
+        """Each line carries the time its task's time index gives it (see "Logs" in the
+        module docstring); ``since`` is applied to those times here."""
         task_id = handle.task_id
-        path = self._log_path(task_id)
-        reader = _LogReader(path, tail)
+        reader = LogReader(self._task_dir(task_id), tail, self._index(task_id))
         try:
             # Open before the first inspect, which may rotate: the reader then finds the
             # start of the output in the rotated copy.
@@ -677,18 +690,18 @@ class ProcessRuntime(Runtime):
                 done = not follow or not (await self.inspect(handle)).running
                 async with self._lock(task_id):
                     lines = reader.read(self._rotations.get(task_id, 0))
-                written = reader.written()
-                if since is None or written is None or written >= since:
-                    for line in lines:
-                        yield LogLine(line, written)
+                for line in lines:
+                    if since is None or line.time is None or line.time >= since:
+                        yield line
                 if done:
                     break
                 if not marked:
                     yield HISTORY_END
                     marked = True
                 await asyncio.sleep(_LOG_POLL)
-            if reader.partial:
-                yield LogLine(reader.partial.decode(errors="replace"), reader.written())
+            last = reader.rest()
+            if last is not None and (since is None or last.time is None or last.time >= since):
+                yield last
             if not marked:
                 yield HISTORY_END
         finally:
@@ -800,88 +813,73 @@ class ProcessRuntime(Runtime):
             oom_killed=True,
         )
 
-    async def _maybe_rotate(self, task_id: str) -> None:
-        path = self._log_path(task_id)
+    def _over_limit(self, task_id: str) -> bool:
         try:
-            size = path.stat().st_size
+            return self._log_path(task_id).stat().st_size > self.settings.log_max_bytes
         except FileNotFoundError:
-            return
-        if size <= self.settings.log_max_bytes:
+            return False
+
+    async def _maybe_rotate(self, task_id: str) -> None:
+        if not self._over_limit(task_id):
             return
         async with self._lock(task_id):
-            await asyncio.to_thread(self._rotate, path)
-            self._rotations[task_id] = self._rotations.get(task_id, 0) + 1
+            if self._over_limit(task_id):  # not rotated while this waited for the lock
+                await asyncio.to_thread(self._rotate, task_id)
+                self._rotations[task_id] = self._rotations.get(task_id, 0) + 1
 
-    def _rotate(self, path: Path) -> None:
+    def _rotate(self, task_id: str) -> None:
+        """Copytruncate the log; its time index goes with the copy (under the task's lock)."""
+        path = self._log_path(task_id)
+        index = self._index(task_id)
         keep = self.settings.log_files
+        copied = None
         if keep > 0:
-            for index in range(keep - 1, 0, -1):
-                older = path.with_name(f"{path.name}.{index}")
-                if older.exists():
-                    os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
-            shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+            for number in range(keep - 1, 0, -1):
+                for current in (path, index.path):
+                    older = current.with_name(f"{current.name}.{number}")
+                    if older.exists():
+                        os.replace(older, current.with_name(f"{current.name}.{number + 1}"))
+            copy = path.with_name(f"{path.name}.1")
+            shutil.copyfile(path, copy)
+            copied = os.stat(copy).st_size
+        # Everything copied was written by now (its modification time after the copy).
+        index.rotated(copied, os.stat(path).st_mtime_ns)
         os.truncate(path, 0)
 
+    def _follow(self, task_id: str) -> None:
+        """Keep ``task_id``'s time index while it runs (see "Logs")."""
+        self._followed.add(task_id)
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.create_task(self._follow_logs(), name="process-log-follower")
 
-class _LogReader:
-    """Reads complete lines from a log that may be copytruncated under it."""
+    async def _follow_logs(self) -> None:
+        """One loop for every task: a ``stat`` of each followed log per interval, an
+        index entry where it grew, a rotation where it passed the limit."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            full = []
+            for task_id in list(self._followed):
+                try:
+                    if self._observe(task_id):
+                        full.append(task_id)
+                except Exception as exc:  # one task's trouble must not end the others' times
+                    log.warning("cannot follow a task's log", task_id=task_id, error=str(exc))
+            for task_id in full:
+                try:
+                    await self._maybe_rotate(task_id)
+                except Exception as exc:  # the next look tries again
+                    log.warning("cannot rotate a task's log", task_id=task_id, error=str(exc))
 
-    def __init__(self, path: Path, tail: int | None) -> None:
-        self.path = path
-        self.tail = tail
-        self.file: IO[bytes] | None = None
-        self.pos = 0
-        self.partial = b""
-        self.rotations: int | None = None
-
-    def open(self, rotations: int) -> None:
+    def _observe(self, task_id: str) -> bool:
+        """One look at a followed log; True if it is due for rotation."""
+        if self._lock(task_id).locked():  # being rotated, read or removed: next time
+            return False
         try:
-            self.file = open(self.path, "rb")  # noqa: SIM115 - kept open across reads
+            stat = os.stat(self._log_path(task_id))
         except FileNotFoundError:
-            return
-        self.pos = _tail_offset(self.file, self.tail) if self.tail is not None else 0
-        self.rotations = rotations
-
-    def read(self, rotations: int) -> list[str]:
-        data = b""
-        if self.file is None:
-            self.open(rotations)
-            if self.file is None:
-                return []
-        try:
-            size = os.stat(self.path).st_size
-        except FileNotFoundError:
-            size = 0
-        if rotations != self.rotations or size < self.pos:
-            # Copytruncated since the last read: the unread rest is in the newest copy.
-            if rotations - (self.rotations or 0) <= 1:
-                data += self._rest_of(self.path.with_name(self.path.name + ".1"))
-            self.rotations = rotations
-            self.pos = 0
-        self.file.seek(self.pos)
-        while chunk := self.file.read(_READ_CHUNK):
-            data += chunk
-        self.pos = self.file.tell()
-        *lines, self.partial = (self.partial + data).split(b"\n")
-        return [line.decode(errors="replace") for line in lines]
-
-    def written(self) -> datetime | None:
-        """When the log was last written to (the time of the lines just read)."""
-        if self.file is None:
-            return None
-        return datetime.fromtimestamp(os.fstat(self.file.fileno()).st_mtime, UTC)
-
-    def _rest_of(self, rotated: Path) -> bytes:
-        try:
-            with open(rotated, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self.pos:
-                    return b""
-                f.seek(self.pos)
-                return f.read()
-        except FileNotFoundError:
-            return b""
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+            self._followed.discard(task_id)
+            return False
+        self._index(task_id).observe(stat.st_size, stat.st_mtime_ns)
+        if task_id in self._exits:  # that was its last output
+            self._followed.discard(task_id)
+        return stat.st_size > self.settings.log_max_bytes

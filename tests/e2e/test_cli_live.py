@@ -252,16 +252,24 @@ async def logs_refusal(cluster: Cluster, request: dict[str, Any]) -> ApiError:
     raise AssertionError(f"Logs took {request}")
 
 
-def test_logs_timestamps_since_and_two_tasks_in_the_order_written(cluster: Cluster) -> None:
-    ensure_test_image("docker")  # the engine stamps each line where it is written
+@pytest.mark.parametrize("runtime", ["docker", "process"])
+def test_logs_timestamps_since_and_two_tasks_in_the_order_written(
+    cluster: Cluster, runtime: str
+) -> None:
+    # Docker stamps each line where it is written; the process runtime's agent
+    # records when each task's log grew.
     script = 'echo "one $SHOAL_TASK_SLOT"; sleep 3; echo "two $SHOAL_TASK_SLOT"; sleep 300'
-    template = {"runtime": "docker", "image": TEST_IMAGE, "init": True, "stopGracePeriod": "1s"}
-    cluster.apply(cluster.service("cl-logtime", ["sh", "-c", script], 2, template=template))
+    name = f"cl-logtime-{runtime}"
+    template: dict[str, object] = {"runtime": runtime, "stopGracePeriod": "1s"}
+    if runtime == "docker":
+        ensure_test_image("docker")
+        template.update(image=TEST_IMAGE, init=True)
+    cluster.apply(cluster.service(name, ["sh", "-c", script], 2, template=template))
     try:
-        cluster.wait_running("cl-logtime", 2, timeout=60)
+        cluster.wait_running(name, 2, timeout=60)
 
         def stamped(*extra: str) -> list[tuple[datetime, str]] | None:
-            out = cluster.cli("logs", "cl-logtime", "--timestamps", "--no-prefix", *extra).stdout
+            out = cluster.cli("logs", name, "--timestamps", "--no-prefix", *extra).stdout
             lines = [line.partition(" ") for line in out.splitlines()]
             return [(parse_time(stamp), text) for stamp, _, text in lines]
 
@@ -276,12 +284,12 @@ def test_logs_timestamps_since_and_two_tasks_in_the_order_written(cluster: Clust
         later = stamped("--since", between.isoformat())
         assert later == lines[2:]
         assert stamped("--since", "1h") == lines
-        bad = cluster.cli("logs", "cl-logtime", "--since", "soon", check=False)
+        bad = cluster.cli("logs", name, "--since", "soon", check=False)
         assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
-        refused = asyncio.run(logs_refusal(cluster, {"service": "cl-logtime", "since": "soon"}))
+        refused = asyncio.run(logs_refusal(cluster, {"service": name, "since": "soon"}))
         assert refused.code == "INVALID_ARGUMENT" and refused.message.startswith("since: ")
     finally:
-        cluster.cli("delete", "service", "cl-logtime", "--ignore-not-found")
+        cluster.cli("delete", "service", name, "--ignore-not-found")
 
 
 def test_logs_follow_streams_new_lines(cluster: Cluster) -> None:
