@@ -140,14 +140,8 @@ class TimeIndex:
 
     def restart(self) -> None:
         """A new index for a log that starts again from offset 0, floored at the last time."""
-        floor = _entry(0, self.last_ns)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            tmp.write_bytes(floor)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            self._failure(exc)
-        self.size, self.bytes = 0, len(floor)
+        self._replace(_entry(0, self.last_ns))
+        self.size = 0
 
     def _append(self, entry: bytes) -> None:
         try:
@@ -168,14 +162,16 @@ class TimeIndex:
         half = len(entries) // 2
         # The first entry (often the floor) and the newer half are kept whole.
         kept = entries[:1] + entries[1:half][1::2] + entries[half:]
-        data = b"".join(_entry(size, ns) for size, ns in kept)
+        self._replace(b"".join(_entry(size, ns) for size, ns in kept))
+
+    def _replace(self, data: bytes) -> None:
+        """The whole index becomes ``data``, at once for any reader."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             tmp.write_bytes(data)
             os.replace(tmp, self.path)
         except OSError as exc:
             self._failure(exc)
-            return
         self.bytes = len(data)
 
     def _failure(self, exc: OSError) -> None:
