@@ -122,7 +122,7 @@ def tls_context(tls: TlsCredentials) -> ssl.SSLContext:
         context.load_verify_locations(cadata=tls.ca_pem.decode())
         with _memory_file(tls.cert_pem) as cert, _memory_file(tls.key_pem) as key:
             context.load_cert_chain(cert, key)
-    except (ssl.SSLError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ssl.SSLError included
         raise ApiError(
             "UNAUTHENTICATED", f"these credentials' CA, certificate or key cannot be used: {exc}"
         ) from exc
@@ -195,6 +195,7 @@ class UnaryConnection:
         connection = None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.settimeout(max(deadline - time.monotonic(), 0.001))  # the TLS handshake's
             connection = cls(tls.wrap_socket(raw, server_hostname=MANAGER_NAME), address)
             connection._handshake(deadline)
         except (OSError, ConnectionLost) as exc:  # ssl.SSLError and TimeoutError included
@@ -221,7 +222,7 @@ class UnaryConnection:
         )
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(WINDOW)
-        self._flush()
+        self._flush(deadline)
         while True:
             events = self._receive(deadline)
             settled = any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events)
@@ -235,9 +236,16 @@ class UnaryConnection:
             self._sock.sendall(self._h2.data_to_send())
         self._sock.close()
 
-    def _flush(self) -> None:
+    def _flush(self, deadline: float | None = None) -> None:
+        """Send what h2 has queued, by ``deadline`` if given (else within the socket's
+        timeout, which the last ``_receive`` set from its deadline)."""
         data = self._h2.data_to_send()
         if data:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self._sock.settimeout(remaining)
             try:
                 self._sock.sendall(data)
             except TimeoutError:
@@ -293,9 +301,11 @@ class UnaryConnection:
             headers.append((b"grpc-timeout", grpc_timeout(timeout).encode()))
         try:
             self._h2.send_headers(stream, headers)
-            self._flush()
+            self._flush(deadline)
             self._send_body(stream, b"\0" + len(message).to_bytes(4, "big") + message, deadline)
             return self._reply(stream, deadline)
+        except h2.exceptions.ProtocolError as exc:  # the connection ended before (GOAWAY)
+            raise ConnectionLost(f"the connection is closed: {exc}") from exc
         except TimeoutError:
             with contextlib.suppress(OSError, ConnectionLost, h2.exceptions.ProtocolError):
                 self._h2.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
@@ -309,11 +319,11 @@ class UnaryConnection:
             room = min(self._h2.local_flow_control_window(stream), self._h2.max_outbound_frame_size)
             if room >= len(view):
                 self._h2.send_data(stream, bytes(view), end_stream=True)
-                self._flush()
+                self._flush(deadline)
                 return
             if room > 0:
                 self._h2.send_data(stream, bytes(view[:room]))
-                self._flush()
+                self._flush(deadline)
                 view = view[room:]
                 continue
             # No room: wait for a window update. A server that answers before the
@@ -343,8 +353,8 @@ class UnaryConnection:
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
                     raise _reset_error(event.error_code)
                 elif isinstance(event, h2.events.ConnectionTerminated):
-                    if event.last_stream_id is not None and event.last_stream_id >= stream:
-                        continue  # a graceful GOAWAY: our stream is still served
+                    # Even a graceful GOAWAY (a manager stopping) ends the connection for
+                    # h2, which takes no frame after it: this call's outcome is unknown.
                     raise ConnectionLost("the server ended the connection (GOAWAY)")
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
                     self._flush()

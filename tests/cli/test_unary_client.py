@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -30,7 +31,7 @@ from shoal.api.transport import (
     server_credentials,
     service_handler,
 )
-from shoal.api.unary import REFUSED, ConnectError, UnaryConnection, tls_context
+from shoal.api.unary import REFUSED, ConnectError, ConnectionLost, UnaryConnection, tls_context
 from shoal.errors import ApiError, NotFoundError
 from shoal.security.ca import CertificateAuthority
 from shoal.security.credentials import TlsIdentity
@@ -47,6 +48,8 @@ async def get(request: Payload, context: grpc.aio.ServicerContext) -> Payload:
         raise ValueError("replicas: 100% wrong, ünïcode too")
     if kind == "slow":
         await asyncio.sleep(5)
+    if kind == "linger":
+        await asyncio.sleep(1)
     if kind == "large":
         return {"items": [{"name": "x" * 1000, "n": n} for n in range(LARGE // 1000)]}
     return {"items": [{"kind": kind, "echo": len(request.get("pad", ""))}]}
@@ -82,8 +85,12 @@ class Server:
         assert self._ready.wait(10)
         return self
 
+    def stop(self, grace: float) -> None:
+        """Stop as a manager does (``grace`` for the calls in flight); wait until done."""
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result(10 + grace)
+
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
+        self.stop(0)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
@@ -248,3 +255,83 @@ def test_a_certificate_of_another_cluster_is_refused(
     with pytest.raises(ConnectError) as caught:
         UnaryConnection.open(server.address, tls_context(credentials), 5)
     assert str(caught.value) == REFUSED
+
+
+def test_a_manager_stopping_during_a_call_loses_the_connection_not_the_client(
+    ca: CertificateAuthority, admin: TlsIdentity
+) -> None:
+    """A manager stopping gracefully says GOAWAY while a call is in flight: that call's
+    outcome is unknown (connection lost, which the CLI reports as UNAVAILABLE), and so
+    is every later call on the connection; neither escapes as an HTTP/2 error."""
+    with Server(identity(ca, "manager-1", "manager")) as stopping:
+        connection = UnaryConnection.open(stopping.address, tls_context(admin), 5)
+        try:
+            timer = threading.Timer(0.3, stopping.stop, args=(5,))
+            timer.start()
+            with pytest.raises(ConnectionLost):
+                call(connection, {"kind": "linger"})
+            timer.join()
+            with pytest.raises(ConnectionLost):
+                call(connection, {"kind": "after"})
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def mute(ca: CertificateAuthority) -> Iterator[str]:
+    """A manager that completes TLS and HTTP/2's settings exchange, then answers no
+    call at all (its loop stuck, say): only the client's own deadline ends a call."""
+    import ssl
+
+    import h2.config
+    import h2.connection
+
+    manager = identity(ca, "manager-1", "manager")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_verify_locations(cadata=manager.ca_pem.decode())
+    with tempfile.TemporaryDirectory() as directory:
+        cert, key = Path(directory, "cert"), Path(directory, "key")
+        cert.write_bytes(manager.cert_pem)
+        key.write_bytes(manager.key_pem)
+        context.load_cert_chain(cert, key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["h2"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        raw, _ = listener.accept()
+        with context.wrap_socket(raw, server_side=True) as sock:
+            peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+            peer.initiate_connection()
+            sock.sendall(peer.data_to_send())
+            sock.settimeout(0.1)
+            while not done.is_set():
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                peer.receive_data(data)
+                sock.sendall(peer.data_to_send())  # settings acks; never an answer
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_the_client_keeps_the_deadline_itself(mute: str, admin: TlsIdentity) -> None:
+    connection = UnaryConnection.open(mute, tls_context(admin), 5)
+    try:
+        with pytest.raises(ApiError) as caught:
+            call(connection, {"kind": "services"}, timeout=0.5)
+        assert caught.value.code == "DEADLINE_EXCEEDED"
+        assert str(caught.value).startswith("the shoal manager did not answer in time")
+    finally:
+        connection.close()
