@@ -213,7 +213,9 @@ class Manager:
             self.events,
             self.heartbeats,
             MonitorSettings(
-                grace=settings.grace, disruption_threshold=settings.disruption_threshold
+                grace=settings.grace,
+                settle=settings.heartbeat_period,
+                disruption_threshold=settings.disruption_threshold,
             ),
         )
         self.secret_store = SecretStore(self.informer, self.data_key, self.events)

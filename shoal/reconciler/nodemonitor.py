@@ -26,6 +26,12 @@ Overload must degrade, never collapse, so the rule has three guards:
   When the share drops again (the nodes come back one by one), every node
   still silent gets a fresh grace before it may be declared down, as the
   Kubernetes node lifecycle controller resets its timestamps.
+* **Nodes that fall silent together are judged together.** Their last
+  heartbeats are spread over up to a period, so they pass their grace one by
+  one; judged as each did, the share would never reach the threshold. A node
+  silent past ``grace`` counts toward the share at once but is declared down
+  only ``settle`` seconds later (the manager uses one heartbeat period), by
+  which time the rest of a fleet that died with it counts too.
 * **Rate-limited orphaning.** Below the threshold, silent nodes are declared
   down and their tasks orphaned at once up to a burst of 10 % of the nodes in
   service (at least 10 nodes); beyond that, at 1 % of them (at least one) per
@@ -172,6 +178,10 @@ class MonitorSettings:
     """How the node monitor judges silence; see the module docstring."""
 
     grace: float
+    # A node silent past ``grace`` counts toward the guard's share at once, but
+    # goes down only ``settle`` seconds later (the manager passes one heartbeat
+    # period), so nodes that fell silent together are judged together.
+    settle: float = 0.0
     disruption_threshold: float = 0.55
     burst_share: float = 0.10
     burst_min: int = 10
@@ -337,12 +347,16 @@ class NodeMonitor(Controller):
                 changes.append(self._mark(entry, NodeState.UNKNOWN, message, now))
             next_check = min(next_check or GUARD_RECHECK, GUARD_RECHECK)
         else:
-            # Held the longest first, then the ones found silent now.
+            # Held the longest first, then the ones found silent now and settled.
+            due = grace + self.settings.settle
             waiting = [
                 (e, self.heartbeats.silent_for(e.obj.id), True)
                 for e in held
                 if self.heartbeats.silent_for(e.obj.id) >= grace
-            ] + [(e, quiet, False) for e, quiet in silent]
+            ] + [(e, quiet, False) for e, quiet in silent if quiet >= due]
+            for _, quiet in silent:
+                if quiet < due:
+                    next_check = due - quiet if next_check is None else min(next_check, due - quiet)
             granted = self.budget.take(len(waiting), in_service)
             for entry, quiet, _ in waiting[:granted]:
                 message = f"no heartbeat for {quiet:.1f}s"

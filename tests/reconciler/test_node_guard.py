@@ -354,6 +354,45 @@ async def test_when_the_share_drops_the_held_nodes_go_down(rig10: Rig) -> None:
     assert await rig10.orphaned() == {"n008", "n009"}
 
 
+async def test_nodes_that_fall_silent_together_are_judged_together() -> None:
+    # A fleet of six dies at once, but their last heartbeats were spread over
+    # most of a period: judged one by one as each passes its grace, no share
+    # would ever reach the threshold and each would go down on its own.
+    rig = await open_rig(10, settle=1.0)
+    try:
+        for stopped in range(6):  # n004 falls silent first, n009 half a second later
+            rig.run(0.1, beating=names(4) | names(5 - stopped, start=5 + stopped))
+        outcome = await rig.monitor.reconcile("nodes")
+        for _ in range(20):  # the monitor's loop: look again when it asked to
+            assert isinstance(outcome, Requeue)
+            rig.run(outcome.after, beating=names(4))
+            outcome = await rig.monitor.reconcile("nodes")
+            assert "down" not in (await rig.states()).values()
+
+        assert rig.monitor.guard.engaged
+        assert {n for n, s in (await rig.states()).items() if s == "unknown"} == names(6, start=4)
+        assert await rig.orphaned() == set()
+    finally:
+        await rig.informer.aclose()
+
+
+async def test_a_lone_silent_node_goes_down_once_it_settled() -> None:
+    rig = await open_rig(10, settle=1.0)
+    try:
+        rig.run(GRACE + 0.5, beating=names(9))
+        outcome = await rig.monitor.reconcile("nodes")
+        assert "down" not in (await rig.states()).values()
+        assert isinstance(outcome, Requeue) and outcome.after <= 0.6
+
+        rig.run(outcome.after, beating=names(9))
+        await rig.monitor.reconcile("nodes")
+
+        assert {n for n, s in (await rig.states()).items() if s == "down"} == {"n009"}
+        assert await rig.orphaned() == {"n009"}
+    finally:
+        await rig.informer.aclose()
+
+
 @pytest.mark.parametrize(
     ("threshold", "engaged"),
     [pytest.param(0.55, True, id="default"), pytest.param(0.7, False, id="raised-by-flag")],
