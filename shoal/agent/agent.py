@@ -66,9 +66,11 @@ log = structlog.get_logger(__name__)
 # How often the agent re-checks its runtimes (engines may come and go).
 PROBE_PERIOD = 5.0
 HEARTBEAT_FAILURES = 3
-# Heartbeat periods without an answer after which a manager is taken for paused or
-# wedged and left (as long as HEARTBEAT_FAILURES calls that timed out once took).
-HEARTBEAT_PATIENCE = HEARTBEAT_FAILURES * 4
+# Heartbeat periods without any message after which a manager is taken for paused or
+# wedged and left: as long as HEARTBEAT_FAILURES calls that timed out once took, plus
+# the 4 periods a manager may leave heartbeats unanswered on a quiet session
+# (shoal.manager.dispatcher.ANSWER_EVERY).
+HEARTBEAT_PATIENCE = HEARTBEAT_FAILURES * 4 + 4
 # gRPC codes of a call that may well succeed if simply made again.
 TRANSIENT = frozenset({"DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"})
 LOG_BATCH = 0.1
@@ -801,7 +803,8 @@ async def _log_batches(
 
 @dataclass(slots=True)
 class _Heard:
-    """When the manager last answered a heartbeat (loop time), and the period it wants."""
+    """When the manager last sent anything on the session (loop time: a heartbeat's
+    answer, assignments, a status batch's answer, …), and the period it wants."""
 
     at: float
     period: float

@@ -21,10 +21,11 @@ then carries, in order:
 The session is a duplex stream: after registering, the agent sends
 ``{"type": "heartbeat"}`` on it every heartbeat period, and the first and then
 every ``ANSWER_EVERY``-th is answered with ``{"type": "heartbeat",
-"heartbeatPeriod", "managers"}`` among the messages above (the agent's sign
-that this manager still hears it; it leaves a manager only after 12 periods
-without any message from it, so an answer every 4 periods is plenty, and a
-thousand nodes cost the manager a quarter of the writes). A status batch counts
+"heartbeatPeriod"}`` among the messages above (the agent's sign that this
+manager still hears it; it leaves a manager only after 16 periods without any
+message from it, 4 of them for the unanswered heartbeats, so an answer every 4
+periods is plenty, and a thousand nodes cost the manager a quarter of the
+writes). A status batch counts
 as a heartbeat of its node (``"beatsOnStatus": true`` in the session message),
 so an agent that sent one within the period sends no heartbeat. So a node
 holds one connection to the manager, not one for its session and another for
@@ -382,9 +383,10 @@ class Dispatcher:
             log.info("agent.session_ended", node=node_id, session=session.id)
 
     async def _read(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
-        """What the agent sends on its session after registering: heartbeats, each answered
-        on the stream (the agent's sign that this manager still hears it), and status
-        batches, each answered once written (or with the error that kept it out)."""
+        """What the agent sends on its session after registering: heartbeats, the first
+        and every ``ANSWER_EVERY``-th answered on the stream (the agent's sign that this
+        manager still hears it), and status batches, each answered once written (or with
+        the error that kept it out). Either, from a node marked down, ends the session."""
         writes: set[asyncio.Task[None]] = set()
         try:
             async for message in read_more(context):
@@ -402,8 +404,8 @@ class Dispatcher:
                             {"type": "heartbeat", "heartbeatPeriod": self.heartbeat_period}
                         )
                 elif kind == "status":  # written while the next messages are read
-                    if self._live(session):  # as good as a heartbeat (module docstring)
-                        self.heartbeats.heard_from(session.node_id)
+                    if not self._beat(session, heartbeat=False):  # as good as one
+                        return
                     write = asyncio.create_task(self._status(session, message))
                     writes.add(write)
                     write.add_done_callback(writes.discard)
@@ -435,16 +437,21 @@ class Dispatcher:
             and entry.obj.status.state in (NodeState.READY, NodeState.UNKNOWN)
         )
 
-    def _beat(self, session: AgentSession) -> bool:
-        """Record a heartbeat of ``session``; False (and the session closed) if its node was
-        marked down meanwhile or the session is over: the agent must register again. A
-        node held ``unknown`` keeps its session: the node monitor writes it ready again."""
+    def _beat(self, session: AgentSession, heartbeat: bool = True) -> bool:
+        """Record that ``session``'s node was heard from (a heartbeat, or a status batch,
+        which stands for one but is not counted as one); False (and the session closed)
+        if its node was marked down meanwhile or the session is over: the agent must
+        register again. A node held ``unknown`` keeps its session: the node monitor
+        writes it ready again."""
         entry = self.informer.nodes.get(session.node_id)
         if not self._live(session):
             state = "removed" if entry is None else entry.obj.status.state.value
             session.close(f"node {session.node_id} is {state}; register again")
             return False
-        self.heartbeats.beat(session.node_id)
+        if heartbeat:
+            self.heartbeats.beat(session.node_id)
+        else:
+            self.heartbeats.heard_from(session.node_id)
         return True
 
     def _incremental(self, session: AgentSession) -> Payload | None:

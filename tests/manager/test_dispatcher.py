@@ -366,13 +366,15 @@ async def test_a_status_batch_is_as_good_as_a_heartbeat(world: World) -> None:
     assert tracker.silent_for("n1") == 0.0
     assert tracker.heard == 0  # shoal_heartbeats_total counts heartbeats only
 
-    # A node marked down is not revived by a late batch (it must register again).
+    # A node marked down is not revived by a late batch: its session ends, so an agent
+    # that sends only batches (and no heartbeat) registers again all the same.
     await world.put(node("n1", state=NodeState.DOWN))
     now[0] = 9.0
     session.context.sent.put_nowait({"type": "status", "batch": 2, "updates": []})
-    await session.next()
+    with pytest.raises(SessionError, match="node n1 is down; register again"):
+        await asyncio.wait_for(session.pump, 5)
     assert tracker.silent_for("n1") == 4.0
-    session.pump.cancel()
+    assert "n1" not in dispatcher.sessions
 
 
 async def test_closing_the_dispatcher_leaves_no_flusher_behind(
