@@ -40,7 +40,6 @@ from shoal.models import (
     ServiceSpec,
     ServiceStatus,
     Task,
-    TaskState,
 )
 from shoal.models.secret import ConfigDocument
 from shoal.models.sync import ApplySet, Sync
@@ -340,11 +339,9 @@ class Control:
     # ------------------------------------------------------------------ reads
 
     def _service_view(self, service: Service) -> dict[str, Any]:
-        tasks = [e.obj for e in self.informer.tasks_of_service(service.name)]
-        live = [t for t in tasks if t.desired_state == DesiredState.RUNNING]
-        running = sum(1 for t in live if t.status.state == TaskState.RUNNING)
+        live, running = self.informer.task_counts(service.name)
         desired = (
-            len(live)
+            live
             if service.spec.mode == "global" or service.spec.is_job
             else service.spec.replica_count
         )

@@ -37,7 +37,7 @@ import structlog
 from pydantic import ValidationError
 
 from shoal.errors import CompactedError, StoreError
-from shoal.models import Node, Service, Task
+from shoal.models import DesiredState, Node, Service, Task, TaskState
 from shoal.models.secret import Config, Secret
 from shoal.models.sync import ApplySet, Sync
 from shoal.store.base import EventType, KeyValue, Store
@@ -89,6 +89,10 @@ class Informer:
         self.applysets: dict[str, Entry[ApplySet]] = {}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
+        # Per service, its live tasks (desired running) and how many of those run: kept as
+        # tasks change, so a service's summary (``get services``) walks none of them.
+        self._live: Counter[str] = Counter()
+        self._running: Counter[str] = Counter()
         self._applied: dict[str, int] = {}
         self._relisting = 0
         self._listeners: list[Listener] = []
@@ -154,6 +158,11 @@ class Informer:
 
     def tasks_of_service(self, name: str) -> list[Entry[Task]]:
         return [self.tasks[i] for i in self.tasks_by_service.get(name, ())]
+
+    def task_counts(self, service: str) -> tuple[int, int]:
+        """How many of the service's tasks are live (desired ``running``), and how many of
+        those run."""
+        return self._live[service], self._running[service]
 
     def tasks_on_node(self, node_id: str) -> list[Entry[Task]]:
         return [self.tasks[i] for i in self.tasks_by_node.get(node_id, ())]
@@ -305,9 +314,23 @@ class Informer:
             self.tasks_by_service[prev.obj.service].discard(task_id)
             if prev.obj.node_id:
                 self.tasks_by_node[prev.obj.node_id].discard(task_id)
+            self._count(prev.obj, -1)
         if isinstance(obj, Task):
             self.tasks[task_id] = Entry(obj, revision)
             self.tasks_by_service[obj.service].add(task_id)
             if obj.node_id:
                 self.tasks_by_node[obj.node_id].add(task_id)
+            self._count(obj, 1)
         return prev.obj if prev else None
+
+    def _count(self, task: Task, sign: int) -> None:
+        if task.desired_state != DesiredState.RUNNING:
+            return
+        for counter, counts in (
+            (self._live, True),
+            (self._running, task.status.state == TaskState.RUNNING),
+        ):
+            if counts:
+                counter[task.service] += sign
+                if not counter[task.service]:
+                    del counter[task.service]  # a deleted service leaves nothing behind

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import pytest
 
-from shoal.models import Node
+from shoal.models import DesiredState, Node, Task, TaskState, TaskStatus
+from shoal.models.service import TaskTemplate
 from shoal.reconciler.informer import Informer
 from shoal.store import KeyValue, MemoryStore
 from shoal.store.base import Event
-from shoal.store.typed import NODES, Change, Object, TypedStore
+from shoal.store.typed import NODES, TASKS, Change, Object, TypedStore
 from tests.reconciler.world import node
 
 pytestmark = pytest.mark.looptime
@@ -198,5 +200,61 @@ async def test_event_churn_leaves_no_trace_in_the_cache() -> None:
     await store.put(NODES + "n2", labelled("n2", "b").to_json_bytes())
     await until(lambda: "n2" in informer.nodes)
     assert len(informer._applied) == 2  # the two nodes: nothing of the events
+    await informer.aclose()
+    await store.aclose()
+
+
+def _task(task_id: str, service: str, state: TaskState, desired: DesiredState) -> Task:
+    return Task(
+        id=task_id,
+        service=service,
+        slot=int(task_id[1:]),
+        node_id="n1",
+        template=TaskTemplate(runtime="sim", command=["work"]),
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        desired_state=desired,
+        status=TaskStatus(state=state),
+    )
+
+
+async def test_each_service_s_live_and_running_tasks_are_counted_as_they_change() -> None:
+    """``get services`` reads these counts instead of walking every task of the service
+    (10,000 tasks polled ten times a second were 5 % of a busy manager's CPU)."""
+    store = MemoryStore()
+    informer = Informer(store, TypedStore(store))
+    await informer.start()
+    run, stop = DesiredState.RUNNING, DesiredState.SHUTDOWN
+    await informer.commit(
+        [
+            Change.put(_task("t1", "web", TaskState.RUNNING, run), None),
+            Change.put(_task("t2", "web", TaskState.PENDING, run), None),
+            Change.put(_task("t3", "web", TaskState.RUNNING, stop), None),  # stopping
+            Change.put(_task("t4", "db", TaskState.RUNNING, run), None),
+        ]
+    )
+    assert informer.task_counts("web") == (2, 1)
+    assert informer.task_counts("db") == (1, 1)
+    assert informer.task_counts("none") == (0, 0)
+    # Moves: one starts running, one is told to stop; another writer's change too.
+    await informer.commit([Change.put(_task("t2", "web", TaskState.RUNNING, run), None)])
+    await informer.commit([Change.put(_task("t1", "web", TaskState.RUNNING, stop), None)])
+    assert informer.task_counts("web") == (1, 1)
+    other = TypedStore(store)
+    await other.commit([Change.put(_task("t5", "web", TaskState.RUNNING, run), None)])
+    await until(lambda: informer.task_counts("web") == (2, 2))
+    # Deleted: through the watch, and through a relist that finds them gone.
+    await store.delete(TASKS + "t2")
+    await until(lambda: informer.task_counts("web") == (1, 1))
+    await store.delete(TASKS + "t4")
+    await informer.catch_up()
+    assert informer.task_counts("db") == (0, 0)
+    assert "db" not in informer._live and "db" not in informer._running
+    # The counts agree with what the cache holds.
+    tasks = [e.obj for e in informer.tasks_of_service("web")]
+    live = [t for t in tasks if t.desired_state == run]
+    assert informer.task_counts("web") == (
+        len(live),
+        sum(t.status.state == TaskState.RUNNING for t in live),
+    )
     await informer.aclose()
     await store.aclose()
