@@ -106,11 +106,11 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -170,6 +170,9 @@ _WAIT_POLL = 0.15
 _WAIT_IDLE = 2.0
 _STOP_POLL = 0.05
 _LOG_POLL = 0.2
+# Seconds before a log that could not be rotated (a full disk, say) is tried again.
+ROTATION_RETRY = 60.0
+T = TypeVar("T")
 _KILL_TIMEOUT = 5.0
 # How long ``stop`` waits for the wrapper to fork a command that was just let go.
 _COMMAND_START = 2.0
@@ -346,6 +349,8 @@ class ProcessRuntime(Runtime):
         self._followed: set[str] = set()
         self._indexes: dict[str, TimeIndex] = {}
         self._follower: asyncio.Task[None] | None = None
+        # Tasks whose log could not be rotated: when (loop time) it last failed.
+        self._rotation_failed: dict[str, float] = {}
         self._cgroups: Cgroups | str | None = None
 
     # -- paths and records -------------------------------------------------
@@ -641,7 +646,15 @@ class ProcessRuntime(Runtime):
         cgroups = self.cgroups()
         if isinstance(cgroups, Cgroups):
             await asyncio.to_thread(cgroups.remove, task_id)
-        for table in (self._children, self._exits, self._locks, self._rotations, self._indexes):
+        tables = (
+            self._children,
+            self._exits,
+            self._locks,
+            self._rotations,
+            self._indexes,
+            self._rotation_failed,
+        )
+        for table in tables:
             table.pop(task_id, None)
         self._killed.discard(task_id)
 
@@ -822,9 +835,19 @@ class ProcessRuntime(Runtime):
     async def _maybe_rotate(self, task_id: str) -> None:
         if not self._over_limit(task_id):
             return
+        loop = asyncio.get_running_loop()
+        if self._rotation_failed.get(task_id, -ROTATION_RETRY) + ROTATION_RETRY > loop.time():
+            return  # it failed a moment ago: each try shifts the older copies out
         async with self._lock(task_id):
             if self._over_limit(task_id):  # not rotated while this waited for the lock
-                await asyncio.to_thread(self._rotate, task_id)
+                try:
+                    await _to_the_end(asyncio.to_thread(self._rotate, task_id))
+                except OSError as exc:
+                    if task_id not in self._rotation_failed:
+                        log.warning("cannot rotate a task's log", task_id=task_id, error=str(exc))
+                    self._rotation_failed[task_id] = loop.time()
+                    return
+                self._rotation_failed.pop(task_id, None)
                 self._rotations[task_id] = self._rotations.get(task_id, 0) + 1
 
     def _rotate(self, task_id: str) -> None:
@@ -855,6 +878,7 @@ class ProcessRuntime(Runtime):
     async def _follow_logs(self) -> None:
         """One loop for every task: a ``stat`` of each followed log per interval, an
         index entry where it grew, a rotation where it passed the limit."""
+        warned: set[str] = set()
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL)
             full = []
@@ -863,12 +887,11 @@ class ProcessRuntime(Runtime):
                     if self._observe(task_id):
                         full.append(task_id)
                 except Exception as exc:  # one task's trouble must not end the others' times
-                    log.warning("cannot follow a task's log", task_id=task_id, error=str(exc))
+                    if task_id not in warned:  # once, not every interval
+                        log.warning("cannot follow a task's log", task_id=task_id, error=str(exc))
+                        warned.add(task_id)
             for task_id in full:
-                try:
-                    await self._maybe_rotate(task_id)
-                except Exception as exc:  # the next look tries again
-                    log.warning("cannot rotate a task's log", task_id=task_id, error=str(exc))
+                await self._maybe_rotate(task_id)
 
     def _observe(self, task_id: str) -> bool:
         """One look at a followed log; True if it is due for rotation."""
@@ -883,3 +906,20 @@ class ProcessRuntime(Runtime):
         if task_id in self._exits:  # that was its last output
             self._followed.discard(task_id)
         return stat.st_size > self.settings.log_max_bytes
+
+
+async def _to_the_end(job: Awaitable[T]) -> T:
+    """``job``'s result, waited for to its end even if the caller is cancelled meanwhile
+    (then the cancel is raised after): work done under a lock, in a thread that cannot
+    be stopped, must not outlive the lock."""
+    future = asyncio.ensure_future(job)
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is not None:
+        future.exception()  # retrieved: raised below instead
+        raise cancelled
+    return future.result()

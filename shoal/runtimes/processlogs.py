@@ -33,10 +33,13 @@ truncated by somebody else (its size went down) starts a new index the same way,
 with no copy: its old entries no longer describe its bytes.
 
 Bounded: at most one entry per observation (``FOLLOW_INTERVAL``) per task,
-only when the log grew, and an index that passes ``MAX_INDEX_BYTES`` has its
-older half thinned to every other entry (those lines' times get coarser, never
-earlier). An entry torn by a crash mid-append is ignored, as is one that does
-not move past the one before it.
+only when the log grew, and an index that passes ``MAX_INDEX_BYTES`` (about
+9,000 entries) has its older half thinned to a quarter of that many entries,
+evenly spaced in time: those lines' times get coarser, never earlier, and stay
+within about two spacings, (the older half's time span) / 2,000, of the truth,
+however often it happens (a day of steady output: under two minutes). An entry
+torn by a crash mid-append is cut off, and so are zeros a crash left at the end;
+an entry that does not move past the one before it is ignored.
 """
 
 from __future__ import annotations
@@ -74,6 +77,22 @@ def _parse(data: bytes) -> list[tuple[int, int]]:
     return entries
 
 
+def _spaced(entries: list[tuple[int, int]], count: int) -> list[tuple[int, int]]:
+    """At most about ``count`` of ``entries``, spread evenly over their time span (the
+    last always kept): a line then loses at most about one spacing, however often the
+    index is compacted, where halving the same entries again and again would double
+    the old lines' error each time."""
+    if len(entries) <= count or count <= 0:
+        return entries
+    spacing = (entries[-1][1] - entries[0][1]) / count
+    kept: list[tuple[int, int]] = []
+    for size, ns in entries[:-1]:
+        if not kept or ns - kept[-1][1] >= spacing:
+            kept.append((size, ns))
+    kept.append(entries[-1])
+    return kept
+
+
 def _entry(size: int, ns: int) -> bytes:
     return b"%d %d\n" % (size, ns)
 
@@ -106,14 +125,27 @@ class TimeIndex:
                 tail = f.read()
         except FileNotFoundError:
             return
+        start = self.bytes - len(tail)
+        aligned = start == 0  # the tail starts at an entry's start
+        if b"\n" not in tail and start > 0:
+            # A crash can leave more than an entry's worth of zeros at the end (space
+            # allocated, never written): find the last entry in the whole file.
+            try:
+                whole = self.path.read_bytes()[: self.bytes]
+            except OSError as exc:
+                self._failure(exc)
+                return
+            end = whole.rfind(b"\n") + 1
+            start = whole.rfind(b"\n", 0, max(0, end - 1)) + 1
+            tail, aligned = whole[start:], True
         complete = tail[: tail.rfind(b"\n") + 1]
         if len(complete) < len(tail):  # torn by a crash mid-append: cut it off
-            self.bytes -= len(tail) - len(complete)
+            self.bytes = start + len(complete)
             try:
                 os.truncate(self.path, self.bytes)
             except OSError as exc:
                 self._failure(exc)
-        entries = _parse(complete.split(b"\n", 1)[1] if self.bytes > _TAIL_BYTES else complete)
+        entries = _parse(complete if aligned else complete.split(b"\n", 1)[1])
         if entries:
             self.size, self.last_ns = entries[-1]
 
@@ -153,15 +185,15 @@ class TimeIndex:
         self.bytes += len(entry)
 
     def _compact(self) -> None:
-        """Thin the older half to every other entry; the newer half stays exact."""
+        """Thin the older half to half as many entries, evenly spaced in time; the
+        first entry (often the floor) and the newer half stay exact."""
         try:
             entries = _parse(self.path.read_bytes())
         except OSError as exc:
             self._failure(exc)
             return
         half = len(entries) // 2
-        # The first entry (often the floor) and the newer half are kept whole.
-        kept = entries[:1] + entries[1:half][1::2] + entries[half:]
+        kept = entries[:1] + _spaced(entries[1:half], half // 2) + entries[half:]
         self._replace(b"".join(_entry(size, ns) for size, ns in kept))
 
     def _replace(self, data: bytes) -> None:
@@ -172,6 +204,7 @@ class TimeIndex:
             os.replace(tmp, self.path)
         except OSError as exc:
             self._failure(exc)
+            return
         self.bytes = len(data)
 
     def _failure(self, exc: OSError) -> None:

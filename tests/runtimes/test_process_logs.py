@@ -243,6 +243,36 @@ def test_index_stays_bounded_and_its_times_stay_upper_bounds(tmp_path: Path) -> 
     assert lookup.time_of(growths[-1][0] - 1) == datetime.fromtimestamp(growths[-1][1] / 1e9, UTC)
 
 
+def test_a_long_log_keeps_its_old_lines_times_close_however_often_it_is_compacted(
+    tmp_path: Path,
+) -> None:
+    # A line a second for eleven hours: the index is compacted again and again.
+    index = TimeIndex(tmp_path / "output.times")
+    start = 1_700_000_000 * 10**9
+    growths = [(100 * n, start + n * 10**9) for n in range(1, 40_001)]
+    for size, ns in growths:
+        index.observe(size, ns)
+    lookup = TimeLookup(index.path)
+    late = max(
+        lookup.time_of(size - 1) - datetime.fromtimestamp(ns / 1e9, UTC)  # type: ignore[operator]
+        for size, ns in growths
+    )
+    # The documented bound: about two spacings of (the older half's span) / 2,000.
+    assert timedelta(0) <= late <= timedelta(seconds=2 * 40_000 / 2_000)
+
+
+def test_zeros_a_crash_left_at_the_index_end_are_cut_off(tmp_path: Path) -> None:
+    path = tmp_path / "output.times"
+    path.write_bytes(b"0 100\n10 2000000000\n25 3000000000\n" + b"\0" * 4096)
+    index = TimeIndex(path)  # a restarted agent
+    assert (index.size, index.last_ns) == (25, 3_000_000_000)
+    index.observe(40, 4_000_000_000)
+    lookup = TimeLookup(path)
+    assert [lookup.time_of(offset) for offset in (5, 24, 39)] == [
+        datetime.fromtimestamp(seconds, UTC) for seconds in (2, 3, 4)
+    ]
+
+
 def test_index_goes_on_after_a_torn_entry_and_never_goes_back(tmp_path: Path) -> None:
     path = tmp_path / "output.times"
     path.write_bytes(b"0 100\n10 2000000000\n25 3000000000\n40 30")  # killed mid-append
