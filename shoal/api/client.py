@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shoal.api.wire import CONTROL_SERVICE, Payload
@@ -59,6 +60,16 @@ class Transport(Protocol):
     def stream(self, method: str, request: Payload) -> AsyncIterator[Payload]: ...
 
 
+def _jsonable(value: Any) -> str:
+    """What JSON lacks, as the manager reads it: YAML's dates and times (from a spec)."""
+    if isinstance(value, date):
+        return value.isoformat()
+    raise ApiError(
+        "INVALID_ARGUMENT",
+        f"a {type(value).__name__} value cannot be sent: write it as a string in the YAML",
+    )
+
+
 class UnaryTransport:
     """Unary calls on a blocking ``UnaryConnection``: each ``call`` coroutine finishes
     without ever suspending, so ``complete`` runs it without an event loop.
@@ -70,7 +81,7 @@ class UnaryTransport:
     async def call(self, method: str, request: Payload, timeout: float | None) -> Payload:
         from shoal.api.unary import ConnectionLost
 
-        message = json.dumps(request, separators=(",", ":")).encode()
+        message = json.dumps(request, separators=(",", ":"), default=_jsonable).encode()
         try:
             reply = self._connection.call(f"/{CONTROL_SERVICE}/{method}", message, timeout)
         except ConnectionLost as exc:
@@ -102,20 +113,42 @@ class ControlClient:
         apply_set: Mapping[str, Any] | None = None,
         cause: str = "",
     ) -> Payload:
+        """``apply_data`` of models (configs go as ``configs``)."""
+        return await self.apply_data(
+            [d.to_wire() for d in documents if d.kind != "Config"],
+            [d.to_wire() for d in documents if d.kind == "Config"],
+            dry_run=dry_run,
+            apply_set=apply_set,
+            cause=cause,
+        )
+
+    async def apply_data(
+        self,
+        documents: Sequence[Payload],
+        configs: Sequence[Payload] = (),
+        dry_run: bool = False,
+        apply_set: Mapping[str, Any] | None = None,
+        cause: str = "",
+        locate: bool = False,
+    ) -> Payload:
         """``{"results": [{"kind", "name", "action", "changed", "revision", "warnings"}],
         "dryRun", "revision"}``; action is ``created``, ``configured``, ``unchanged`` or
         ``pruned``; a service's ``revision`` is its template revision, and ``cause`` is
         recorded with a new one. ``apply_set``: ``{"set", "prune", "allowEmpty",
-        "source"}``. Configs go as ``configs``, the other documents as ``documents``."""
-        configs = [d for d in documents if d.kind == "Config"]
+        "source"}``. ``documents`` (Services, Syncs) and ``configs`` (``kind: Config``)
+        in wire form, validated by the manager. ``locate``: documents that do not
+        validate are answered with ``problems`` (and nothing applied) instead of
+        INVALID_ARGUMENT (``shoal.manager.control.locate_problems``)."""
         request: Payload = {
-            "documents": [d.to_wire() for d in documents if d.kind != "Config"],
+            "documents": list(documents),
             "dryRun": dry_run,
             "cause": cause,
             **(apply_set or {}),
         }
         if configs:
-            request["configs"] = [c.to_wire() for c in configs]
+            request["configs"] = list(configs)
+        if locate:
+            request["locate"] = True
         return await self._call("Apply", request)
 
     async def apply_set(self, name: str) -> Payload | None:

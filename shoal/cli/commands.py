@@ -39,12 +39,13 @@ from shoal.cli.options import (
     wait_options,
     whole_number,
 )
-from shoal.errors import NotFoundError, ShoalError
+from shoal.errors import NotFoundError, ShoalError, SpecError
 
 if TYPE_CHECKING:
     from shoal.api.client import ControlClient
     from shoal.manifest import Document
     from shoal.models import Service
+    from shoal.specfiles import Located
 
 T = TypeVar("T")
 
@@ -107,22 +108,53 @@ def _load(filenames: list[str]) -> list[Service]:
     return [d for d in load_documents(filenames) if isinstance(d, Service)]
 
 
+def compose_documents(
+    filenames: list[str], allow_empty_dir: bool = False
+) -> tuple[list[Located], list[str]]:
+    """The documents of the files, composed and checked as far as the YAML goes (no
+    models: the manager validates them), in dependency order; and the files' names."""
+    from shoal.specfiles import Checks, describe_data, read_paths, read_text
+
+    checks: Checks[Located] = Checks(lambda located: describe_data(located.data))
+    if "-" in filenames:
+        if len(filenames) > 1:
+            raise UsageError("-f - (standard input) cannot be combined with other files")
+        files = [read_text(sys.stdin.read(), "<stdin>")]
+    else:
+        paths = [Path(name) for name in filenames]
+        files = read_paths(paths, checks.problems, None, allow_empty_dir)
+    composed = [d for f in files for d in checks.file(f, [(d, d) for d in f.documents])]
+    checks.raise_problems()
+    return checks.in_dependency_order(composed), [f.filename for f in files]
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     from shoal.cli.applysets import set_request
+    from shoal.specfiles import place
 
     apply_set = set_request(args)
-    # Every local problem is raised before connecting. A pruning apply may be
-    # empty: the manager refuses to empty a set unless --allow-empty.
-    documents = load_documents(args.filename, allow_empty_dir=bool(args.prune))
+    # Every problem the YAML shows is raised before connecting; the manager validates
+    # the rest and says where its problems are, which are then named by file and line.
+    # A pruning apply may be empty: the manager refuses to empty a set unless --allow-empty.
+    documents, files = compose_documents(args.filename, allow_empty_dir=bool(args.prune))
     if not documents and not args.prune:
         raise ShoalError(f"nothing to apply: no documents in {', '.join(args.filename)}")
     cause = args.annotation or f"apply -f {' '.join(args.filename)}"
+    specs = [d for d in documents if d.kind != "Config"]
+    configs = [d for d in documents if d.kind == "Config"]
     response = _run(
         args,
-        lambda control: control.apply(
-            documents, dry_run=args.dry_run, apply_set=apply_set, cause=cause
+        lambda control: control.apply_data(
+            [d.data for d in specs],
+            [d.data for d in configs],
+            dry_run=args.dry_run,
+            apply_set=apply_set,
+            cause=cause,
+            locate=True,
         ),
     )
+    if response.get("problems"):
+        raise SpecError(place(response["problems"], specs, configs, files))
     suffix = " (dry run)" if response.get("dryRun") else ""
     for result in response.get("results", []):
         kind = str(result.get("kind", "Service")).lower()

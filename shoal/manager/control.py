@@ -31,7 +31,7 @@ from shoal.manager.logstream import LogScope, ServiceLogs
 from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
 from shoal.manager.syncapi import SyncApi
-from shoal.manifest import validation_problems
+from shoal.manifest import located_errors, validation_problems
 from shoal.models import (
     Availability,
     DesiredState,
@@ -97,6 +97,36 @@ def parse_documents(raw: list[Any], validation: dict[str, Any] | None = None) ->
     if problems:
         raise SpecError(problems)
     return documents
+
+
+def locate_problems(
+    raw: list[Any], configs: Any, validation: dict[str, Any] | None = None
+) -> list[Payload]:
+    """Every validation problem of the documents (and configs) of an apply, where it is:
+    ``{"document": N | "config": N, "loc": [field path], "message"}``, for a client
+    that kept each document's YAML to name the file, line and field (the CLI)."""
+    problems: list[Payload] = []
+    models: dict[str, type[Service] | type[Sync]] = {"Service": Service, "Sync": Sync}
+    for index, doc in enumerate(raw):
+        kind = doc.get("kind", "Service") if isinstance(doc, dict) else None
+        model = models.get(str(kind))
+        if model is None:
+            problems.append(
+                {"document": index, "loc": ["kind"], "message": f"unknown kind {kind!r}"}
+            )
+            continue
+        try:
+            model.model_validate(doc, context=validation)
+        except ValidationError as exc:
+            problems += [{"document": index, **error} for error in located_errors(exc, model)]
+    for index, doc in enumerate(configs if isinstance(configs, list) else []):
+        try:
+            ConfigDocument.model_validate(doc)
+        except ValidationError as exc:
+            problems += [
+                {"config": index, **error} for error in located_errors(exc, ConfigDocument)
+            ]
+    return problems
 
 
 def _kind(name: str) -> str:
@@ -187,14 +217,27 @@ class Control:
         set ``set``, ``prune``, ``allowEmpty``, ``source``. Response:
         ``results`` [{kind, name, action, changed, revision, warnings}] with
         action created, configured, unchanged or pruned; ``dryRun``; ``revision``.
+
+        With ``locate``, documents that do not validate are not an error: the
+        answer's ``problems`` (``locate_problems``) say where each problem is,
+        nothing is applied and ``results`` is empty.
         """
         raw = request.get("documents")
         if raw is None:
             raw = request.get("services", [])
         if not isinstance(raw, list):
             raise ValueError("documents: expected a list of documents")
-        documents = parse_documents(raw, self.validation)
         dry_run = bool(request.get("dryRun"))
+        if request.get("locate"):
+            problems = locate_problems(raw, request.get("configs", []), self.validation)
+            if problems:
+                return {
+                    "problems": problems,
+                    "results": [],
+                    "dryRun": dry_run,
+                    "revision": self.informer.revision,
+                }
+        documents = parse_documents(raw, self.validation)
         set_name = request.get("set")
         options = ApplyOptions(
             set_name=str(set_name) if set_name else None,

@@ -102,6 +102,19 @@ spec:
     stopGracePeriod: 5x
 """
 
+# What the YAML alone shows wrong: the CLI says so without contacting a manager
+# (the fields' values are the manager's to validate: tests/e2e/test_cli_live.py).
+BAD_YAML = """\
+apiVersion: shoal/v1
+kind: Service
+metadata:
+  name: web
+  name: web2
+spec:
+  template:
+\tcommand: [/bin/true]
+"""
+
 GOOD_SPEC = """\
 apiVersion: shoal/v1
 kind: Service
@@ -205,16 +218,18 @@ def test_endpoint_file_of_local_manager_is_used(env: dict[str, str]) -> None:
 # ------------------------------------------------------------------ apply
 
 
-def test_apply_bad_spec_reports_lines_and_sends_nothing(
+def test_apply_bad_yaml_reports_lines_and_sends_nothing(
     env: dict[str, str], tmp_path: Path, listener: socket.socket
 ) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(BAD_SPEC)
+    bad.write_text(BAD_YAML)
     result = shoal_cmd(env, "apply", "-f", str(bad), "--server", address(listener))
     assert_clean_failure(result, 1)
-    assert f"{bad}:6: spec.replicas" in result.stderr
-    assert f"{bad}:9: spec.template.stopGracePeriod" in result.stderr
-    assert "cannot reach" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: 1 problem in the spec; nothing was sent:",
+        f"{bad}:8: invalid YAML: a tab at column 1; YAML indents with spaces only: "
+        "replace the tab with spaces",
+    ]
     assert result.stdout == ""
     assert_not_contacted(listener)
 
@@ -224,17 +239,17 @@ def test_apply_is_all_or_nothing_across_files(
 ) -> None:
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "good.yaml").write_text(GOOD_SPEC)
-    (tmp_path / "specs" / "bad.yaml").write_text(BAD_SPEC)
+    (tmp_path / "specs" / "dup.yaml").write_text(BAD_YAML.replace("\t", "    "))
     result = shoal_cmd(env, "apply", "-f", str(tmp_path / "specs"), "--server", address(listener))
     assert_clean_failure(result, 1)
-    assert "bad.yaml:6: spec.replicas" in result.stderr
+    assert "dup.yaml:5: metadata.name: duplicate key 'name' (first at line 4)" in result.stderr
     assert_not_contacted(listener)
 
 
 def test_apply_from_stdin_reports_stdin(env: dict[str, str], listener: socket.socket) -> None:
-    result = shoal_cmd(env, "apply", "-f", "-", "--server", address(listener), stdin=BAD_SPEC)
+    result = shoal_cmd(env, "apply", "-f", "-", "--server", address(listener), stdin=BAD_YAML)
     assert_clean_failure(result, 1)
-    assert "<stdin>:6: spec.replicas" in result.stderr
+    assert "<stdin>:8: invalid YAML: a tab" in result.stderr
     assert_not_contacted(listener)
 
 

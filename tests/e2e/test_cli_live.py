@@ -25,8 +25,9 @@ import pytest
 import yaml
 
 from shoal.api.transport import CONTROL_SERVICE, Client, open_channel
-from shoal.errors import ApiError
+from shoal.errors import ApiError, SpecError
 from shoal.logtimes import parse_time
+from shoal.manifest import load_paths
 from tests.cli.test_imports import PROBE, offending
 from tests.e2e.cluster import (
     Cluster,
@@ -130,7 +131,12 @@ def test_apply_dry_run_changes_nothing(cluster: Cluster) -> None:
     assert cluster.tasks("cl-dry", all=True) == []
 
 
-def test_apply_directory_with_one_bad_file_sends_nothing(cluster: Cluster) -> None:
+def test_apply_directory_with_bad_files_changes_nothing_and_names_file_line_field(
+    cluster: Cluster,
+) -> None:
+    # The CLI sends the documents as YAML gave them; the manager validates them and
+    # says where each problem is, which the CLI names by file, line and field: the
+    # very lines the loader that validates locally (shoal.manifest) gives.
     specs = cluster.root / "cl-specs"
     specs.mkdir()
     (specs / "good.yaml").write_text(
@@ -146,16 +152,38 @@ def test_apply_directory_with_one_bad_file_sends_nothing(cluster: Cluster) -> No
         "  template:\n"
         "    command: [sleep, '300']\n"
         "    stopGracePeriod: 5x\n"
+        "  placment: {}\n"
     )
+    (specs / "list.yaml").write_text(
+        "items:\n"
+        "- apiVersion: shoal/v1\n"
+        "  kind: Config\n"
+        "  metadata: {name: cl-conf}\n"
+        "  data: 7\n"
+        "- apiVersion: shoal/v1\n"
+        "  kind: Service\n"
+        "  metadata: {name: cl-listed}\n"
+        "  spec:\n"
+        "    replicas: lots\n"
+        "    template: {command: [sleep, '300']}\n"
+    )
+    with pytest.raises(SpecError) as local:
+        load_paths([specs])
     before = stored_services(cluster)
 
-    result = cluster.cli("apply", "-f", str(specs), check=False)
+    for dry_run in ((), ("--dry-run",)):
+        result = cluster.cli("apply", "-f", str(specs), *dry_run, check=False)
 
-    assert result.returncode == 1
-    assert f"{bad}:8: spec.template.stopGracePeriod" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert stored_services(cluster) == before
-    assert cluster.cli("get", "services", "cl-good", check=False).returncode == 1
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            f"error: {len(local.value.problems)} problems in the spec; nothing was sent:",
+            *local.value.problems,
+        ]
+        assert f"{bad}:8: spec.template.stopGracePeriod: invalid duration '5x'" in result.stderr
+        assert f"{specs / 'list.yaml'}:10: items[1].spec.replicas: " in result.stderr
+        assert f"{specs / 'list.yaml'}:5: items[0].data: " in result.stderr
+        assert stored_services(cluster) == before
+        assert cluster.cli("get", "services", "cl-good", check=False).returncode == 1
 
 
 def test_unknown_runtime_is_refused_by_the_manager_naming_the_field(cluster: Cluster) -> None:
@@ -172,9 +200,9 @@ def test_unknown_runtime_is_refused_by_the_manager_naming_the_field(cluster: Clu
 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
+    line = spec.read_text().splitlines().index("    runtime: dockerd") + 1
     assert (
-        "document 2 (cl-rt-bad): spec.template.runtime: unknown runtime 'dockerd' (known: "
-        in result.stderr
+        f"{spec}:{line}: spec.template.runtime: unknown runtime 'dockerd' (known: " in result.stderr
     )
     assert "process" in result.stderr.split("known: ")[1]
     assert stored_services(cluster) == before  # the good one was not written either

@@ -232,3 +232,35 @@ async def test_sealed_value_moved_to_another_name_does_not_open(harness: Harness
         "secrets": {},
         "configs": {},
     }
+
+
+async def test_apply_with_locate_answers_where_each_problem_is_and_writes_nothing(
+    harness: Harness,
+) -> None:
+    # What the CLI sends: documents as the YAML gave them, for the manager to validate.
+    control = harness.control()
+    good = {"apiVersion": "shoal/v1", "kind": "Service", **web().to_wire()}
+    bad = {
+        "apiVersion": "shoal/v1",
+        "kind": "Service",
+        "metadata": {"name": "bad"},
+        "spec": {"replicas": "lots", "template": {"command": ["x"], "runtime": "dockerd"}},
+    }
+    config = {"apiVersion": "shoal/v1", "kind": "Config", "metadata": {"name": "c"}, "data": 7}
+    request = {"documents": [good, bad], "configs": [config], "locate": True}
+    reply = await control.apply(request, None)  # type: ignore[arg-type]
+    assert reply["results"] == []
+    assert [(p.get("document", p.get("config")), p["loc"]) for p in reply["problems"]] == [
+        (1, ["spec", "replicas"]),
+        (1, ["spec", "template", "runtime"]),
+        (0, ["data"]),
+    ]
+    assert "config" in reply["problems"][2]
+    assert reply["problems"][0]["message"].startswith("input should be a valid integer")
+    assert reply["problems"][1]["message"].startswith("unknown runtime 'dockerd' (known: ")
+    assert harness.informer.services == {}
+    # Without it (an older client), the same problems are one INVALID_ARGUMENT, as before.
+    del request["locate"]
+    with pytest.raises(SpecError, match=r"document 2 \(bad\): spec.replicas"):
+        await control.apply(request, None)  # type: ignore[arg-type]
+    assert harness.informer.services == {}
