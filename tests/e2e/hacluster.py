@@ -98,7 +98,8 @@ class HACluster:
         wait_for(lambda: self.status(name) is not None, 20, f"manager {name} to answer")
         return daemon
 
-    def start_agent(self, name: str, manager: str) -> Daemon:
+    def start_agent(self, name: str, manager: str, *extra: str) -> Daemon:
+        """An agent told about ``manager`` only; ``extra``: more of its flags."""
         args = shoal_cmd(
             "agent",
             "--manager",
@@ -111,6 +112,7 @@ class HACluster:
             name,
             "--state-dir",
             str(self.root / "agents" / name),
+            *extra,
         )
         agent = Daemon(name, args, self.root / f"agent-{name}.log")
         self.agents[name] = agent
