@@ -257,18 +257,29 @@ async def test_nodes_that_return_under_the_guard_find_their_tasks_untouched(rig1
     ]
 
 
-async def test_held_nodes_whose_heartbeats_resume_are_ready_again_without_registering(
-    rig10: Rig,
+@pytest.mark.parametrize(
+    "heard",
+    [
+        pytest.param("heartbeats", id="heartbeats"),
+        # A busy agent sends status batches instead of heartbeats (each stands for one).
+        pytest.param("status", id="status-batches-only"),
+    ],
+)
+async def test_held_nodes_heard_again_are_ready_again_without_registering(
+    rig10: Rig, heard: str
 ) -> None:
-    # The fleet's heartbeats came late (its own process starved, say) but its
-    # sessions never ended: its agents will not register again, so the monitor
-    # itself writes them ready once they are heard from.
+    # The fleet came late (its own process starved, say) but its sessions never
+    # ended: its agents will not register again, so the monitor itself writes
+    # them ready once they are heard from.
     rig10.run(GRACE + 0.5, beating=names(4))
     await rig10.monitor.reconcile("nodes")
     assert rig10.monitor.guard.engaged
     tasks_before = await rig10.stored_tasks()
 
-    rig10.run(0.5, beating=names(10))
+    if heard == "heartbeats":
+        rig10.run(0.5, beating=names(10))
+    else:
+        rig10.run(0.5, beating=names(4), reporting=names(6, start=4))
     await rig10.monitor.reconcile("nodes")
 
     assert set((await rig10.states()).values()) == {"ready"}
@@ -279,21 +290,6 @@ async def test_held_nodes_whose_heartbeats_resume_are_ready_again_without_regist
         "DisruptionGuardReleased",
     ]
     assert [e.reason for e in rig10.events.for_object("node/n004")] == ["NodeReady"]
-
-
-async def test_held_nodes_heard_from_in_status_batches_only_are_ready_again(
-    rig10: Rig,
-) -> None:
-    # A busy agent sends status batches instead of heartbeats (each stands for one).
-    rig10.run(GRACE + 0.5, beating=names(4))
-    await rig10.monitor.reconcile("nodes")
-    assert rig10.monitor.guard.engaged
-
-    rig10.run(0.5, beating=names(4), reporting=names(10) - names(4))
-    await rig10.monitor.reconcile("nodes")
-
-    assert set((await rig10.states()).values()) == {"ready"}
-    assert not rig10.monitor.guard.engaged
 
 
 async def test_a_node_waiting_its_turn_that_is_heard_again_never_goes_down() -> None:
