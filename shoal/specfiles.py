@@ -42,6 +42,23 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 _NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# Values JSON cannot carry to the manager as they are, refused at their line.
+_UNSENDABLE = {
+    "tag:yaml.org,2002:timestamp": "a date or time; quote it in the YAML to make it a string",
+    "tag:yaml.org,2002:binary": "!!binary is not allowed in a spec; write the text instead",
+    "tag:yaml.org,2002:set": "!!set is not allowed in a spec; write a list instead",
+    "tag:yaml.org,2002:omap": "!!omap is not allowed in a spec; write a mapping instead",
+    "tag:yaml.org,2002:pairs": "!!pairs is not allowed in a spec; write a mapping instead",
+}
+_KEY_KINDS = {
+    "tag:yaml.org,2002:bool": "a boolean",
+    "tag:yaml.org,2002:int": "a number",
+    _FLOAT_TAG: "a number",
+    _NULL_TAG: "null",
+    "tag:yaml.org,2002:timestamp": "a date",
+}
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _UPPER = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
@@ -290,8 +307,20 @@ class _Document:
         return Located(self.filename, root, where, kind, data)
 
     def _walk(self, node: Node, path: list[str | int]) -> bool:
-        """Refuse duplicate keys, merge keys and non-scalar keys anywhere in the tree."""
+        """Refuse duplicate keys, merge keys, keys that are not strings, and values JSON
+        would change or cannot carry (dates, ``.inf``, ``!!binary``, …) anywhere in the tree."""
         sound = True
+        problem = _UNSENDABLE.get(node.tag)
+        if (
+            problem is None
+            and node.tag == _FLOAT_TAG
+            and isinstance(node, ScalarNode)
+            and node.value.lower().lstrip("+-") in (".inf", ".nan")
+        ):
+            problem = f"input should be a finite number (got {node.value})"
+        if problem is not None:
+            self.report(node.start_mark.line + 1, _format_path(path), problem)
+            return False
         if isinstance(node, SequenceNode):
             for index, item in enumerate(node.value):
                 sound = self._walk(item, [*path, index]) and sound
@@ -308,6 +337,15 @@ class _Document:
                     sound = False
                     continue
                 here = [*path, key.value]
+                if key.tag != _STR_TAG:  # JSON would turn it into text ("true", "1", "null")
+                    shown = _KEY_KINDS.get(key.tag, "not a string")
+                    self.report(
+                        line,
+                        _format_path(here),
+                        f"this key is {shown} in YAML; quote it in the YAML to make it a string",
+                    )
+                    sound = False
+                    continue
                 first = first_lines.get((key.tag, key.value))
                 if first is None:
                     first_lines[(key.tag, key.value)] = line
@@ -476,7 +514,8 @@ def describe_data(document: Any) -> tuple[str, str | None, list[Any]]:
     name = metadata.get("name") if isinstance(metadata, dict) else None
     spec = document.get("spec")
     entries = (spec.get("dependsOn") or spec.get("depends_on")) if isinstance(spec, dict) else None
-    services = [e.get("service") if isinstance(e, dict) else None for e in entries or []]
+    listed = entries if isinstance(entries, list) else []  # what else it is: validation says
+    services = [e.get("service") if isinstance(e, dict) else None for e in listed]
     return str(document.get("kind")), name if isinstance(name, str) else None, services
 
 

@@ -195,7 +195,7 @@ def _report(error: ShoalError) -> None:
     if isinstance(error, SpecError):
         count = len(error.problems)
         print(
-            f"error: {count} problem{'s' if count != 1 else ''} in the spec; nothing was sent:",
+            f"error: {count} problem{'s' if count != 1 else ''} in the spec; nothing was applied:",
             file=sys.stderr,
         )
         for problem in error.problems:

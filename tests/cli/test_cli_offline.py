@@ -226,7 +226,7 @@ def test_apply_bad_yaml_reports_lines_and_sends_nothing(
     result = shoal_cmd(env, "apply", "-f", str(bad), "--server", address(listener))
     assert_clean_failure(result, 1)
     assert result.stderr.splitlines() == [
-        "error: 1 problem in the spec; nothing was sent:",
+        "error: 1 problem in the spec; nothing was applied:",
         f"{bad}:8: invalid YAML: a tab at column 1; YAML indents with spaces only: "
         "replace the tab with spaces",
     ]

@@ -373,6 +373,6 @@ def test_deploy_with_a_bad_file_sends_nothing(
     )
     err = capsys.readouterr().err
     assert code == 1
-    assert err.startswith("error: 1 problem in the spec; nothing was sent:\n")
+    assert err.startswith("error: 1 problem in the spec; nothing was applied:\n")
     assert "compose.yaml:4: services.web.extends: refused:" in err
     assert "127.0.0.1:1" not in err

@@ -176,7 +176,7 @@ def test_apply_directory_with_bad_files_changes_nothing_and_names_file_line_fiel
 
         assert result.returncode == 1
         assert result.stderr.splitlines() == [
-            f"error: {len(local.value.problems)} problems in the spec; nothing was sent:",
+            f"error: {len(local.value.problems)} problems in the spec; nothing was applied:",
             *local.value.problems,
         ]
         assert f"{bad}:8: spec.template.stopGracePeriod: invalid duration '5x'" in result.stderr

@@ -196,7 +196,7 @@ def test_a_bad_file_deploys_nothing(cluster: Cluster, tmp_path: Path) -> None:
     result = cluster.cli("stack", "deploy", "-c", str(compose), "bad", check=False)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "error: 2 problems in the spec; nothing was sent:",
+        "error: 2 problems in the spec; nothing was applied:",
         f"{compose}:4: services.web.environment[0]: X is required",
         f"{compose}:7: services.db.volumes_from: refused: tasks share no volumes by container: "
         "use a named volume",
