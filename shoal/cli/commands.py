@@ -17,6 +17,7 @@ error (exit 2) whether or not a manager is reachable.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,7 @@ from shoal.cli.options import (
     wait_options,
     whole_number,
 )
-from shoal.errors import NotFoundError, ShoalError, SpecError
+from shoal.errors import ApiError, NotFoundError, ShoalError, SpecError
 
 if TYPE_CHECKING:
     from shoal.api.client import ControlClient
@@ -92,13 +93,19 @@ def _out(text: str) -> None:
 # --------------------------------------------------------------------- apply
 
 
+@functools.cache
+def _stdin() -> str:
+    """Standard input's text, read once (``-f -``): a second look at the spec reads it too."""
+    return sys.stdin.read()
+
+
 def load_documents(filenames: list[str], allow_empty_dir: bool = False) -> list[Document]:
     from shoal.manifest import load_paths, load_text
 
     if "-" in filenames:
         if len(filenames) > 1:
             raise UsageError("-f - (standard input) cannot be combined with other files")
-        return load_text(sys.stdin.read(), "<stdin>")
+        return load_text(_stdin(), "<stdin>")
     return load_paths([Path(name) for name in filenames], allow_empty_dir=allow_empty_dir)
 
 
@@ -119,7 +126,7 @@ def compose_documents(
     if "-" in filenames:
         if len(filenames) > 1:
             raise UsageError("-f - (standard input) cannot be combined with other files")
-        files = [read_text(sys.stdin.read(), "<stdin>")]
+        files = [read_text(_stdin(), "<stdin>")]
     else:
         paths = [Path(name) for name in filenames]
         files = read_paths(paths, checks.problems, None, allow_empty_dir)
@@ -142,17 +149,24 @@ def cmd_apply(args: argparse.Namespace) -> int:
     cause = args.annotation or f"apply -f {' '.join(args.filename)}"
     specs = [d for d in documents if d.kind != "Config"]
     configs = [d for d in documents if d.kind == "Config"]
-    response = _run(
-        args,
-        lambda control: control.apply_data(
-            [d.data for d in specs],
-            [d.data for d in configs],
-            dry_run=args.dry_run,
-            apply_set=apply_set,
-            cause=cause,
-            locate=True,
-        ),
-    )
+    try:
+        response = _run(
+            args,
+            lambda control: control.apply_data(
+                [d.data for d in specs],
+                [d.data for d in configs],
+                dry_run=args.dry_run,
+                apply_set=apply_set,
+                cause=cause,
+                locate=True,
+            ),
+        )
+    except ApiError as exc:
+        if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "INVALID_ARGUMENT"):
+            # No manager to validate (or an older one, which does not locate its
+            # problems): the spec's own problems, by file and line, come first.
+            load_documents(args.filename, allow_empty_dir=bool(args.prune))
+        raise
     if response.get("problems"):
         raise SpecError(place(response["problems"], specs, configs, files))
     suffix = " (dry run)" if response.get("dryRun") else ""

@@ -355,3 +355,22 @@ def test_version_flag(env: dict[str, str]) -> None:
     result = shoal_cmd(env, "--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"shoal {shoal.__version__}"
+
+
+@pytest.mark.parametrize("stdin", [False, True], ids=["file", "stdin"])
+def test_apply_with_no_manager_still_names_the_specs_problems(
+    env: dict[str, str], tmp_path: Path, stdin: bool
+) -> None:
+    """No manager answers, so none validates: the CLI checks the spec itself then, and
+    a user linting a spec offline sees its problems by file and line, not only that
+    the manager is unreachable."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_SPEC)
+    name = "<stdin>" if stdin else str(bad)
+    source = ["-f", "-"] if stdin else ["-f", str(bad)]
+    result = shoal_cmd(
+        env, "apply", *source, "--server", "127.0.0.1:3", stdin=BAD_SPEC if stdin else None
+    )
+    assert_clean_failure(result, 1)
+    assert f"{name}:6: spec.replicas:" in result.stderr
+    assert f"{name}:9: spec.template.stopGracePeriod:" in result.stderr
