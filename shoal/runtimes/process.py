@@ -106,6 +106,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -176,6 +177,8 @@ T = TypeVar("T")
 _KILL_TIMEOUT = 5.0
 # How long ``stop`` waits for the wrapper to fork a command that was just let go.
 _COMMAND_START = 2.0
+# How long one scan of /proc answers for every process group (see ``_Groups``).
+_GROUPS_FRESH = _STOP_POLL
 
 
 class _ExitSignal:
@@ -213,6 +216,16 @@ class _ExitSignal:
     def close(self) -> None:
         self._loop.remove_reader(self._fd)
         os.close(self._fd)
+
+
+def _observe_logs(logs: list[tuple[Path, TimeIndex]]) -> None:
+    """Each log's size and modification time into its index (the tasks' locks held)."""
+    for path, index in logs:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            continue
+        index.observe(stat.st_size, stat.st_mtime_ns)
 
 
 class _Leader(enum.Enum):
@@ -263,8 +276,16 @@ class _Record:
 
 def _proc_stat(pid: int) -> _ProcStat | None:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
+        return None
+    try:
+        raw = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if b")" not in raw:
         return None
     # Field 2 (comm) may hold spaces and parentheses: the rest starts after the last ')'.
     fields = raw[raw.rindex(b")") + 2 :].split()
@@ -273,15 +294,48 @@ def _proc_stat(pid: int) -> _ProcStat | None:
     return _ProcStat(fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[19]))
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    members = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            stat = _proc_stat(int(name))
-            if stat is not None and stat.pgrp == pgid and stat.state not in ("Z", "X"):
-                members.append(int(name))
-    return members
+class _Groups:
+    """Live (non-zombie) members of every process group, from one scan of ``/proc``.
+
+    Linux lists no process group's members, only every process: a scan per task
+    made stopping 200 tasks read ``/proc`` hundreds of times over. A scan is
+    shared for ``_GROUPS_FRESH`` by every task that asks meanwhile. A stale answer
+    can only say a group still has members (a group with none gets no new ones:
+    only a member can fork into it), so a waiter looks again a little later.
+    """
+
+    def __init__(self) -> None:
+        self._taken = -_GROUPS_FRESH
+        self._members: dict[int, list[int]] = {}
+
+    def members(self, pgid: int, fresh: bool = False) -> list[int]:
+        now = time.monotonic()
+        if fresh or now - self._taken >= _GROUPS_FRESH:
+            self._members = self._scan()
+            self._taken = now
+        return self._members.get(pgid, [])
+
+    @staticmethod
+    def _scan() -> dict[int, list[int]]:
+        members: dict[int, list[int]] = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                stat = _proc_stat(int(name))
+                if stat is not None and stat.state not in ("Z", "X"):
+                    members.setdefault(stat.pgrp, []).append(int(name))
+        return members
+
+
+def _children(pid: int) -> list[int] | None:
+    """The children of ``pid`` (``/proc/PID/task/PID/children``; None where the
+    kernel has no such file)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return None if not os.path.exists(f"/proc/{pid}") else []
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
 
 
 def _cmdline(pid: int) -> bytes | None:
@@ -352,6 +406,7 @@ class ProcessRuntime(Runtime):
         # Tasks whose log could not be rotated: when (loop time) it last failed.
         self._rotation_failed: dict[str, float] = {}
         self._cgroups: Cgroups | str | None = None
+        self._groups = _Groups()
 
     # -- paths and records -------------------------------------------------
 
@@ -609,7 +664,7 @@ class ProcessRuntime(Runtime):
                 self._killed.add(record.task_id)
             _kill_group(record.pid, _SIGKILL)
             if await self._wait_group_gone(record, _KILL_TIMEOUT):
-                survivors = _group_members(record.pid)
+                survivors = self._groups.members(record.pid, fresh=True)
                 raise RuntimeBackendError(
                     f"task {record.task_id}: processes {survivors} survived SIGKILL"
                 )
@@ -623,11 +678,9 @@ class ProcessRuntime(Runtime):
         if not (await self.inspect(handle)).running:
             return
         await self._wait_command_started(record)
-        for pid in _group_members(record.pid):
-            stat = _proc_stat(pid)
-            if stat is not None and stat.ppid == record.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+        for pid in self._commands(record):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     async def remove(self, handle: TaskHandle) -> None:
         task_id = handle.task_id
@@ -754,7 +807,7 @@ class ProcessRuntime(Runtime):
         except PermissionError:
             pass
         # Only zombies left (our own unreaped leader, orphans not yet reaped) counts as gone.
-        return bool(_group_members(record.pid))
+        return bool(self._groups.members(record.pid))
 
     async def _wait_command_started(self, record: _Record) -> None:
         """Until the group holds a process besides the wrapper (see "Stopping")."""
@@ -762,9 +815,18 @@ class ProcessRuntime(Runtime):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _COMMAND_START
         while self._leader(record) is _Leader.RUNNING and loop.time() < deadline:
-            if any(_cmdline(pid) != wrapper for pid in _group_members(record.pid)):
+            if any(_cmdline(pid) != wrapper for pid in self._commands(record)):
                 return
             await asyncio.sleep(_STOP_POLL / 5)
+
+    def _commands(self, record: _Record) -> list[int]:
+        """The wrapper's children in its group: the command (or a fork of the wrapper
+        that is about to become it)."""
+        children = _children(record.pid)
+        if children is None:  # no children files: find them in a scan
+            stats = ((pid, _proc_stat(pid)) for pid in self._groups.members(record.pid))
+            return [pid for pid, stat in stats if stat is not None and stat.ppid == record.pid]
+        return [pid for pid in children if (stat := _proc_stat(pid)) and stat.pgrp == record.pid]
 
     async def _wait_group_gone(self, record: _Record, within: float) -> bool:
         """Poll until nothing of the task's group runs; True if something still runs."""
@@ -881,31 +943,49 @@ class ProcessRuntime(Runtime):
         warned: set[str] = set()
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL)
-            full = []
+            try:
+                await self._follow_once(warned)
+            except Exception as exc:  # the next look tries again
+                log.warning("cannot follow the tasks' logs", error=str(exc))
+
+    async def _follow_once(self, warned: set[str]) -> None:
+        """Look at every followed log (a ``stat`` each, on the loop); those that grew
+        get their entries written by one thread, each under its task's lock (writing
+        a task's first entry creates a file: an inode, up to a millisecond)."""
+        grown: list[tuple[asyncio.Lock, Path, TimeIndex]] = []
+        full = []
+        try:
             for task_id in list(self._followed):
+                lock = self._lock(task_id)
+                if lock.locked():  # being rotated, read or removed: next time
+                    continue
+                path = self._log_path(task_id)
                 try:
-                    if self._observe(task_id):
-                        full.append(task_id)
-                except Exception as exc:  # one task's trouble must not end the others' times
+                    size = os.stat(path).st_size
+                except FileNotFoundError:
+                    self._followed.discard(task_id)
+                    continue
+                except OSError as exc:  # one task's trouble must not end the others' times
                     if task_id not in warned:  # once, not every interval
                         log.warning("cannot follow a task's log", task_id=task_id, error=str(exc))
                         warned.add(task_id)
-            for task_id in full:
-                await self._maybe_rotate(task_id)
-
-    def _observe(self, task_id: str) -> bool:
-        """One look at a followed log; True if it is due for rotation."""
-        if self._lock(task_id).locked():  # being rotated, read or removed: next time
-            return False
-        try:
-            stat = os.stat(self._log_path(task_id))
-        except FileNotFoundError:
-            self._followed.discard(task_id)
-            return False
-        self._index(task_id).observe(stat.st_size, stat.st_mtime_ns)
-        if task_id in self._exits:  # that was its last output
-            self._followed.discard(task_id)
-        return stat.st_size > self.settings.log_max_bytes
+                    continue
+                index = self._index(task_id)
+                if size != index.size:
+                    await lock.acquire()  # free: it does not wait
+                    grown.append((lock, path, index))
+                if task_id in self._exits:  # that was its last output
+                    self._followed.discard(task_id)
+                if size > self.settings.log_max_bytes:
+                    full.append(task_id)
+            if grown:
+                logs = [(path, index) for _, path, index in grown]
+                await _to_the_end(asyncio.to_thread(_observe_logs, logs))
+        finally:
+            for lock, _, _ in grown:
+                lock.release()
+        for task_id in full:
+            await self._maybe_rotate(task_id)
 
 
 async def _to_the_end(job: Awaitable[T]) -> T:
