@@ -1,8 +1,9 @@
 """How fast the ``shoal`` command answers: wall time of whole CLI runs.
 
 Times, as a user's shell would, the console script ``shoal`` of this
-environment for ``shoal --help``, ``shoal version --client`` and ``shoal get
-services`` against a local ``shoal up`` (with a few services in it), beside
+environment for ``shoal --help``, ``shoal version --client``, ``shoal get
+services`` against a local ``shoal up`` (with a few services in it) and
+``shoal apply --dry-run`` of those services' spec files, beside
 ``python -c pass`` with the same interpreter as the floor no Python CLI can
 go under. Each command runs ``--runs`` times after one untimed warm-up run
 (which also writes the bytecode caches, as a user's first run would); the
@@ -90,17 +91,17 @@ def main() -> int:
     if "PYTHONDONTWRITEBYTECODE" in os.environ:
         print("note: PYTHONDONTWRITEBYTECODE was set; the commands run without it\n")
 
-    with open_shoal_up(free_port(), "process") as address:
+    with open_shoal_up(free_port(), "process") as address, tempfile.TemporaryDirectory() as specs:
         env = environment(address)
-        with tempfile.TemporaryDirectory() as specs:
-            for index in range(args.services):
-                (Path(specs) / f"{index}.yaml").write_text(SERVICE.format(index=index))
-            wall([SHOAL, "apply", "-f", specs], env)
+        for index in range(args.services):
+            (Path(specs) / f"{index}.yaml").write_text(SERVICE.format(index=index))
+        wall([SHOAL, "apply", "-f", specs], env)
         commands = {
             "python -c pass (floor)": [sys.executable, "-c", "pass"],
             "shoal --help": [SHOAL, "--help"],
             "shoal version --client": [SHOAL, "version", "--client"],
             "shoal get services": [SHOAL, "get", "services"],
+            "shoal apply --dry-run": [SHOAL, "apply", "-f", specs, "--dry-run"],
         }
         figures: dict[str, list[float]] = {}
         for label, argv in commands.items():
