@@ -213,7 +213,7 @@ async def scenario(
     try:
         await wait_until(client, timeline, "apply", lambda r: r == total, args.timeout)
     finally:
-        stop_profilers(spies)
+        stop(spies, signal.SIGINT)
     seconds = time.monotonic() - apply_started
     cpu_after, _ = process_usage(manager_pid)
     fleets_cpu = [process_usage(f.pid)[0] - b for f, b in zip(fleets, fleets_before, strict=True)]
@@ -403,15 +403,17 @@ def profile(out: str, number: int, manager: int, fleet: int) -> list[subprocess.
     ]
 
 
-def stop_profilers(spies: list[subprocess.Popen[bytes]]) -> None:
-    """py-spy writes its file on SIGINT."""
-    for spy in spies:
-        spy.send_signal(signal.SIGINT)
-    for spy in spies:
+def stop(procs: list[subprocess.Popen[bytes]], signum: int = signal.SIGTERM) -> None:
+    """Signal each process still running (in order), then wait for each (killed after 30 s).
+    py-spy writes its file on SIGINT."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+    for proc in procs:
         try:
-            spy.wait(30)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
-            spy.kill()
+            proc.kill()
 
 
 def load_average() -> str:
@@ -468,14 +470,7 @@ def one_run(args: argparse.Namespace, number: int) -> bool:
                 log.flush()
                 lines = (root / "bench.log").read_text(errors="replace").splitlines()
                 print("\n".join(lines[-20:]), file=sys.stderr)
-            for proc in reversed(procs):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop(procs[::-1])
             log.close()
     if not args.quiet and not error:
         print_table(args, join_s, results, peak_rss, cpu_total, quantiles)
