@@ -151,7 +151,7 @@ class _Walk:
 
 
 def spec_reference() -> str:
-    from shoal.manifest import _KINDS
+    from shoal.manifest import MODELS
 
     walk = _Walk()
     out = [
@@ -163,10 +163,10 @@ def spec_reference() -> str:
         "written by the manager only and left out here.",
         "",
         "Kinds: "
-        + ", ".join(f"[{kind}](#{model.__name__.lower()})" for kind, model in _KINDS.items()),
+        + ", ".join(f"[{kind}](#{model.__name__.lower()})" for kind, model in MODELS.items()),
         "",
     ]
-    for model in _KINDS.values():
+    for model in MODELS.values():
         walk.seen.append(model)
     done: set[type[BaseModel]] = set()
     while len(done) < len(walk.seen):
