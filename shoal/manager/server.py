@@ -206,8 +206,11 @@ class Manager:
         self.informer.subscribe(task_events)
 
         self._loop_metrics = LoopMetrics(self.registry)
-        self.orchestrator = Orchestrator(self.informer, self.events, reports=self.reports)
         scheduler = Scheduler(self.informer, self.events)
+        # New tasks are placed as they are created: written once, assigned.
+        self.orchestrator = Orchestrator(
+            self.informer, self.events, reports=self.reports, placer=scheduler
+        )
         self.monitor = NodeMonitor(
             self.informer,
             self.events,

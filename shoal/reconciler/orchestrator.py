@@ -5,7 +5,9 @@ per eligible node. Each slot has at most one *current* task (desired state
 ``running``); earlier tasks stay as bounded history. For every slot the
 reconcile decides one of:
 
-* no current task → create one (``pending``, for the scheduler);
+* no current task → create one: placed at once on the node the scheduler would
+  choose (``Scheduler.place_new``: written once, ``assigned``), or ``pending``
+  for the scheduler when it fits nowhere now (or no scheduler is given);
 * the current task is live but wrong (template changed, node drained, node no
   longer matches the constraints) → shut it down and create its replacement;
 * the current task ended → apply the restart policy: restart after the delay
@@ -53,6 +55,7 @@ from shoal.reconciler.pacing import Pacer
 from shoal.reconciler.placement import node_matches
 from shoal.reconciler.reports import Reports
 from shoal.reconciler.rollout import RolloutPlan, Updater
+from shoal.reconciler.scheduler import Scheduler
 from shoal.store.typed import TASKS, Change, Object
 
 # Terminal tasks kept per slot besides the current one.
@@ -81,6 +84,8 @@ class Plan:
     wake_after: float | None = None
     # New tasks that replace an ended or lost task of their slot (not updates).
     restarts: int = 0
+    # Where in ``changes`` the new tasks are (to place them before the write).
+    born: list[int] = field(default_factory=list)
 
     def wake(self, after: float) -> None:
         self.wake_after = after if self.wake_after is None else min(self.wake_after, after)
@@ -143,8 +148,11 @@ class Orchestrator(Controller):
         events: EventRecorder,
         clock: Clock = SYSTEM_CLOCK,
         reports: Reports | None = None,
+        placer: Scheduler | None = None,
     ) -> None:
         self.informer = informer
+        # Places new tasks as they are created (None: they are born pending).
+        self.placer = placer
         self.events = events
         self.clock = clock
         self.updater = Updater()
@@ -222,12 +230,30 @@ class Orchestrator(Controller):
             else:
                 await self._replicated(entry, tasks, plan, now, pace)
         if plan.changes:
-            await self.informer.commit(plan.changes)
+            born = await self._place(entry, plan, now, pace)
+            try:
+                await self.informer.commit(plan.changes)
+            finally:
+                if self.placer is not None and born:
+                    self.placer.release(born)
             if plan.restarts:
                 self.restarts[key] += plan.restarts
         if plan.wake_after is not None:
             return Requeue(plan.wake_after)
         return Done()
+
+    async def _place(
+        self, entry: Entry[Service] | None, plan: Plan, now: datetime, pace: Pacer
+    ) -> list[Task]:
+        """Give the pass's new tasks their nodes (reserved until ``release``)."""
+        if self.placer is None or entry is None or not plan.born:
+            return []
+        born = [plan.changes[i].obj for i in plan.born]
+        tasks = [t for t in born if isinstance(t, Task)]
+        placed = await self.placer.place_new(entry.obj, tasks, now, pace)
+        for index, task in zip(plan.born, placed, strict=True):
+            plan.changes[index] = Change.put(task, 0)
+        return placed
 
     def _unhold(self, service: Service) -> None:
         """Not held (any more); says so once when it was."""
@@ -473,6 +499,7 @@ class Orchestrator(Controller):
             created_at=now,
             status=TaskStatus(state=TaskState.PENDING, timestamp=now, message="waiting for a node"),
         )
+        plan.born.append(len(plan.changes))
         plan.changes.append(Change.put(task, 0))
 
     def _shutdown(self, entry: Entry[Task], plan: Plan, now: datetime, reason: str) -> None:

@@ -90,16 +90,6 @@ class NodeLoad:
         units = node.description.generic_resources.get(kind, [])
         return [u for u in units if not held or held[u] <= 0]
 
-    def copy(self) -> NodeLoad:
-        return NodeLoad(
-            self.tasks,
-            self.cpus,
-            self.memory,
-            self.per_service.copy(),
-            self.ports.copy(),
-            {kind: held.copy() for kind, held in self.units.items()},
-        )
-
 
 def fits(node: Node, load: NodeLoad, task: Task, max_per_node: int = 0) -> str | None:
     limit = node.description.max_tasks
@@ -180,6 +170,12 @@ class Scheduler(Controller):
         # Pending tasks per service and status message (the Unschedulable counts).
         self._waiting: dict[str, Counter[str]] = defaultdict(Counter)
         self._loads: dict[str, NodeLoad] = defaultdict(NodeLoad)
+        # Placements decided (by a pass here or by ``place_new``) whose write has not come
+        # back yet, by task id: already counted in ``_loads``, so two passes that overlap
+        # (the orchestrator's and this one's, or two of the orchestrator's) never give one
+        # node's last room, port or unit twice. Settled when the write comes back
+        # (``_track``), released when it does not (``release``).
+        self._reserved: dict[str, Task] = {}
         self._indexed = False
         # Counts the wake-ups: a pass that saw one happen parks nothing it looked at.
         self._wakes = 0
@@ -240,14 +236,18 @@ class Scheduler(Controller):
         return unparked
 
     def _track(self, old: Task | None, new: Task | None) -> None:
+        counted = None
+        if new is not None and self._reserved:
+            counted = self._reserved.pop(new.id, None)
+            if counted is not None and counted is not new:
+                self._unload(counted)  # what was reserved is not what was written
+                counted = None
         if old is not None and old.node_id and _loads_node(old):
             self._loads[old.node_id].add(old, -1)
-        if new is not None and new.node_id and _loads_node(new):
-            self._loads[new.node_id].add(new)
         if old is not None and old.node_id and _holds_units(old):
             self._loads[old.node_id].hold(old, -1)
-        if new is not None and new.node_id and _holds_units(new):
-            self._loads[new.node_id].hold(new)
+        if counted is None:
+            self._load(new)
         if old is not None and _pending(old):
             waiting = self._waiting[old.service]
             waiting[old.status.message] -= 1
@@ -265,11 +265,35 @@ class Scheduler(Controller):
             if parked is not None:
                 parked.discard(old.id)
 
+    def _load(self, task: Task | None, sign: int = 1) -> None:
+        if task is not None and task.node_id and _loads_node(task):
+            self._loads[task.node_id].add(task, sign)
+        if task is not None and task.node_id and _holds_units(task):
+            self._loads[task.node_id].hold(task, sign)
+
+    def _unload(self, task: Task) -> None:
+        self._load(task, -1)
+
+    def _reserve(self, task: Task) -> None:
+        """Count the placement of ``task`` (assigned, not written yet) in the node loads."""
+        self._load(task)
+        self._reserved[task.id] = task
+
+    def release(self, tasks: Iterable[Task]) -> None:
+        """After a write of placements: those whose write did not come back free their room."""
+        if not self._reserved:
+            return
+        for task in tasks:
+            counted = self._reserved.pop(task.id, None)
+            if counted is not None:
+                self._unload(counted)
+
     def _index(self) -> None:
         self._pending.clear()
         self._parked.clear()
         self._waiting.clear()
         self._loads.clear()
+        self._reserved.clear()
         for entry in self.informer.all_tasks():
             self._track(None, entry.obj)
         self._indexed = True
@@ -283,9 +307,6 @@ class Scheduler(Controller):
         if not pending:
             return Done()
         nodes = [e.obj for e in self.informer.nodes.values() if e.obj.schedulable]
-        # This pass counts its own placements in scratch copies of the loads it
-        # changes; the real indexes learn about them when the commit comes back.
-        loads = _ScratchLoads(self._loads)
         by_service: dict[str, list[Entry[Task]]] = defaultdict(list)
         for entry in pending:
             by_service[entry.obj.service].append(entry)
@@ -303,7 +324,7 @@ class Scheduler(Controller):
             if len(outcome.changes) >= PASS:
                 break
             entries.sort(key=lambda e: (e.obj.slot, e.obj.node_id or "", e.obj.created_at))
-            await self._place_service(name, entries, nodes, loads, now, pace, outcome)
+            await self._place_service(name, entries, nodes, now, pace, outcome)
         # The pass yielded: a node drained or went down meanwhile gets none of it
         # (those tasks stay pending for the next pass).
         changes = [c for c in outcome.changes if self._still_schedulable(c)]
@@ -320,6 +341,8 @@ class Scheduler(Controller):
             for name in outcome.parked:  # their messages may not be written
                 self._unpark(name)
             raise
+        finally:
+            self.release(c.obj for c in outcome.changes if isinstance(c.obj, Task))
         for name, messages in sorted(outcome.news.items()):
             self._unschedulable(name, messages, outcome.waiting[name])
         return Requeue(0.001) if self._pending else Done()
@@ -344,23 +367,52 @@ class Scheduler(Controller):
         entry = self.informer.nodes.get(task.node_id or "")
         return entry is not None and entry.obj.schedulable
 
+    async def place_new(
+        self, service: Service, tasks: list[Task], now: datetime, pace: Pacer
+    ) -> list[Task]:
+        """The orchestrator's new tasks of ``service``, placed as they are born.
+
+        Each comes back assigned to the node this scheduler would have chosen for it
+        (the same filters, spread, ports, units and node loads, its own placements
+        counted as they are decided), or as it was, pending, when it fits nowhere now:
+        the scheduler's passes look at those as at any pending task, with their
+        message and event. The placements are reserved in the node loads until the
+        write comes back; call ``release`` with the tasks once it has, or has failed.
+        """
+        if not self._indexed:
+            self._index()
+        if service.metadata.name in self._deleted:
+            return tasks
+        nodes = [e.obj for e in self.informer.nodes.values() if e.obj.schedulable]
+        outcome = _Pass()
+        entries = [Entry(task, 0) for task in tasks]
+        await self._place_service(service.metadata.name, entries, nodes, now, pace, outcome, True)
+        placed = [c.obj for c in outcome.changes if isinstance(c.obj, Task)]
+        assert len(placed) == len(tasks)
+        return placed
+
     async def _place_service(
         self,
         name: str,
         entries: list[Entry[Task]],
         nodes: list[Node],
-        loads: _ScratchLoads,
         now: datetime,
         pace: Pacer,
         outcome: _Pass,
+        born: bool = False,
     ) -> None:
-        """Place ``entries`` (in order) until the pass has ``PASS`` changes."""
+        """Place ``entries`` (in order) until the pass has ``PASS`` changes.
+
+        ``born``: new tasks (not written yet) for ``place_new``: every one of them
+        is in the changes, placed or as it was; none is parked or given a message.
+        """
         service_entry = self.informer.service(name)
         placement = service_entry.obj.spec.placement if service_entry else None
         max_per_node = placement.max_replicas_per_node if placement else 0
         labels = [p.label for p in placement.preferences] if placement else []
         by_id = {node.id: node for node in nodes}
         static: dict[tuple[str, str], str | None] = {}
+        loads = self._loads
 
         def mismatch(node: Node, task: Task) -> str | None:
             key = (node.id, task.template.runtime)
@@ -388,7 +440,7 @@ class Scheduler(Controller):
         waiting = outcome.waiting[name]
         parked = outcome.parked[name]
         for entry in entries:
-            if len(changes) >= PASS:
+            if len(changes) >= PASS and not born:
                 break
             await pace()
             task = entry.obj
@@ -411,10 +463,15 @@ class Scheduler(Controller):
                 if chosen_id is not None:
                     chosen = by_id[chosen_id]
                     tree.placed(chosen_id)
+                elif born:
+                    message = unschedulable[shape] = "?"  # the scheduler's pass says why
                 else:
                     reasons = Counter(mismatch(n, task) or check(n, task) or "?" for n in nodes)
                     message = unschedulable[shape] = _no_node_message(task, reasons, len(nodes))
             if chosen is None:
+                if born:
+                    changes.append(Change.put(task, entry.revision))
+                    continue
                 waiting[message] += 1
                 parked.add(task.id)
                 if task.status.message != message:
@@ -435,7 +492,7 @@ class Scheduler(Controller):
                     "status": TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message=text),
                 }
             )
-            loads.add(chosen.id, assigned)
+            self._reserve(assigned)
             changes.append(Change.put(assigned, entry.revision))
 
 
@@ -449,23 +506,6 @@ class _Pass:
     # Per service and reason: tasks looked at that wait for it, and reasons new to some.
     waiting: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     news: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-
-
-class _ScratchLoads:
-    """Node loads as one scheduling pass sees them: copy-on-write over the index."""
-
-    def __init__(self, base: dict[str, NodeLoad]) -> None:
-        self._base = base
-        self._changed: dict[str, NodeLoad] = {}
-
-    def __getitem__(self, node_id: str) -> NodeLoad:
-        return self._changed.get(node_id) or self._base[node_id]
-
-    def add(self, node_id: str, task: Task) -> None:
-        if node_id not in self._changed:
-            self._changed[node_id] = self._base[node_id].copy()
-        self._changed[node_id].add(task)
-        self._changed[node_id].hold(task)
 
 
 def _fits_node(
