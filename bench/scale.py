@@ -115,6 +115,41 @@ def task_count(metrics_url: str, state: str | None = None) -> int:
     raise RuntimeError("the manager exports no shoal_tasks gauge")
 
 
+def session_messages(metrics_url: str) -> dict[tuple[str, str], float]:
+    """Session messages (and the tasks or updates they carried) so far, by family and
+    direction/type: ``("messages", "sent/assignments")`` and ``("items", ...)``."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    counts: dict[tuple[str, str], float] = {}
+    names = {"shoal_session_messages": "messages", "shoal_session_message_items": "items"}
+    for family in text_string_to_metric_families(text):
+        if family.name in names:
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = f"{sample.labels['direction']}/{sample.labels['type']}"
+                    counts[(names[family.name], key)] = sample.value
+    return counts
+
+
+def messages_summary(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]
+) -> str:
+    """What the apply cost in session messages: count per kind, and tasks (updates) per
+    assignment message (status batch)."""
+
+    def delta(family: str, key: str) -> float:
+        return after.get((family, key), 0.0) - before.get((family, key), 0.0)
+
+    assignments = delta("messages", "sent/assignments")
+    batches = delta("messages", "received/status")
+    return (
+        f"assignments:{assignments:.0f}"
+        f"({delta('items', 'sent/assignments') / max(assignments, 1):.1f}/msg),"
+        f"status:{batches:.0f}({delta('items', 'received/status') / max(batches, 1):.1f}/msg),"
+        f"heartbeats:{delta('messages', 'received/heartbeat'):.0f},"
+        f"answers:{delta('messages', 'sent/heartbeat') + delta('messages', 'sent/status'):.0f}"
+    )
+
+
 async def ready_nodes(client: Client) -> int:
     nodes = (await client.call("Get", {"kind": "nodes"}, timeout=30))["items"]
     return sum(1 for n in nodes if n["status"]["state"] == "ready")
@@ -203,6 +238,7 @@ async def scenario(
         (process_usage(p)[0] - b) / IDLE_WINDOW
         for p, b in zip((manager_pid, *(f.pid for f in fleets)), idle_before, strict=True)
     ]
+    messages_before = await asyncio.to_thread(session_messages, metrics_url)
     cpu_before, _ = process_usage(manager_pid)
     fleets_before = [process_usage(f.pid)[0] for f in fleets]
     services = [service(f"scale-{i}", args.replicas) for i in range(args.services)]
@@ -223,6 +259,9 @@ async def scenario(
     results["tasks_per_s"] = total / seconds
     results["apply_cpu_s"] = cpu_after - cpu_before
     results["apply_orphaned"] = await asyncio.to_thread(task_count, metrics_url, "orphaned")
+    results["apply_messages"] = messages_summary(
+        messages_before, await asyncio.to_thread(session_messages, metrics_url)
+    )
 
     if len(fleets) > 1:
         await kill_small_fleet(args, client, timeline, fleets, results)
@@ -492,6 +531,7 @@ def one_run(args: argparse.Namespace, number: int) -> bool:
         + "+".join(f"{c:.2f}" for c in results.get("idle_cores", []))
         + " "
         f"p99_ms=orchestrator:{orchestrator:.0f},scheduler:{scheduler:.0f} "
+        f"apply_messages={results.get('apply_messages', '-')} "
         f"load={load_before}->{load_average()}" + (f" error={error!r}" if error else ""),
         flush=True,
     )

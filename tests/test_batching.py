@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from shoal.batching import COALESCE, WINDOW, Flusher
+from shoal.batching import COALESCE, HOLD, QUIET, WINDOW, Flusher, KeyedFlusher
 
 pytestmark = pytest.mark.looptime
 
@@ -71,3 +71,82 @@ async def test_a_failing_flush_ends_the_run() -> None:
     flusher.poke()
     with pytest.raises(ConnectionError):
         await flusher.run(flush)
+
+
+async def test_a_keyed_flusher_sends_a_lone_key_at_once() -> None:
+    flusher: KeyedFlusher[str] = KeyedFlusher()
+    sent: list[tuple[float, list[str]]] = []
+
+    async def flush(keys: list[str]) -> None:
+        sent.append((now(), keys))
+
+    job = asyncio.create_task(flusher.run(flush))
+    await asyncio.sleep(10)
+    start = now()
+    flusher.poke("n1")
+    flusher.poke("n2")
+    await asyncio.sleep(1)
+    assert sent == [(pytest.approx(start + COALESCE), ["n1", "n2"])]
+    job.cancel()
+
+
+async def test_a_keyed_flusher_holds_a_busy_key_and_sends_all_once_the_changes_stop() -> None:
+    flusher: KeyedFlusher[str] = KeyedFlusher()
+    sent: list[tuple[float, list[str]]] = []
+
+    async def flush(keys: list[str]) -> None:
+        sent.append((now(), keys))
+
+    job = asyncio.create_task(flusher.run(flush))
+    start = now()
+    # Two seconds of a change every 20 ms, alternating between two keys (a long apply).
+    for step in range(100):
+        flusher.poke(f"n{step % 2}")
+        stopped = now()
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(1)
+    times = [at for at, _ in sent]
+    # Each key: once at once, then at most once per HOLD, then once when the pokes stop.
+    assert sum("n0" in keys for _, keys in sent) <= 2 + (stopped - start) / HOLD
+    assert len(sent) < 12  # a flusher per moment: 100
+    assert times[0] == pytest.approx(start + COALESCE)
+    assert "n0" in sent[-1][1] and "n1" in sent[-1][1]
+    assert stopped + QUIET <= times[-1] <= stopped + QUIET + 2 * COALESCE
+    job.cancel()
+
+
+async def test_a_key_held_never_waits_longer_than_the_hold() -> None:
+    flusher: KeyedFlusher[str] = KeyedFlusher()
+    sent: list[tuple[float, list[str]]] = []
+
+    async def flush(keys: list[str]) -> None:
+        sent.append((now(), keys))
+
+    job = asyncio.create_task(flusher.run(flush))
+    flusher.poke("busy")
+    await asyncio.sleep(0.1)
+    flusher.poke("busy")  # held: it was flushed 0.1 s ago
+    poked = now()
+    for _ in range(150):  # other keys keep the stream going: never quiet
+        flusher.poke("other")
+        await asyncio.sleep(0.01)
+    flushed = [at for at, keys in sent if "busy" in keys]
+    assert len(flushed) == 2
+    assert flushed[1] - poked == pytest.approx(HOLD, abs=2 * COALESCE)
+    job.cancel()
+
+
+async def test_a_forgotten_key_is_not_flushed() -> None:
+    flusher: KeyedFlusher[str] = KeyedFlusher()
+    sent: list[list[str]] = []
+
+    async def flush(keys: list[str]) -> None:
+        sent.append(keys)
+
+    job = asyncio.create_task(flusher.run(flush))
+    flusher.poke("gone")
+    flusher.poke("kept")
+    flusher.forget("gone")
+    await asyncio.sleep(1)
+    assert sent == [["kept"]]
+    job.cancel()

@@ -11,9 +11,11 @@ then carries, in order:
    removes what it runs but is not in this set); a global task whose node is
    set but which is still ``pending`` is not the agent's yet;
 3. incremental ``{"type": "assignments", "full": false, "tasks", "removed"}``
-   messages (a burst is coalesced, then at most one message per window while
-   changes keep coming: ``shoal.batching``), sent when a task appears,
-   disappears, or changes in a way the agent acts on (desired state, ended);
+   messages, sent when a task appears, disappears, or changes in a way the
+   agent acts on (desired state, ended): a lone change within milliseconds; a
+   node whose tasks keep changing (a large apply places a few at a time on
+   every node) is held up to ``shoal.batching.HOLD`` to gather them, and
+   everything held goes as soon as the changes stop (``KeyedFlusher``);
 4. ``{"type": "logs", ...}`` requests when somebody runs ``shoal logs``, and
    ``{"type": "exec", "execId", "taskId", "command"}`` when somebody runs
    ``shoal exec`` (``{"type": "exec-cancel", "execId"}`` when they go away).
@@ -61,6 +63,8 @@ from typing import Any
 
 import grpc.aio
 import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as MetricCounter
 
 from shoal.api.transport import (
     MALFORMED,
@@ -73,7 +77,7 @@ from shoal.api.transport import (
     read_more,
     status_for,
 )
-from shoal.batching import Flusher
+from shoal.batching import KeyedFlusher
 from shoal.errors import AuthError, NodeUnavailableError, ShoalError
 from shoal.manager.endpoints import EndpointIndex, EndpointPush
 from shoal.manager.statuswriter import StatusWriter
@@ -239,6 +243,33 @@ def _fingerprint(task: Task) -> tuple[str, bool]:
     return (task.desired_state.value, task.status.state.terminal)
 
 
+class SessionMetrics:
+    """Messages on the agents' sessions, by direction and kind, and the tasks or status
+    updates they carried: how many tasks one message carries is what batching buys."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        labels = ["direction", "type"]
+        messages = MetricCounter(
+            "shoal_session_messages_total",
+            "Messages on agent sessions (sent: to agents; received: from them), by type.",
+            labels,
+            registry=registry,
+        )
+        items = MetricCounter(
+            "shoal_session_message_items_total",
+            "Tasks in the assignment messages sent and status updates in the batches received.",
+            labels,
+            registry=registry,
+        )
+        self.assignments = messages.labels("sent", "assignments")
+        self.assigned = items.labels("sent", "assignments")
+        self.answers = messages.labels("sent", "heartbeat")
+        self.status_answers = messages.labels("sent", "status")
+        self.heartbeats = messages.labels("received", "heartbeat")
+        self.batches = messages.labels("received", "status")
+        self.updates = items.labels("received", "status")
+
+
 class Dispatcher:
     """Agent sessions, heartbeats, assignments, status and log routing."""
 
@@ -249,6 +280,7 @@ class Dispatcher:
         events: EventRecorder,
         heartbeat_period: float,
         deliveries: Callable[[list[Task]], Payload | None] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.informer = informer
         self.heartbeats = heartbeats
@@ -261,10 +293,11 @@ class Dispatcher:
         self.subscriptions: dict[str, LogSubscription] = {}
         self.execs: dict[str, ExecSubscription] = {}
         self.status_writer = StatusWriter(informer)
+        self.metrics = SessionMetrics(registry)
         # Sessions with changed tasks; one flusher turns them into messages, so a
-        # scheduling pass over a thousand nodes costs one wake-up, not a thousand.
-        self._dirty: set[AgentSession] = set()
-        self._flusher = Flusher()
+        # scheduling pass over a thousand nodes costs one wake-up, not a thousand,
+        # and a node given many tasks over a long apply few messages.
+        self._flusher: KeyedFlusher[AgentSession] = KeyedFlusher()
         self._flush_job: asyncio.Task[None] | None = None
         informer.subscribe(self._on_change)
         # The endpoint catalog (shoal.manager.endpoints): pushed to the sessions that want it.
@@ -298,21 +331,30 @@ class Dispatcher:
         task = new if isinstance(new, Task) else old if isinstance(old, Task) else None
         if task is None:
             return
+        if (
+            isinstance(old, Task)
+            and isinstance(new, Task)
+            and old.node_id == new.node_id
+            and _placed(old) == _placed(new)
+            and _fingerprint(old) == _fingerprint(new)
+        ):
+            return  # nothing the agent acts on (its own status reports, mostly)
         for node_id in {getattr(old, "node_id", None), getattr(new, "node_id", None)}:
             session = self.sessions.get(node_id) if node_id else None
             if session:
                 session.dirty.add(task.id)
-                self._dirty.add(session)
-                self._flusher.poke()
+                self._flusher.poke(session)
 
-    async def _flush(self) -> None:
-        """Send each dirty session its changes (``shoal.batching``: coalesced, windowed)."""
-        dirty, self._dirty = self._dirty, set()
+    async def _flush(self, due: list[AgentSession]) -> None:
+        """Send each session due its changes (``shoal.batching``: a lone change at once, a
+        node that keeps changing held, everything when the changes stop)."""
         pace = Pacer()
-        for session in dirty:
+        for session in due:
             update = None if session.closed else self._incremental(session)
             if update:
                 session.send(update)
+                self.metrics.assignments.inc()
+                self.metrics.assigned.inc(len(update["tasks"]))
             await pace()  # a thousand sessions' messages: let heartbeats in
 
     # ----------------------------------------------------------------- RPCs
@@ -379,6 +421,7 @@ class Dispatcher:
                 reader.cancel()
             if self.sessions.get(node_id) is session:
                 del self.sessions[node_id]
+            self._flusher.forget(session)
             self._end_execs_on(node_id)
             log.info("agent.session_ended", node=node_id, session=session.id)
 
@@ -399,13 +442,18 @@ class Dispatcher:
                     if not self._beat(session):
                         return
                     session.beats += 1
+                    self.metrics.heartbeats.inc()
                     if session.beats % ANSWER_EVERY == 1:
                         session.send(
                             {"type": "heartbeat", "heartbeatPeriod": self.heartbeat_period}
                         )
+                        self.metrics.answers.inc()
                 elif kind == "status":  # written while the next messages are read
                     if not self._beat(session, heartbeat=False):  # as good as one
                         return
+                    self.metrics.batches.inc()
+                    updates = message.get("updates")
+                    self.metrics.updates.inc(len(updates) if isinstance(updates, list) else 0)
                     write = asyncio.create_task(self._status(session, message))
                     writes.add(write)
                     write.add_done_callback(writes.discard)
@@ -426,6 +474,7 @@ class Dispatcher:
                 exc = ValueError(f"malformed status batch: {exc!r}")
             answer["error"] = {"code": status_for(exc).name, "message": str(exc)}
         session.send(answer)
+        self.metrics.status_answers.inc()
 
     def _live(self, session: AgentSession) -> bool:
         """Whether ``session`` is open and its node ``ready`` or held ``unknown`` (its

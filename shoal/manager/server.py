@@ -246,6 +246,7 @@ class Manager:
             self.events,
             settings.heartbeat_period,
             deliveries=self.secret_store.deliveries,
+            registry=self.registry,
         )
         self._stack.push_async_callback(self.dispatcher.aclose)
         # A removed node's session ends at once (its next calls are refused anyway).

@@ -15,6 +15,7 @@ from typing import Any
 import grpc.aio
 import pytest
 
+from shoal.batching import COALESCE
 from shoal.manager.dispatcher import ANSWER_EVERY, CLOSE_GRACE, Dispatcher, SessionError
 from shoal.models import DesiredState, NodeState, Task, TaskState, TaskStatus
 from shoal.reconciler.nodemonitor import HeartbeatTracker
@@ -184,6 +185,45 @@ async def test_a_burst_of_changes_reaches_the_agent_in_few_messages(
     assert sorted(got) == sorted(f"t{i}" for i in range(50))
     assert messages == 1  # one commit, one coalesced message
     session.pump.cancel()
+
+
+async def test_a_node_given_tasks_one_after_another_gets_them_in_few_messages(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    session = await open_session(dispatcher, "n1")
+    assert ids(await session.next()) == []
+    for i in range(20):  # a long apply: a task for this node every 20 ms
+        await world.put(task(f"t{i}", "n1", TaskState.ASSIGNED, slot=i + 1))
+        await asyncio.sleep(0.02)
+    got: list[str] = []
+    messages = 0
+    while len(got) < 20:
+        got += ids(await session.next())
+        messages += 1
+    # The first at once; the rest held while they kept coming, sent once they stopped.
+    assert messages == 2
+    assert sorted(got) == sorted(f"t{i}" for i in range(20))
+    assert await session.quiet()
+    started = asyncio.get_running_loop().time()
+    await world.put(task("lone", "n1", TaskState.ASSIGNED, slot=99))  # after a quiet time
+    assert ids(await session.next()) == ["lone"]
+    assert asyncio.get_running_loop().time() - started == pytest.approx(COALESCE)
+    session.pump.cancel()
+
+
+async def test_what_a_session_held_reaches_the_next_session_of_its_node(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    first = await open_session(dispatcher, "n1")
+    assert ids(await first.next()) == []
+    await world.put(task("t0", "n1", TaskState.ASSIGNED))
+    assert ids(await first.next()) == ["t0"]
+    await world.put(task("t1", "n1", TaskState.ASSIGNED, slot=2))  # held: n1 just got one
+    second = await open_session(dispatcher, "n1")  # the agent registered again meanwhile
+    assert ids(await second.next()) == ["t0", "t1"]
+    assert await second.quiet()
+    first.pump.cancel()
+    second.pump.cancel()
 
 
 async def test_secret_bytes_go_only_to_the_node_of_a_task_about_to_start(world: World) -> None:
