@@ -18,7 +18,8 @@ Ownership: only one process may own a database. An exclusive ``flock`` on
 mirrors can never go stale behind our back.
 
 Watches read the ``events`` table from their cursor and are woken in-process
-after every commit; a watcher that falls behind the kept history (the last
+after every commit (the latest revisions' events are also kept in memory, so a
+watcher that keeps up reads nothing back); a watcher that falls behind the kept history (the last
 ``history`` revisions, trimmed on every write) gets ``CompactedError``. Leases
 store wall-clock deadlines so they survive a restart sensibly: a lease whose
 holder was down longer than its ttl expires right after the store reopens.
@@ -30,10 +31,12 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import itertools
 import math
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,6 +67,9 @@ T = TypeVar("T")
 
 _REAP_INTERVAL = 0.1
 _WATCH_CHUNK = 500  # revisions read per watch query
+# The latest revisions' events are also kept in memory (up to this many bytes of keys
+# and values), so a watcher that keeps up is served them without a query.
+_RECENT_BYTES = 2 << 20
 _IN_CHUNK = 500  # keys per "IN (...)" lookup
 
 _SCHEMA = """
@@ -103,7 +109,8 @@ _UPSERT = (
 )
 
 _Row = tuple[str, bytes, int, int, int, int]
-_Mark = tuple[int, int]  # (revision, compacted) to publish after a commit
+# (revision, compacted, the revision's events) to publish after a commit
+_Mark = tuple[int, int, list[Event]]
 
 
 def _kv(row: _Row) -> KeyValue:
@@ -132,6 +139,8 @@ class SqliteStore(Store):
         self._compacted = 0
         self._lease_deadlines: dict[int, float] = {}
         self._next_deadline = math.inf
+        self._recent: deque[tuple[int, list[Event]]] = deque()
+        self._recent_bytes = 0
 
     @classmethod
     async def open(
@@ -292,23 +301,34 @@ class SqliteStore(Store):
             for op in ops:
                 if isinstance(op, Put) and op.lease and not self._lease_alive(op.lease, now):
                     raise NotFoundError(f"lease {op.lease} does not exist or has expired")
-            deleted, mark = self._apply(conn, ops)
+            looked = {c.key: current.get(c.key) for c in compares}
+            deleted, mark = self._apply(conn, ops, looked)
             return succeeded, deleted, mark
 
         succeeded, deleted, mark = self._write(body)
         self._committed(mark)
         return TxnResult(succeeded, self._revision, deleted)
 
-    def _apply(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> tuple[list[int], _Mark]:
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        ops: Sequence[Op],
+        fetched: dict[str, KeyValue | None] | None = None,
+    ) -> tuple[list[int], _Mark]:
         """Apply ``ops`` inside the open transaction as one revision (if anything changes).
 
-        Returns the per-op delete counts and the (revision, compacted) pair to
-        publish once the transaction has committed.
+        ``fetched``: rows already read in this transaction (the compares'), by key,
+        None for a key that does not exist; keys missing there are read here. Returns
+        the per-op delete counts and the (revision, compacted, events) to publish once
+        the transaction has committed.
         """
         rev = self._revision + 1
-        state: dict[str, KeyValue | None] = dict(
-            self._fetch(conn, (op.key for op in ops if isinstance(op, Put) or not op.prefix))
-        )
+        keys = [op.key for op in ops if isinstance(op, Put) or not op.prefix]
+        state: dict[str, KeyValue | None] = {}
+        if fetched:
+            state.update((k, fetched[k]) for k in keys if k in fetched)
+            keys = [k for k in keys if k not in fetched]
+        state.update(self._fetch(conn, keys))
         dirty: dict[str, None] = {}  # an insertion-ordered set
         events: list[Event] = []
         deleted: list[int] = []
@@ -340,7 +360,7 @@ class SqliteStore(Store):
                 events.append(Event(EventType.DELETE, KeyValue(key, b"", 0, rev, 0)))
             deleted.append(len(keys))
         if not events:
-            return deleted, (self._revision, self._compacted)
+            return deleted, (self._revision, self._compacted, [])
         puts = [new for key in dirty if (new := state[key]) is not None]
         conn.executemany(
             _UPSERT,
@@ -352,7 +372,7 @@ class SqliteStore(Store):
             [(rev, i, e.type.value, *_event_row(e)) for i, e in enumerate(events)],
         )
         conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (rev,))
-        return deleted, (rev, self._trim(conn, rev - self._history_limit))
+        return deleted, (rev, self._trim(conn, rev - self._history_limit), events)
 
     def _trim(self, conn: sqlite3.Connection, compacted: int) -> int:
         if compacted <= self._compacted:
@@ -362,10 +382,11 @@ class SqliteStore(Store):
         return compacted
 
     def _committed(self, mark: _Mark) -> None:
-        """Publish a committed (revision, compacted) pair and wake the watchers."""
-        revision, self._compacted = mark
+        """Publish a committed revision (and its events) and wake the watchers."""
+        revision, self._compacted, events = mark
         if revision != self._revision:
             self._revision = revision
+            self._remember(revision, events)
             assert self._loop is not None
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 self._loop.call_soon_threadsafe(self._notify)
@@ -381,7 +402,7 @@ class SqliteStore(Store):
         target = min(revision - 1, self._revision)
         if target > self._compacted:
             compacted = self._write(lambda conn: self._trim(conn, target))
-            self._committed((self._revision, compacted))
+            self._committed((self._revision, compacted, []))
 
     # -- watches -------------------------------------------------------------
 
@@ -405,11 +426,33 @@ class SqliteStore(Store):
                 yield batch
             cursor = upto + 1
 
+    def _remember(self, revision: int, events: list[Event]) -> None:
+        """Keep the latest revisions' events for the watchers (worker thread)."""
+        recent = self._recent
+        if recent and recent[-1][0] != revision - 1:
+            recent.clear()  # never a gap: what is kept runs up to the current revision
+        recent.append((revision, events))
+        self._recent_bytes += sum(len(e.kv.value) + len(e.kv.key) for e in events)
+        while len(recent) > 1 and (
+            self._recent_bytes > _RECENT_BYTES or len(recent) > _WATCH_CHUNK
+        ):
+            _, dropped = recent.popleft()
+            self._recent_bytes -= sum(len(e.kv.value) + len(e.kv.key) for e in dropped)
+
     def _events_sync(self, prefix: str, cursor: int) -> tuple[list[list[Event]], int]:
         """Events under ``prefix`` from ``cursor`` on, one list per revision."""
         if cursor <= self._compacted:
             raise CompactedError(cursor, self._compacted)
         upto = min(self._revision, cursor + _WATCH_CHUNK - 1)
+        recent = self._recent
+        if recent and recent[0][0] <= cursor and recent[-1][0] == self._revision:
+            # Just written here: the events as committed, without reading them back.
+            first = cursor - recent[0][0]
+            kept = [
+                [e for e in events if e.kv.key.startswith(prefix)]
+                for _, events in itertools.islice(recent, first, first + upto - cursor + 1)
+            ]
+            return [batch for batch in kept if batch], upto
         rows = self._db().execute(
             "SELECT revision, type, key, value, create_revision, version, lease FROM events "
             "WHERE revision BETWEEN ? AND ? AND substr(key, 1, ?) = ? ORDER BY revision, seq",
