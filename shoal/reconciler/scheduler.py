@@ -1,4 +1,12 @@
-"""The scheduler: gives every pending task a node.
+"""The scheduler: gives every pending task a node, and new tasks theirs as they are born.
+
+The orchestrator's new tasks are placed as they are created (``place_new``, by
+the same filters and spread as a pass): written once, ``assigned``; only what
+fits nowhere then is born ``pending`` for the passes below. A placement decided
+but not written yet is *reserved* in the node loads, so two passes that overlap
+(the orchestrator's and this one's) never give one node's last room, port or
+unit twice; it is settled when the write comes back and released when it does
+not (which wakes the tasks parked for want of that room).
 
 One reconcile places up to ``PASS`` pending tasks in one pass and commits the
 assignments together (in chunks the store takes), so 200 new replicas cost one
@@ -123,12 +131,18 @@ def _pending(task: Task) -> bool:
 
 
 def _loads_node(task: Task) -> bool:
-    """Whether ``task`` takes up room on its node."""
+    """Whether ``task`` takes up room on its node: not before it is placed there (a
+    global service's pending task names its node already, and must not compete with
+    itself for that node's room or ports)."""
     return (
         task.node_id is not None
         and task.desired_state == DesiredState.RUNNING
+        and task.status.state not in _UNPLACED
         and not task.status.state.terminal
     )
+
+
+_UNPLACED = (TaskState.NEW, TaskState.PENDING)
 
 
 def _holds_units(task: Task) -> bool:
@@ -280,13 +294,20 @@ class Scheduler(Controller):
         self._reserved[task.id] = task
 
     def release(self, tasks: Iterable[Task]) -> None:
-        """After a write of placements: those whose write did not come back free their room."""
+        """After a write of placements: those whose write did not come back free their room.
+
+        Tasks parked meanwhile for want of that room are looked at again by the next
+        pass (and a pass running now parks nothing)."""
         if not self._reserved:
             return
+        freed = False
         for task in tasks:
             counted = self._reserved.pop(task.id, None)
             if counted is not None:
                 self._unload(counted)
+                freed = True
+        if freed:
+            self._unpark()
 
     def _index(self) -> None:
         self._pending.clear()
@@ -294,6 +315,8 @@ class Scheduler(Controller):
         self._waiting.clear()
         self._loads.clear()
         self._reserved.clear()
+        # A service created again while this manager did not lead is not deleted any more.
+        self._deleted = {name for name in self._deleted if self.informer.service(name) is None}
         for entry in self.informer.all_tasks():
             self._track(None, entry.obj)
         self._indexed = True
@@ -320,21 +343,21 @@ class Scheduler(Controller):
         wakes = self._wakes
         outcome = _Pass()
         pace = Pacer()
-        for name, entries in sorted(by_service.items()):
-            if len(outcome.changes) >= PASS:
-                break
-            entries.sort(key=lambda e: (e.obj.slot, e.obj.node_id or "", e.obj.created_at))
-            await self._place_service(name, entries, nodes, now, pace, outcome)
-        # The pass yielded: a node drained or went down meanwhile gets none of it
-        # (those tasks stay pending for the next pass).
-        changes = [c for c in outcome.changes if self._still_schedulable(c)]
-        # Looked at and fitting nowhere: parked until something could change that,
-        # unless something did while the pass yielded (a task gone is not parked).
-        for name, ids in outcome.parked.items() if self._wakes == wakes else ():
-            ids &= self._pending
-            self._pending -= ids
-            self._parked[name] |= ids
         try:
+            for name, entries in sorted(by_service.items()):
+                if len(outcome.changes) >= PASS:
+                    break
+                entries.sort(key=lambda e: (e.obj.slot, e.obj.node_id or "", e.obj.created_at))
+                await self._place_service(name, entries, nodes, now, pace, outcome)
+            # The pass yielded: a node drained or went down meanwhile gets none of it
+            # (those tasks stay pending for the next pass).
+            changes = [c for c in outcome.changes if self._still_schedulable(c)]
+            # Looked at and fitting nowhere: parked until something could change that,
+            # unless something did while the pass yielded (a task gone is not parked).
+            for name, ids in outcome.parked.items() if self._wakes == wakes else ():
+                ids &= self._pending
+                self._pending -= ids
+                self._parked[name] |= ids
             if changes:
                 await self.informer.commit(changes)
         except BaseException:
@@ -386,9 +409,22 @@ class Scheduler(Controller):
         nodes = [e.obj for e in self.informer.nodes.values() if e.obj.schedulable]
         outcome = _Pass()
         entries = [Entry(task, 0) for task in tasks]
-        await self._place_service(service.metadata.name, entries, nodes, now, pace, outcome, True)
-        placed = [c.obj for c in outcome.changes if isinstance(c.obj, Task)]
-        assert len(placed) == len(tasks)
+        try:
+            await self._place_service(
+                service.metadata.name, entries, nodes, now, pace, outcome, True
+            )
+        except BaseException:  # cancelled (leadership lost) or failed: nothing is written
+            self.release(c.obj for c in outcome.changes if isinstance(c.obj, Task))
+            raise
+        placed = []
+        for born, change in zip(tasks, outcome.changes, strict=True):
+            task = change.obj
+            assert isinstance(task, Task)
+            # Placing yielded: a node drained or went down meanwhile gets none of these.
+            if task is not born and not self._still_schedulable(change):
+                self.release([task])
+                task = born
+            placed.append(task)
         return placed
 
     async def _place_service(

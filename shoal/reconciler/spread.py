@@ -4,7 +4,8 @@ Without placement preferences, the eligible nodes of one task shape sit in one
 heap ordered by their rank (fewest tasks of the service, then fewest tasks,
 then node id), and placing T tasks on N nodes costs O(T log N): the heap's top
 is re-ranked lazily when placements changed it, and a node that cannot take
-the shape any more is dropped (loads only grow during a pass).
+the shape any more is dropped (loads only grow during a pass; room that a
+failed write gives back meanwhile is for the next pass, which it wakes).
 
 With preferences (``spread: node.labels.zone``, then maybe ``rack`` …), the
 nodes form a tree, one level per preference: the nodes with the same value of
