@@ -14,13 +14,16 @@ from shoal.models.rollout import UpdateState, UpdateStatus
 from shoal.models.service import ServiceStatus
 from shoal.reconciler.loop import Done, Requeue
 from shoal.reconciler.orchestrator import HISTORY_PER_SLOT, Orchestrator
+from shoal.reconciler.scheduler import Scheduler
 from shoal.store.typed import SERVICES, Change
 from tests.reconciler.world import World, node, service
 
 
-@pytest.fixture
-def orch(world: World) -> Orchestrator:
-    return Orchestrator(world.informer, world.events, clock=world.clock)
+@pytest.fixture(params=["born-pending", "born-placed"])
+def orch(world: World, request: pytest.FixtureRequest) -> Orchestrator:
+    """As the manager wires it (new tasks placed at birth by the scheduler), and without."""
+    placer = Scheduler(world.informer, world.events) if request.param == "born-placed" else None
+    return Orchestrator(world.informer, world.events, clock=world.clock, placer=placer)
 
 
 async def fail_current(world: World, slot: int = 1, *, ran: float = 1.0) -> None:
@@ -236,8 +239,9 @@ async def test_deleting_the_service_shuts_down_then_deletes_its_tasks(
 async def test_deleting_a_service_whose_tasks_wait_for_a_node_deletes_them_in_one_pass(
     world: World, orch: Orchestrator
 ) -> None:
-    await world.put(node("n1"), service(replicas=500))
-    await orch.reconcile("web")
+    await world.put(service(replicas=500))
+    await orch.reconcile("web")  # no node yet: all wait
+    await world.put(node("n1"))
     for task in world.tasks()[::50]:  # ten run on n1, here and there among the slots
         entry = world.informer.tasks[task.id]
         running = task.model_copy(update={"node_id": "n1", "status": TaskStatus(state="running")})

@@ -2,8 +2,9 @@
 
 The orchestrator and its updater are the real ones; the store is the memory
 backend (first-class, it passes the store conformance suite). What agents
-would do is played by ``World.agents``: every task is placed on node ``n1``,
-and what it does is read from its template's command, so a test says what a
+would do is played by ``World.agents``. New tasks are placed at birth as the
+manager places them (the real scheduler's ``place_new``) on one node, ``n1``;
+what each does is read from its template's command, so a test says what a
 revision does by what it runs:
 
 * ``["serve", ...]``: starts and runs (``running`` right away);
@@ -31,8 +32,10 @@ from shoal.reconciler.informer import Informer
 from shoal.reconciler.loop import Done, Requeue
 from shoal.reconciler.orchestrator import Orchestrator
 from shoal.reconciler.rollout import new_revision_status
+from shoal.reconciler.scheduler import Scheduler
 from shoal.store.memory import MemoryStore
 from shoal.store.typed import Change, TypedStore
+from tests.reconciler.world import node
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -64,7 +67,10 @@ class World:
 
     def __post_init__(self) -> None:
         self.informer = Informer(self.store, TypedStore(self.store))
-        self.orchestrator = Orchestrator(self.informer, EventRecorder(), clock=self.clock)
+        events = EventRecorder()
+        self.orchestrator = Orchestrator(
+            self.informer, events, clock=self.clock, placer=Scheduler(self.informer, events)
+        )
 
     @property
     def now(self) -> datetime:
@@ -72,6 +78,7 @@ class World:
 
     async def start(self) -> None:
         await self.informer.start()
+        await self.informer.commit([Change.put(node("n1"), 0)])
 
     async def aclose(self) -> None:
         await self.informer.aclose()
@@ -144,7 +151,7 @@ class World:
         kind = task.template.command[0]
         now = self.now
         if task.desired_state == DesiredState.SHUTDOWN:
-            if state == TaskState.PENDING:
+            if state == TaskState.PENDING:  # never placed: nothing runs
                 return None
             asked = self.stop_asked.setdefault(task.id, now)
             if (
@@ -153,7 +160,7 @@ class World:
             ):
                 return None
             return task.status.model_copy(update={"state": TaskState.SHUTDOWN, "timestamp": now})
-        if state == TaskState.PENDING:
+        if state in (TaskState.PENDING, TaskState.ASSIGNED):
             if kind == "never-healthy":
                 return TaskStatus(
                     state=TaskState.STARTING,
