@@ -70,13 +70,14 @@ class Timeline:
         self.points.append((time.monotonic() - self.started, running, phase))
 
 
-def process_usage(pid: int) -> tuple[float, int]:
-    """(CPU seconds, peak RSS bytes) of a process, from /proc."""
+def process_usage(pid: int, field: str = "VmHWM") -> tuple[float, int]:
+    """(CPU seconds, peak RSS bytes) of a process, from /proc (``field="VmRSS"``: the
+    RSS now)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
     peak = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             peak = int(line.split()[1]) * 1024
     return cpu, peak
 
@@ -239,7 +240,7 @@ async def scenario(
         for p, b in zip((manager_pid, *(f.pid for f in fleets)), idle_before, strict=True)
     ]
     messages_before = await asyncio.to_thread(session_messages, metrics_url)
-    cpu_before, _ = process_usage(manager_pid)
+    cpu_before, results["idle_rss"] = process_usage(manager_pid, "VmRSS")
     fleets_before = [process_usage(f.pid)[0] for f in fleets]
     services = [service(f"scale-{i}", args.replicas) for i in range(args.services)]
     spies = profile(args.profile, number, manager_pid, fleets[0].pid) if args.profile else []
@@ -251,7 +252,7 @@ async def scenario(
     finally:
         stop(spies, signal.SIGINT)
     seconds = time.monotonic() - apply_started
-    cpu_after, _ = process_usage(manager_pid)
+    cpu_after, results["apply_rss"] = process_usage(manager_pid, "VmRSS")
     fleets_cpu = [process_usage(f.pid)[0] - b for f, b in zip(fleets, fleets_before, strict=True)]
     results["apply_fleets_cpu_s"] = fleets_cpu
     results["apply_fleet_cpu_s"] = sum(fleets_cpu)
@@ -524,7 +525,8 @@ def one_run(args: argparse.Namespace, number: int) -> bool:
         f"orphaned_in_apply={results.get('apply_orphaned', -1)} "
         f"failover_s={results.get('failover_s', float('nan')):.1f} "
         f"scale_down_s={results.get('scale_down_gone_s', float('nan')):.1f} "
-        f"rss_mb={peak_rss / 1e6:.0f} manager_cpu_s={cpu_total:.1f} "
+        f"rss_mb={peak_rss / 1e6:.0f} rss_idle_mb={results.get('idle_rss', 0) / 1e6:.0f} "
+        f"rss_applied_mb={results.get('apply_rss', 0) / 1e6:.0f} manager_cpu_s={cpu_total:.1f} "
         f"apply_cpu_s=manager:{results.get('apply_cpu_s', float('nan')):.1f},fleets:"
         + "+".join(f"{c:.1f}" for c in results.get("apply_fleets_cpu_s", []))
         + " idle_cores="

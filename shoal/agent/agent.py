@@ -410,6 +410,9 @@ class Agent:
                 "nodeId": self.settings.name,
                 "description": self.description().to_wire(),
                 "catalog": self.settings.catalog,
+                # Any message from the manager is a sign it hears us (heartbeats are
+                # answered only when it sends nothing else: shoal.manager.dispatcher).
+                "hearsAny": True,
             }
             stream = client.duplex("Session", request)
             heard = _Heard(asyncio.get_running_loop().time(), 1.0)

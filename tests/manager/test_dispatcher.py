@@ -15,6 +15,7 @@ from typing import Any
 import grpc.aio
 import pytest
 
+from shoal.api.transport import decode, encode
 from shoal.batching import COALESCE
 from shoal.manager.dispatcher import ANSWER_EVERY, CLOSE_GRACE, Dispatcher, SessionError
 from shoal.models import DesiredState, NodeState, Task, TaskState, TaskStatus
@@ -66,20 +67,26 @@ def dispatcher(world: World) -> Dispatcher:
     return Dispatcher(world.informer, HeartbeatTracker(), world.events, 1.0)
 
 
-async def open_session(dispatcher: Dispatcher, node_id: str, catalog: bool = False) -> Session:
-    """A session as an agent opens it (by default one that takes no endpoint catalog)."""
+async def open_session(
+    dispatcher: Dispatcher, node_id: str, catalog: bool = False, hears_any: bool = False
+) -> Session:
+    """A session as an agent opens it (by default one that takes no endpoint catalog, and
+    takes only heartbeat answers for a sign of the manager, as older agents do)."""
     request = {
         "nodeId": node_id,
         "description": node(node_id).description.to_wire(),
         "catalog": catalog,
     }
+    if hears_any:
+        request["hearsAny"] = True
     context = Peer()
     stream = dispatcher.session(request, context)  # type: ignore[arg-type]
     messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     async def pump() -> None:
-        async for message in stream:
-            messages.put_nowait(message)
+        async for message in stream:  # assignments carry encoded tasks: read them as sent
+            wire = message.get("type") == "assignments"
+            messages.put_nowait(decode(encode(message)) if wire else message)
 
     session = Session(messages, asyncio.create_task(pump()), context)
     assert (await session.next())["type"] == "session"
@@ -289,6 +296,34 @@ async def test_heartbeats_on_the_session_are_heard_and_answered(world: World) ->
         await asyncio.wait_for(session.pump, 5)
     assert session.messages.empty()
     assert "n1" not in dispatcher.sessions
+
+
+def drained(session: Session) -> list[str]:
+    """The types of the messages that arrived so far."""
+    kinds = []
+    while not session.messages.empty():
+        kinds.append(session.messages.get_nowait()["type"])
+    return kinds
+
+
+async def test_an_agent_hearing_any_message_is_answered_only_when_nothing_else_went(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    session = await open_session(dispatcher, "n1", hears_any=True)
+    assert (await session.next())["type"] == "assignments"
+    for beat in range(12):  # busy: it is sent a task every period
+        await world.put(task(f"t{beat}", "n1", TaskState.ASSIGNED, slot=beat + 1))
+        session.context.sent.put_nowait({"type": "heartbeat"})
+        await asyncio.sleep(1.0)
+    busy = drained(session)
+    assert busy.count("assignments") == 12
+    assert "heartbeat" not in busy  # the assignments said it all
+    for _ in range(4 * ANSWER_EVERY):  # quiet: heartbeats alone
+        session.context.sent.put_nowait({"type": "heartbeat"})
+        await asyncio.sleep(1.0)
+    assert drained(session) == ["heartbeat"] * 4  # one every ANSWER_EVERY periods
+    assert dispatcher.heartbeats.heard == 12 + 4 * ANSWER_EVERY
+    session.pump.cancel()
 
 
 async def test_a_node_held_unknown_keeps_its_session_and_is_heard(world: World) -> None:
