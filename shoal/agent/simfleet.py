@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 from collections.abc import AsyncIterator
 
 import structlog
 
+from shoal import gcpolicy
 from shoal.agent.agent import Agent, AgentSettings
 from shoal.agent.discovery import DnsSettings
 from shoal.errors import ApiError, AuthError
@@ -108,7 +108,7 @@ class SimFleet:
         # A thousand agents are a lot of long-lived objects; without this every
         # full collection would walk all of them again, and that shows up as
         # latency on every node at once.
-        gc.freeze()
+        gcpolicy.started()
         log.info("simfleet.started", nodes=len(self.agents))
 
     async def wait(self) -> BaseException | None:

@@ -19,6 +19,7 @@ from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoal import gcpolicy
 from shoal.cli.options import command, duration, whole_number
 from shoal.errors import AuthError, ShoalError
 from shoal.paths import default_state_dir
@@ -413,6 +414,7 @@ async def _up_until_stopped(args: argparse.Namespace, settings: Any, name: str) 
     from shoal.manager.server import open_manager
 
     state_dir = settings.state_dir
+    gcpolicy.long_lived_heap()
     async with open_manager(settings) as manager:
         agent_settings = AgentSettings(
             managers=[manager.address],
@@ -427,6 +429,7 @@ async def _up_until_stopped(args: argparse.Namespace, settings: Any, name: str) 
             **_address_options(args),
         )
         async with open_agent(agent_settings) as agent:
+            gcpolicy.started()  # the store as listed, the agent as started
             # One process, one /metrics: the agent's metrics join the manager's.
             manager.registry.register(_registry_bridge(agent.registry))
             print(
@@ -468,7 +471,9 @@ async def _manager(args: argparse.Namespace) -> int:
             "their session's connection",
             file=sys.stderr,
         )
+    gcpolicy.long_lived_heap()
     async with open_manager(settings) as manager:
+        gcpolicy.started()  # the modules, and the store as the informer listed it
         web = f", web UI on {manager.web.url}" if manager.web.url else ""
         print(
             f"shoal manager listening on {manager.address} (join on {manager.join_address}), "

@@ -30,7 +30,6 @@ import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
-from shoal import gcpolicy
 from shoal.api.address import split_host_port
 from shoal.api.transport import (
     CONTROL_SERVICE,
@@ -155,7 +154,6 @@ class Manager:
 
     async def start(self) -> None:
         settings = self.settings
-        gcpolicy.long_lived_heap()
         # Which runtimes applied specs may name (the models never look for plugins).
         runtimes = runtime_catalogue()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +195,6 @@ class Manager:
         self._stack.push_async_callback(self.security.aclose)
         self.informer = Informer(store, typed, self.restarts)
         await self.informer.start()
-        gcpolicy.started()  # the modules, and the store as it was listed
         self._stack.push_async_callback(self.informer.aclose)
         await self.events.start(store, trims=lambda: self.election.is_leader)
         self._stack.push_async_callback(self.events.aclose)

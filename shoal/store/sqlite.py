@@ -70,6 +70,7 @@ _WATCH_CHUNK = 500  # revisions read per watch query
 # The latest revisions' events are also kept in memory (up to this many bytes of keys
 # and values), so a watcher that keeps up is served them without a query.
 _RECENT_BYTES = 2 << 20
+_EVENT_OVERHEAD = 150  # an Event and its KeyValue beside the key's and value's bytes
 _IN_CHUNK = 500  # keys per "IN (...)" lookup
 
 _SCHEMA = """
@@ -432,12 +433,12 @@ class SqliteStore(Store):
         if recent and recent[-1][0] != revision - 1:
             recent.clear()  # never a gap: what is kept runs up to the current revision
         recent.append((revision, events))
-        self._recent_bytes += sum(len(e.kv.value) + len(e.kv.key) for e in events)
+        self._recent_bytes += _footprint(events)
         while len(recent) > 1 and (
             self._recent_bytes > _RECENT_BYTES or len(recent) > _WATCH_CHUNK
         ):
             _, dropped = recent.popleft()
-            self._recent_bytes -= sum(len(e.kv.value) + len(e.kv.key) for e in dropped)
+            self._recent_bytes -= _footprint(dropped)
 
     def _events_sync(self, prefix: str, cursor: int) -> tuple[list[list[Event]], int]:
         """Events under ``prefix`` from ``cursor`` on, one list per revision."""
@@ -565,6 +566,11 @@ class SqliteStore(Store):
         # Queued behind any call still in flight, so those finish first.
         await self._loop.run_in_executor(self._executor, self._close_sync)
         self._executor.shutdown(wait=True)
+
+
+def _footprint(events: list[Event]) -> int:
+    """About what ``events`` take in memory: their keys and values, and the objects."""
+    return sum(len(e.kv.key) + len(e.kv.value) + _EVENT_OVERHEAD for e in events)
 
 
 def _event_row(event: Event) -> tuple[str, bytes, int, int, int]:

@@ -268,27 +268,38 @@ async def test_watch_replays_a_long_history_in_order(store: Store) -> None:
 
 
 async def test_watchers_behind_and_at_the_head_see_the_same_events(store: Store) -> None:
-    # More than a backend keeps of recent events in memory (SQLite: 2 MiB): the
-    # watcher that starts late reads the early ones back from the store itself.
+    # More revisions than one read of history takes (SQLite: 500) and more bytes than
+    # a backend keeps of recent events in memory (SQLite: 2 MiB): a watcher that starts
+    # late reads the early events back from the store and the latest from memory, and
+    # crosses from one to the other; a transaction that fails in between leaves no gap.
     base = await store.revision()
     follower = store.watch("/big/", base + 1)
     written: list[tuple[EventType, str, bytes, int]] = []
     followed: list[tuple[EventType, str, bytes, int]] = []
-    for i in range(160):
-        value = bytes([i % 251]) * 16_384
+    lease = await store.grant_lease(60)
+    await store.revoke(lease)
+    for i in range(640):
+        value = bytes([i % 251]) * (16_384 if i % 5 == 0 else 64)
         result = await store.txn([], [Put(f"/big/{i % 7}", value), Put("/other", b"x")])
         written.append((EventType.PUT, f"/big/{i % 7}", value, result.revision))
         if i % 40 == 39:
             revision, _ = await store.delete(f"/big/{i % 7}")
             written.append((EventType.DELETE, f"/big/{i % 7}", b"", revision))
-        while len(followed) < len(written):
-            followed += summary(await next_batch(follower))
-    late = store.watch("/big/", base + 1)
-    replayed: list[tuple[EventType, str, bytes, int]] = []
-    while len(replayed) < len(written):
-        replayed += summary(await next_batch(late))
+        if i % 100 == 50:
+            with pytest.raises(NotFoundError):  # refused: no revision, no event
+                await store.txn([], [Put("/big/refused", b"", lease=lease)])
+        if i % 16 == 15:
+            while len(followed) < len(written):
+                followed += summary(await next_batch(follower))
+    while len(followed) < len(written):
+        followed += summary(await next_batch(follower))
     assert followed == written
-    assert replayed == written
+    for start in (0, 1, 250, 499, 500, len(written) - 130, len(written) - 1):
+        late = store.watch("/big/", written[start][3])
+        replayed: list[tuple[EventType, str, bytes, int]] = []
+        while len(replayed) < len(written) - start:
+            replayed += summary(await next_batch(late))
+        assert replayed == written[start:], start
 
 
 async def test_watch_from_range_revision_misses_nothing(store: Store) -> None:
