@@ -18,6 +18,12 @@ medians and shoal/supervisord per pair. Between rounds each side removes its
 processes (``shoal delete``, ``supervisorctl update`` without the file) and
 the next round starts only when they are gone.
 
+Beside each round's wall time it prints CPU seconds (user + system, from
+``/proc/PID/stat`` and the command's rusage) of the command itself and of the
+daemon that did the work (``shoal up``'s one process; supervisord) over the
+timed part, and the load average before and after: wall times on a shared
+machine are noisy, CPU seconds much less.
+
 Part 2 (shoal alone, through the Control API, skipped with ``--no-api``):
 seconds from the Apply call until all N replicas report ``running``, and for
 ``--applies`` one-replica services the latency from Apply until the first
@@ -30,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,6 +47,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +61,7 @@ SUPERVISORD = str(BIN / "supervisord")
 SUPERVISORCTL = str(BIN / "supervisorctl")
 SLEEP_ARGV = b"3600\0"
 TIMEOUT = 120.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------ process table
@@ -76,8 +86,36 @@ def sleeps_with(marker: bytes) -> int:
     return count
 
 
-def time_until_running(argv: list[str], env: dict[str, str], marker: bytes, n: int) -> float:
-    """Seconds from starting ``argv`` until ``n`` marked sleeps are in the process table."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class Round:
+    """One side's round: wall seconds, CPU seconds of the command and of the daemon."""
+
+    wall: float
+    command_cpu: float
+    daemon_cpu: float
+
+    def __str__(self) -> str:
+        cpu = f"CPU: command {self.command_cpu:.2f}, daemon {self.daemon_cpu:.2f}"
+        return f"{self.wall:.3f} s ({cpu})"
+
+
+def time_until_running(
+    argv: list[str], env: dict[str, str], marker: bytes, n: int, daemon: int
+) -> Round:
+    """How long from starting ``argv`` until ``n`` marked sleeps are in the process table,
+    and the CPU the command and ``daemon`` (a pid) used meanwhile."""
+    children_before, daemon_before = children_cpu(), cpu_seconds(daemon)
     started = time.perf_counter()
     command = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while sleeps_with(marker) < n:
@@ -89,10 +127,12 @@ def time_until_running(argv: list[str], env: dict[str, str], marker: bytes, n: i
             raise SystemExit(f"{' '.join(argv)} failed: {err.decode()[-2000:]}")
         time.sleep(0.002)
     elapsed = time.perf_counter() - started
+    daemon_cpu = cpu_seconds(daemon) - daemon_before
     _, err = command.communicate(timeout=TIMEOUT)
     if command.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed: {err.decode()[-2000:]}")
-    return elapsed
+    # The command was the only child reaped meanwhile: its CPU, to its end.
+    return Round(elapsed, children_cpu() - children_before, daemon_cpu)
 
 
 def wait_none(marker: bytes) -> None:
@@ -143,8 +183,8 @@ redirect_stderr = true
 
 
 @contextmanager
-def open_supervisord() -> Iterator[tuple[Path, Path]]:
-    """A real supervisord in a temporary directory: its config file and include dir."""
+def open_supervisord() -> Iterator[tuple[Path, Path, int]]:
+    """A real supervisord in a temporary directory: its config file, include dir and pid."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "conf.d").mkdir()
@@ -168,7 +208,7 @@ def open_supervisord() -> Iterator[tuple[Path, Path]]:
                         "supervisord did not start: " + (root / "stdout.log").read_text()
                     )
                 time.sleep(0.1)
-            yield conf, root / "conf.d"
+            yield conf, root / "conf.d", daemon.pid
         finally:
             daemon.terminate()
             daemon.wait(60)
@@ -189,11 +229,12 @@ spec:
 """
 
 
-def shoal_round(env: dict[str, str], spec_dir: Path, index: int, n: int) -> float:
+def shoal_round(env: dict[str, str], spec_dir: Path, index: int, n: int, daemon: int) -> Round:
     name, mark = f"bench-{index}", f"shoal-{index}"
     spec = spec_dir / f"{name}.yaml"
     spec.write_text(SHOAL_SPEC.format(name=name, n=n, round=mark))
-    seconds = time_until_running([SHOAL, "apply", "-f", str(spec)], env, mark_of(mark), n)
+    apply = [SHOAL, "apply", "-f", str(spec)]
+    seconds = time_until_running(apply, env, mark_of(mark), n, daemon)
     subprocess.run(
         [SHOAL, "delete", "service", name, "--timeout", "2m"],
         env=env,
@@ -204,12 +245,12 @@ def shoal_round(env: dict[str, str], spec_dir: Path, index: int, n: int) -> floa
     return seconds
 
 
-def supervisord_round(conf: Path, include: Path, index: int, n: int) -> float:
+def supervisord_round(conf: Path, include: Path, index: int, n: int, daemon: int) -> Round:
     name, mark = f"bench{index}", f"supervisord-{index}"
     program = include / f"{name}.conf"
     program.write_text(SUPERVISOR_PROGRAM.format(name=name, n=n, round=mark, dir=include.parent))
     update = [SUPERVISORCTL, "-c", str(conf), "update"]
-    seconds = time_until_running(update, user_env(), mark_of(mark), n)
+    seconds = time_until_running(update, user_env(), mark_of(mark), n, daemon)
     program.unlink()
     subprocess.run(update, check=True, capture_output=True)
     wait_none(mark_of(mark))
@@ -227,23 +268,42 @@ def user_env() -> dict[str, str]:
     return env
 
 
-def compare(address: str, replicas: int, rounds: int) -> list[tuple[float, float]]:
+def shoal_pid(state_dir: str) -> int:
+    """The pid of the ``shoal up`` whose command line names ``state_dir``."""
+    wanted = state_dir.encode()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+                if b"up" in argv and wanted in argv:
+                    return int(name)
+    raise SystemExit(f"no shoal up with state dir {state_dir} in the process table")
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def compare(address: str, replicas: int, rounds: int) -> list[tuple[Round, Round]]:
     # The state dir of the benchmark's `shoal up` holds the admin bundle the CLI signs in with.
-    env = {**user_env(), "SHOAL_SERVER": address, "SHOAL_STATE_DIR": os.environ["SHOAL_STATE_DIR"]}
-    pairs: list[tuple[float, float]] = []
-    with open_supervisord() as (conf, include), tempfile.TemporaryDirectory() as specs:
+    state_dir = os.environ["SHOAL_STATE_DIR"]
+    env = {**user_env(), "SHOAL_SERVER": address, "SHOAL_STATE_DIR": state_dir}
+    shoal_daemon = shoal_pid(state_dir)
+    pairs: list[tuple[Round, Round]] = []
+    with open_supervisord() as (conf, include, daemon), tempfile.TemporaryDirectory() as specs:
         for index in range(rounds):
+            before = load()
             # Alternate which side goes first, so neither always runs second.
             if index % 2 == 0:
-                shoal_s = shoal_round(env, Path(specs), index, replicas)
-                supervisord_s = supervisord_round(conf, include, index, replicas)
+                shoal = shoal_round(env, Path(specs), index, replicas, shoal_daemon)
+                supervisord = supervisord_round(conf, include, index, replicas, daemon)
             else:
-                supervisord_s = supervisord_round(conf, include, index, replicas)
-                shoal_s = shoal_round(env, Path(specs), index, replicas)
-            pairs.append((shoal_s, supervisord_s))
+                supervisord = supervisord_round(conf, include, index, replicas, daemon)
+                shoal = shoal_round(env, Path(specs), index, replicas, shoal_daemon)
+            pairs.append((shoal, supervisord))
             print(
-                f"round {index + 1}: shoal {shoal_s:.3f} s, supervisord {supervisord_s:.3f} s, "
-                f"shoal/supervisord {shoal_s / supervisord_s:.2f}",
+                f"round {index + 1} (load {before} -> {load()}): shoal {shoal}, "
+                f"supervisord {supervisord}, shoal/supervisord {shoal.wall / supervisord.wall:.2f}",
                 flush=True,
             )
     return pairs
@@ -317,29 +377,30 @@ def main() -> int:
     if not shutil.which("sleep"):
         raise SystemExit("sleep is not on PATH")
     args.port = args.port or free_port()
+    print(f"load average at the start: {load()}")
     with open_shoal_up(args.port, "process") as address:
         pairs = compare(address, args.replicas, args.rounds)
         results = (
             None if args.no_api else asyncio.run(api_bench(address, args.replicas, args.applies))
         )
 
-    shoal_all = [s for s, _ in pairs]
-    super_all = [s for _, s in pairs]
-    ratios = [s / v for s, v in pairs]
     print(f"\n{args.replicas} sleeps, from the user's command until all are in the process table")
-    print(f"{'':<22} {'median s':>9}   runs (s)")
-    print(
-        f"{'shoal apply':<22} {statistics.median(shoal_all):>9.3f}   "
-        + " ".join(f"{s:.3f}" for s in shoal_all)
-    )
-    print(
-        f"{'supervisorctl update':<22} {statistics.median(super_all):>9.3f}   "
-        + " ".join(f"{s:.3f}" for s in super_all)
-    )
-    print(
-        f"{'shoal/supervisord':<22} {statistics.median(ratios):>9.2f}   "
-        + " ".join(f"{r:.2f}" for r in ratios)
-    )
+    print(f"(load average at the end: {load()})")
+    print(f"{'':<34} {'median':>8}   runs")
+    table = [
+        ("shoal apply (s)", [s.wall for s, _ in pairs]),
+        ("supervisorctl update (s)", [v.wall for _, v in pairs]),
+        ("shoal/supervisord", [s.wall / v.wall for s, v in pairs]),
+        ("CPU s: shoal apply (the CLI)", [s.command_cpu for s, _ in pairs]),
+        ("CPU s: shoal up", [s.daemon_cpu for s, _ in pairs]),
+        ("CPU s: supervisorctl", [v.command_cpu for _, v in pairs]),
+        ("CPU s: supervisord", [v.daemon_cpu for _, v in pairs]),
+    ]
+    for label, values in table:
+        print(
+            f"{label:<34} {statistics.median(values):>8.3f}   "
+            + " ".join(f"{v:.3f}" for v in values)
+        )
     if results is not None:
         rows = [
             (
