@@ -29,8 +29,10 @@ message from it, 4 of them for the unanswered heartbeats, so an answer every 4
 periods is plenty, and a thousand nodes cost the manager a quarter of the
 writes). An agent that says it takes any message for that sign (``"hearsAny":
 true`` in its first message) is answered only when nothing else was sent to it
-for ``ANSWER_EVERY`` periods: a node busy with assignments and status answers
-needs no heartbeat answers at all. A status batch counts
+for ``ANSWER_EVERY`` periods, or when it was last answered ``ANSWER_EVERY`` ** 2
+periods ago: a node busy with assignments and status answers needs few heartbeat
+answers, and still gets the current manager list (``shoal.manager.routing``)
+that only the session message and heartbeat answers carry. A status batch counts
 as a heartbeat of its node (``"beatsOnStatus": true`` in the session message),
 so an agent that sent one within the period sends no heartbeat. So a node
 holds one connection to the manager, not one for its session and another for
@@ -151,11 +153,12 @@ class AgentSession:
     # Whether the agent asked for the endpoint catalog, and whether it got the full one.
     catalog: bool = True
     catalog_ready: bool = False
-    beats: int = 0  # heartbeats read on the stream (every ANSWER_EVERY-th is answered)
+    beats: int = 0  # heartbeats read on the stream (older agents: every ANSWER_EVERY-th answered)
     # The agent takes any message for a sign that this manager hears it (module docstring),
     # and when the last message was queued for it (loop time).
     hears_any: bool = False
     sent_at: float = -math.inf
+    answered_at: float = -math.inf  # when a heartbeat answer (or the session) was last sent
 
     def send(self, message: Payload) -> None:
         if self.closed:
@@ -420,7 +423,7 @@ class Dispatcher:
             files = self.deliveries(tasks)
             if files:
                 full["files"] = files
-            session.sent_at = asyncio.get_running_loop().time()
+            session.sent_at = session.answered_at = asyncio.get_running_loop().time()
             yield full
             if session.catalog:  # every service's endpoints, then their changes
                 yield self.endpoint_push.full(session)
@@ -447,9 +450,9 @@ class Dispatcher:
             log.info("agent.session_ended", node=node_id, session=session.id)
 
     async def _read(self, session: AgentSession, context: grpc.aio.ServicerContext) -> None:
-        """What the agent sends on its session after registering: heartbeats, the first
-        and every ``ANSWER_EVERY``-th answered on the stream (the agent's sign that this
-        manager still hears it), and status batches, each answered once written (or with
+        """What the agent sends on its session after registering: heartbeats, some of them
+        answered on the stream (the agent's sign that this manager still hears it; which,
+        the module docstring says), and status batches, each answered once written (or with
         the error that kept it out). Either, from a node marked down, ends the session."""
         writes: set[asyncio.Task[None]] = set()
         try:
@@ -468,6 +471,7 @@ class Dispatcher:
                         session.send(
                             {"type": "heartbeat", "heartbeatPeriod": self.heartbeat_period}
                         )
+                        session.answered_at = session.sent_at
                         self.metrics.answers.inc()
                 elif kind == "status":  # written while the next messages are read
                     if not self._beat(session, heartbeat=False):  # as good as one
@@ -486,8 +490,13 @@ class Dispatcher:
     def _answer_due(self, session: AgentSession) -> bool:
         """Whether this heartbeat of ``session`` is answered (module docstring)."""
         if session.hears_any:
-            quiet = asyncio.get_running_loop().time() - session.sent_at
-            return quiet >= (ANSWER_EVERY - 0.5) * self.heartbeat_period
+            now = asyncio.get_running_loop().time()
+            quiet = now - session.sent_at
+            unanswered = now - session.answered_at
+            return (
+                quiet >= (ANSWER_EVERY - 0.5) * self.heartbeat_period
+                or unanswered >= (ANSWER_EVERY**2 - 0.5) * self.heartbeat_period
+            )
         return session.beats % ANSWER_EVERY == 1
 
     async def _status(self, session: AgentSession, message: Payload) -> None:

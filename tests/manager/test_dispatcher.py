@@ -326,6 +326,24 @@ async def test_an_agent_hearing_any_message_is_answered_only_when_nothing_else_w
     session.pump.cancel()
 
 
+async def test_a_busy_agent_hearing_any_message_still_learns_the_managers_now_and_then(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    # Only the session message and heartbeat answers carry the manager list: a node
+    # that always has something else to hear must still get an answer now and then.
+    session = await open_session(dispatcher, "n1", hears_any=True)
+    assert (await session.next())["type"] == "assignments"
+    periods = 3 * ANSWER_EVERY**2 + 1  # answered at periods 16, 32 and 48
+    for beat in range(periods):
+        await world.put(task(f"t{beat}", "n1", TaskState.ASSIGNED, slot=beat + 1))
+        session.context.sent.put_nowait({"type": "heartbeat"})
+        await asyncio.sleep(1.0)
+    busy = drained(session)
+    assert busy.count("assignments") == periods
+    assert busy.count("heartbeat") == 3  # one every ANSWER_EVERY ** 2 periods
+    session.pump.cancel()
+
+
 async def test_a_node_held_unknown_keeps_its_session_and_is_heard(world: World) -> None:
     # Its heartbeats came late (the guard held it, or it waited its turn to be
     # declared down); its tasks were left alone, so it needs no new session.
