@@ -160,11 +160,27 @@ class AgentMetrics:
             registry=registry,
         )
 
+        # The counters' children by label: looking one up costs more than the count.
+        self._starts: dict[str, Counter] = {}
+        self._exits: dict[tuple[str, str], Counter] = {}
+
     def runtime_ready(self, runtime: str) -> None:
         """Export a runtime's counters from 0, so the first start or exit shows in rate()."""
         self.starts.labels(runtime)
         for outcome in ("complete", "failed", "shutdown"):
             self.exits.labels(runtime, outcome)
+
+    def started(self, runtime: str) -> None:
+        child = self._starts.get(runtime)
+        if child is None:
+            child = self._starts[runtime] = self.starts.labels(runtime)
+        child.inc()
+
+    def exited(self, runtime: str, outcome: str) -> None:
+        child = self._exits.get((runtime, outcome))
+        if child is None:
+            child = self._exits[runtime, outcome] = self.exits.labels(runtime, outcome)
+        child.inc()
 
 
 class Agent:
@@ -593,7 +609,7 @@ class Agent:
     # ------------------------------------------------------------ assignments
 
     async def _assign(self, message: Payload) -> None:
-        tasks = [Task.from_wire(raw) for raw in message.get("tasks", [])]
+        tasks = [self._unchanged(raw) or Task.from_wire(raw) for raw in message.get("tasks", [])]
         delivered = _delivered_files(message.get("files"))
         if message.get("full"):
             wanted = {t.id for t in tasks}
@@ -628,8 +644,8 @@ class Agent:
                 self.reporter.report,
                 self.settings.name,
                 recovered[1] if recovered else None,
-                on_start=lambda rt: self.metrics.starts.labels(rt).inc(),
-                on_exit=lambda rt, outcome: self.metrics.exits.labels(rt, outcome).inc(),
+                on_start=self.metrics.started,
+                on_exit=self.metrics.exited,
                 files=self.files,
                 file_data=_files_of(task, delivered),
                 discovery=self.discovery,
@@ -638,6 +654,22 @@ class Agent:
             )
         for task_id in message.get("removed", []):
             await self._remove(str(task_id))
+
+    def _unchanged(self, raw: Any) -> Task | None:
+        """The task a runner here already has, if ``raw`` (sent again: a new session's
+        full set) says the same of what runners act on, its desired and observed
+        states; it is not decoded again (a task's template and node never change)."""
+        runner = self.runners.get(str(raw.get("id"))) if isinstance(raw, dict) else None
+        if runner is None:
+            return None
+        task, status = runner.task, raw.get("status")
+        if (
+            isinstance(status, dict)
+            and status.get("state") == task.status.state.value
+            and raw.get("desiredState") == task.desired_state.value
+        ):
+            return task
+        return None
 
     async def _cleanup_returned(self, info: list[RuntimeInfo]) -> None:
         """A runtime that works again: remove what it still has of tasks no runner drives."""

@@ -112,11 +112,16 @@ class TaskRunner:
         self.handle = handle
         self._report = report
         self._node_name = node_name
-        self._stop = asyncio.Event()
-        self._assigned = asyncio.Event()
+        # What the lifecycle waits for, as flags; ``_wake`` tells it one changed
+        # (one future per wait, no asyncio task per event: a node may run thousands).
+        self._stopping = False
+        self._assigned = False
+        self._waiting: asyncio.Future[None] | None = None
         self._running: dict[str, Any] = {}
         self._state = task.status.state
         self._last: TaskStatus | None = None
+        # The newest report not yet handed on (see ``report``).
+        self._unsent: tuple[TaskState, str, dict[str, object]] | None = None
         self._on_start = on_start or (lambda runtime: None)
         self._on_exit = on_exit or (lambda runtime, outcome: None)
         # Secrets and configs: written just before the start, released at the end;
@@ -126,12 +131,11 @@ class TaskRunner:
         # ``discover``: endpoint variables and file, onEndpointsChange (shoal.agent.discovery).
         self._discovery = discovery
         self._restart: str | None = None
-        self._restarting = asyncio.Event()
         # Ports: picked at the start, kept while the task lives here (shoal.agent.ports).
         self._ports = ports
         self._address = address
-        self._job: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"task-{task.id[:8]}")
         self._note(task)
+        self._job: asyncio.Task[None] = asyncio.create_task(self._run(), name=f"task-{task.id[:8]}")
 
     @property
     def done(self) -> bool:
@@ -139,25 +143,57 @@ class TaskRunner:
         return self._job.done()
 
     def _note(self, task: Task) -> None:
-        if task.status.state.order >= TaskState.ASSIGNED.order:
-            self._assigned.set()
-        if task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal:
-            self._stop.set()
+        if task.status.state.order >= TaskState.ASSIGNED.order and not self._assigned:
+            self._assigned = True
+            self._wake()
+        if (
+            task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal
+        ) and not self._stopping:
+            self._stopping = True
+            self._wake()
+
+    def _wake(self, *_: object) -> None:
+        """Something the lifecycle may be waiting for happened (``_woken``)."""
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
+
+    def _woken(self) -> asyncio.Future[None]:
+        """What to await until the next ``_wake`` (a future, not a coroutine: fewer objects
+        per waiting task)."""
+        self._waiting = asyncio.get_running_loop().create_future()
+        return self._waiting
 
     def update(self, task: Task) -> None:
         self.task = task
         self._note(task)
         if task.desired_state == DesiredState.SHUTDOWN or task.status.state.terminal:
             return
-        if self._last is not None and task.status.state.can_move_to(self._state):
+        if (
+            self._unsent is None
+            and self._last is not None
+            and task.status.state.can_move_to(self._state)
+        ):
             # The manager has not seen our newest report (lost with a session):
             # say it again. Reports are level-triggered like everything else.
             self._report(task.id, self._last)
 
     def report(self, state: TaskState, message: str, **fields: object) -> None:
+        """Record the task's newest observed state; it is handed to the reporter once
+        the runner yields to the loop. States reported in one go (a quick runtime's
+        accepted, starting, running) cost one status, the newest, which is all the
+        reporter would send of them anyway."""
         if not self._state.can_move_to(state):
             return
         self._state = state
+        if self._unsent is None:
+            asyncio.get_running_loop().call_soon(self._publish)
+        self._unsent = (state, message, fields)
+
+    def _publish(self) -> None:
+        if self._unsent is None:
+            return
+        state, message, fields = self._unsent
+        self._unsent = None
         self._last = TaskStatus(state=state, timestamp=_now(), message=message, **fields)
         self._report(self.task.id, self._last)
 
@@ -179,21 +215,15 @@ class TaskRunner:
             await self._files.release(self.task.id)  # the task has ended here: its files go
 
     async def _lifecycle(self) -> None:
-        if self.handle is None and not self._assigned.is_set() and not self._stop.is_set():
+        while self.handle is None and not self._assigned and not self._stopping:
             # Not placed yet (a global task knows its node before the scheduler
             # has checked it fits): nothing to do until it is assigned.
-            assigned = asyncio.create_task(self._assigned.wait())
-            stopped = asyncio.create_task(self._stop.wait())
-            try:
-                await asyncio.wait({assigned, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                assigned.cancel()
-                stopped.cancel()
+            await self._woken()
         task = self.task
         if self.handle is None:
             if task.status.state.terminal:
                 return
-            if self._stop.is_set():
+            if self._stopping:
                 self.report(TaskState.SHUTDOWN, "shut down before it started")
                 return
             if task.status.state != TaskState.ASSIGNED:
@@ -214,40 +244,46 @@ class TaskRunner:
                 observed.running
                 and task.template.healthcheck is None
                 and not task.status.state.terminal
-                and not self._stop.is_set()
+                and not self._stopping
             ):
                 self.report(TaskState.RUNNING, "adopted after agent restart", **self._running)
         assert self.handle is not None
         if self._discovery is not None:
             self._discovery.watch(self.task, self.runtime, self.handle, self.restart)
-        waiter = asyncio.create_task(self.runtime.wait(self.handle))
-        stopper = asyncio.create_task(self._stop.wait())
-        restarter = asyncio.create_task(self._restarting.wait())
+        # Until it exits, the manager wants it stopped, it must restart, or it is unhealthy.
+        exited = self.runtime.exited(self.handle)
+        exited.add_done_callback(self._wake)
         health = self._watch_health(self.handle)
+        if health is not None:
+            health.add_done_callback(self._wake)
         try:
-            await asyncio.wait(
-                {waiter, stopper, restarter, *([health] if health else [])},
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            while not (
+                exited.done()
+                or self._stopping
+                or self._restart
+                or (health is not None and health.done())
+            ):
+                await self._woken()
+        except BaseException:
+            exited.cancel()  # cancelled (the agent stops watching): so is the wait
+            raise
         finally:
-            stopper.cancel()
-            restarter.cancel()
             if health is not None and not health.done():
                 health.cancel()
-        if health is not None and health.done() and not waiter.done() and not self._stop.is_set():
+        if health is not None and health.done() and not exited.done() and not self._stopping:
             reason = health.result()
             template = self.task.template
             await self.runtime.stop(self.handle, template.stop_signal, template.stop_grace_period)
-            exit = await waiter
+            exit = await exited
             self.report(
                 TaskState.FAILED, reason, health="unhealthy", exit_code=exit.exit_code, error=reason
             )
             self._on_exit(self.runtime.name, "failed")
             return
-        if waiter.done():
-            exit = waiter.result()
+        if exited.done():
+            exit = exited.result()
             message = exit_status_message(exit)
-            if self._stop.is_set():
+            if self._stopping:
                 self.report(TaskState.SHUTDOWN, message, exit_code=exit.exit_code)
             elif exit.succeeded:
                 self.report(TaskState.COMPLETE, message, exit_code=0)
@@ -257,10 +293,10 @@ class TaskRunner:
             return
         template = self.task.template
         await self.runtime.stop(self.handle, template.stop_signal, template.stop_grace_period)
-        exit = await waiter
+        exit = await exited
         # Stopped for a restart (onEndpointsChange): a task shut down while it is still
         # wanted is replaced at once by the orchestrator, whatever the restart policy.
-        why = f"restarted: {self._restart}" if self._restart and not self._stop.is_set() else None
+        why = f"restarted: {self._restart}" if self._restart and not self._stopping else None
         self.report(
             TaskState.SHUTDOWN,
             f"{why or 'stopped'} ({exit_status_message(exit)})",
@@ -296,7 +332,7 @@ class TaskRunner:
         self._on_start(self.runtime.name)
         observed = await self.runtime.inspect(self.handle)
         self._running = await self._running_fields(observed, ports)
-        if observed.running and not self._stop.is_set() and healthcheck is None:
+        if observed.running and not self._stopping and healthcheck is None:
             self.report(TaskState.RUNNING, "running", **self._running)
         return True
 
@@ -314,9 +350,9 @@ class TaskRunner:
 
     async def _with_files(self, launch: TaskLaunch) -> TaskLaunch:
         """Write the task's secrets and configs and say where they are."""
-        if self._files is None:
-            return launch
         template = self.task.template
+        if self._files is None or not (template.secrets or template.configs):
+            return launch
         owner = self.runtime.file_owner(template)
         files = await self._files.prepare(self.task, self._file_data, owner)
         self._file_data = {}
@@ -333,7 +369,7 @@ class TaskRunner:
             return None
 
         def healthy(detail: str) -> None:
-            if not self._stop.is_set():
+            if not self._stopping:
                 self.report(
                     TaskState.RUNNING, f"healthy: {detail}", health="healthy", **self._running
                 )
@@ -347,14 +383,15 @@ class TaskRunner:
 
     def restart(self, reason: str) -> None:
         """Stop the task so that the orchestrator replaces it (see the lifecycle's end)."""
-        if not self._stop.is_set() and self._restart is None:
+        if not self._stopping and self._restart is None:
             log.info("task.restarting", task=self.task.id, reason=reason)
             self._restart = reason
-            self._restarting.set()
+            self._wake()
 
     async def remove(self) -> None:
         """Stop whatever still runs and release the task's resources."""
-        self._stop.set()
+        self._stopping = True
+        self._wake()
         with contextlib.suppress(asyncio.CancelledError):
             await self._job
         if self.handle is not None:

@@ -512,6 +512,10 @@ async def _agent(args: argparse.Namespace) -> int:
         **_address_options(args),
     )
     if args.sim_nodes:
+        # A fleet's heap is a manager's: thousands of agents and their tasks, long-lived.
+        # With Python's default policy, 9,000 tasks arriving cost it about 1 s of CPU in
+        # full collections that freed nothing (bench/fleet_tasks.py).
+        gcpolicy.long_lived_heap()
         async with open_sim_fleet(settings, args.sim_nodes) as fleet:
             return _agent_exit(await fleet.wait())
     async with open_agent(settings) as agent:

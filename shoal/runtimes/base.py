@@ -23,6 +23,11 @@ The agent constructs a runtime once with ``RuntimeSettings`` and calls:
     The current ``Observation``: running, or exited with an ``ExitStatus``.
 ``wait(handle)``
     Return the ``ExitStatus`` once the task has exited.
+``exited(handle)``
+    The same as a future, which the caller cancels when it stops caring. Given:
+    ``wait`` in an asyncio task of its own; a runtime that learns of its tasks'
+    exits by itself (sim) resolves a plain future instead and spares the agent
+    a task per task.
 ``stop(handle, signal, grace)``
     Send ``signal`` to everything the task runs, wait up to ``grace`` seconds,
     then kill it. Returns once nothing of the task runs. Stopping an exited
@@ -217,6 +222,10 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def wait(self, handle: TaskHandle) -> ExitStatus: ...
+
+    def exited(self, handle: TaskHandle) -> asyncio.Future[ExitStatus]:
+        """A future of ``wait``'s answer; see the module docstring."""
+        return asyncio.ensure_future(self.wait(handle))
 
     @abc.abstractmethod
     async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None: ...

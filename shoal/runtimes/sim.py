@@ -23,7 +23,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, BinaryIO
+
+import orjson
 
 from shoal.errors import NotFoundError, TaskRejectedError
 from shoal.models import RuntimeInfo
@@ -40,16 +42,20 @@ from shoal.runtimes.base import (
 )
 
 JOURNAL = "journal.jsonl"
+# What a template without ``sim`` does: run until stopped.
+_DEFAULT = SimBehaviour()
 
 
-@dataclass
+@dataclass(slots=True)
 class _SimTask:
     task_id: str
     started: float  # wall-clock seconds
     behaviour: SimBehaviour
     stopped: float | None = None
     stop_code: int | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Who waits for its exit (``SimRuntime.exited``), and the timer of a task that runs out.
+    exits: list[asyncio.Future[ExitStatus]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
 
     def exit_at(self) -> float | None:
         if self.stopped is not None:
@@ -79,28 +85,28 @@ class SimRuntime(Runtime):
         super().__init__(settings)
         self._tasks: dict[str, _SimTask] = {}
         self._journal = settings.state_dir / JOURNAL
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
+        self._dumped: tuple[SimBehaviour, dict[str, Any]] | None = None
 
     async def describe(self) -> RuntimeInfo:
         return RuntimeInfo(name=self.name, available=True, message="simulated tasks")
 
     async def start(self, launch: TaskLaunch) -> TaskHandle:
-        behaviour = launch.template.sim or SimBehaviour()
+        behaviour = launch.template.sim or _DEFAULT
         if behaviour.reject:
             raise TaskRejectedError(f"sim task {launch.task_id} was told to refuse to start")
         if behaviour.start_delay:
             await asyncio.sleep(behaviour.start_delay)
         task = _SimTask(launch.task_id, time.time(), behaviour)
         self._tasks[task.task_id] = task
-        self._append(
-            {
-                "op": "start",
-                "id": task.task_id,
-                "started": task.started,
-                "sim": behaviour.model_dump(mode="json"),
-            }
-        )
+        self._append(self._started(task))
         return self._handle(task.task_id)
+
+    def _started(self, task: _SimTask) -> dict[str, Any]:
+        """The journal entry of a start (a service's tasks share one behaviour: dumped once)."""
+        if self._dumped is None or self._dumped[0] is not task.behaviour:
+            self._dumped = (task.behaviour, task.behaviour.model_dump(mode="json"))
+        return {"op": "start", "id": task.task_id, "started": task.started, "sim": self._dumped[1]}
 
     def _handle(self, task_id: str) -> TaskHandle:
         return TaskHandle(task_id=task_id, runtime=self.name, data={})
@@ -118,20 +124,33 @@ class SimRuntime(Runtime):
         return Observation(running=exit is None, pid=None, started_at=started, exit=exit)
 
     async def wait(self, handle: TaskHandle) -> ExitStatus:
+        return await self.exited(handle)
+
+    def exited(self, handle: TaskHandle) -> asyncio.Future[ExitStatus]:
+        """Resolved by the sim itself when the task is stopped or runs out: no asyncio task."""
         task = self._task(handle)
-        while True:
-            now = time.time()
-            exit = task.exit(now)
-            if exit is not None:
-                return exit
+        future: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        task.exits.append(future)
+        self._check(task)
+        return future
+
+    def _check(self, task: _SimTask) -> None:
+        """Resolve the waits of a task that has exited; else (it runs out) check again then."""
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
+        now = time.time()
+        exit = task.exit(now)
+        if exit is None:
             at = task.exit_at()
-            task.changed.clear()
-            try:
-                timeout = None if at is None else max(0.0, at - now)
-                async with asyncio.timeout(timeout):
-                    await task.changed.wait()
-            except TimeoutError:
-                pass
+            if at is not None and task.exits:
+                loop = asyncio.get_running_loop()
+                task.timer = loop.call_later(max(0.0, at - now), self._check, task)
+            return
+        waits, task.exits = task.exits, []
+        for future in waits:
+            if not future.done():
+                future.set_result(exit)
 
     async def stop(self, handle: TaskHandle, signal: str, grace: float) -> None:
         task = self._task(handle)
@@ -140,11 +159,14 @@ class SimRuntime(Runtime):
         signum = _signal_number(signal)
         task.stopped = time.time()
         task.stop_code = 128 + signum
-        task.changed.set()
         self._append({"op": "stop", "id": task.task_id, "at": task.stopped, "code": task.stop_code})
+        self._check(task)
 
     async def remove(self, handle: TaskHandle) -> None:
-        if self._tasks.pop(handle.task_id, None) is not None:
+        task = self._tasks.pop(handle.task_id, None)
+        if task is not None:
+            if task.timer is not None:
+                task.timer.cancel()
             self._append({"op": "remove", "id": handle.task_id})
 
     async def timed_logs(
@@ -186,6 +208,7 @@ class SimRuntime(Runtime):
         try:
             text = self._journal.read_text()
         except FileNotFoundError:
+            self._open()  # now, not on the first start: the agent is starting anyway
             return []
         for line in text.splitlines():
             try:
@@ -205,10 +228,16 @@ class SimRuntime(Runtime):
         return [self._handle(task_id) for task_id in self._tasks]
 
     def _append(self, entry: dict[str, Any]) -> None:
-        if self._file is None:  # opened once: a node may start thousands of sim tasks
+        """Add ``entry`` to the journal, written through before the task's state is
+        reported (a write call of a line: cheap beside everything else a start costs)."""
+        self._open().write(orjson.dumps(entry) + b"\n")
+
+    def _open(self) -> BinaryIO:
+        """The journal, open for appending: once, as a node may start thousands of sim tasks."""
+        if self._file is None:
             self._journal.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self._journal.open("a", buffering=1)  # line-buffered
-        self._file.write(json.dumps(entry) + "\n")
+            self._file = self._journal.open("ab", buffering=0)
+        return self._file
 
     async def aclose(self) -> None:
         if self._file is not None:
@@ -221,32 +250,14 @@ class SimRuntime(Runtime):
             self._file.close()
             self._file = None
         tmp = self._journal.with_suffix(".tmp")
-        with tmp.open("w") as journal:
+        with tmp.open("wb") as journal:
             for task in self._tasks.values():
-                journal.write(
-                    json.dumps(
-                        {
-                            "op": "start",
-                            "id": task.task_id,
-                            "started": task.started,
-                            "sim": task.behaviour.model_dump(mode="json"),
-                        }
-                    )
-                    + "\n"
-                )
+                journal.write(orjson.dumps(self._started(task)) + b"\n")
                 if task.stopped is not None:
-                    journal.write(
-                        json.dumps(
-                            {
-                                "op": "stop",
-                                "id": task.task_id,
-                                "at": task.stopped,
-                                "code": task.stop_code,
-                            }
-                        )
-                        + "\n"
-                    )
+                    stop = {"op": "stop", "id": task.task_id, "at": task.stopped}
+                    journal.write(orjson.dumps({**stop, "code": task.stop_code}) + b"\n")
         tmp.replace(self._journal)
+        self._open()
 
 
 def _signal_number(name: str) -> int:
