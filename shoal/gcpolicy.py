@@ -14,8 +14,8 @@ reference counting the moment the informer drops them. So collections can be
 rare: a young one every ``YOUNG`` allocations, older ones rarer still, and what
 is alive once the process has started (modules, the first listing of the store,
 a fleet's agents) is moved out of the collector's sight for good with
-``gc.freeze()``, after one collection so that no garbage cycle of the start is
-frozen with it. Cyclic garbage (asyncio's exceptions and futures) still goes, a
+``gc.freeze()`` (the one full collection comes before the start, where it
+walks only the modules). Cyclic garbage (asyncio's exceptions and futures) still goes, a
 little later.
 
 What is created after the start is not frozen: a full collection, rare as it is
@@ -37,11 +37,16 @@ OLD = 100
 
 
 def long_lived_heap() -> None:
-    """Collect rarely: most objects here live long or die by reference counting."""
+    """Collect rarely: most objects here live long or die by reference counting.
+
+    Call it before the process starts its work: it collects once first, while there
+    is little to walk (the modules), so no garbage cycle of the imports is frozen
+    later; a full collection once a store is listed would hold the GIL for seconds,
+    as a new leader's lease wants renewing."""
+    gc.collect()
     gc.set_threshold(YOUNG, MIDDLE, OLD)
 
 
 def started() -> None:
-    """What exists now lives for the whole process: collect once, then never walk it again."""
-    gc.collect()
+    """What exists now lives for the whole process: never walk it again (no collection)."""
     gc.freeze()

@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from shoal import gcpolicy
 from shoal.agent.agent import Agent, AgentSettings
 from shoal.agent.discovery import DnsSettings
 from shoal.errors import ApiError, AuthError
@@ -105,10 +104,6 @@ class SimFleet:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(WAVE_WAIT):
                     await asyncio.gather(*(a.connected.wait() for a in wave))
-        # A thousand agents are a lot of long-lived objects; without this every
-        # full collection would walk all of them again, and that shows up as
-        # latency on every node at once.
-        gcpolicy.started()
         log.info("simfleet.started", nodes=len(self.agents))
 
     async def wait(self) -> BaseException | None:

@@ -517,6 +517,10 @@ async def _agent(args: argparse.Namespace) -> int:
         # full collections that freed nothing (bench/fleet_tasks.py).
         gcpolicy.long_lived_heap()
         async with open_sim_fleet(settings, args.sim_nodes) as fleet:
+            # A thousand agents are a lot of long-lived objects; without this every
+            # full collection would walk all of them again, and that shows up as
+            # latency on every node at once.
+            gcpolicy.started()
             return _agent_exit(await fleet.wait())
     async with open_agent(settings) as agent:
         await agent.wait()

@@ -16,6 +16,7 @@ clock, which leaves the manager's own stalls out.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -102,6 +103,22 @@ def _established(pid: int) -> int:
                 if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
                     count += 1
     return count
+
+
+async def test_a_manager_leaves_the_collector_to_its_process(tmp_path: Path) -> None:
+    # shoal.gcpolicy is the daemons' (shoal manager, shoal up): a manager opened in a
+    # process that runs others (tests, an embedding program) changes no threshold
+    # and freezes nothing.
+    before = gc.get_threshold(), gc.get_freeze_count()
+    settings = ManagerSettings(
+        store_url="memory://",
+        state_dir=tmp_path / "manager",
+        listen="127.0.0.1:0",
+        join_listen="127.0.0.1:0",
+    )
+    async with open_manager(settings):
+        assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 async def test_each_node_holds_one_connection_to_the_manager(
