@@ -264,6 +264,23 @@ async def test_stop_ends_the_task_with_the_signal(
 
 
 @EVERY_RUNTIME
+async def test_exited_is_wait_as_a_future(runtime: Runtime, runtime_name: str) -> None:
+    """What the task runner waits on: cancelling one such future leaves the task alone,
+    and another resolves as ``wait`` does once the task is stopped."""
+    handle = await runtime.start(workload(runtime_name, "t1", "forever"))
+    given_up = runtime.exited(handle)
+    await asyncio.sleep(0.1)
+    given_up.cancel()
+    assert (await runtime.inspect(handle)).running
+    exited = runtime.exited(handle)
+    assert not exited.done()
+    await within(runtime.stop(handle, "SIGTERM", 10 * LIMIT))
+    status = await within(exited)
+    assert (status.exit_code, status.signal) == (143, 15)
+    assert status == await within(runtime.wait(handle))
+
+
+@EVERY_RUNTIME
 async def test_stop_of_an_exited_task_changes_nothing(runtime: Runtime, runtime_name: str) -> None:
     handle = await runtime.start(workload(runtime_name, "t1", "exits", 4))
     status = await within(runtime.wait(handle))
