@@ -370,7 +370,12 @@ class Dispatcher:
         node that keeps changing held, everything when the changes stop)."""
         pace = Pacer()
         for session in due:
-            update = None if session.closed else self._incremental(session)
+            try:
+                update = None if session.closed else self._incremental(session)
+            except Exception:  # this node's, not every node's: it registers again
+                log.exception("agent.assignments_failed", node=session.node_id)
+                session.close("its assignments could not be built; register again")
+                continue
             if update:
                 session.send(update)
                 self.metrics.assignments.inc()

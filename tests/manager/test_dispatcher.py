@@ -233,6 +233,28 @@ async def test_what_a_session_held_reaches_the_next_session_of_its_node(
     second.pump.cancel()
 
 
+async def test_a_session_whose_update_cannot_be_built_ends_and_the_others_go_on(
+    world: World,
+) -> None:
+    def deliveries(tasks: list[Task]) -> None:
+        if any(t.node_id == "n1" for t in tasks):
+            raise RuntimeError("the secret store failed")
+
+    dispatcher = Dispatcher(
+        world.informer, HeartbeatTracker(), world.events, 1.0, deliveries=deliveries
+    )
+    first = await open_session(dispatcher, "n1")
+    second = await open_session(dispatcher, "n2")
+    assert ids(await first.next()) == [] and ids(await second.next()) == []
+    await world.put(task("t1", "n1", TaskState.ASSIGNED), task("t2", "n2", TaskState.ASSIGNED))
+    assert ids(await second.next()) == ["t2"]
+    with pytest.raises(SessionError, match="could not be built; register again"):
+        await asyncio.wait_for(first.pump, 5)  # n1 registers again, and gets its full set
+    await world.put(task("t3", "n2", TaskState.ASSIGNED, slot=3))  # the flusher lives on
+    assert ids(await second.next()) == ["t3"]
+    second.pump.cancel()
+
+
 async def test_secret_bytes_go_only_to_the_node_of_a_task_about_to_start(world: World) -> None:
     from shoal.manager.secretstore import SecretStore
     from shoal.security.datakey import DataKey
