@@ -15,9 +15,10 @@ dispatcher: one key per agent session), where a burst is not one moment but a
 stream: a large apply places tasks over seconds, a few per node at a time, in
 an order that spreads them over every node, so a per-moment coalescing sends
 most nodes one message per task. Each key is therefore held: a key poked
-after ``hold`` seconds without a flush of its own (a lone change, the first of
-a burst) is flushed ``coalesce`` seconds later, as above; a key poked again
-sooner waits, gathering its changes, until ``hold`` seconds after that poke,
+after ``hold`` seconds without a flush of its own, or after ``quiet`` seconds
+without a poke of any key (a lone change, the first of a burst), is flushed
+``coalesce`` seconds later, as above; a key poked again sooner, while changes
+keep coming, waits, gathering its changes, until ``hold`` seconds after that poke,
 or until nothing at all has been poked for ``quiet`` seconds (the stream of
 changes has ended: everything held goes at once, so the last tasks of an apply
 wait ``quiet``, not ``hold``). A node that receives ten tasks over a
@@ -89,10 +90,11 @@ class KeyedFlusher(Generic[K]):
     def poke(self, key: K) -> None:
         """``key`` has something pending: flush it soon (or when its hold ends)."""
         now = asyncio.get_running_loop().time()
+        quiet = now - self._last >= self.quiet  # the first change after a pause
         self._last = now
         if key in self._fresh or key in self._held:
             return
-        if now - self._flushed.get(key, -math.inf) >= self.hold:
+        if quiet or now - self._flushed.get(key, -math.inf) >= self.hold:
             self._fresh[key] = None
         else:
             self._held[key] = now

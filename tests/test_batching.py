@@ -124,10 +124,12 @@ async def test_a_key_held_never_waits_longer_than_the_hold() -> None:
 
     job = asyncio.create_task(flusher.run(flush))
     flusher.poke("busy")
-    await asyncio.sleep(0.1)
-    flusher.poke("busy")  # held: it was flushed 0.1 s ago
+    for _ in range(10):  # other keys keep the stream going: never quiet
+        flusher.poke("other")
+        await asyncio.sleep(0.01)
+    flusher.poke("busy")  # held: it was flushed 0.1 s ago, and changes keep coming
     poked = now()
-    for _ in range(150):  # other keys keep the stream going: never quiet
+    for _ in range(150):
         flusher.poke("other")
         await asyncio.sleep(0.01)
     flushed = [at for at, keys in sent if "busy" in keys]
@@ -149,4 +151,22 @@ async def test_a_forgotten_key_is_not_flushed() -> None:
     flusher.forget("gone")
     await asyncio.sleep(1)
     assert sent == [["kept"]]
+    job.cancel()
+
+
+async def test_a_key_flushed_a_moment_ago_goes_at_once_after_a_quiet_time() -> None:
+    flusher: KeyedFlusher[str] = KeyedFlusher()
+    sent: list[tuple[float, list[str]]] = []
+
+    async def flush(keys: list[str]) -> None:
+        sent.append((now(), keys))
+
+    job = asyncio.create_task(flusher.run(flush))
+    flusher.poke("n1")
+    await asyncio.sleep(QUIET * 2)  # flushed, then nothing anywhere for a while
+    assert len(sent) == 1
+    poked = now()
+    flusher.poke("n1")  # one apply after another on one node: not a burst
+    await asyncio.sleep(1)
+    assert [at for at, _ in sent][1:] == [pytest.approx(poked + COALESCE)]
     job.cancel()
