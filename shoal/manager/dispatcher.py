@@ -271,7 +271,8 @@ class SessionMetrics:
         labels = ["direction", "type"]
         messages = MetricCounter(
             "shoal_session_messages_total",
-            "Messages on agent sessions (sent: to agents; received: from them), by type.",
+            "Messages on agent sessions (sent: to agents, full assignment sets included; "
+            "received: from them), by type.",
             labels,
             registry=registry,
         )
@@ -397,6 +398,17 @@ class Dispatcher:
             catalog=request.get("catalog") is not False,
             hears_any=request.get("hearsAny") is True,
         )
+        # The full set and its record are built before the session is published, with
+        # no await between: a change from then on is diffed against that record, and its
+        # message is queued behind the full set (built after, a change made while the
+        # session message was written was diffed against an empty record, and a task
+        # created and deleted meanwhile reached the agent after the set, never removed).
+        tasks = [e.obj for e in self.informer.tasks_on_node(node_id) if _placed(e.obj)]
+        session.sent = {t.id: _fingerprint(t) for t in tasks}
+        full: Payload = {"type": "assignments", "full": True, "tasks": _wire(tasks)}
+        files = self.deliveries(tasks)
+        if files:
+            full["files"] = files
         previous = self.sessions.get(node_id)
         if previous:
             previous.close("a newer session of this node replaced it")
@@ -418,18 +430,10 @@ class Dispatcher:
             }
             reader = asyncio.create_task(self._read(session, context), name=f"session-{node_id}")
             reader.add_done_callback(lambda job: _reader_ended(session, job))
-            tasks = [e.obj for e in self.informer.tasks_on_node(node_id) if _placed(e.obj)]
-            session.sent = {t.id: _fingerprint(t) for t in tasks}
-            full: Payload = {
-                "type": "assignments",
-                "full": True,
-                "tasks": _wire(tasks),
-            }
-            files = self.deliveries(tasks)
-            if files:
-                full["files"] = files
             session.sent_at = session.answered_at = asyncio.get_running_loop().time()
             yield full
+            self.metrics.assignments.inc()
+            self.metrics.assigned.inc(len(tasks))
             if session.catalog:  # every service's endpoints, then their changes
                 yield self.endpoint_push.full(session)
                 self.endpoint_push.start()

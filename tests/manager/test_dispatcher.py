@@ -7,6 +7,7 @@ called directly) and reads what it yields; tasks change in a memory store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -255,6 +256,29 @@ async def test_a_session_whose_update_cannot_be_built_ends_and_the_others_go_on(
     second.pump.cancel()
 
 
+async def test_a_task_that_came_and_went_while_a_session_opened_is_not_left_to_its_agent(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    other = await open_session(dispatcher, "n2")  # the flusher runs for other nodes
+    assert ids(await other.next()) == []
+    request = {"nodeId": "n1", "description": node("n1").description.to_wire(), "catalog": False}
+    stream = dispatcher.session(request, Peer())  # type: ignore[arg-type]
+    assert (await stream.__anext__())["type"] == "session"  # written; the next not yet
+    await world.put(task("t1", "n1", TaskState.ASSIGNED))  # the flusher runs meanwhile
+    await asyncio.sleep(0.1)
+    await world.informer.commit([Change.delete(TASKS + "t1", None)])  # diffed after the set
+    known: set[str] = set()  # what the agent is told it runs, message after message
+    with contextlib.suppress(TimeoutError):
+        while True:
+            message = decode(encode(await asyncio.wait_for(stream.__anext__(), 2)))
+            if message["full"]:
+                known = set(ids(message))
+            known = (known | set(ids(message))) - set(message.get("removed", []))
+    assert known == set()
+    await stream.aclose()
+    other.pump.cancel()
+
+
 async def test_secret_bytes_go_only_to_the_node_of_a_task_about_to_start(world: World) -> None:
     from shoal.manager.secretstore import SecretStore
     from shoal.security.datakey import DataKey
@@ -402,7 +426,9 @@ async def test_a_closed_session_ends_even_while_its_agent_reads_nothing(
     # the stream never comes back for its next message: its handler is cancelled,
     # and the agent, its stream gone, registers again instead of heartbeating into
     # a session nobody hears.
-    request = {"nodeId": "n1", "description": node("n1").description.to_wire()}
+    other = await open_session(dispatcher, "n2")  # the flusher runs for other nodes
+    assert ids(await other.next()) == []
+    request = {"nodeId": "n1", "description": node("n1").description.to_wire(), "catalog": False}
     stream = dispatcher.session(request, Peer())  # type: ignore[arg-type]
     unread = asyncio.Event()
 
@@ -468,7 +494,9 @@ async def test_a_status_batch_is_as_good_as_a_heartbeat(world: World) -> None:
     now = [0.0]
     tracker = HeartbeatTracker(clock=lambda: now[0], probe_period=1e9)
     dispatcher = Dispatcher(world.informer, tracker, world.events, 1.0)
-    request = {"nodeId": "n1", "description": node("n1").description.to_wire()}
+    other = await open_session(dispatcher, "n2")  # the flusher runs for other nodes
+    assert ids(await other.next()) == []
+    request = {"nodeId": "n1", "description": node("n1").description.to_wire(), "catalog": False}
     stream = dispatcher.session(request, Peer())  # type: ignore[arg-type]
     assert (await anext(stream))["beatsOnStatus"] is True
     await stream.aclose()
