@@ -194,8 +194,15 @@ class TaskRunner:
             return
         state, message, fields = self._unsent
         self._unsent = None
-        self._last = TaskStatus(state=state, timestamp=_now(), message=message, **fields)
-        self._report(self.task.id, self._last)
+        try:
+            status = TaskStatus(state=state, timestamp=_now(), message=message, **fields)
+        except ValueError as exc:  # a runtime answered something no status can carry
+            log.exception("task.status_invalid", task=self.task.id, state=state)
+            self._state = TaskState.FAILED  # nothing the runner observes later is sent
+            error = f"agent error: {exc}"
+            status = TaskStatus(state=TaskState.FAILED, timestamp=_now(), message=error)
+        self._last = status
+        self._report(self.task.id, status)
 
     async def _run(self) -> None:
         try:

@@ -17,12 +17,14 @@ A stop is obeyed at once: the exit code is 128 + the signal's number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, BinaryIO
 
 import orjson
@@ -131,8 +133,19 @@ class SimRuntime(Runtime):
         task = self._task(handle)
         future: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         task.exits.append(future)
+        future.add_done_callback(partial(self._forget, task))
         self._check(task)
         return future
+
+    def _forget(self, task: _SimTask, future: asyncio.Future[ExitStatus]) -> None:
+        """A wait given up (cancelled) is not kept, nor its task's run-out timer for it."""
+        if not future.cancelled():
+            return
+        with contextlib.suppress(ValueError):
+            task.exits.remove(future)
+        if not task.exits and task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
 
     def _check(self, task: _SimTask) -> None:
         """Resolve the waits of a task that has exited; else (it runs out) check again then."""

@@ -7,6 +7,7 @@ it observes; the test collects the reports.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -187,3 +188,35 @@ async def test_a_start_is_in_the_journal_before_it_is_reported(
     entries = [json.loads(line) for line in seen[TaskState.RUNNING].splitlines()]
     assert [(e["op"], e["id"]) for e in entries] == [("start", "t1")]
     await runner.remove()
+
+
+async def test_a_runtime_answer_no_status_can_carry_fails_the_task_with_its_reason(
+    runtime: SimRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inspect = runtime.inspect
+
+    async def garbled(handle: Any) -> Any:  # a plugin answering a pid that is no number
+        observed = await inspect(handle)
+        return dataclasses.replace(observed, pid="not-a-pid")
+
+    monkeypatch.setattr(runtime, "inspect", garbled)
+    reports = Reports()
+    TaskRunner(task(TaskState.ASSIGNED), runtime, reports, "n1", None)
+    await reports.until(TaskState.FAILED)
+    assert reports.last is not None and reports.last.message.startswith("agent error: ")
+    await asyncio.sleep(5)
+    assert reports.states == [TaskState.FAILED]  # and nothing after it
+
+
+async def test_waits_given_up_on_a_sim_task_are_not_kept(runtime: SimRuntime) -> None:
+    reports = Reports()
+    runner = TaskRunner(task(TaskState.ASSIGNED), runtime, reports, "n1", None)
+    await reports.until(TaskState.RUNNING)
+    assert runner.handle is not None
+    kept = len(runtime._task(runner.handle).exits)  # the runner's own wait
+    for _ in range(100):  # `shoal logs -f` and agent shutdowns give their waits up
+        wait = runtime.exited(runner.handle)
+        await asyncio.sleep(0)
+        wait.cancel()
+    await asyncio.sleep(0)
+    assert len(runtime._task(runner.handle).exits) == kept
