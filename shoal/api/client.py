@@ -355,8 +355,12 @@ async def open_control(
     ``shoal.security.contexts.resolve``).
     """
     from shoal.api.channels import open_grpc
+    from shoal.api.unary import tls_context
 
     target = _target(server, context)
+    # grpc takes any bytes and only fails the handshake: unusable PEM is said as the
+    # unary client says it (UNAUTHENTICATED), not as a manager that cannot be reached.
+    tls_context(target)
     async with open_grpc(target, target.servers, CONNECT_TIMEOUT) as transport:
         yield ControlClient(transport, transport.address)
 

@@ -115,16 +115,22 @@ def _memory_file(data: bytes) -> contextlib.AbstractContextManager[str]:
 
 def tls_context(tls: TlsCredentials) -> ssl.SSLContext:
     """Mutual TLS as a client of the cluster: the CA verifies the manager, the
-    certificate and key identify the caller. Unreadable PEM is UNAUTHENTICATED."""
+    certificate and key identify the caller. PEM that cannot be used is UNAUTHENTICATED,
+    which the grpc.aio client checks first too (``shoal.api.client.open_control``)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    what = "CA certificate"
     try:
         context.load_verify_locations(cadata=tls.ca_pem.decode())
+        what = "certificate and key"
         with _memory_file(tls.cert_pem) as cert, _memory_file(tls.key_pem) as key:
             context.load_cert_chain(cert, key)
     except (OSError, ValueError) as exc:  # ssl.SSLError included
+        why = getattr(exc, "reason", None) or str(exc)
         raise ApiError(
-            "UNAUTHENTICATED", f"these credentials' CA, certificate or key cannot be used: {exc}"
+            "UNAUTHENTICATED",
+            f"these credentials' {what} cannot be used ({why}): check the bundle or "
+            "context, or get new credentials (`shoal user add`)",
         ) from exc
     context.set_alpn_protocols(["h2"])
     return context

@@ -12,21 +12,15 @@ endpoint is healthy and no guard is engaged, 1 otherwise, so scripts can wait on
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
+from shoal.cli import remote
 from shoal.cli.options import add_subcommand, output_option, server_option, subcommands
 from shoal.cli.output import age_since, dump, render_table
 
 
 def cmd_cluster_status(args: argparse.Namespace) -> int:
-    from shoal.api.client import open_control
-
-    async def ask() -> dict[str, Any]:
-        async with open_control(args.server, getattr(args, "context", None)) as control:
-            return await control.cluster_status()
-
-    status = asyncio.run(ask())
+    status = remote.unary(args, lambda control: control.cluster_status())
     if args.output in ("json", "yaml"):
         print(dump(status, args.output))
     else:

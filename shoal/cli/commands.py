@@ -2,9 +2,9 @@
 
 Every command is a ``func(args) -> int`` set on its subparser (the convention
 the daemon commands in ``shoal.cli.daemons`` share). Its calls are coroutines of
-one ``ControlClient``: plain unary work runs with ``_run`` on the CLI's own
-blocking client (``shoal.api.unary``: no grpc, no event loop, a fast start);
-work that streams, sleeps or waits runs with ``_run_on_loop`` on grpc.aio in
+one ``ControlClient``: plain unary work runs with ``remote.unary`` on the CLI's
+own blocking client (``shoal.api.unary``: no grpc, no event loop, a fast start);
+work that streams, sleeps or waits runs with ``remote.on_loop`` on grpc.aio in
 ``asyncio.run``. Commands raise ``ShoalError`` (or ``UsageError``) for
 expected failures and let ``shoal.cli.main`` turn them into one ``error:`` line
 and an exit code, so no command prints its own error format.
@@ -22,9 +22,9 @@ import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from shoal.cli import output
+from shoal.cli import output, remote
 from shoal.cli.options import (
     UsageError,
     add_subcommand,
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
     from shoal.models import Service
     from shoal.specfiles import Located
 
-T = TypeVar("T")
-
 # What users may type for each kind, mapped to the Control service's kind.
 KINDS = {
     "services": "services",
@@ -63,26 +61,6 @@ KINDS = {
     "sync": "syncs",
 }
 SERVICE_KINDS = ("service", "services", "svc")
-
-
-def _run(args: argparse.Namespace, work: Callable[[ControlClient], Awaitable[T]]) -> T:
-    """``work``'s unary calls on the CLI's own client: neither grpc nor asyncio loaded."""
-    from shoal.api.client import run_unary
-
-    return run_unary(args.server, getattr(args, "context", None), work)
-
-
-def _run_on_loop(args: argparse.Namespace, work: Callable[[ControlClient], Awaitable[T]]) -> T:
-    """``work`` on grpc.aio in an event loop: for streams, sleeps and waits."""
-    import asyncio
-
-    from shoal.api.client import open_control
-
-    async def session() -> T:
-        async with open_control(args.server, getattr(args, "context", None)) as control:
-            return await work(control)
-
-    return asyncio.run(session())
 
 
 def _out(text: str) -> None:
@@ -150,7 +128,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     specs = [d for d in documents if d.kind != "Config"]
     configs = [d for d in documents if d.kind == "Config"]
     try:
-        response = _run(
+        response = remote.unary(
             args,
             lambda control: control.apply_data(
                 [d.data for d in specs],
@@ -185,10 +163,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 async def _node_task_counts(control: ControlClient) -> dict[str, int]:
-    from shoal.cli.waiting import is_terminal
-
     tasks = await control.get("tasks")
-    return dict(Counter(t["nodeId"] for t in tasks if t.get("nodeId") and not is_terminal(t)))
+    live = (t["nodeId"] for t in tasks if t.get("nodeId") and not output.is_terminal(t))
+    return dict(Counter(live))
 
 
 def _print_items(
@@ -250,7 +227,7 @@ def show(args: argparse.Namespace, kind: str) -> int:
 
     if watching:
         return _watch(args, kind, fetch, everything=all_tasks or bool(name))
-    items, counts = _run(args, fetch)
+    items, counts = remote.unary(args, fetch)
     if name and not items and not args.selector:
         raise NotFoundError(f"{kind[:-1]} {name!r} not found")
     _print_items(kind, name, items, args.output, counts)
@@ -294,9 +271,7 @@ def _watch(
     def listed(item: dict[str, Any]) -> bool:
         if kind != "tasks" or everything:
             return True
-        from shoal.cli.waiting import is_terminal
-
-        return item.get("desiredState") == "running" or not is_terminal(item)
+        return item.get("desiredState") == "running" or not output.is_terminal(item)
 
     async def watch(control: ControlClient) -> None:
         shown: dict[str, dict[str, Any]] = {}
@@ -321,7 +296,7 @@ def _watch(
             await asyncio.sleep(WATCH_PERIOD)
 
     try:
-        _run_on_loop(args, watch)
+        remote.on_loop(args, watch)
     except KeyboardInterrupt:
         return 0
     return 0
@@ -338,7 +313,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from shoal.cli.describe import describe_node, describe_service
 
     kind = KINDS[args.resource]
-    payload = _run(args, lambda control: control.describe(kind, args.name))
+    payload = remote.unary(args, lambda control: control.describe(kind, args.name))
     _out(describe_node(payload) if kind == "nodes" else describe_service(payload))
     return 0
 
@@ -377,7 +352,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
             await wait_tasks_gone(control, deleted, args.timeout, output.Progress())
 
-    (_run_on_loop if args.wait else _run)(args, delete)
+    (remote.on_loop if args.wait else remote.unary)(args, delete)
     return 0
 
 
@@ -386,7 +361,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_scale(args: argparse.Namespace) -> int:
     targets: dict[str, int] = dict(args.targets)
-    scaled = _run(args, lambda control: control.scale(targets))
+    scaled = remote.unary(args, lambda control: control.scale(targets))
     for name, replicas in scaled.items():
         _out(f"service/{name} scaled to {replicas}")
     return 0
@@ -432,7 +407,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 raise NotFoundError(f"service or task {target!r} not found") from None
 
     try:
-        _run_on_loop(args, stream)
+        remote.on_loop(args, stream)
     except KeyboardInterrupt:
         return 0  # the way to stop `logs -f`
     return 0
@@ -448,7 +423,7 @@ def cmd_node_ls(args: argparse.Namespace) -> int:
 def cmd_node_update(args: argparse.Namespace) -> int:
     if not (args.availability or args.label_add or args.label_rm):
         raise UsageError("nothing to update: give --availability, --label-add or --label-rm")
-    node = _run(
+    node = remote.unary(
         args,
         lambda control: control.update_node(
             args.name, args.availability, dict(args.label_add), args.label_rm

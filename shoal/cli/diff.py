@@ -14,7 +14,6 @@ Exit codes, as ``kubectl diff``: 0 nothing would change, 1 something would,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from shoal.cli.options import UsageError, command, server_option
 from shoal.errors import ShoalError, SpecError
 
 if TYPE_CHECKING:
+    from shoal.api.client import ControlClient
     from shoal.models import Service
     from shoal.models.sync import Sync
 
@@ -77,7 +77,7 @@ def _report(error: ShoalError) -> None:
 
 def diff_text(args: argparse.Namespace) -> str:
     """The unified diff of everything an apply of these arguments would change."""
-    from shoal.api.client import open_control
+    from shoal.cli import remote
     from shoal.models import Service
     from shoal.models.sync import Sync
     from shoal.specdiff import unified
@@ -90,20 +90,21 @@ def diff_text(args: argparse.Namespace) -> str:
         (d.kind, d.name): d for d in documents if isinstance(d, Service | Sync)
     }
 
-    async def ask() -> tuple[list[dict[str, Any]], dict[tuple[str, str], Any]]:
-        async with open_control(args.server) as control:
-            response = await control.apply(documents, dry_run=True, apply_set=apply_set)
-            results: list[dict[str, Any]] = response.get("results", [])
-            live: dict[tuple[str, str], Any] = {}
-            for result in results:
-                if result["action"] in ("configured", "pruned"):
-                    kind = str(result.get("kind", "Service"))
-                    items = await control.get(kind.lower() + "s", name=str(result["name"]))
-                    if items:
-                        live[(kind, str(result["name"]))] = items[0]
-            return results, live
+    async def ask(
+        control: ControlClient,
+    ) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Any]]:
+        response = await control.apply(documents, dry_run=True, apply_set=apply_set)
+        results: list[dict[str, Any]] = response.get("results", [])
+        live: dict[tuple[str, str], Any] = {}
+        for result in results:
+            if result["action"] in ("configured", "pruned"):
+                kind = str(result.get("kind", "Service"))
+                items = await control.get(kind.lower() + "s", name=str(result["name"]))
+                if items:
+                    live[(kind, str(result["name"]))] = items[0]
+        return results, live
 
-    results, live = asyncio.run(ask())
+    results, live = remote.unary(args, ask)
     models: dict[str, type[Service] | type[Sync]] = {"Service": Service, "Sync": Sync}
     parts = []
     for result in results:

@@ -12,12 +12,15 @@ unknown service exits 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from shoal.cli import remote
 from shoal.cli.options import command, output_option, server_option
 from shoal.cli.output import dump, render_table
+
+if TYPE_CHECKING:
+    from shoal.api.client import ControlClient
 
 HEADERS = ["TASK", "SLOT", "NODE", "ADDRESS", "PORTS"]
 
@@ -73,13 +76,10 @@ def show(item: dict[str, Any], output: str, watching: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shoal.api.client import open_control
+    async def session(control: ControlClient) -> None:
+        request = {"service": args.service, "watch": bool(args.watch)}
+        async for item in control.stream("Endpoints", request):
+            show(item, args.output, args.watch)
 
-    async def session() -> None:
-        async with open_control(args.server) as control:
-            request = {"service": args.service, "watch": bool(args.watch)}
-            async for item in control.stream("Endpoints", request):
-                show(item, args.output, args.watch)
-
-    asyncio.run(session())
+    remote.on_loop(args, session)
     return 0

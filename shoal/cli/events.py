@@ -12,13 +12,16 @@ JSON object per event (one per line with ``-w``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from shoal.cli import remote
 from shoal.cli.options import command, duration, output_option, server_option, whole_number
 from shoal.cli.output import age_since, render_table, truncate
+
+if TYPE_CHECKING:
+    from shoal.api.client import ControlClient
 
 HEADERS = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
 WIDE = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "COUNT", "SERVICE", "NODE", "MESSAGE"]
@@ -123,16 +126,11 @@ class _Printer:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shoal.api.client import open_control
-
     request = _request(args)
     printer = _Printer(args.output)
 
-    async def listed() -> int:
-        async with open_control(args.server) as control:
-            reply = await control.events(
-                {**request, "limit": args.limit} if args.limit else request
-            )
+    async def listed(control: ControlClient) -> int:
+        reply = await control.events({**request, "limit": args.limit} if args.limit else request)
         events: list[dict[str, Any]] = reply.get("events", [])
         if args.watch:  # not yet written ones: the watch brings them once they are
             events = [e for e in events if e.get("cursor")]
@@ -143,6 +141,9 @@ def run(args: argparse.Namespace) -> int:
         return max([int(reply.get("cursor", 0)), *cursors])
 
     async def watch(cursor: int) -> None:
+        import asyncio
+
+        from shoal.api.client import open_control
         from shoal.errors import ApiError
 
         loop = asyncio.get_running_loop()
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         printed: set[tuple[str, int]] = set()
         while True:
             try:
-                async with open_control(args.server) as control:
+                async with open_control(args.server, args.context) as control:
                     resume = {**request, "cursor": max(0, cursor - 1) if printed else cursor}
                     async for item in control.stream("WatchEvents", resume):
                         failing_since = None
@@ -173,10 +174,9 @@ def run(args: argparse.Namespace) -> int:
                     raise
             await asyncio.sleep(1.0)
 
-    async def session() -> None:
-        cursor = await listed()
-        if args.watch:
-            await watch(cursor)
+    cursor = remote.unary(args, listed)  # the kept events: one unary call
+    if args.watch:
+        import asyncio
 
-    asyncio.run(session())
+        asyncio.run(watch(cursor))
     return 0

@@ -8,11 +8,11 @@ it works with no manager reachable.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoal.cli import remote
 from shoal.cli.options import (
     add_subcommand,
     command,
@@ -27,21 +27,11 @@ if TYPE_CHECKING:
     from shoal.security.contexts import Config
 
 
-def _call(args: argparse.Namespace, method: str, request: dict[str, Any]) -> dict[str, Any]:
-    from shoal.api.client import open_control
-
-    async def go() -> dict[str, Any]:
-        async with open_control(args.server, getattr(args, "context", None)) as control:
-            return await control.call(method, request)
-
-    return asyncio.run(go())
-
-
 # -------------------------------------------------------------------- token
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    reply = _call(args, "Token", {"role": args.role, "rotate": args.rotate})
+    reply = remote.call(args, "Token", {"role": args.role, "rotate": args.rotate})
     if args.rotate:
         print(f"{args.role} token rotated: the old one no longer joins", file=sys.stderr)
     print(reply["token"])
@@ -69,7 +59,7 @@ def _write_bundle(bundle: dict[str, Any], output: str | None) -> None:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    bundle = _call(args, "UserAdd", {"name": args.name, "role": args.role})
+    bundle = remote.call(args, "UserAdd", {"name": args.name, "role": args.role})
     _write_bundle(bundle, args.output_file)
     return 0
 
@@ -77,7 +67,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 def cmd_user_ls(args: argparse.Namespace) -> int:
     from shoal.cli.output import dump, render_table
 
-    reply = _call(args, "UserList", {})
+    reply = remote.call(args, "UserList", {})
     if args.output in ("json", "yaml"):
         print(dump(reply, args.output))
         return 0
@@ -88,14 +78,14 @@ def cmd_user_ls(args: argparse.Namespace) -> int:
 
 def cmd_user_rm(args: argparse.Namespace) -> int:
     for name in args.names:
-        _call(args, "UserRemove", {"name": name})
+        remote.call(args, "UserRemove", {"name": name})
         print(f"user/{name} removed; its certificates are refused from now on")
     return 0
 
 
 def cmd_node_rm(args: argparse.Namespace) -> int:
     for name in args.names:
-        _call(args, "NodeRemove", {"name": name, "force": args.force})
+        remote.call(args, "NodeRemove", {"name": name, "force": args.force})
         print(f"node/{name} removed; its certificate is revoked and its tasks move elsewhere")
     return 0
 

@@ -10,12 +10,11 @@ why it failed, and the schedule's next time and skipped count.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from typing import Any
 
-from shoal.cli import output
+from shoal.cli import output, remote
 from shoal.cli.options import (
     DEFAULT_TIMEOUT,
     duration,
@@ -53,34 +52,31 @@ def runs_table(view: dict[str, Any]) -> str:
 
 
 def cmd_job_status(args: argparse.Namespace) -> int:
-    from shoal.cli.commands import _run
-
     async def get(control: Any) -> dict[str, Any]:
         items: list[dict[str, Any]] = await control.get("services", args.name)
         return items[0]
 
-    print(runs_table(_run(args, get)), flush=True)
+    print(runs_table(remote.unary(args, get)), flush=True)
     return 0
 
 
 def cmd_job_run(args: argparse.Namespace) -> int:
-    from shoal.api.client import open_control
+    async def go(control: Any) -> int:
+        before = _job((await control.get("services", args.name))[0])
+        known = {r.get("number") for r in before.get("runs", [])}
+        await control.run_job(args.name)
+        print(f"job/{args.name}: run requested", flush=True)
+        if not args.wait:
+            return 0
+        return await _wait_run(control, args.name, known, args.timeout)
 
-    async def go() -> int:
-        async with open_control(args.server) as control:
-            before = _job((await control.get("services", args.name))[0])
-            known = {r.get("number") for r in before.get("runs", [])}
-            await control.run_job(args.name)
-            print(f"job/{args.name}: run requested", flush=True)
-            if not args.wait:
-                return 0
-            return await _wait_run(control, args.name, known, args.timeout)
-
-    return asyncio.run(go())
+    return (remote.on_loop if args.wait else remote.unary)(args, go)
 
 
 async def _wait_run(control: Any, name: str, known: set[Any], timeout: float) -> int:
     """Until the run that is not in ``known`` has ended; its counts are progress (stderr)."""
+    import asyncio
+
     progress = output.Progress()
     started = time.monotonic()
     line = f"job/{name}: waiting for the run to start"

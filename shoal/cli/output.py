@@ -119,6 +119,15 @@ def services_table(items: list[dict[str, Any]], wide: bool = False) -> str:
 
 # --------------------------------------------------------------------- tasks
 
+# The states a task never leaves (``shoal.models.TaskState.terminal``), spelled out so
+# that reading a task's state loads no models.
+TERMINAL_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned"})
+
+
+def is_terminal(task: dict[str, Any]) -> bool:
+    """Whether the task has ended; a state this client does not know is still going."""
+    return (task.get("status") or {}).get("state", "new") in TERMINAL_STATES
+
 
 def task_message(task: dict[str, Any]) -> str:
     status = task.get("status", {})

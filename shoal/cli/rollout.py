@@ -19,13 +19,12 @@ update's pace afterwards.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import sys
 import time
 from typing import Any
 
-from shoal.cli import output
+from shoal.cli import output, remote
 from shoal.cli.options import (
     DEFAULT_TIMEOUT,
     duration,
@@ -67,16 +66,12 @@ def progress_line(name: str, view: dict[str, Any]) -> str:
 
 
 def cmd_rollout_status(args: argparse.Namespace) -> int:
-    from shoal.api.client import open_control
-
-    async def wait() -> int:
-        async with open_control(args.server) as control:
-            return await _follow(control, args.name, args.timeout)
-
-    return asyncio.run(wait())
+    return remote.on_loop(args, lambda control: _follow(control, args.name, args.timeout))
 
 
 async def _follow(control: Any, name: str, timeout: float) -> int:
+    import asyncio
+
     from shoal.cli.waiting import rollout_state
 
     progress = output.Progress()
@@ -128,13 +123,11 @@ async def _follow(control: Any, name: str, timeout: float) -> int:
 
 
 def cmd_rollout_history(args: argparse.Namespace) -> int:
-    from shoal.cli.commands import _run
-
     async def get(control: Any) -> dict[str, Any]:
         items: list[dict[str, Any]] = await control.get("services", args.name)
         return items[0]
 
-    view = _run(args, get)
+    view = remote.unary(args, get)
     status = view.get("status") or {}
     revisions = status.get("revisions", [])
     if args.revision is not None:
@@ -159,10 +152,8 @@ def cmd_rollout_history(args: argparse.Namespace) -> int:
 
 def _act(action: str) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from shoal.cli.commands import _run
-
         to_revision = getattr(args, "to_revision", None)
-        answer = _run(args, lambda control: control.rollout(args.name, action, to_revision))
+        answer = remote.unary(args, lambda control: control.rollout(args.name, action, to_revision))
         print(
             f"service/{args.name}: {answer.get('state')}, revision {answer.get('revision')}: "
             f"{answer.get('message', '')}",

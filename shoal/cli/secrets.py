@@ -11,11 +11,11 @@ rolling update), then remove the old one, which is refused while in use.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
+from shoal.cli import remote
 from shoal.cli.options import (
     add_subcommand,
     completes,
@@ -37,21 +37,11 @@ def _read(source: str, kind: str) -> bytes:
         raise ShoalError(f"cannot read the {kind}'s file {source}: {exc.strerror}") from None
 
 
-def _call(args: argparse.Namespace, work: Any) -> Any:
-    from shoal.api.client import open_control
-
-    async def session() -> Any:
-        async with open_control(args.server) as control:
-            return await work(control)
-
-    return asyncio.run(session())
-
-
 def _create(kind: str) -> Any:
     def run(args: argparse.Namespace) -> int:
         data = _read(args.file, kind)
         labels = dict(args.label)
-        reply = _call(args, lambda c: c.create_file(kind, args.name, data, labels))
+        reply = remote.unary(args, lambda c: c.create_file(kind, args.name, data, labels))
         view = reply.get(kind, {})
         print(f"{kind}/{view.get('metadata', {}).get('name', args.name)} created")
         return 0
@@ -61,7 +51,7 @@ def _create(kind: str) -> Any:
 
 def _ls(kind: str) -> Any:
     def run(args: argparse.Namespace) -> int:
-        items: list[dict[str, Any]] = _call(args, lambda c: c.get_files(kind))
+        items: list[dict[str, Any]] = remote.unary(args, lambda c: c.get_files(kind))
         if args.output in ("json", "yaml"):
             print(dump({"items": items}, args.output))
             return 0
@@ -91,7 +81,7 @@ def _inspect(kind: str) -> Any:
                 found += await control.get_files(kind, name)
             return found
 
-        items = _call(args, each)
+        items = remote.unary(args, each)
         if args.output == "json" or args.output == "yaml":
             print(dump(items[0] if len(items) == 1 else {"items": items}, args.output))
             return 0
@@ -110,7 +100,7 @@ def _inspect(kind: str) -> Any:
 
 def _rm(kind: str) -> Any:
     def run(args: argparse.Namespace) -> int:
-        reply = _call(args, lambda c: c.remove_files(kind, args.names))
+        reply = remote.unary(args, lambda c: c.remove_files(kind, args.names))
         for name in reply.get("removed", []):
             print(f"{kind}/{name} removed")
         return 0

@@ -15,13 +15,13 @@ other problem is an error, and nothing is deployed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoal.cli import remote
 from shoal.cli.options import (
     add_subcommand,
     output_option,
@@ -39,16 +39,6 @@ if TYPE_CHECKING:
 # ``shoal.compose.convert.STACK_LABEL``, not imported from there so that ``ls``,
 # ``services`` and ``rm`` load no Compose machinery.
 STACK_LABEL = "shoal.stack"
-
-
-def _call(args: argparse.Namespace, work: Any) -> Any:
-    from shoal.api.client import open_control
-
-    async def session() -> Any:
-        async with open_control(args.server) as control:
-            return await work(control)
-
-    return asyncio.run(session())
 
 
 def _load(args: argparse.Namespace) -> Stack:
@@ -139,7 +129,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             if not reply.get("unchanged"):
                 created.append(secret.name)
 
-    response = _call(args, deploy)
+    response = remote.unary(args, deploy)
     for result in response.get("results", []):
         kind = str(result.get("kind", "Service")).lower()
         revision = ""
@@ -168,7 +158,7 @@ async def _stack_services(control: ControlClient, stack: str) -> list[dict[str, 
 def cmd_ls(args: argparse.Namespace) -> int:
     from shoal.cli.output import dump, render_table
 
-    services: list[dict[str, Any]] = _call(args, lambda c: c.get("services"))
+    services: list[dict[str, Any]] = remote.unary(args, lambda c: c.get("services"))
     stacks: dict[str, list[dict[str, Any]]] = {}
     for view in services:
         name = view.get("metadata", {}).get("labels", {}).get(STACK_LABEL)
@@ -188,7 +178,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_services(args: argparse.Namespace) -> int:
     from shoal.cli.output import dump, services_table
 
-    items = _call(args, lambda c: _stack_services(c, args.stack))
+    items = remote.unary(args, lambda c: _stack_services(c, args.stack))
     if args.output in ("json", "yaml"):
         print(dump({"items": items}, args.output))
         return 0
@@ -200,9 +190,6 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from shoal.cli import output
-    from shoal.cli.waiting import wait_tasks_gone
-
     async def remove(control: ControlClient) -> None:
         files = {
             kind: [
@@ -228,9 +215,12 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 for name in owned:
                     print(f"{kind}/{name} removed")
         if args.wait and pruned:
+            from shoal.cli import output
+            from shoal.cli.waiting import wait_tasks_gone
+
             await wait_tasks_gone(control, pruned, args.timeout, output.Progress())
 
-    _call(args, remove)
+    (remote.on_loop if args.wait else remote.unary)(args, remove)
     return 0
 
 

@@ -10,11 +10,10 @@ controller to answer exactly that request, and exits 1 when the run failed
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shoal.cli import output
+from shoal.cli import output, remote
 from shoal.cli.options import (
     add_subcommand,
     named_subcommand,
@@ -24,6 +23,9 @@ from shoal.cli.options import (
     wait_options,
 )
 from shoal.errors import NotFoundError, ShoalError
+
+if TYPE_CHECKING:
+    from shoal.api.client import ControlClient
 
 POLL_INTERVAL = 0.2
 
@@ -120,13 +122,7 @@ def _ready(sync: dict[str, Any]) -> bool:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from shoal.api.client import open_control
-
-    async def ask() -> list[dict[str, Any]]:
-        async with open_control(args.server) as control:
-            return await control.get("syncs")
-
-    items = asyncio.run(ask())
+    items = remote.unary(args, lambda control: control.get("syncs"))
     if args.output in ("json", "yaml"):
         print(output.dump({"items": items}, args.output))
     elif items:
@@ -137,13 +133,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from shoal.api.client import open_control
-
-    async def ask() -> dict[str, Any]:
-        async with open_control(args.server) as control:
-            return await control.describe_sync(args.name)
-
-    payload = asyncio.run(ask())
+    payload = remote.unary(args, lambda control: control.describe_sync(args.name))
     if args.output in ("json", "yaml"):
         print(output.dump(payload["sync"], args.output))
     else:
@@ -152,38 +142,37 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_now(args: argparse.Namespace) -> int:
-    from shoal.api.client import open_control
-
-    async def run() -> dict[str, Any] | None:
-        async with open_control(args.server) as control:
-            requested = await control.sync_now(args.name)
-            if not args.wait:
-                return None
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + args.timeout
-            progress = output.Progress()
-            try:
-                while True:
-                    items = await control.get("syncs", name=args.name)
-                    if not items:
-                        raise NotFoundError(f"sync {args.name!r} not found")
-                    sync = items[0]
-                    if (sync.get("status") or {}).get("lastHandledRequest") == requested:
-                        return sync
-                    if loop.time() > deadline:
-                        raise ShoalError(
-                            f"timed out after {output.format_age(args.timeout)} waiting for "
-                            f"sync/{args.name} to run (is a manager leading?)"
-                        )
-                    progress.update(f"sync/{args.name}: waiting for the run")
-                    await asyncio.sleep(POLL_INTERVAL)
-            finally:
-                progress.clear()
-
-    sync = asyncio.run(run())
-    if sync is None:
+    if not args.wait:
+        remote.unary(args, lambda control: control.sync_now(args.name))
         print(f"sync/{args.name} run requested")
         return 0
+
+    async def run(control: ControlClient) -> dict[str, Any]:
+        import asyncio
+
+        requested = await control.sync_now(args.name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.timeout
+        progress = output.Progress()
+        try:
+            while True:
+                items = await control.get("syncs", name=args.name)
+                if not items:
+                    raise NotFoundError(f"sync {args.name!r} not found")
+                sync = items[0]
+                if (sync.get("status") or {}).get("lastHandledRequest") == requested:
+                    return sync
+                if loop.time() > deadline:
+                    raise ShoalError(
+                        f"timed out after {output.format_age(args.timeout)} waiting for "
+                        f"sync/{args.name} to run (is a manager leading?)"
+                    )
+                progress.update(f"sync/{args.name}: waiting for the run")
+                await asyncio.sleep(POLL_INTERVAL)
+        finally:
+            progress.clear()
+
+    sync = remote.on_loop(args, run)
     status = sync.get("status") or {}
     ready = _condition(sync, "Ready")
     stalled = _condition(sync, "Stalled")
@@ -200,13 +189,7 @@ def cmd_now(args: argparse.Namespace) -> int:
 
 
 def _suspend(args: argparse.Namespace, wanted: bool) -> int:
-    from shoal.api.client import open_control
-
-    async def ask() -> bool:
-        async with open_control(args.server) as control:
-            return await control.sync_suspend(args.name, wanted)
-
-    changed = asyncio.run(ask())
+    changed = remote.unary(args, lambda control: control.sync_suspend(args.name, wanted))
     verb = "suspended" if wanted else "resumed"
     print(f"sync/{args.name} {verb}" + ("" if changed else " (already)"))
     return 0
@@ -221,13 +204,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    from shoal.api.client import open_control
-
-    async def ask() -> list[str]:
-        async with open_control(args.server) as control:
-            return await control.delete_sync(args.name)
-
-    kept = asyncio.run(ask())
+    kept = remote.unary(args, lambda control: control.delete_sync(args.name))
     print(f"sync/{args.name} deleted" + (f"; still running: {', '.join(kept)}" if kept else ""))
     return 0
 

@@ -14,15 +14,9 @@ from shoal.cli.options import command, server_option
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import asyncio
+    from shoal.cli import remote
 
-    from shoal.api.client import open_control
-
-    async def ask() -> dict[str, object]:
-        async with open_control(args.server, args.context) as control:
-            return await control.call("UiLogin", {})
-
-    reply = asyncio.run(ask())
+    reply = remote.call(args, "UiLogin", {})
     print(reply["url"], flush=True)
     print(
         f"open it in a browser and press Sign in, to sign in as {reply['user']} "

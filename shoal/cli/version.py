@@ -12,9 +12,9 @@ def cmd_version(args: argparse.Namespace) -> int:
     print(f"Client Version: {shoal.__version__}", flush=True)
     if args.client:
         return 0
-    from shoal.api.client import run_unary
+    from shoal.cli import remote
 
-    print(f"Server Version: {run_unary(args.server, None, lambda c: c.version())}", flush=True)
+    print(f"Server Version: {remote.unary(args, lambda c: c.version())}", flush=True)
     return 0
 
 

@@ -19,18 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.api.client import ControlClient
-from shoal.cli.output import Progress, format_age, slot_label
+from shoal.cli.output import Progress, format_age, is_terminal, slot_label
 from shoal.errors import ApiError, ShoalError
-from shoal.models import TaskState
 
 POLL_INTERVAL = 0.5
-
-
-def is_terminal(task: dict[str, Any]) -> bool:
-    try:
-        return TaskState(task.get("status", {}).get("state", "new")).terminal
-    except ValueError:
-        return False  # a state this client does not know: assume it is still going
 
 
 class _Deadline:

@@ -94,7 +94,30 @@ def test_local_verbs_load_neither_daemons_nor_grpc(
     [
         pytest.param(["get", "services"], id="get-services"),
         pytest.param(["get", "tasks", "-o", "wide"], id="get-tasks"),
+        pytest.param(["get", "nodes"], id="get-nodes"),
+        pytest.param(["node", "ls"], id="node-ls"),
+        pytest.param(["node", "update", "n1", "--availability", "pause"], id="node-update"),
+        pytest.param(["describe", "service", "web"], id="describe"),
+        pytest.param(["scale", "web=2"], id="scale"),
+        pytest.param(["delete", "service", "web", "--no-wait"], id="delete-no-wait"),
         pytest.param(["version"], id="version"),
+        pytest.param(["cluster", "status"], id="cluster-status"),
+        pytest.param(["ui"], id="ui"),
+        pytest.param(["token"], id="token"),
+        pytest.param(["user", "ls"], id="user-ls"),
+        pytest.param(["secret", "ls"], id="secret-ls"),
+        pytest.param(["config", "inspect", "c1"], id="config-inspect"),
+        pytest.param(["sync", "ls"], id="sync-ls"),
+        pytest.param(["sync", "status", "s1"], id="sync-status"),
+        pytest.param(["sync", "now", "s1", "--no-wait"], id="sync-now-no-wait"),
+        pytest.param(["sync", "suspend", "s1"], id="sync-suspend"),
+        pytest.param(["stack", "ls"], id="stack-ls"),
+        pytest.param(["stack", "rm", "st", "--no-wait"], id="stack-rm-no-wait"),
+        pytest.param(["events"], id="events"),
+        pytest.param(["job", "status", "j1"], id="job-status"),
+        pytest.param(["job", "run", "j1"], id="job-run"),
+        pytest.param(["rollout", "history", "web"], id="rollout-history"),
+        pytest.param(["rollout", "undo", "web"], id="rollout-undo"),
     ],
 )
 def test_unary_client_verbs_load_neither_grpc_nor_a_daemon(tmp_path: Path, argv: list[str]) -> None:
@@ -131,3 +154,16 @@ def test_apply_loads_neither_the_models_nor_grpc_nor_a_daemon(tmp_path: Path) ->
     # The YAML was composed and checked (the manager validates the rest), then sent.
     assert {"shoal.specfiles", "shoal.api.unary"} <= modules
     assert offending(modules, (*DAEMON_MODULES, *LOOP_MODULES, "pydantic", "shoal.models")) == []
+
+
+def test_diff_loads_the_models_but_neither_grpc_nor_asyncio(tmp_path: Path) -> None:
+    # diff renders both sides with the models' defaults; its calls are unary.
+    spec = tmp_path / "web.yaml"
+    spec.write_text(
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: web}\n"
+        "spec: {template: {command: [sleep, '60']}}\n"
+    )
+    returned, modules = loaded(tmp_path, "diff", "-f", str(spec), "--server", "127.0.0.1:1")
+    assert returned == 2  # diff's exit code for an error: no manager
+    assert "shoal.api.unary" in modules
+    assert offending(modules, (*DAEMON_MODULES, *LOOP_MODULES)) == []

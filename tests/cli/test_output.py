@@ -15,6 +15,7 @@ from shoal.cli.output import (
     Progress,
     dump,
     format_age,
+    is_terminal,
     nodes_table,
     render_table,
     services_table,
@@ -22,6 +23,7 @@ from shoal.cli.output import (
     truncate,
 )
 from shoal.cli.waiting import rollout_state
+from shoal.models import TaskState
 from shoal.paths import default_state_dir
 
 
@@ -192,3 +194,10 @@ def test_progress_on_a_terminal_rewrites_one_line_with_the_clock() -> None:
     progress.clear()
     assert screen.getvalue() == ("\r\x1b[Kweb: 1/3 running 1s\r\x1b[Kweb: 1/3 running 2s\r\x1b[K")
     assert "\n" not in screen.getvalue()
+
+
+@pytest.mark.parametrize("state", [*TaskState, "a-state-of-a-newer-manager"])
+def test_a_task_is_terminal_as_the_models_say(state: str) -> None:
+    # The CLI reads states from the wire without loading the models.
+    known = state in set(TaskState)
+    assert is_terminal({"status": {"state": str(state)}}) == (known and TaskState(state).terminal)

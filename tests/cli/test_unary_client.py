@@ -335,3 +335,48 @@ def test_the_client_keeps_the_deadline_itself(mute: str, admin: TlsIdentity) -> 
         assert str(caught.value).startswith("the shoal manager did not answer in time")
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        pytest.param("key", id="key"),
+        pytest.param("cert", id="certificate"),
+        pytest.param("ca", id="ca"),
+    ],
+)
+def test_credentials_that_cannot_be_used_say_so_the_same_on_both_clients(
+    server: Server, tmp_path: Path, admin: TlsIdentity, monkeypatch: pytest.MonkeyPatch, part: str
+) -> None:
+    """A bundle whose PEM does not parse is one error, whichever client a verb uses
+    (unary calls or grpc.aio): UNAUTHENTICATED, naming what cannot be used, and not
+    "cannot reach a shoal manager", which would send the user looking at the network."""
+    data = {
+        "name": "local",
+        "servers": [],
+        "ca": admin.ca_pem.decode(),
+        "cert": admin.cert_pem.decode(),
+        "key": admin.key_pem.decode(),
+        part: "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    }
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "admin.yaml").write_text(json.dumps(data))
+    for name in ("SHOAL_SERVER", "SHOAL_CONTEXT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SHOAL_STATE_DIR", str(state))
+    monkeypatch.setenv("SHOAL_CONFIG", str(tmp_path / "config.yaml"))
+
+    with pytest.raises(ApiError) as unary, connect(server.address):
+        pass
+
+    async def on_grpc() -> None:
+        async with api_client.open_control(server.address):
+            pass
+
+    with pytest.raises(ApiError) as on_loop:
+        asyncio.run(on_grpc())
+    assert unary.value.code == "UNAUTHENTICATED"
+    assert str(unary.value).startswith("these credentials' ")
+    assert "cannot be used" in str(unary.value)
+    assert (on_loop.value.code, str(on_loop.value)) == (unary.value.code, str(unary.value))
