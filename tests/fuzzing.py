@@ -10,6 +10,7 @@ JSON type; ``spec_texts`` are YAML documents that look like service specs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 
 from shoal.api.transport import Unary
 from shoal.manager.server import ManagerSettings, open_manager
+from shoal.manager.taskpages import encode_token
 from shoal.security.contexts import load_bundle
 from shoal.security.credentials import TlsIdentity
 
@@ -52,8 +54,17 @@ FIELDS = [
     "status", "token", "subscriptionId", "lines", "metadata", "spec", "apiVersion",
     "documents", "configs", "set", "prune", "allowEmpty", "source", "suspend", "action",
     "toRevision", "data", "since", "limit", "type", "object", "reason", "selector", "task",
-    "watch", "command", "execId", "stream", "exitCode", "error",
+    "watch", "command", "execId", "stream", "exitCode", "error", "continue",
 ]  # fmt: skip
+# Paging tokens (``Get`` of tasks): a real one, and ones that are nearly right.
+TOKENS = [
+    encode_token(("web", 1, "", 1.5, "a" * 25)),
+    encode_token(("web", 1, "", 1.5, "a" * 25))[:-3],
+    *(
+        base64.urlsafe_b64encode(text.encode()).decode()
+        for text in ('["tasks",1,2,3,4,5]', '["tasks","",0,"",NaN,""]', '["tasks",true]', "[]")
+    ),
+]
 
 json_scalars = (
     st.none()
@@ -61,7 +72,7 @@ json_scalars = (
     | st.integers(min_value=-(2**63), max_value=2**63)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=40)
-    | st.sampled_from(["services", "tasks", "nodes", "worker", "manager", "admin", "n1"])
+    | st.sampled_from(["services", "tasks", "nodes", "worker", "manager", "admin", "n1", *TOKENS])
 )
 json_values = st.recursive(
     json_scalars,

@@ -198,7 +198,26 @@ class ControlClient:
     ) -> list[Payload]:
         """The items of ``kind`` (services, tasks, nodes, syncs); ``service`` and
         ``all_tasks`` filter tasks (``all_tasks`` includes finished history);
-        ``selector`` (``app=web,tier!=db``) filters by labels, a task by its service's."""
+        ``selector`` (``app=web,tier!=db``) filters by labels, a task by its service's.
+        Tasks come in one answer, which a manager refuses past ~10,000 (``get_page``)."""
+        response = await self.get_page(kind, name, service, all_tasks, selector)
+        items: list[Payload] = response.get("items", [])
+        return items
+
+    async def get_page(
+        self,
+        kind: str,
+        name: str | None = None,
+        service: str | None = None,
+        all_tasks: bool = False,
+        selector: str | None = None,
+        limit: int | None = None,
+        token: str | None = None,
+    ) -> Payload:
+        """``Get``'s whole answer: ``{"items", "revision"}`` and, for tasks asked with
+        ``limit`` (at most that many per page), ``remaining`` and, while tasks remain,
+        ``continue``: the ``token`` of the next page (``shoal.manager.taskpages``). A
+        manager older than paging answers every task at once, without ``continue``."""
         request: Payload = {"kind": kind}
         if selector:
             request["selector"] = selector
@@ -208,9 +227,11 @@ class ControlClient:
             request["service"] = service
         if all_tasks:
             request["all"] = True
-        response = await self._call("Get", request)
-        items: list[Payload] = response.get("items", [])
-        return items
+        if limit is not None:
+            request["limit"] = limit
+        if token:
+            request["continue"] = token
+        return await self._call("Get", request)
 
     async def describe(self, kind: str, name: str) -> Payload:
         """Services: ``{service, tasks, notes, events}``; nodes: ``{node, tasks, events}``."""

@@ -33,6 +33,7 @@ from shoal.cli.options import (
     key_value,
     named_subcommand,
     output_option,
+    positive_number,
     selector_option,
     server_option,
     since_time,
@@ -162,8 +163,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- get
 
 
-async def _node_task_counts(control: ControlClient) -> dict[str, int]:
-    tasks = await control.get("tasks")
+async def _node_task_counts(control: ControlClient, answer: dict[str, Any]) -> dict[str, int]:
+    """How many live tasks each node has: from the nodes' answer (``taskCounts``), or
+    from a manager older than that, by listing the tasks."""
+    counts = answer.get("taskCounts")
+    if isinstance(counts, dict):
+        return {str(node): int(count) for node, count in counts.items()}
+    from shoal.cli.tasklist import all_tasks
+
+    tasks = await all_tasks(control)
     live = (t["nodeId"] for t in tasks if t.get("nodeId") and not output.is_terminal(t))
     return dict(Counter(live))
 
@@ -204,31 +212,44 @@ def show(args: argparse.Namespace, kind: str) -> int:
     all_tasks: bool = getattr(args, "all", False)
     if kind != "tasks" and (service or all_tasks):
         raise UsageError("--service and --all only apply to tasks")
+    selector: str | None = getattr(args, "selector", None)
+    paging = (getattr(args, "limit", None), getattr(args, "chunk_size", None))
+    if kind != "tasks" and paging != (None, None):
+        raise UsageError("--limit and --chunk-size only apply to tasks")
     watching = bool(getattr(args, "watch", False))
     # A task that ends leaves the default list; -w still prints how it ended.
     history = all_tasks or (watching and kind == "tasks")
+    if kind == "tasks" and not name and not watching:
+        from shoal.cli.tasklist import list_tasks
+
+        return list_tasks(args, service, history)
 
     async def fetch(control: ControlClient) -> tuple[list[dict[str, Any]], dict[str, int] | None]:
-        items = await control.get(
-            kind,
-            name=name,
-            service=service,
-            all_tasks=history or bool(name),
-            selector=args.selector,
-        )
+        if kind == "tasks" and not name:  # -w: every page, each time
+            from shoal.cli.tasklist import task_pages
+
+            items = []
+            async for page, _ in task_pages(control, service, history, selector):
+                items += page
+            answer: dict[str, Any] = {}
+        else:
+            answer = await control.get_page(
+                kind, name=name, service=service, all_tasks=history or bool(name), selector=selector
+            )
+            items = answer.get("items", [])
         if service and not items:
             # Like `get services nope`: a service that does not exist is an error
             # (NOT_FOUND, exit 1), not an empty list.
             await control.get("services", name=service)
         counts = None
         if kind == "nodes" and args.output in ("table", "wide"):
-            counts = await _node_task_counts(control)
+            counts = await _node_task_counts(control, answer)
         return items, counts
 
     if watching:
         return _watch(args, kind, fetch, everything=all_tasks or bool(name))
     items, counts = remote.unary(args, fetch)
-    if name and not items and not args.selector:
+    if name and not items and not selector:
         raise NotFoundError(f"{kind[:-1]} {name!r} not found")
     _print_items(kind, name, items, args.output, counts)
     return 0
@@ -480,6 +501,8 @@ def configure_apply(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_get(parser: argparse.ArgumentParser) -> None:
+    from shoal.cli.tasklist import CHUNK
+
     command(parser, cmd_get)
     parser.epilog = (
         "examples:\n  shoal get services\n  shoal get tasks --service web -a\n"
@@ -509,6 +532,19 @@ def configure_get(parser: argparse.ArgumentParser) -> None:
         "-a", "--all", action="store_true", help="tasks: include finished tasks kept as history"
     )
     selector_option(parser, "objects (tasks: of services)")
+    parser.add_argument(
+        "--limit",
+        type=positive_number,
+        metavar="N",
+        help="tasks: print at most N tasks (how many more match goes to stderr)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=whole_number,
+        metavar="N",
+        help=f"tasks: fetch N tasks per call, printing each page as it comes (default {CHUNK}; "
+        "0 fetches all in one call, which a manager refuses past 10,000 tasks)",
+    )
     parser.add_argument(
         "-w",
         "--watch",

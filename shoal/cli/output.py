@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -60,13 +60,31 @@ def truncate(text: str, width: int) -> str:
 
 def render_table(headers: Row, rows: Iterable[Row]) -> str:
     """Columns padded to their widest cell; the last column is not padded."""
-    all_rows = [list(headers), *(list(r) for r in rows)]
-    widths = [max(len(row[i]) for row in all_rows) for i in range(len(headers))]
-    lines = []
-    for row in all_rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines)
+    return Columns(headers).render(rows)
+
+
+class Columns:
+    """A table rendered in parts (a list that arrives page by page): the header with the
+    first part; each part's columns padded to the widest cell seen so far, so a table
+    rendered in one part is ``render_table``'s."""
+
+    def __init__(self, headers: Row) -> None:
+        self.headers = list(headers)
+        self.widths = [len(h) for h in headers]
+        self.started = False
+
+    def render(self, rows: Iterable[Row]) -> str:
+        part = [list(r) for r in rows]
+        if not self.started:
+            part.insert(0, self.headers)
+            self.started = True
+        for row in part:
+            self.widths = [max(w, len(c)) for w, c in zip(self.widths, row, strict=False)]
+        lines = []
+        for row in part:
+            cells = [cell.ljust(width) for cell, width in zip(row[:-1], self.widths, strict=False)]
+            lines.append("  ".join([*cells, row[-1]]).rstrip())
+        return "\n".join(lines)
 
 
 def dump(data: Any, fmt: str) -> str:
@@ -183,7 +201,12 @@ def template_ports(ports: list[dict[str, Any]]) -> str:
 
 
 def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
-    headers = ["NAME", "SERVICE", "SLOT", "NODE", "DESIRED", "STATE", "AGE", "MESSAGE"]
+    return render_table(*task_rows(items, wide))
+
+
+def task_rows(items: list[dict[str, Any]], wide: bool = False) -> tuple[Row, list[Row]]:
+    """The tasks table's headers and rows."""
+    headers: Row = ["NAME", "SERVICE", "SLOT", "NODE", "DESIRED", "STATE", "AGE", "MESSAGE"]
     if wide:
         headers = [
             "NAME",
@@ -200,7 +223,7 @@ def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
             "PORTS",
             "MESSAGE",
         ]
-    rows = []
+    rows: list[Row] = []
     for task in items:
         status = task.get("status", {})
         message = task_message(task)
@@ -225,7 +248,7 @@ def tasks_table(items: list[dict[str, Any]], wide: bool = False) -> str:
                 format_ports(status.get("ports") or []),
             ]
         rows.append(row)
-    return render_table(headers, rows)
+    return headers, rows
 
 
 # --------------------------------------------------------------------- nodes
@@ -303,6 +326,59 @@ def format_bytes(size: int) -> str:
             return f"{value:.1f}{unit}" if unit else f"{int(value)}"
         value /= 1024
     return f"{value:.1f}Ti"
+
+
+# ------------------------------------------------------------------ listings
+
+
+class Listing:
+    """A list printed as its pages arrive, the same text as printing it whole: a table
+    (``Columns``), or with ``-o json|yaml`` one document ``{"items": [...]}``, which is
+    only complete (and valid) once ``close`` ran. ``rows`` makes a page's table."""
+
+    def __init__(
+        self,
+        fmt: str,
+        rows: Callable[[list[dict[str, Any]]], tuple[Row, list[Row]]],
+        out: TextIO | None = None,
+    ) -> None:
+        self.fmt = fmt
+        self.count = 0
+        self._rows = rows
+        self._out = out or sys.stdout
+        self._columns: Columns | None = None
+
+    def add(self, items: list[dict[str, Any]]) -> None:
+        if not items:
+            return
+        first = self.count == 0
+        self.count += len(items)
+        if self.fmt == "json":
+            # As json.dumps(..., indent=2) nests each item two levels deep.
+            text = ",\n".join(
+                "    " + json.dumps(i, indent=2).replace("\n", "\n    ") for i in items
+            )
+            self._write(('{\n  "items": [\n' if first else ",\n") + text)
+        elif self.fmt == "yaml":
+            self._write(("items:\n" if first else "\n") + dump(items, "yaml"))
+        else:
+            headers, rows = self._rows(items)
+            if self._columns is None:
+                self._columns = Columns(headers)
+            self._write(("" if first else "\n") + self._columns.render(rows))
+
+    def close(self) -> None:
+        """The end of the document (json, yaml; a table needs none)."""
+        if self.fmt == "json":
+            self._write("\n  ]\n}\n" if self.count else '{\n  "items": []\n}\n')
+        elif self.fmt == "yaml":
+            self._write("\n" if self.count else "items: []\n")
+        elif self.count:
+            self._write("\n")
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
 
 
 # ------------------------------------------------------------------ progress

@@ -31,6 +31,7 @@ from shoal.manager.logstream import LogScope, ServiceLogs
 from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
 from shoal.manager.syncapi import SyncApi
+from shoal.manager.taskpages import decode_token, page, parse_limit
 from shoal.manifest import located_errors, validation_problems
 from shoal.models import (
     Availability,
@@ -418,23 +419,7 @@ class Control:
             if name and not items:
                 raise NotFoundError(f"service {name!r} not found")
         elif kind == "tasks":
-            service = request.get("service")
-            tasks = [
-                e.obj
-                for e in self.informer.all_tasks()
-                if (service in (None, e.obj.service)) and (name in (None, e.obj.id, e.obj.name))
-            ]
-            if selector:  # tasks carry the labels of their service
-                labels = {n: e.obj.metadata.labels for n, e in self.informer.services.items()}
-                tasks = [t for t in tasks if selector.matches(labels.get(t.service, {}))]
-            if not request.get("all"):
-                tasks = [
-                    t
-                    for t in tasks
-                    if t.desired_state == DesiredState.RUNNING or not t.status.state.terminal
-                ]
-            tasks.sort(key=lambda t: (t.service, t.slot, t.node_id or "", t.created_at))
-            items = [self._task_view(t) for t in tasks]
+            return self._get_tasks(request, name, selector)
         elif kind == "syncs":
             items = [
                 e.obj.to_wire()
@@ -451,7 +436,46 @@ class Control:
             ]
             if name and not items:
                 raise NotFoundError(f"node {name!r} not found")
+            # What `get nodes` shows in its TASKS column, without listing every task.
+            counts = {
+                n: sum(1 for t in self.informer.tasks_on_node(n) if not t.obj.status.state.terminal)
+                for n in (item["id"] for item in items)
+            }
+            return {"items": items, "revision": self.informer.revision, "taskCounts": counts}
         return {"items": items, "revision": self.informer.revision}
+
+    def _get_tasks(self, request: Payload, name: Any, selector: Selector) -> Payload:
+        """``Get`` of tasks: with ``limit``, one page of them (``shoal.manager.taskpages``)."""
+        limit = parse_limit(request.get("limit"))
+        after = decode_token(request.get("continue"))
+        service = request.get("service")
+        if service is not None and not isinstance(service, str):
+            raise ValueError("service: must be a service name")
+        entries = (
+            self.informer.tasks_of_service(service)
+            if service is not None
+            else self.informer.all_tasks()
+        )
+        tasks = [e.obj for e in entries if name in (None, e.obj.id, e.obj.name)]
+        if selector:  # tasks carry the labels of their service
+            labels = {n: e.obj.metadata.labels for n, e in self.informer.services.items()}
+            tasks = [t for t in tasks if selector.matches(labels.get(t.service, {}))]
+        if not request.get("all"):
+            tasks = [
+                t
+                for t in tasks
+                if t.desired_state == DesiredState.RUNNING or not t.status.state.terminal
+            ]
+        listed = page(tasks, limit, after)
+        answer: Payload = {
+            "items": [self._task_view(t) for t in listed["tasks"]],
+            "revision": self.informer.revision,
+        }
+        if limit is not None:
+            answer["remaining"] = listed["remaining"]
+        if "continue" in listed:
+            answer["continue"] = listed["continue"]
+        return answer
 
     async def describe(self, request: Payload, context: grpc.aio.ServicerContext) -> Payload:
         kind = _kind(str(request.get("kind", "services")))

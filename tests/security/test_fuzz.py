@@ -30,6 +30,7 @@ from tests.fuzzing import (
     DISPATCHER_METHODS,
     PAYLOADS,
     RAW,
+    TOKENS,
     Served,
     call_raw,
     json_values,
@@ -130,6 +131,33 @@ def test_streams_answer_every_payload_definitely(
     def check(body: bytes) -> None:
         code = call_raw(channel, f"/{service}/{method}", body, stream=True)
         assert code not in NEVER, (method, body)
+
+    try:
+        check()
+    finally:
+        channel.close()
+
+
+# ``Get`` of tasks in pages: limits and ``continue`` tokens of every shape.
+TASK_PAGES = st.fixed_dictionaries(
+    {"kind": st.just("tasks")},
+    optional={
+        "limit": st.integers(min_value=-5, max_value=2**40) | json_values,
+        "continue": st.sampled_from(TOKENS) | st.text(max_size=80) | json_values,
+        "service": st.sampled_from(["web", ""]) | json_values,
+        "all": st.booleans(),
+    },
+).map(lambda p: orjson.dumps(p, option=orjson.OPT_NON_STR_KEYS))
+
+
+def test_task_pages_answer_every_limit_and_token_definitely(served: Served) -> None:
+    channel = secure_channel(served.address, served.admin)
+
+    @BOUNDED
+    @given(TASK_PAGES)
+    def check(body: bytes) -> None:
+        code = call_raw(channel, f"/{CONTROL_SERVICE}/Get", body)
+        assert code in ("OK", "INVALID_ARGUMENT", "NOT_FOUND"), (code, body)
 
     try:
         check()
