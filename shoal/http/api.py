@@ -42,6 +42,8 @@ log = structlog.get_logger(__name__)
 STATIC = Path(__file__).parent / "static"
 # How many past events an events stream starts with (``?limit=`` changes it).
 HISTORY = 200
+# Tasks per Get while listing them (a manager's largest page: shoal.manager.taskpages).
+TASK_PAGE = 5_000
 # A comment line this often keeps proxies from closing a quiet stream.
 PING = 15.0
 # An open stream checks this often that its session goes on (not signed out, its
@@ -506,7 +508,15 @@ async def tasks(api: WebApi, request: web.Request) -> web.StreamResponse:
     body: Payload = {"kind": "tasks", "all": _flag(request, "all")}
     if request.query.get("service"):
         body["service"] = request.query["service"]
-    return _json(await api.call(request, "Get", body))
+    # Read in pages (a Get answers at most 10,000 tasks unpaged: shoal.manager.taskpages),
+    # which also lets other work run between pages of a huge service.
+    items: list[Payload] = []
+    while True:
+        reply = await api.call(request, "Get", {**body, "limit": TASK_PAGE})
+        items += reply.get("items", [])
+        if not reply.get("continue"):
+            return _json({"items": items, "revision": reply.get("revision")})
+        body["continue"] = reply["continue"]
 
 
 @_route(schema.RouteDoc("GET", "/api/v1/nodes", "every node", "Get", schema.NodeList))

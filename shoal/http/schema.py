@@ -42,6 +42,8 @@ class TaskList(Model):
 class NodeList(Model):
     items: list[Node]
     revision: int
+    # How many tasks that have not ended each node has (``shoal get nodes``' TASKS).
+    task_counts: dict[str, int] = Field(default_factory=dict)
 
 
 class EventView(Model):
