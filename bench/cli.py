@@ -7,12 +7,19 @@ services`` against a local ``shoal up`` (with a few services in it) and
 ``python -c pass`` with the same interpreter as the floor no Python CLI can
 go under. Each command runs ``--runs`` times after one untimed warm-up run
 (which also writes the bytecode caches, as a user's first run would); the
-median and the maximum are printed with every run.
+median and the maximum are printed with every run, and the median CPU time
+(user + system, from the kernel's accounting of the finished child) beside it:
+on a machine shared with other work the CPU time moves less than the wall time.
+The load average is printed at the start and the end.
+
+With ``--baseline DIR`` (a checkout of another shoal, e.g. ``git worktree add
+/tmp/base main``), every command also runs with that tree first on
+``PYTHONPATH``, alternating with this one run by run, so both see the same load.
 
 Then, for ``get services``, where its import time goes: the top-level
 modules of ``python -X importtime``, cumulative, median over the runs.
 
-    .venv/bin/python bench/cli.py [--runs 10]
+    .venv/bin/python bench/cli.py [--runs 10] [--baseline DIR]
 
 ``PYTHONDONTWRITEBYTECODE`` is removed from the commands' environment (it
 makes every run compile shoal from source, which no installed CLI does); the
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,13 +62,24 @@ def environment(address: str) -> dict[str, str]:
     return env
 
 
-def wall(argv: list[str], env: dict[str, str]) -> float:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wall(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of ``argv`` (which must succeed)."""
+    cpu = children_cpu()
     started = time.perf_counter()
     result = subprocess.run(argv, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr!r}")
-    return elapsed
+    return elapsed, children_cpu() - cpu
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def import_breakdown(argv: list[str], env: dict[str, str], runs: int) -> dict[str, float]:
@@ -87,9 +106,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--services", type=int, default=3, help="services listed by get")
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR", help="also run the shoal of this tree, paired"
+    )
     args = parser.parse_args()
     if "PYTHONDONTWRITEBYTECODE" in os.environ:
         print("note: PYTHONDONTWRITEBYTECODE was set; the commands run without it\n")
+    print(f"load average at the start: {load()}")
 
     with open_shoal_up(free_port(), "process") as address, tempfile.TemporaryDirectory() as specs:
         env = environment(address)
@@ -103,10 +126,18 @@ def main() -> int:
             "shoal get services": [SHOAL, "get", "services"],
             "shoal apply --dry-run": [SHOAL, "apply", "-f", specs, "--dry-run"],
         }
-        figures: dict[str, list[float]] = {}
+        trees = {"": env}
+        if args.baseline:
+            trees = {"baseline ": {**env, "PYTHONPATH": str(args.baseline.resolve())}, **trees}
+        figures: dict[str, list[tuple[float, float]]] = {}
         for label, argv in commands.items():
-            wall(argv, env)  # warm-up: bytecode caches, page cache
-            figures[label] = [wall(argv, env) * 1000 for _ in range(args.runs)]
+            for tree, tree_env in trees.items():
+                wall(argv, tree_env)  # warm-up: bytecode caches, page cache
+                figures[tree + label] = []
+            for _ in range(args.runs):
+                for tree, tree_env in trees.items():
+                    elapsed, cpu = wall(argv, tree_env)
+                    figures[tree + label].append((elapsed * 1000, cpu * 1000))
         breakdown = import_breakdown(["-m", "shoal", "get", "services"], env, args.runs)
         subprocess.run(
             [SHOAL, "delete", "service", *[f"cli-bench-{i}" for i in range(args.services)]],
@@ -115,10 +146,16 @@ def main() -> int:
             check=False,
         )
 
-    print(f"{'command':<26} {'median ms':>10} {'max ms':>8}   runs (ms)")
-    for label, values in figures.items():
+    print(f"load average at the end: {load()}\n")
+    print(f"{'command':<35} {'median ms':>10} {'max ms':>8} {'CPU ms':>7}   runs (wall ms)")
+    for label, pairs in figures.items():
+        values = [w for w, _ in pairs]
+        cpu = statistics.median(c for _, c in pairs)
         runs = " ".join(f"{v:.0f}" for v in values)
-        print(f"{label:<26} {statistics.median(values):>10.1f} {max(values):>8.1f}   {runs}")
+        print(
+            f"{label:<35} {statistics.median(values):>10.1f} {max(values):>8.1f} {cpu:>7.1f}"
+            f"   {runs}"
+        )
     print("\nshoal get services, import time by top-level module (cumulative, median ms):")
     for name, ms in sorted(breakdown.items(), key=lambda item: -item[1])[:12]:
         print(f"  {name:<40} {ms:>7.1f}")
