@@ -21,22 +21,33 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from datetime import date
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from shoal.api.wire import CONTROL_SERVICE, Payload
 from shoal.errors import ApiError
 from shoal.security.contexts import Context, CredentialsError, resolve
 
+TYPE_CHECKING = False  # not from typing: every command loads this module
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+    from typing import Any, Protocol, TypeVar
+
     from shoal.api.unary import UnaryConnection
     from shoal.models import Service
     from shoal.models.secret import ConfigDocument
     from shoal.models.sync import Sync
 
+    T = TypeVar("T")
+
+    class Transport(Protocol):
+        """How a ``ControlClient`` reaches its manager: grpc.aio (``shoal.api.channels``)
+        or the CLI's unary client (``UnaryTransport``). Errors come as ``ApiError``."""
+
+        async def call(self, method: str, request: Payload, timeout: float | None) -> Payload: ...
+
+        def stream(self, method: str, request: Payload) -> AsyncIterator[Payload]: ...
+
+
 UNAVAILABLE = "UNAVAILABLE"
-T = TypeVar("T")
 
 
 CONNECT_TIMEOUT = 3.0
@@ -51,19 +62,10 @@ def unreachable_message(tried: list[tuple[str, str]]) -> str:
     )
 
 
-class Transport(Protocol):
-    """How a ``ControlClient`` reaches its manager: grpc.aio (``shoal.api.channels``)
-    or the CLI's unary client (``UnaryTransport``). Errors come as ``ApiError``."""
-
-    async def call(self, method: str, request: Payload, timeout: float | None) -> Payload: ...
-
-    def stream(self, method: str, request: Payload) -> AsyncIterator[Payload]: ...
-
-
 def _jsonable(value: Any) -> str:
     """What JSON lacks, as the manager reads it: YAML's dates and times (from a spec)."""
-    if isinstance(value, date):
-        return value.isoformat()
+    if type(value).__name__ in ("date", "datetime") and hasattr(value, "isoformat"):
+        return str(value.isoformat())  # datetime's, which this module does not import
     raise ApiError(
         "INVALID_ARGUMENT",
         f"a {type(value).__name__} value cannot be sent: write it as a string in the YAML",

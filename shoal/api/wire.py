@@ -7,9 +7,13 @@ which must not pay for importing grpc.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+TYPE_CHECKING = False  # not from typing: the CLI's every command loads this module
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
-Payload = dict[str, Any]
+    Payload = dict[str, Any]
+else:
+    Payload = dict
 
 # Messages of a few MiB are legitimate (a full assignment set for a busy node).
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -24,12 +28,17 @@ DEFAULT_PORT = 7420
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
 
-class TlsCredentials(Protocol):
-    """What a mutual-TLS channel needs (``shoal.security.credentials.TlsIdentity``)."""
+if TYPE_CHECKING:
 
-    @property
-    def ca_pem(self) -> bytes: ...
-    @property
-    def cert_pem(self) -> bytes: ...
-    @property
-    def key_pem(self) -> bytes: ...
+    class TlsCredentials(Protocol):
+        """What a mutual-TLS channel needs (``shoal.security.credentials.TlsIdentity``)."""
+
+        @property
+        def ca_pem(self) -> bytes: ...
+        @property
+        def cert_pem(self) -> bytes: ...
+        @property
+        def key_pem(self) -> bytes: ...
+
+else:
+    TlsCredentials = object  # a Protocol, for the type checker only

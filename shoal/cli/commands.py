@@ -22,7 +22,6 @@ import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from shoal.cli import output, remote
 from shoal.cli.options import (
@@ -43,7 +42,10 @@ from shoal.cli.options import (
 )
 from shoal.errors import ApiError, NotFoundError, ShoalError, SpecError
 
+TYPE_CHECKING = False  # not from typing: see shoal.cli.main
 if TYPE_CHECKING:
+    from typing import Any
+
     from shoal.api.client import ControlClient
     from shoal.manifest import Document
     from shoal.models import Service

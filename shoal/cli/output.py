@@ -18,7 +18,10 @@ import shlex
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+
+TYPE_CHECKING = False  # not from typing: see shoal.cli.main
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 Row = Sequence[str]
 COMMAND_WIDTH = 40

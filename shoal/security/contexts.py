@@ -40,13 +40,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections import namedtuple
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from shoal.api.address import manager_address
 from shoal.errors import ShoalError
 from shoal.paths import MANAGER_SUBDIR, default_state_dir, endpoint_candidates
+
+TYPE_CHECKING = False  # not from typing: every command loads this module (see Context)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, NamedTuple
 
 ADMIN_BUNDLE = "admin.yaml"
 
@@ -55,19 +59,33 @@ class CredentialsError(ShoalError):
     """No usable credentials, or a bundle or config file that cannot be read."""
 
 
-# A NamedTuple, not a dataclass: importing dataclasses (inspect, ast, dis) would cost
-# every command ~15 ms, a tenth of its budget.
-class Context(NamedTuple):
+# A named tuple, not a dataclass: importing dataclasses (inspect, ast, dis) would cost
+# every command ~15 ms, a tenth of its budget; and collections' namedtuple, not
+# typing's NamedTuple, which loads typing and compiles each field's annotation (~8 ms).
+if TYPE_CHECKING:
+
+    class _Fields(NamedTuple):
+        name: str
+        servers: list[str]
+        ca_pem: bytes
+        cert_pem: bytes
+        key_pem: bytes
+        user: str = ""
+        role: str = ""
+        cluster: str = ""
+
+else:
+    _Fields = namedtuple(
+        "_Fields",
+        ["name", "servers", "ca_pem", "cert_pem", "key_pem", "user", "role", "cluster"],
+        defaults=("", "", ""),
+    )
+
+
+class Context(_Fields):
     """Credentials and manager addresses of one cluster (``TlsCredentials`` for a channel)."""
 
-    name: str
-    servers: list[str]
-    ca_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
-    user: str = ""
-    role: str = ""
-    cluster: str = ""
+    __slots__ = ()
 
     def __repr__(self) -> str:  # never the key
         return f"Context(name={self.name!r}, servers={self.servers!r}, user={self.user!r})"
