@@ -56,16 +56,19 @@ from shoal.models.sync import Sync
 from shoal.specfiles import MAX_DOCUMENT_BYTES as MAX_DOCUMENT_BYTES
 from shoal.specfiles import YAML_SUFFIXES as YAML_SUFFIXES
 from shoal.specfiles import Checks, Located, SpecFile, locate_node, read_paths, read_text
-from shoal.specfiles import _child as child
-from shoal.specfiles import _format_path as format_path
-from shoal.specfiles import _syntax_problem as syntax_problem
-from shoal.specfiles import _unmarked_problem as unmarked_problem
+from shoal.specfiles import child as child
+from shoal.specfiles import format_path as format_path
+from shoal.specfiles import syntax_problem as syntax_problem
+from shoal.specfiles import unmarked_problem as unmarked_problem
 from shoal.specfiles import yaml_files as yaml_files
 
 # A document of a spec file, and kind -> the model that validates it (all share API_VERSION).
 Document = Service | ConfigDocument | Sync
 DocumentModel = type[Service] | type[ConfigDocument] | type[Sync]
-MODELS: dict[str, DocumentModel] = {"Service": Service, "Config": ConfigDocument, "Sync": Sync}
+# The documents Apply takes as ``documents``; configs go apart, as ``configs``.
+APPLIED: dict[str, type[Service] | type[Sync]] = {"Service": Service, "Sync": Sync}
+# Every kind (``specfiles.KIND_NAMES``, which the CLI checks without loading these).
+MODELS: dict[str, DocumentModel] = {**APPLIED, "Config": ConfigDocument}
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",

@@ -144,7 +144,7 @@ def read_text(text: str, filename: str) -> SpecFile:
     try:
         composer = _Composer(text)  # checks that every character is allowed in YAML
     except yaml.YAMLError as exc:
-        spec.found.append((0, _unmarked_problem(exc, text, filename)))
+        spec.found.append((0, unmarked_problem(exc, text, filename)))
         return spec
     try:
         while True:
@@ -153,10 +153,10 @@ def read_text(text: str, filename: str) -> SpecFile:
                     break
                 node = composer.get_node()
             except yaml.MarkedYAMLError as exc:
-                spec.found.append(_syntax_problem(exc, filename))
+                spec.found.append(syntax_problem(exc, filename))
                 break
             except yaml.YAMLError as exc:
-                spec.found.append((0, _unmarked_problem(exc, text, filename)))
+                spec.found.append((0, unmarked_problem(exc, text, filename)))
                 break
             except RecursionError:
                 spec.found.append((0, f"{filename}: invalid YAML: nested too deeply"))
@@ -265,7 +265,7 @@ class _Document:
             if not isinstance(item, MappingNode):
                 self.report(
                     item.start_mark.line + 1,
-                    _format_path(where),
+                    format_path(where),
                     "expected a mapping with apiVersion, kind, metadata and spec",
                 )
                 continue
@@ -276,9 +276,9 @@ class _Document:
 
     def _items(self, root: MappingNode) -> list[Node] | None:
         """The items of a list document (``items:``, maybe ``kind: List``), else None."""
-        entry = _child(root, "items")
-        kind = _child(root, "kind")
-        if entry is None or _child(root, "spec") is not None:
+        entry = child(root, "items")
+        kind = child(root, "kind")
+        if entry is None or child(root, "spec") is not None:
             return None
         if kind is not None and not (isinstance(kind[1], ScalarNode) and kind[1].value == "List"):
             return None
@@ -302,7 +302,7 @@ class _Document:
         try:
             data = self.composer.construct_document(root)
         except yaml.MarkedYAMLError as exc:
-            self.found.append(_syntax_problem(exc, self.filename))
+            self.found.append(syntax_problem(exc, self.filename))
             return None
         return Located(self.filename, root, where, kind, data)
 
@@ -319,7 +319,7 @@ class _Document:
         ):
             problem = f"input should be a finite number (got {node.value})"
         if problem is not None:
-            self.report(node.start_mark.line + 1, _format_path(path), problem)
+            self.report(node.start_mark.line + 1, format_path(path), problem)
             return False
         if isinstance(node, SequenceNode):
             for index, item in enumerate(node.value):
@@ -329,11 +329,11 @@ class _Document:
             for key, value in node.value:
                 line = key.start_mark.line + 1
                 if key.tag == _MERGE_TAG:
-                    self.report(line, _format_path(path), "merge keys (<<) are not allowed")
+                    self.report(line, format_path(path), "merge keys (<<) are not allowed")
                     sound = False
                     continue
                 if not isinstance(key, ScalarNode):
-                    self.report(line, _format_path(path), "mapping keys must be plain scalars")
+                    self.report(line, format_path(path), "mapping keys must be plain scalars")
                     sound = False
                     continue
                 here = [*path, key.value]
@@ -341,7 +341,7 @@ class _Document:
                     shown = _KEY_KINDS.get(key.tag, "not a string")
                     self.report(
                         line,
-                        _format_path(here),
+                        format_path(here),
                         f"this key is {shown} in YAML; quote it in the YAML to make it a string",
                     )
                     sound = False
@@ -352,7 +352,7 @@ class _Document:
                 else:
                     self.report(
                         line,
-                        _format_path(here),
+                        format_path(here),
                         f"duplicate key {key.value!r} (first at line {first})",
                     )
                 sound = self._walk(value, here) and sound
@@ -360,8 +360,8 @@ class _Document:
 
     def _kind(self, root: MappingNode, where: list[str | int]) -> str | None:
         root_line = root.start_mark.line + 1
-        version = _child(root, "apiVersion")
-        kind = _child(root, "kind")
+        version = child(root, "apiVersion")
+        kind = child(root, "kind")
         expected_kinds = KINDS
         model: str | None = None
         if kind is None:
@@ -401,7 +401,7 @@ class _Document:
         return model
 
 
-def _syntax_problem(exc: yaml.MarkedYAMLError, filename: str) -> tuple[int, str]:
+def syntax_problem(exc: yaml.MarkedYAMLError, filename: str) -> tuple[int, str]:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark is not None else 1
     if "'\\t'" in str(exc.problem) and mark is not None:
@@ -417,7 +417,7 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, filename: str) -> tuple[int, str]
     return line, f"{filename}:{line}: {message}"
 
 
-def _unmarked_problem(exc: yaml.YAMLError, text: str, filename: str) -> str:
+def unmarked_problem(exc: yaml.YAMLError, text: str, filename: str) -> str:
     """A YAML error without a mark, e.g. the reader's refusal of a control character."""
     position = getattr(exc, "position", None)
     if not isinstance(position, int):
@@ -427,7 +427,7 @@ def _unmarked_problem(exc: yaml.YAMLError, text: str, filename: str) -> str:
     return f"{filename}:{line}: invalid YAML: {reason} (character {text[position]!r})"
 
 
-def _child(node: MappingNode, name: str | int) -> tuple[Node, Node] | None:
+def child(node: MappingNode, name: str | int) -> tuple[Node, Node] | None:
     """The last (key, value) whose key is ``name``, in camelCase or snake_case."""
     names = {str(name)}
     if isinstance(name, str):
@@ -437,12 +437,6 @@ def _child(node: MappingNode, name: str | int) -> tuple[Node, Node] | None:
         if isinstance(key, ScalarNode) and key.value in names:
             match = (key, value)
     return match
-
-
-def _locate(root: Node, loc: tuple[int | str, ...]) -> tuple[int, str]:
-    """The line and the user-spelled field path for a pydantic error location."""
-    _, line, path = locate_node(root, loc)
-    return line, path
 
 
 def locate_node(root: Node, loc: tuple[int | str, ...]) -> tuple[Node, int, str]:
@@ -460,7 +454,7 @@ def locate_node(root: Node, loc: tuple[int | str, ...]) -> tuple[Node, int, str]
     for depth, element in enumerate(loc):
         if element == "[key]":
             break  # the dict key itself is wrong: path and line already point at it
-        if isinstance(node, MappingNode) and (entry := _child(node, element)) is not None:
+        if isinstance(node, MappingNode) and (entry := child(node, element)) is not None:
             key, node = entry
             path.append(key.value)
             marker = key
@@ -476,18 +470,18 @@ def locate_node(root: Node, loc: tuple[int | str, ...]) -> tuple[Node, int, str]
         else:
             path.extend(e for e in loc[depth:] if e != "[key]")
             break
-    return marker, line, _format_path(path)
+    return marker, line, format_path(path)
 
 
 def _join(where: list[str | int], path: str) -> str:
     """``items[2]`` + ``spec.replicas`` → ``items[2].spec.replicas``."""
-    prefix = _format_path(where)
+    prefix = format_path(where)
     if not prefix or not path:
         return prefix or path
     return prefix + (path if path.startswith("[") else "." + path)
 
 
-def _format_path(path: list[str | int]) -> str:
+def format_path(path: list[str | int]) -> str:
     text = ""
     for part in path:
         if isinstance(part, int):

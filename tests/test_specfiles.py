@@ -74,3 +74,14 @@ def test_quoted_keys_and_values_go_through() -> None:
 def test_a_depends_on_that_is_no_list_is_left_to_validation(value: object) -> None:
     document = {"kind": "Service", "metadata": {"name": "web"}, "spec": {"dependsOn": value}}
     assert describe_data(document) == ("Service", "web", [])
+
+
+def test_the_kinds_the_cli_checks_are_the_kinds_the_models_validate() -> None:
+    # specfiles checks a document's kind without loading the models; manifest maps
+    # each kind to its model; the manager applies APPLIED (configs come apart).
+    from shoal.manifest import APPLIED, MODELS
+    from shoal.specfiles import KIND_NAMES, REFUSED_KINDS
+
+    assert set(MODELS) == KIND_NAMES
+    assert set(APPLIED) == KIND_NAMES - {"Config"}
+    assert not set(REFUSED_KINDS) & KIND_NAMES

@@ -78,6 +78,7 @@ def _report(error: ShoalError) -> None:
 def diff_text(args: argparse.Namespace) -> str:
     """The unified diff of everything an apply of these arguments would change."""
     from shoal.cli import remote
+    from shoal.manifest import APPLIED
     from shoal.models import Service
     from shoal.models.sync import Sync
     from shoal.specdiff import unified
@@ -105,13 +106,12 @@ def diff_text(args: argparse.Namespace) -> str:
         return results, live
 
     results, live = remote.unary(args, ask)
-    models: dict[str, type[Service] | type[Sync]] = {"Service": Service, "Sync": Sync}
     parts = []
     for result in results:
         key = (str(result.get("kind", "Service")), str(result["name"]))
         if result["action"] == "unchanged":
             continue
-        model = models.get(key[0])
+        model = APPLIED.get(key[0])
         if model is None:  # a config: its bytes are not shown
             parts.append(f"# {key[0].lower()}/{key[1]} would be {result['action']}\n")
             continue

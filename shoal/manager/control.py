@@ -32,7 +32,7 @@ from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
 from shoal.manager.syncapi import SyncApi
 from shoal.manager.taskpages import decode_token, page, parse_limit
-from shoal.manifest import located_errors, validation_problems
+from shoal.manifest import APPLIED, located_errors, validation_problems
 from shoal.models import (
     Availability,
     DesiredState,
@@ -43,7 +43,7 @@ from shoal.models import (
     Task,
 )
 from shoal.models.secret import ConfigDocument
-from shoal.models.sync import ApplySet, Sync
+from shoal.models.sync import ApplySet
 from shoal.reconciler.applyset import ApplyOptions, Document, plan_apply
 from shoal.reconciler.events import EventFilter, EventRecorder, node_update_event
 from shoal.reconciler.informer import Informer
@@ -73,10 +73,9 @@ def parse_documents(raw: list[Any], validation: dict[str, Any] | None = None) ->
     problems: list[str] = []
     documents: list[Document] = []
     seen: set[tuple[str, str]] = set()
-    models: dict[str, type[Service] | type[Sync]] = {"Service": Service, "Sync": Sync}
     for index, doc in enumerate(raw):
         kind = doc.get("kind", "Service") if isinstance(doc, dict) else None
-        model = models.get(str(kind))
+        model = APPLIED.get(str(kind))
         if model is None:
             problems.append(f"document {index + 1}: kind: unknown kind {kind!r}")
             continue
@@ -107,10 +106,9 @@ def locate_problems(
     ``{"document": N | "config": N, "loc": [field path], "message"}``, for a client
     that kept each document's YAML to name the file, line and field (the CLI)."""
     problems: list[Payload] = []
-    models: dict[str, type[Service] | type[Sync]] = {"Service": Service, "Sync": Sync}
     for index, doc in enumerate(raw):
         kind = doc.get("kind", "Service") if isinstance(doc, dict) else None
-        model = models.get(str(kind))
+        model = APPLIED.get(str(kind))
         if model is None:
             problems.append(
                 {"document": index, "loc": ["kind"], "message": f"unknown kind {kind!r}"}
