@@ -23,6 +23,8 @@ from shoal.cli.output import Progress, format_age, is_terminal, slot_label
 from shoal.errors import ApiError, ShoalError
 
 POLL_INTERVAL = 0.5
+# Tasks looked at per service and poll (a deleted service may have 100,000).
+WAIT_PAGE = 1000
 
 
 class _Deadline:
@@ -51,14 +53,17 @@ async def wait_tasks_gone(
         while True:
             for name in list(remaining):
                 try:
-                    tasks = await control.get("tasks", service=name)
+                    # One page: past it, the tasks still listed are counted as stopping,
+                    # which the count is exact again once one page holds them all.
+                    page = await control.get_page("tasks", service=name, limit=WAIT_PAGE)
                 except ApiError as exc:
                     if exc.code != "NOT_FOUND":
                         raise
-                    tasks = []  # neither the service nor any task is left
-                live = [t for t in tasks if not is_terminal(t)]
+                    page = {}  # neither the service nor any task is left
+                live = sum(1 for t in page.get("items", []) if not is_terminal(t))
+                live += int(page.get("remaining") or 0) if page.get("continue") else 0
                 if live:
-                    remaining[name] = len(live)
+                    remaining[name] = live
                 else:
                     del remaining[name]
             if not remaining:

@@ -7,6 +7,7 @@ the way the orchestrator, scheduler and agents would.
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,10 @@ from typing import Any
 
 import pytest
 
+from shoal.api.client import ControlClient
+from shoal.cli import waiting
+from shoal.cli.output import Progress
+from shoal.errors import ApiError, ShoalError
 from shoal.manager import taskpages
 from shoal.manager.control import Control
 from shoal.models import DesiredState, Task, TaskState, TaskStatus
@@ -226,3 +231,41 @@ async def test_nodes_come_with_their_live_task_counts(world: World) -> None:
     await world.put(task(1, node_id="n1"), task(2, node_id="n1"), ended, task(4))
     reply = await control(world).get({"kind": "nodes"}, None)  # type: ignore[arg-type]
     assert reply["taskCounts"] == {"n1": 2, "n2": 0}
+
+
+class InProcess:
+    """A ``ControlClient`` transport that calls the handlers directly."""
+
+    def __init__(self, world: World) -> None:
+        self._control = control(world)
+
+    async def call(self, method: str, request: dict[str, Any], timeout: float | None) -> Any:
+        assert method == "Get"
+        try:
+            return await self._control.get(request, None)  # type: ignore[arg-type]
+        except ValueError as exc:  # what the gRPC layer answers for it
+            raise ApiError("INVALID_ARGUMENT", str(exc)) from exc
+
+    def stream(self, method: str, request: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+async def test_delete_waits_on_a_huge_service_a_page_at_a_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`delete --wait` polls a deleted service's tasks until none is left stopping; one
+    that has more tasks than one unpaged answer holds is read a page per poll."""
+    monkeypatch.setattr(taskpages, "UNPAGED_TASKS", 1500)
+    monkeypatch.setattr(waiting, "POLL_INTERVAL", 0.01)
+    stopping = [
+        task(n).model_copy(update={"desired_state": DesiredState.SHUTDOWN}) for n in range(2500)
+    ]
+    await world.put(*stopping)
+    client = ControlClient(InProcess(world), "in-process")
+    with pytest.raises(ShoalError, match=r"web: 2500 task\(s\)"):
+        await waiting.wait_tasks_gone(client, ["web"], 0.05, Progress(io.StringIO()))
+    for stopped in stopping:
+        entry = world.informer.tasks[stopped.id]
+        ended = entry.obj.model_copy(update={"status": TaskStatus(state=TaskState.SHUTDOWN)})
+        await world.informer.commit([Change.put(ended, entry.revision)])
+    await waiting.wait_tasks_gone(client, ["web"], 5, Progress(io.StringIO()))
