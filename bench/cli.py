@@ -19,7 +19,14 @@ With ``--baseline DIR`` (a checkout of another shoal, e.g. ``git worktree add
 Then, for ``get services``, where its import time goes: the top-level
 modules of ``python -X importtime``, cumulative, median over the runs.
 
+With ``--tasks N`` it measures instead ``shoal get tasks`` of one service of N
+``sim`` replicas (the local agent runs 256, the rest wait pending): the wall
+and CPU time of the whole listing printed as a table and as ``-o json``, the
+lines or items it printed, and the CPU time the manager spent answering (from
+``/proc/PID/stat`` of ``shoal up``).
+
     .venv/bin/python bench/cli.py [--runs 10] [--baseline DIR]
+    .venv/bin/python bench/cli.py --tasks 100000 --runs 3
 
 ``PYTHONDONTWRITEBYTECODE`` is removed from the commands' environment (it
 makes every run compile shoal from source, which no installed CLI does); the
@@ -29,6 +36,7 @@ benchmark says so when it was set.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -102,6 +110,81 @@ def import_breakdown(argv: list[str], env: dict[str, str], runs: int) -> dict[st
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+HUGE = """\
+apiVersion: shoal/v1
+kind: Service
+metadata: {{name: cli-bench-huge}}
+spec:
+  replicas: {replicas}
+  template: {{runtime: sim, command: [sim]}}
+"""
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def shoal_up_pid(state: str) -> int:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                words = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"up" in words and state.encode() in words:
+                return int(entry.name)
+    raise SystemExit("the benchmark's shoal up is not in /proc")
+
+
+def huge_listing(address: str, tasks: int, runs: int) -> None:
+    """``get tasks`` of a service of ``tasks`` replicas: table and JSON, ``runs`` each."""
+    env = environment(address)
+    manager = shoal_up_pid(os.environ["SHOAL_STATE_DIR"])
+    with tempfile.TemporaryDirectory() as specs:
+        spec = Path(specs) / "huge.yaml"
+        spec.write_text(HUGE.format(replicas=tasks))
+        started = time.monotonic()
+        wall([SHOAL, "apply", "-f", str(spec)], env)
+        listed = [SHOAL, "get", "tasks", "--service", "cli-bench-huge"]
+        while True:
+            result = subprocess.run(
+                [*listed, "--limit", "1"], env=env, capture_output=True, text=True, check=False
+            )
+            more = result.stderr.split(" more task", 1)[0].rsplit("\n", 1)[-1]
+            if more.isdigit() and int(more) + 1 >= tasks:
+                break
+            time.sleep(2)
+        print(f"{tasks} tasks written {time.monotonic() - started:.0f} s after the apply")
+        print(f"load average: {load()}\n")
+        print(f"{'listing':<28} {'wall s':>7} {'CLI CPU s':>10} {'manager CPU s':>14}  printed")
+        for _ in range(runs):
+            for fmt in ("table", "json"):
+                before = process_cpu(manager)
+                cpu = children_cpu()
+                begun = time.perf_counter()
+                got = subprocess.run([*listed, "-o", fmt], env=env, capture_output=True)
+                elapsed = time.perf_counter() - begun
+                if got.returncode != 0:
+                    raise SystemExit(f"get tasks -o {fmt} failed: {got.stderr[-500:]!r}")
+                if fmt == "json":
+                    printed = f"{len(json.loads(got.stdout)['items'])} items"
+                else:
+                    printed = f"{len(got.stdout.splitlines())} lines"
+                print(
+                    f"get tasks -o {fmt:<16} {elapsed:>7.2f} {children_cpu() - cpu:>10.2f} "
+                    f"{process_cpu(manager) - before:>14.2f}  {printed}"
+                )
+        print(f"\nload average: {load()}")
+        subprocess.run(
+            [SHOAL, "delete", "service", "cli-bench-huge", "--no-wait"],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
@@ -109,10 +192,17 @@ def main() -> int:
     parser.add_argument(
         "--baseline", type=Path, metavar="DIR", help="also run the shoal of this tree, paired"
     )
+    parser.add_argument(
+        "--tasks", type=int, metavar="N", help="measure get tasks of N replicas instead"
+    )
     args = parser.parse_args()
     if "PYTHONDONTWRITEBYTECODE" in os.environ:
         print("note: PYTHONDONTWRITEBYTECODE was set; the commands run without it\n")
     print(f"load average at the start: {load()}")
+    if args.tasks:
+        with open_shoal_up(free_port(), "sim") as address:
+            huge_listing(address, args.tasks, args.runs)
+        return 0
 
     with open_shoal_up(free_port(), "process") as address, tempfile.TemporaryDirectory() as specs:
         env = environment(address)
