@@ -143,13 +143,18 @@ def test_reading_the_credentials_shoal_wrote_loads_no_yaml(tmp_path: Path) -> No
     assert offending(modules, ("yaml",)) == []
 
 
-def test_apply_loads_neither_the_models_nor_grpc_nor_a_daemon(tmp_path: Path) -> None:
+def spec_file(tmp_path: Path) -> str:
     spec = tmp_path / "web.yaml"
     spec.write_text(
         "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: web}\n"
         "spec: {template: {command: [sleep, '60']}}\n"
     )
-    returned, modules = loaded(tmp_path, "apply", "-f", str(spec), "--server", "127.0.0.1:1")
+    return str(spec)
+
+
+def test_apply_loads_neither_the_models_nor_grpc_nor_a_daemon(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path)
+    returned, modules = loaded(tmp_path, "apply", "-f", spec, "--server", "127.0.0.1:1")
     assert returned == 1
     # The YAML was composed and checked (the manager validates the rest), then sent.
     assert {"shoal.specfiles", "shoal.api.unary"} <= modules
@@ -158,12 +163,8 @@ def test_apply_loads_neither_the_models_nor_grpc_nor_a_daemon(tmp_path: Path) ->
 
 def test_diff_loads_the_models_but_neither_grpc_nor_asyncio(tmp_path: Path) -> None:
     # diff renders both sides with the models' defaults; its calls are unary.
-    spec = tmp_path / "web.yaml"
-    spec.write_text(
-        "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: web}\n"
-        "spec: {template: {command: [sleep, '60']}}\n"
-    )
-    returned, modules = loaded(tmp_path, "diff", "-f", str(spec), "--server", "127.0.0.1:1")
+    spec = spec_file(tmp_path)
+    returned, modules = loaded(tmp_path, "diff", "-f", spec, "--server", "127.0.0.1:1")
     assert returned == 2  # diff's exit code for an error: no manager
     assert "shoal.api.unary" in modules
     assert offending(modules, (*DAEMON_MODULES, *LOOP_MODULES)) == []

@@ -120,9 +120,11 @@ def server(ca: CertificateAuthority) -> Iterator[Server]:
         yield running
 
 
-@pytest.fixture
-def bundle(tmp_path: Path, admin: TlsIdentity, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The admin's credentials where the CLI looks for a local cluster's."""
+def write_bundle(
+    tmp_path: Path, admin: TlsIdentity, monkeypatch: pytest.MonkeyPatch, **pem: str
+) -> None:
+    """The admin's credentials (some PEM replaced by ``pem``) where the CLI looks for a
+    local cluster's."""
     state = tmp_path / "state"
     state.mkdir()
     data = {
@@ -131,12 +133,18 @@ def bundle(tmp_path: Path, admin: TlsIdentity, monkeypatch: pytest.MonkeyPatch) 
         "ca": admin.ca_pem.decode(),
         "cert": admin.cert_pem.decode(),
         "key": admin.key_pem.decode(),
+        **pem,
     }
     (state / "admin.yaml").write_text(json.dumps(data))
     for name in ("SHOAL_SERVER", "SHOAL_CONTEXT", "SHOAL_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SHOAL_STATE_DIR", str(state))
     monkeypatch.setenv("SHOAL_CONFIG", str(tmp_path / "config.yaml"))
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, admin: TlsIdentity, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_bundle(tmp_path, admin, monkeypatch)
 
 
 def dead_address() -> str:
@@ -351,21 +359,8 @@ def test_credentials_that_cannot_be_used_say_so_the_same_on_both_clients(
     """A bundle whose PEM does not parse is one error, whichever client a verb uses
     (unary calls or grpc.aio): UNAUTHENTICATED, naming what cannot be used, and not
     "cannot reach a shoal manager", which would send the user looking at the network."""
-    data = {
-        "name": "local",
-        "servers": [],
-        "ca": admin.ca_pem.decode(),
-        "cert": admin.cert_pem.decode(),
-        "key": admin.key_pem.decode(),
-        part: "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
-    }
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "admin.yaml").write_text(json.dumps(data))
-    for name in ("SHOAL_SERVER", "SHOAL_CONTEXT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SHOAL_STATE_DIR", str(state))
-    monkeypatch.setenv("SHOAL_CONFIG", str(tmp_path / "config.yaml"))
+    garbage = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+    write_bundle(tmp_path, admin, monkeypatch, **{part: garbage})
 
     with pytest.raises(ApiError) as unary, connect(server.address):
         pass
