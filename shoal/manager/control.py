@@ -31,7 +31,7 @@ from shoal.manager.logstream import LogScope, ServiceLogs
 from shoal.manager.rollouts import RolloutControl, apply_warnings
 from shoal.manager.secretstore import SecretStore
 from shoal.manager.syncapi import SyncApi
-from shoal.manager.taskpages import decode_token, page, parse_limit
+from shoal.manager.taskpages import TaskListings, decode_token, parse_limit
 from shoal.manifest import APPLIED, located_errors, validation_problems
 from shoal.models import (
     Availability,
@@ -184,6 +184,8 @@ class Control:
         # The runtimes specs may name: name → takes container fields
         # (``shoal.runtimes.registry.runtime_catalogue``).
         self.validation = {"runtimes": dict(runtimes)}
+        # Recent task listings' orders, for their later pages.
+        self.task_listings = TaskListings()
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -445,26 +447,39 @@ class Control:
     def _get_tasks(self, request: Payload, name: Any, selector: Selector) -> Payload:
         """``Get`` of tasks: with ``limit``, one page of them (``shoal.manager.taskpages``)."""
         limit = parse_limit(request.get("limit"))
-        after = decode_token(request.get("continue"))
+        cursor = decode_token(request.get("continue"))
         service = request.get("service")
         if service is not None and not isinstance(service, str):
             raise ValueError("service: must be a service name")
+        history = bool(request.get("all"))
+        # Tasks carry the labels of their service.
+        labels = {n: e.obj.metadata.labels for n, e in self.informer.services.items()}
+
+        def matches(task: Task) -> bool:
+            return (
+                service in (None, task.service)
+                and name in (None, task.id, task.name)
+                and (not selector or selector.matches(labels.get(task.service, {})))
+                and (
+                    history
+                    or task.desired_state == DesiredState.RUNNING
+                    or not task.status.state.terminal
+                )
+            )
+
+        def find(task_id: str) -> Task | None:
+            entry = self.informer.tasks.get(task_id)
+            return entry.obj if entry is not None else None
+
         entries = (
             self.informer.tasks_of_service(service)
             if service is not None
             else self.informer.all_tasks()
         )
-        tasks = [e.obj for e in entries if name in (None, e.obj.id, e.obj.name)]
-        if selector:  # tasks carry the labels of their service
-            labels = {n: e.obj.metadata.labels for n, e in self.informer.services.items()}
-            tasks = [t for t in tasks if selector.matches(labels.get(t.service, {}))]
-        if not request.get("all"):
-            tasks = [
-                t
-                for t in tasks
-                if t.desired_state == DesiredState.RUNNING or not t.status.state.terminal
-            ]
-        listed = page(tasks, limit, after)
+        filters = (service, name if isinstance(name, str) else repr(name), str(selector), history)
+        listed = self.task_listings.page(
+            (e.obj for e in entries if matches(e.obj)), find, matches, filters, limit, cursor
+        )
         answer: Payload = {
             "items": [self._task_view(t) for t in listed["tasks"]],
             "revision": self.informer.revision,

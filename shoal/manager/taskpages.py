@@ -16,6 +16,17 @@ exactly once, while tasks created or deleted between pages are listed at most
 once, and never make another task be skipped or repeated. Each page is computed
 in one step on the event loop, from the informer's cache at that moment.
 
+Finding where a page starts would mean walking every task of the listing for
+each page (200 pages of 500 for 100,000 tasks: most of a minute of the
+manager's loop). So the first page sorts the listing's order once and keeps it
+(``TaskListings``: a few recent listings, for a minute, named by a random id
+that the token carries, with the filters they were made for); a later page
+finds its start in it by bisection and takes the tasks that still exist and
+still match, in that order. Tasks created after the first page are not in a
+kept order and so are not listed, which the rule above allows; a token whose
+listing is no longer kept (expired, or another manager answers after a
+failover) falls back to walking the tasks, and keeps the order again.
+
 A client older than paging sends no ``limit``: it gets every matching task in
 one answer, as before, up to ``UNPAGED_TASKS``; beyond that its call fails with
 an error naming ``limit``, instead of a reply too large to send.
@@ -24,10 +35,13 @@ an error naming ``limit``, instead of a reply too large to send.
 from __future__ import annotations
 
 import base64
-import heapq
+import bisect
 import json
-from collections.abc import Iterable
-from typing import Any
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 from shoal.models import Task
 
@@ -41,15 +55,23 @@ Order = tuple[str, int, str, float, str]
 _KIND = "tasks"
 
 
+class Cursor(NamedTuple):
+    """Where a ``continue`` token says the next page starts: after ``order``, in the kept
+    order of ``listing`` if this manager still has it."""
+
+    order: Order
+    listing: str
+
+
 def task_order(task: Task) -> Order:
     """Where ``task`` is in the listing: by fields it keeps for its whole life."""
     node = (task.node_id or "") if task.slot == 0 else ""
     return (task.service, task.slot, node, task.created_at.timestamp(), task.id)
 
 
-def encode_token(order: Order) -> str:
+def encode_token(order: Order, listing: str = "") -> str:
     """The ``continue`` token after the task at ``order``: opaque to clients."""
-    data = json.dumps([_KIND, *order], separators=(",", ":")).encode()
+    data = json.dumps([_KIND, *order, listing], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
@@ -59,8 +81,8 @@ _BAD_TOKEN = (
 )
 
 
-def decode_token(value: Any) -> Order | None:
-    """The order a ``continue`` token names; None for no token; ValueError naming the field."""
+def decode_token(value: Any) -> Cursor | None:
+    """The cursor a ``continue`` token names; None for no token; ValueError naming the field."""
     if value is None or value == "":
         return None
     if not isinstance(value, str) or len(value) > 4096:
@@ -69,9 +91,9 @@ def decode_token(value: Any) -> Order | None:
         data = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
     except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError included
         raise ValueError(_BAD_TOKEN) from None
-    if not isinstance(data, list) or len(data) != 6 or data[0] != _KIND:
+    if not isinstance(data, list) or len(data) != 7 or data[0] != _KIND:
         raise ValueError(_BAD_TOKEN)
-    _, service, slot, node, created, task_id = data
+    _, service, slot, node, created, task_id, listing = data
     if not (
         isinstance(service, str)
         and isinstance(slot, int)
@@ -80,9 +102,10 @@ def decode_token(value: Any) -> Order | None:
         and isinstance(created, int | float)
         and not isinstance(created, bool)
         and isinstance(task_id, str)
+        and isinstance(listing, str)
     ):
         raise ValueError(_BAD_TOKEN)
-    return (service, slot, node, float(created), task_id)
+    return Cursor((service, slot, node, float(created), task_id), listing)
 
 
 def parse_limit(value: Any) -> int | None:
@@ -94,26 +117,94 @@ def parse_limit(value: Any) -> int | None:
     return min(value, PAGE_MAX)
 
 
-def page(tasks: Iterable[Task], limit: int | None, after: Order | None) -> dict[str, Any]:
-    """The page of ``tasks`` (already filtered) after ``after``, in listing order:
-    ``{"tasks": [...], "remaining": N, "continue": token}`` (``continue`` only when
-    tasks remain). Without ``limit``, every task, or ValueError past ``UNPAGED_TASKS``."""
-    keyed = [(task_order(t), t) for t in tasks]
-    if after is not None:
-        keyed = [pair for pair in keyed if pair[0] > after]
-    if limit is None:
-        if len(keyed) > UNPAGED_TASKS:
+class TaskListings:
+    """Pages of the task listing, with the order of recent listings kept (see above)."""
+
+    def __init__(
+        self, keep: int = 4, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._keep = keep
+        self._ttl = ttl
+        self._clock = clock
+        # listing id → (kept until, the filters it was made for, its order)
+        self._kept: OrderedDict[str, tuple[float, object, list[Order]]] = OrderedDict()
+
+    def page(
+        self,
+        tasks: Iterable[Task],
+        find: Callable[[str], Task | None],
+        matches: Callable[[Task], bool],
+        filters: object,
+        limit: int | None,
+        cursor: Cursor | None,
+    ) -> dict[str, Any]:
+        """The page after ``cursor``: ``{"tasks": [...], "remaining": N, "continue":
+        token}`` (``continue`` only while tasks remain; ``remaining`` counts the kept
+        order's tasks after the page, some of which may have gone since). ``tasks``
+        are those that match ``filters`` (``matches``), ``find`` a task by id. Without
+        ``limit``: every task after the cursor, or ValueError past ``UNPAGED_TASKS``."""
+        kept = self._kept_order(cursor, filters) if limit is not None else None
+        if cursor is not None and kept is not None and limit is not None:
+            return _from_kept(kept, cursor, find, matches, limit)
+        keyed = [(task_order(t), t) for t in tasks]
+        if cursor is not None:
+            keyed = [pair for pair in keyed if pair[0] > cursor.order]
+        if limit is None and len(keyed) > UNPAGED_TASKS:
             raise ValueError(
                 f"limit: {len(keyed)} tasks match, more than one answer carries without "
                 f"paging (at most {UNPAGED_TASKS}): ask for them page by page with 'limit' "
                 "and 'continue' (a newer shoal CLI does), or narrow the listing (service, "
                 "selector)"
             )
-        chosen = sorted(keyed)  # orders are unique (the id), so tasks are never compared
-    else:
-        chosen = heapq.nsmallest(limit, keyed)
-    remaining = len(keyed) - len(chosen)
-    answer: dict[str, Any] = {"tasks": [t for _, t in chosen], "remaining": remaining}
-    if remaining and chosen:
-        answer["continue"] = encode_token(chosen[-1][0])
+        keyed.sort(key=lambda pair: pair[0])  # orders are unique (they end in the id)
+        chosen = keyed if limit is None else keyed[:limit]
+        answer: dict[str, Any] = {
+            "tasks": [t for _, t in chosen],
+            "remaining": len(keyed) - len(chosen),
+        }
+        if answer["remaining"]:
+            listing = self._remember(filters, [order for order, _ in keyed])
+            answer["continue"] = encode_token(chosen[-1][0], listing)
+        return answer
+
+    def _kept_order(self, cursor: Cursor | None, filters: object) -> list[Order] | None:
+        now = self._clock()
+        for listing in [k for k, (until, _, _) in self._kept.items() if until < now]:
+            del self._kept[listing]
+        if cursor is None or cursor.listing not in self._kept:
+            return None
+        _, made_for, order = self._kept[cursor.listing]
+        if made_for != filters:
+            return None
+        self._kept[cursor.listing] = (now + self._ttl, made_for, order)
+        self._kept.move_to_end(cursor.listing)
+        return order
+
+    def _remember(self, filters: object, order: list[Order]) -> str:
+        listing = secrets.token_urlsafe(9)
+        self._kept[listing] = (self._clock() + self._ttl, filters, order)
+        while len(self._kept) > self._keep:
+            self._kept.popitem(last=False)
+        return listing
+
+
+def _from_kept(
+    order: list[Order],
+    cursor: Cursor,
+    find: Callable[[str], Task | None],
+    matches: Callable[[Task], bool],
+    limit: int,
+) -> dict[str, Any]:
+    """A page out of a kept order: the tasks after the cursor that still exist, are the
+    same task and still match, up to ``limit``."""
+    at = bisect.bisect_right(order, cursor.order)
+    chosen: list[Task] = []
+    while at < len(order) and len(chosen) < limit:
+        task = find(order[at][4])
+        if task is not None and task_order(task) == order[at] and matches(task):
+            chosen.append(task)
+        at += 1
+    answer: dict[str, Any] = {"tasks": chosen, "remaining": len(order) - at}
+    if at < len(order):
+        answer["continue"] = encode_token(order[at - 1], cursor.listing)
     return answer

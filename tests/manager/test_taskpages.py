@@ -51,6 +51,7 @@ async def world() -> AsyncIterator[World]:
     async with open_world() as opened:
         await opened.put(service("web", 100), service("db", 3))
         yield opened
+        MANAGERS.pop(id(opened), None)
 
 
 def control(world: World) -> Control:
@@ -63,8 +64,14 @@ def control(world: World) -> Control:
     )
 
 
-async def get(world: World, **request: Any) -> dict[str, Any]:
-    reply: dict[str, Any] = await control(world).get({"kind": "tasks", **request}, None)  # type: ignore[arg-type]
+# One manager for a test's calls (a page after the first comes out of the order the
+# first kept), unless a test asks for a manager of its own for every call.
+MANAGERS: dict[int, Control] = {}
+
+
+async def get(world: World, fresh: bool = False, **request: Any) -> dict[str, Any]:
+    manager = control(world) if fresh else MANAGERS.setdefault(id(world), control(world))
+    reply: dict[str, Any] = await manager.get({"kind": "tasks", **request}, None)  # type: ignore[arg-type]
     return reply
 
 
@@ -95,10 +102,21 @@ async def test_every_task_comes_once_in_order_across_pages(world: World) -> None
     assert [t["slot"] for t in whole[10:]] == sorted(t["slot"] for t in whole[10:])
 
 
-async def test_tasks_written_and_deleted_between_pages_shift_no_other_task(world: World) -> None:
+@pytest.mark.parametrize(
+    "fresh",
+    [
+        pytest.param(False, id="the-order-kept-by-the-first-page"),
+        pytest.param(True, id="each-page-from-another-manager"),
+    ],
+)
+async def test_tasks_written_and_deleted_between_pages_shift_no_other_task(
+    world: World, fresh: bool
+) -> None:
     """Tasks that exist from the first page to the last come exactly once; those created
     or deleted meanwhile at most once; tasks that change (assigned a node, run, end)
-    keep their place. A deleted task whose id a token names does not lose the place."""
+    keep their place. A deleted task whose id a token names does not lose the place.
+    So whether a page comes out of the order the first page kept, or (another manager
+    answering, or the kept order gone) from walking the tasks again."""
     rng = random.Random(8)
     await world.put(*(task(n) for n in range(300)))
     alive = set(world.informer.tasks)
@@ -107,7 +125,7 @@ async def test_tasks_written_and_deleted_between_pages_shift_no_other_task(world
     seen: list[str] = []
     token = None
     while True:
-        reply = await get(world, limit=25, **({"continue": token} if token else {}))
+        reply = await get(world, fresh, limit=25, **({"continue": token} if token else {}))
         seen += [t["id"] for t in reply["items"]]
         token = reply.get("continue")
         if token is None:
@@ -220,7 +238,8 @@ async def test_a_bad_limit_or_token_names_its_field(
 
 def test_a_token_names_the_order_it_was_made_from() -> None:
     order = ("web", 3, "", START.timestamp() + 0.123456, "abc")
-    assert taskpages.decode_token(taskpages.encode_token(order)) == order
+    cursor = taskpages.decode_token(taskpages.encode_token(order, "l1"))
+    assert cursor == taskpages.Cursor(order, "l1")
     assert taskpages.decode_token(None) is None
     assert taskpages.decode_token("") is None
 
@@ -269,3 +288,32 @@ async def test_delete_waits_on_a_huge_service_a_page_at_a_time(
         ended = entry.obj.model_copy(update={"status": TaskStatus(state=TaskState.SHUTDOWN)})
         await world.informer.commit([Change.put(ended, entry.revision)])
     await waiting.wait_tasks_gone(client, ["web"], 5, Progress(io.StringIO()))
+
+
+async def test_a_listing_kept_for_other_filters_is_not_used(world: World) -> None:
+    """A token is for the listing it came from: sent with other filters (another
+    service), the page is walked again and holds only what those filters match."""
+    await world.put(*(task(n) for n in range(30)), *(task(n, "db") for n in range(30, 40)))
+    first = await get(world, limit=5)
+    other = await get(world, limit=100, service="web", **{"continue": first["continue"]})
+    assert {t["service"] for t in first["items"]} == {"db"}  # db sorts first
+    assert {t["service"] for t in other["items"]} == {"web"}
+    assert len(other["items"]) == 30  # every web task is after the first page's db tasks
+
+
+async def test_kept_orders_expire_and_are_bounded() -> None:
+    now = [0.0]
+    listings = taskpages.TaskListings(keep=2, ttl=10.0, clock=lambda: now[0])
+    tasks = [task(n) for n in range(10)]
+    by_id = {t.id: t for t in tasks}
+
+    def first() -> str:
+        token: str = listings.page(tasks, by_id.get, lambda t: True, "f", 3, None)["continue"]
+        return token
+
+    tokens = [first(), first(), first()]
+    cursors = [taskpages.decode_token(t) for t in tokens]
+    assert [c is not None and c.listing in listings._kept for c in cursors] == [False, True, True]
+    now[0] = 11.0
+    again = listings.page([], by_id.get, lambda t: True, "f", 3, cursors[2])
+    assert again["tasks"] == []  # expired: walked again, over no tasks at all
