@@ -520,9 +520,6 @@ class ProcessRuntime(Runtime):
     def _spawn(self, launch: TaskLaunch) -> tuple[subprocess.Popen[bytes], _Record]:
         template = launch.template
         task_dir = self._task_dir(launch.task_id)
-        if (task_dir / "record.json").exists():
-            raise RuntimeBackendError(f"task {launch.task_id} already exists; remove it first")
-
         env = {key: os.environ[key] for key in BASE_ENV if key in os.environ}
         env.setdefault("PATH", os.defpath)
         user = self.task_user(template)
@@ -540,8 +537,13 @@ class ProcessRuntime(Runtime):
             workdir = task_dir / "work"
         executable = self._resolve(template.command[0], workdir, env["PATH"])
 
-        workdir.mkdir(parents=True, exist_ok=True)
-        task_dir.mkdir(parents=True, exist_ok=True)
+        # Each inode made here costs up to a millisecond on ext4 once many were deleted
+        # lately (see docs/benchmarks.md): no call that only finds a directory there.
+        fresh = self._make_task_dir(task_dir)
+        if not fresh and (task_dir / "record.json").exists():
+            raise RuntimeBackendError(f"task {launch.task_id} already exists; remove it first")
+        if template.workdir is None:
+            workdir.mkdir(exist_ok=not fresh)
         if user is not None and template.workdir is None:
             self._give_workdir(task_dir, workdir, user)
         limits = template.resources.limits
@@ -552,7 +554,8 @@ class ProcessRuntime(Runtime):
             joined = cgroups.create(launch.task_id, limits)
             prefix = [SHELL, "-c", JOINER, "shoal-join", *joined, "--", *prefix]
         exit_path = self._exit_path(launch.task_id)
-        exit_path.unlink(missing_ok=True)
+        if not fresh:  # an earlier start's exit code says nothing of this one
+            exit_path.unlink(missing_ok=True)
         argv = [SHELL, "-c", WRAPPER, "shoal-task", str(exit_path), *prefix, executable]
         argv += template.command[1:] + template.args
         fd = os.open(self._log_path(launch.task_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -588,6 +591,17 @@ class ProcessRuntime(Runtime):
         os.close(go)
         log.info("task started", task_id=launch.task_id, pid=popen.pid, executable=executable)
         return popen, record
+
+    @staticmethod
+    def _make_task_dir(task_dir: Path) -> bool:
+        """Create ``task_dir``; False if it was there already (an earlier start's)."""
+        try:
+            os.mkdir(task_dir)
+        except FileNotFoundError:  # the node's first task
+            task_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            return False
+        return True
 
     def _record_started(self, task_id: str, popen: subprocess.Popen[bytes]) -> _Record:
         task_dir = self._task_dir(task_id)
