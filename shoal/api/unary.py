@@ -4,12 +4,11 @@ Every ``shoal`` command starts a fresh interpreter, and ``import grpc`` alone
 (its core imports asyncio, ssl and concurrent.futures) costs more than the
 whole command may take. A unary call needs little of gRPC: one HTTP/2 stream
 carrying a 5-byte length prefix and the JSON message, answered by headers, the
-reply and the ``grpc-status``/``grpc-message`` trailers. This connection keeps
-HTTP/2's state for that (settings, flow-control windows, pings, the end of a
-stream or of the connection) on the frames and HPACK of ``shoal.api.http2``;
-the standard library's ``socket`` and ``ssl`` do mutual TLS with the same
-credentials, ALPN ``h2`` and server name (``MANAGER_NAME``) as the grpc channel
-of ``shoal.api.transport.open_channel``.
+reply and the ``grpc-status``/``grpc-message`` trailers. ``h2`` (python-hyper's
+HTTP/2 state machine: framing, HPACK, flow control, settings, pings) does the
+protocol; the standard library's ``socket`` and ``ssl`` do mutual TLS with the
+same credentials, ALPN ``h2`` and server name (``MANAGER_NAME``) as the grpc
+channel of ``shoal.api.transport.open_channel``.
 
 What the CLI relies on is kept: deadlines go out as ``grpc-timeout`` and are
 also enforced here; status codes come back as ``ApiError`` with the same
@@ -28,7 +27,13 @@ import socket
 import ssl
 import time
 
-from shoal.api import http2
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
 from shoal.api.address import split_host_port
 from shoal.api.wire import MANAGER_NAME, MAX_MESSAGE, TlsCredentials
 from shoal.errors import ApiError
@@ -60,6 +65,17 @@ CODE_NAMES = (
 # What the window is opened to, so a large reply streams without a WINDOW_UPDATE per 64 KiB.
 WINDOW = 16 * 1024 * 1024
 _READ = 256 * 1024
+# Events that need no answer from us (h2 acknowledges settings and pings itself).
+_HOUSEKEEPING = (
+    h2.events.RemoteSettingsChanged,
+    h2.events.SettingsAcknowledged,
+    h2.events.WindowUpdated,
+    h2.events.PingReceived,
+    h2.events.PingAckReceived,
+)
+_ENDINGS = (h2.events.StreamEnded, h2.events.StreamReset, h2.events.ConnectionTerminated)
+
+
 REFUSED = "connection refused, or the TLS handshake failed"
 
 
@@ -161,23 +177,10 @@ class UnaryConnection:
     def __init__(self, sock: ssl.SSLSocket, address: str) -> None:
         self.address = address
         self._sock = sock
-        self._frames = http2.FrameReader()
-        self._decoder = http2.HeaderDecoder()
-        # Frames read ahead (while handshaking or sending) for the reply to take.
-        self._pending: list[http2.Frame] = []
-        self._next_stream = 1
-        # What we may send: the connection's window, a new stream's, the largest frame.
-        self._window = http2.DEFAULT_WINDOW
-        self._stream_window = http2.DEFAULT_WINDOW
-        self._initial_window = http2.DEFAULT_WINDOW
-        self._max_frame = http2.DEFAULT_FRAME
-        self._stream = 0  # the stream of the call in flight
-        # What we received and have not yet opened the windows again for.
-        self._unacknowledged = 0
-        self._stream_unacknowledged = 0
-        # A header block in parts (HEADERS, then CONTINUATION): its stream, flags, bytes.
-        self._block: tuple[int, int, bytearray] | None = None
-        self._ended: str | None = None  # why the connection can carry no more calls
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self._h2 = h2.connection.H2Connection(config=config)
+        # Events read ahead (while handshaking or sending) for the reply to take.
+        self._pending: list[h2.events.Event] = []
 
     @classmethod
     def open(cls, address: str, tls: ssl.SSLContext, timeout: float) -> UnaryConnection:
@@ -219,47 +222,49 @@ class UnaryConnection:
         manager known to answer (as a grpc channel is READY)."""
         if self._sock.selected_alpn_protocol() != "h2":
             raise ConnectionLost("the server did not agree to HTTP/2")
-        self._send(
-            http2.PREFACE
-            + http2.settings_frame(
-                {
-                    http2.ENABLE_PUSH: 0,
-                    http2.INITIAL_WINDOW_SIZE: WINDOW,
-                    http2.MAX_HEADER_LIST_SIZE: 64 * 1024,
-                }
-            )
-            + http2.window_update(0, WINDOW - http2.DEFAULT_WINDOW),
-            deadline,
+        self._h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
+            },
         )
+        self._h2.initiate_connection()
+        self._h2.increment_flow_control_window(WINDOW)
+        self._flush(deadline)
         while True:
-            frames = self._receive(deadline)
-            self._pending += frames
-            if any(f[0] == http2.SETTINGS and not f[1] & http2.ACK for f in frames):
-                self._pending = [f for f in self._pending if not self._housekeeping(f)]
+            events = self._receive(deadline)
+            settled = any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events)
+            self._pending += [e for e in events if not isinstance(e, _HOUSEKEEPING)]
+            if settled:
                 return
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.sendall(http2.frame(http2.GOAWAY, 0, 0, bytes(8)))
+        with contextlib.suppress(OSError, h2.exceptions.ProtocolError):
+            self._h2.close_connection()
+            self._sock.sendall(self._h2.data_to_send())
         self._sock.close()
 
-    def _send(self, data: bytes, deadline: float | None = None) -> None:
-        """Send ``data``, by ``deadline`` if given (else within the socket's timeout,
-        which the last ``_receive`` set from its deadline)."""
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            self._sock.settimeout(remaining)
-        try:
-            self._sock.sendall(data)
-        except TimeoutError:
-            raise
-        except OSError as exc:
-            raise ConnectionLost(str(exc)) from exc
+    def _flush(self, deadline: float | None = None) -> None:
+        """Send what h2 has queued, by ``deadline`` if given (else within the socket's
+        timeout, which the last ``_receive`` set from its deadline)."""
+        data = self._h2.data_to_send()
+        if data:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self._sock.settimeout(remaining)
+            try:
+                self._sock.sendall(data)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                raise ConnectionLost(str(exc)) from exc
 
-    def _receive(self, deadline: float) -> list[http2.Frame]:
-        """The frames of the next bytes from the server (waiting until ``deadline``)."""
+    def _receive(self, deadline: float) -> list[h2.events.Event]:
+        """The events of the next bytes from the server (waiting until ``deadline``)."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
@@ -272,48 +277,12 @@ class UnaryConnection:
             raise ConnectionLost(str(exc)) from exc
         if not data:
             raise ConnectionLost("the server closed the connection")
-        return self._frames.feed(data)
-
-    def _housekeeping(self, frame: http2.Frame) -> bool:
-        """Answer what concerns the connection (settings, pings, windows); False for
-        the frames of a call. A GOAWAY ends the connection for every later call."""
-        kind, flags, stream, payload = frame
-        if kind == http2.SETTINGS:
-            if not flags & http2.ACK:
-                self._apply_settings(http2.parse_settings(payload))
-                self._send(http2.frame(http2.SETTINGS, http2.ACK, 0))
-            return True
-        if kind == http2.PING:
-            if not flags & http2.ACK:
-                self._send(http2.frame(http2.PING, http2.ACK, 0, payload))
-            return True
-        if kind == http2.WINDOW_UPDATE:
-            if len(payload) != 4:
-                raise ConnectionLost("HTTP/2 protocol error: a WINDOW_UPDATE of a wrong length")
-            increment = int.from_bytes(payload, "big") & http2.MAX_WINDOW
-            if stream == 0:
-                self._window += increment
-            elif stream == self._stream:
-                self._stream_window += increment
-            return True
-        if kind == http2.GOAWAY:
-            # Even a graceful GOAWAY (a manager stopping) takes no new stream, and the
-            # call in flight may or may not be answered: its outcome is unknown.
-            self._ended = "the server ended the connection (GOAWAY)"
-            raise ConnectionLost(self._ended)
-        if kind == http2.PUSH_PROMISE:
-            raise ConnectionLost("HTTP/2 protocol error: a push, which this client refused")
-        return kind not in (http2.DATA, http2.HEADERS, http2.CONTINUATION, http2.RST_STREAM)
-
-    def _apply_settings(self, values: dict[int, int]) -> None:
-        if http2.INITIAL_WINDOW_SIZE in values:
-            size = values[http2.INITIAL_WINDOW_SIZE]
-            if size > http2.MAX_WINDOW:
-                raise ConnectionLost("HTTP/2 protocol error: a window above 2^31-1")
-            self._stream_window += size - self._initial_window
-            self._initial_window = size
-        if http2.MAX_FRAME_SIZE in values:
-            self._max_frame = min(max(values[http2.MAX_FRAME_SIZE], http2.DEFAULT_FRAME), 1 << 24)
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            raise ConnectionLost(f"HTTP/2 protocol error: {exc}") from exc
+        self._flush()  # settings acks, ping answers, window updates
+        return events
 
     def call(self, path: str, message: bytes, timeout: float | None) -> bytes:
         """The reply to ``message`` from method ``path`` (``/service/Method``).
@@ -327,13 +296,8 @@ class UnaryConnection:
                 "RESOURCE_EXHAUSTED",
                 f"Sent message larger than max ({len(message)} vs. {MAX_MESSAGE})",
             )
-        if self._ended is not None:
-            raise ConnectionLost(f"the connection is closed: {self._ended}")
         deadline = time.monotonic() + (timeout if timeout is not None else 10 * 365 * 86400.0)
-        stream = self._stream = self._next_stream
-        self._next_stream += 2
-        self._stream_window = self._initial_window
-        self._stream_unacknowledged = 0
+        stream = self._h2.get_next_available_stream_id()
         headers = [
             (b":method", b"POST"),
             (b":scheme", b"https"),
@@ -346,119 +310,71 @@ class UnaryConnection:
         if timeout is not None:
             headers.append((b"grpc-timeout", grpc_timeout(timeout).encode()))
         try:
-            self._send_headers(stream, http2.encode_headers(headers), deadline)
+            self._h2.send_headers(stream, headers)
+            self._flush(deadline)
             self._send_body(stream, b"\0" + len(message).to_bytes(4, "big") + message, deadline)
             return self._reply(stream, deadline)
-        except http2.ProtocolError as exc:
-            self._ended = f"HTTP/2 protocol error: {exc}"
-            raise ConnectionLost(self._ended) from exc
+        except h2.exceptions.ProtocolError as exc:  # the connection ended before (GOAWAY)
+            raise ConnectionLost(f"the connection is closed: {exc}") from exc
         except TimeoutError:
-            with contextlib.suppress(OSError, ConnectionLost):
-                cancel = http2.CANCEL.to_bytes(4, "big")
-                self._send(http2.frame(http2.RST_STREAM, 0, stream, cancel))
+            with contextlib.suppress(OSError, ConnectionLost, h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+                self._flush()
             raise deadline_error() from None
-
-    def _send_headers(self, stream: int, block: bytes, deadline: float) -> None:
-        parts = [block[at : at + self._max_frame] for at in range(0, len(block), self._max_frame)]
-        frames = [
-            http2.frame(
-                http2.HEADERS if n == 0 else http2.CONTINUATION,
-                http2.END_HEADERS if n == len(parts) - 1 else 0,
-                stream,
-                part,
-            )
-            for n, part in enumerate(parts or [b""])
-        ]
-        self._send(b"".join(frames), deadline)
 
     def _send_body(self, stream: int, body: bytes, deadline: float) -> None:
         """``body`` as DATA frames, as fast as the server's flow-control windows allow."""
         view = memoryview(body)
         while True:
-            room = min(self._window, self._stream_window, self._max_frame)
+            room = min(self._h2.local_flow_control_window(stream), self._h2.max_outbound_frame_size)
             if room >= len(view):
-                self._window -= len(view)
-                self._stream_window -= len(view)
-                self._send(http2.frame(http2.DATA, http2.END_STREAM, stream, bytes(view)), deadline)
+                self._h2.send_data(stream, bytes(view), end_stream=True)
+                self._flush(deadline)
                 return
             if room > 0:
-                self._window -= room
-                self._stream_window -= room
-                self._send(http2.frame(http2.DATA, 0, stream, bytes(view[:room])), deadline)
+                self._h2.send_data(stream, bytes(view[:room]))
+                self._flush(deadline)
                 view = view[room:]
                 continue
             # No room: wait for a window update. A server that answers before the
             # request is all sent (an error, say) ends the sending; _reply reads it.
-            frames = self._receive(deadline)
-            kept = [f for f in frames if not self._housekeeping(f)]
-            self._pending += kept
-            if any(_ends(f, stream) for f in kept):
+            events = self._receive(deadline)
+            self._pending += [e for e in events if not isinstance(e, _HOUSEKEEPING)]
+            if any(_ends(e, stream) for e in events):
                 return
 
     def _reply(self, stream: int, deadline: float) -> bytes:
         body = bytearray()
         metadata: dict[bytes, bytes] = {}
         while True:
-            frames, self._pending = self._pending or self._receive(deadline), []
-            for frame in frames:
-                if self._housekeeping(frame):
-                    continue
-                kind, flags, on, payload = frame
-                if self._block is not None and kind != http2.CONTINUATION:
-                    raise http2.ProtocolError("a header block interrupted")
-                if kind == http2.DATA:
-                    self._received(len(payload), on == stream and not flags & http2.END_STREAM)
-                    if on != stream:
-                        continue
-                    body += http2.unpadded(flags, payload)
-                    if len(body) > MAX_MESSAGE + 5:
-                        raise _too_large(body)
-                    if flags & http2.END_STREAM:
-                        return _message(body, metadata)
-                elif kind in (http2.HEADERS, http2.CONTINUATION):
-                    if kind == http2.HEADERS:
-                        fragment = http2.unpadded(flags, payload, priority=True)
-                        self._block = (on, flags, bytearray(fragment))
-                    elif self._block is None or self._block[0] != on:
-                        raise http2.ProtocolError("a CONTINUATION of no header block")
-                    else:
-                        self._block[2].extend(payload)
-                    if not flags & http2.END_HEADERS:
-                        continue
-                    on, first, block = self._block
-                    self._block = None
-                    # Every block is decoded, an abandoned stream's too: they share a table.
-                    headers = self._decoder.decode(bytes(block))
-                    if on == stream:
-                        metadata.update(headers)
-                        if first & http2.END_STREAM:
-                            return _message(body, metadata)
-                elif kind == http2.RST_STREAM and on == stream:
-                    raise _reset_error(int.from_bytes(payload[:4], "big"))
-
-    def _received(self, length: int, stream_open: bool) -> None:
-        """Open the windows again for ``length`` bytes received, half a window at a time."""
-        self._unacknowledged += length
-        updates = b""
-        if self._unacknowledged >= WINDOW // 2:
-            updates += http2.window_update(0, self._unacknowledged)
-            self._unacknowledged = 0
-        if stream_open:
-            self._stream_unacknowledged += length
-            if self._stream_unacknowledged >= WINDOW // 2:
-                updates += http2.window_update(self._stream, self._stream_unacknowledged)
-                self._stream_unacknowledged = 0
-        if updates:
-            self._send(updates)
+            events, self._pending = self._pending or self._receive(deadline), []
+            for event in events:
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    if event.stream_id == stream:
+                        metadata.update((bytes(k), bytes(v)) for k, v in event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    if event.stream_id == stream:
+                        body += event.data
+                        if len(body) > MAX_MESSAGE + 5:
+                            raise _too_large(body)
+                    self._h2.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
+                    raise _reset_error(event.error_code)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    # Even a graceful GOAWAY (a manager stopping) ends the connection for
+                    # h2, which takes no frame after it: this call's outcome is unknown.
+                    raise ConnectionLost("the server ended the connection (GOAWAY)")
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                    self._flush()
+                    return _message(body, metadata)
+            self._flush()
 
 
-def _ends(frame: http2.Frame, stream: int) -> bool:
-    """Whether ``frame`` ends ``stream``."""
-    kind, flags, on, _ = frame
-    if on != stream:
-        return False
-    ended = kind in (http2.DATA, http2.HEADERS) and bool(flags & http2.END_STREAM)
-    return ended or kind == http2.RST_STREAM
+def _ends(event: h2.events.Event, stream: int) -> bool:
+    """Whether ``event`` ends ``stream`` (or the whole connection)."""
+    return isinstance(event, _ENDINGS) and getattr(event, "stream_id", stream) == stream
 
 
 def _too_large(body: bytearray) -> ApiError:
@@ -470,9 +386,9 @@ def _too_large(body: bytearray) -> ApiError:
 
 def _reset_error(code: int) -> ApiError:
     # As grpc maps an RST_STREAM without a status (grpc's http2 errors table).
-    if code == http2.REFUSED_STREAM:
+    if code == h2.errors.ErrorCodes.REFUSED_STREAM:
         return ApiError("UNAVAILABLE", "the manager refused the stream")
-    if code == http2.CANCEL:
+    if code == h2.errors.ErrorCodes.CANCEL:
         return ApiError("CANCELLED", "the call was cancelled")
     return ApiError("INTERNAL", f"the stream was reset (HTTP/2 error {code})")
 
