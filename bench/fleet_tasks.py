@@ -8,7 +8,7 @@ through a sender that encodes it as the session stream would. Prints the
 process's CPU seconds (``time.process_time``) and wall seconds from the first
 message until every task has been reported ``running``, and the CPU per task.
 
-    .venv/bin/python bench/fleet_tasks.py [--nodes 900] [--tasks 9000] [--rounds-per-message 1]
+    .venv/bin/python bench/fleet_tasks.py [--nodes 900] [--tasks 9000] [--per-message 1]
 
 It measures the fleet's part of ``bench/scale.py``'s apply (decode, task
 runners, sim runtime, reporter) apart from gRPC and the manager, so a change
@@ -64,7 +64,11 @@ def assignment(service: Service, node: str, slot: int) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    root = Path(tempfile.mkdtemp(prefix="fleet-tasks-"))
+    with tempfile.TemporaryDirectory(prefix="fleet-tasks-") as tmp:  # 900 journals
+        await measure(args, Path(tmp))
+
+
+async def measure(args: argparse.Namespace, root: Path) -> None:
     agents = []
     running = 0
     done = asyncio.Event()
