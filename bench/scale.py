@@ -20,7 +20,8 @@ It reports the manager's peak RSS and CPU seconds, reconcile latency p50/p99
 over time to ``bench/out/scale.png`` (with matplotlib, from the ``bench`` extra).
 
 Every run ends with one ``scale-run:`` line (figures, the load average before
-and after, whether it converged), also for runs that fail: a run that does
+and after, the session messages the apply cost, the manager's RSS before and
+after the apply, whether it converged), also for runs that fail: a run that does
 not converge within ``--timeout`` is reported, not hidden. ``--runs N``
 repeats the whole run with fresh processes; ``--lock PATH`` holds an
 ``flock`` on PATH for each run only (shared machines); ``--quiet`` prints
