@@ -73,14 +73,19 @@ async def test_a_failing_flush_ends_the_run() -> None:
         await flusher.run(flush)
 
 
-async def test_a_keyed_flusher_sends_a_lone_key_at_once() -> None:
+def keyed() -> tuple[KeyedFlusher[str], list[tuple[float, list[str]]], asyncio.Task[None]]:
+    """A running KeyedFlusher and what it flushed: (loop time, keys) per flush."""
     flusher: KeyedFlusher[str] = KeyedFlusher()
     sent: list[tuple[float, list[str]]] = []
 
     async def flush(keys: list[str]) -> None:
         sent.append((now(), keys))
 
-    job = asyncio.create_task(flusher.run(flush))
+    return flusher, sent, asyncio.create_task(flusher.run(flush))
+
+
+async def test_a_keyed_flusher_sends_a_lone_key_at_once() -> None:
+    flusher, sent, job = keyed()
     await asyncio.sleep(10)
     start = now()
     flusher.poke("n1")
@@ -91,13 +96,7 @@ async def test_a_keyed_flusher_sends_a_lone_key_at_once() -> None:
 
 
 async def test_a_keyed_flusher_holds_a_busy_key_and_sends_all_once_the_changes_stop() -> None:
-    flusher: KeyedFlusher[str] = KeyedFlusher()
-    sent: list[tuple[float, list[str]]] = []
-
-    async def flush(keys: list[str]) -> None:
-        sent.append((now(), keys))
-
-    job = asyncio.create_task(flusher.run(flush))
+    flusher, sent, job = keyed()
     start = now()
     # Two seconds of a change every 20 ms, alternating between two keys (a long apply).
     for step in range(100):
@@ -116,13 +115,7 @@ async def test_a_keyed_flusher_holds_a_busy_key_and_sends_all_once_the_changes_s
 
 
 async def test_a_key_held_never_waits_longer_than_the_hold() -> None:
-    flusher: KeyedFlusher[str] = KeyedFlusher()
-    sent: list[tuple[float, list[str]]] = []
-
-    async def flush(keys: list[str]) -> None:
-        sent.append((now(), keys))
-
-    job = asyncio.create_task(flusher.run(flush))
+    flusher, sent, job = keyed()
     flusher.poke("busy")
     for _ in range(10):  # other keys keep the stream going: never quiet
         flusher.poke("other")
@@ -139,29 +132,17 @@ async def test_a_key_held_never_waits_longer_than_the_hold() -> None:
 
 
 async def test_a_forgotten_key_is_not_flushed() -> None:
-    flusher: KeyedFlusher[str] = KeyedFlusher()
-    sent: list[list[str]] = []
-
-    async def flush(keys: list[str]) -> None:
-        sent.append(keys)
-
-    job = asyncio.create_task(flusher.run(flush))
+    flusher, sent, job = keyed()
     flusher.poke("gone")
     flusher.poke("kept")
     flusher.forget("gone")
     await asyncio.sleep(1)
-    assert sent == [["kept"]]
+    assert [keys for _, keys in sent] == [["kept"]]
     job.cancel()
 
 
 async def test_a_key_flushed_a_moment_ago_goes_at_once_after_a_quiet_time() -> None:
-    flusher: KeyedFlusher[str] = KeyedFlusher()
-    sent: list[tuple[float, list[str]]] = []
-
-    async def flush(keys: list[str]) -> None:
-        sent.append((now(), keys))
-
-    job = asyncio.create_task(flusher.run(flush))
+    flusher, sent, job = keyed()
     flusher.poke("n1")
     await asyncio.sleep(QUIET * 2)  # flushed, then nothing anywhere for a while
     assert len(sent) == 1
