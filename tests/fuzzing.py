@@ -62,7 +62,15 @@ TOKENS = [
     encode_token(("web", 1, "", 1.5, "a" * 25))[:-3],
     *(
         base64.urlsafe_b64encode(text.encode()).decode()
-        for text in ('["tasks",1,2,3,4,5]', '["tasks","",0,"",NaN,""]', '["tasks",true]', "[]")
+        for text in (
+            '["tasks",1,2,3,4,5]',
+            '["tasks","",0,"",NaN,""]',
+            '["tasks",true]',
+            "[]",
+            '["tasks","web",1,"",1' + "0" * 3000 + ',"x",""]',  # no float holds it
+            '["tasks","web",1,"",1e999,"x",""]',
+            "[" * 2900,  # nested deeper than the decoder goes
+        )
     ),
 ]
 

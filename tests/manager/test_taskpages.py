@@ -7,6 +7,7 @@ the way the orchestrator, scheduler and agents would.
 
 from __future__ import annotations
 
+import base64
 import io
 import random
 from collections.abc import AsyncIterator
@@ -211,6 +212,12 @@ async def test_an_older_client_without_limit_is_answered_or_told_to_page(
     assert len((await get(world, service="db"))["items"]) == 0  # a narrower listing still is
 
 
+def _crafted(created: str) -> str:
+    """A token as a client could craft it, with ``created`` as the JSON text of its time."""
+    text = f'["{taskpages._KIND}","web",1,"",{created},"x",""]'
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
 @pytest.mark.parametrize(
     ("request_fields", "field"),
     [
@@ -225,6 +232,14 @@ async def test_an_older_client_without_limit_is_answered_or_told_to_page(
             {"limit": 5, "continue": taskpages.encode_token(("web", 1, "", 0.0, "x"))[:-2] + "!!"},
             "continue",
             id="mangled",
+        ),
+        pytest.param({"limit": 5, "continue": _crafted("1" + "0" * 3000)}, "continue", id="huge"),
+        pytest.param({"limit": 5, "continue": _crafted("NaN")}, "continue", id="nan"),
+        pytest.param({"limit": 5, "continue": _crafted("1e999")}, "continue", id="infinite"),
+        pytest.param(
+            {"limit": 5, "continue": base64.urlsafe_b64encode(b"[" * 2900).decode()},
+            "continue",
+            id="deep",
         ),
         pytest.param({"service": ["web"]}, "service", id="service-list"),
     ],
