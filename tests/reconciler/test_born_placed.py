@@ -126,6 +126,15 @@ def pending(task_id: str, name: str, slot: int = 1) -> Task:
     )
 
 
+async def one_room_two_takers(plane: Plane) -> None:
+    """Node n1 with room for one task; ``waits-1`` pending since before; ``web`` of one
+    replica, not reconciled yet: both want n1's one place."""
+    await plane.world.put(limited("n1", 1))
+    await plane.world.put(service("waits", 1))
+    await plane.world.put(pending("waits-1", "waits"))
+    await plane.world.put(service("web", 1))
+
+
 async def test_new_tasks_are_written_once_assigned_and_spread_over_the_nodes(
     plane: Plane,
 ) -> None:
@@ -185,10 +194,7 @@ async def test_tasks_born_placed_never_share_a_host_port_on_a_node(plane: Plane)
 async def test_a_scheduling_pass_while_a_placement_is_written_does_not_take_its_room(
     plane: Plane,
 ) -> None:
-    await plane.world.put(limited("n1", 1))
-    await plane.world.put(service("waits", 1))
-    await plane.world.put(pending("waits-1", "waits"))  # pending since before
-    await plane.world.put(service("web", 1))
+    await one_room_two_takers(plane)
     release = plane.store.hold_next()
     creating = asyncio.create_task(plane.orchestrator.reconcile("web"))
     await plane.store.waiting.wait()  # web's task is placed on n1, its write in flight
@@ -206,10 +212,7 @@ async def test_a_scheduling_pass_while_a_placement_is_written_does_not_take_its_
 async def test_a_placement_while_a_scheduling_pass_is_written_does_not_take_its_room(
     plane: Plane,
 ) -> None:
-    await plane.world.put(limited("n1", 1))
-    await plane.world.put(service("waits", 1))
-    await plane.world.put(pending("waits-1", "waits"))
-    await plane.world.put(service("web", 1))
+    await one_room_two_takers(plane)
     release = plane.store.hold_next()
     passing = asyncio.create_task(plane.scheduler.reconcile(KEY))
     await plane.store.waiting.wait()  # waits-1 placed on n1, the write in flight

@@ -19,7 +19,7 @@ from shoal.models import Availability, TaskState
 from shoal.reconciler.loop import ControllerRunner, LoopMetrics
 from shoal.reconciler.scheduler import KEY
 from shoal.store.typed import Change
-from tests.reconciler.test_born_placed import Plane, limited, pending, plane
+from tests.reconciler.test_born_placed import Plane, limited, one_room_two_takers, pending, plane
 from tests.reconciler.world import node, service
 
 __all__ = ["plane"]  # the fixture, shared with test_born_placed
@@ -47,10 +47,7 @@ async def test_a_pending_global_task_takes_its_own_nodes_port_and_last_room(
 async def test_room_a_failed_write_gives_back_goes_to_the_task_parked_for_it(
     plane: Plane,
 ) -> None:
-    await plane.world.put(limited("n1", 1))
-    await plane.world.put(service("waits", 1))
-    await plane.world.put(pending("waits-1", "waits"))
-    await plane.world.put(service("web", 1))
+    await one_room_two_takers(plane)
     release = plane.store.hold_next()
     creating = asyncio.create_task(plane.orchestrator.reconcile("web"))
     await plane.store.waiting.wait()  # web's task placed on n1, its write in flight
